@@ -1,0 +1,27 @@
+//! The deltamesh wire contract, shared by every other crate.
+//!
+//! - [`frame`]: the delta frame a peer sends (PROTOCOL §3), as a validated
+//!   zero-copy view and a builder.
+//! - [`security`]: the security header a relay puts in front of a relayed
+//!   frame (PROTOCOL §4).
+//! - [`command`] and [`pb`]: the protobuf messages of the `command` channel.
+//! - [`channel`]: the three pre-negotiated data channels.
+//!
+//! This crate knows nothing of sockets, runtimes or WebRTC stacks, so the
+//! browser build and every service can share it.
+
+pub mod channel;
+pub mod command;
+pub mod frame;
+pub mod id;
+pub mod security;
+
+/// Protobuf types generated from `proto/deltamesh/v1/*.proto`.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/deltamesh.v1.rs"));
+}
+
+pub use frame::{DeltaFrame, FrameError, FrameHeader};
+pub use id::Id;
+pub use security::{RelayedFrame, SecurityFields, SecurityFlags};

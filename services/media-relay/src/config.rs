@@ -1,0 +1,66 @@
+//! The relay's configuration: one typed struct, filled by the binary from
+//! flags and environment.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use deltamesh_proto::Id;
+
+/// Everything a relay instance is told at start.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// This relay instance's id.
+    pub relay_id: Id,
+    /// Address the UDP sockets bind to.
+    pub bind_ip: IpAddr,
+    /// Address advertised in ICE host candidates; never unspecified.
+    pub advertised_ip: IpAddr,
+    /// First UDP port; shard `i` uses `udp_port + i` (0: any free port).
+    pub udp_port: u16,
+    /// Event-loop shards, each with its own socket.
+    pub shards: usize,
+    /// Peers this relay takes before answering offers with "no capacity".
+    pub max_peers: usize,
+    /// Largest delta frame accepted on `send`, header included.
+    pub max_frame_size: usize,
+    /// Deltas a peer may fall behind the session before it is warned.
+    pub slow_consumer_warn: u64,
+    /// Deltas a peer may fall behind before it is disconnected.
+    pub slow_consumer_limit: u64,
+    /// Command messages queued for a peer before it is disconnected.
+    pub max_queued_commands: usize,
+    /// Time a peer has from its offer to open channels.
+    pub connect_timeout: Duration,
+    /// Time without any datagram after which a peer is considered gone.
+    pub idle_timeout: Duration,
+    /// Size of one chunk of the delta store.
+    pub chunk_size: usize,
+    /// Chunks the delta store retains (bounds memory and resume depth).
+    pub max_chunks: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            relay_id: Id::default(),
+            bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            advertised_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            udp_port: 0,
+            shards: 1,
+            max_peers: 10_000,
+            max_frame_size: 64 * 1024,
+            slow_consumer_warn: 4_096,
+            slow_consumer_limit: 16_384,
+            max_queued_commands: 8_192,
+            connect_timeout: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(10),
+            chunk_size: 4 << 20,
+            max_chunks: 64,
+        }
+    }
+}
+
+/// The SCTP message size the relay accepts, so an oversize frame arrives and
+/// gets a clear `Reject` instead of an SCTP abort. Peers' own stacks refuse
+/// anything above this before sending.
+pub const SCTP_MAX_MESSAGE_SIZE: u32 = 1 << 20;

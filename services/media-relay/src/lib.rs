@@ -1,0 +1,25 @@
+//! The deltamesh media relay: terminates peer connections with str0m,
+//! validates each delta in place, appends it once into the chunk store,
+//! sequences it through the session log, acknowledges it, and fans it out to
+//! every other peer of the session.
+//!
+//! Seams: [`DeltaLog`] (in-memory here, JetStream in a fleet) and
+//! [`RelayHandle`] (called directly in one process, over NATS otherwise).
+//! Inside, [`shard`] is the thin I/O driver and [`peer`] the protocol.
+
+pub mod config;
+pub mod demux;
+pub mod directory;
+pub mod log;
+pub mod peer;
+pub mod relay;
+pub mod shard;
+pub mod store;
+pub mod timers;
+pub mod wake;
+
+pub use config::RelayConfig;
+pub use directory::{Member, MemberState};
+pub use log::{DeltaLog, MemoryLog};
+pub use relay::{OfferAnswer, RelayError, RelayHandle, RelayMetrics, start};
+pub use store::ChunkStore;

@@ -1,0 +1,299 @@
+//! The session delta log: assigns each accepted delta its session `seq`
+//! (gap-free, from 1), makes it durable, de-duplicates resends by origin and
+//! client_seq, and wakes the shards whose peers must receive it.
+//!
+//! [`DeltaLog`] is the seam: [`MemoryLog`] serves one process; a JetStream
+//! adapter serves a fleet of relays. Both keep the bytes in the relay's
+//! [`ChunkStore`], so fan-out reads the same way whichever log is in use.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use deltamesh_proto::{DeltaFrame, Id, SecurityFields, SecurityFlags};
+
+use crate::store::{ChunkRef, ChunkStore, StoreError, StoredDelta};
+use crate::wake::{ShardWake, Watchers};
+
+/// How many recent (client_seq → seq) pairs are kept per origin to answer a
+/// resent frame with its original seq.
+const DEDUP_WINDOW: usize = 4096;
+
+/// Who accepted a delta and when; the log adds the seq.
+#[derive(Debug, Clone, Copy)]
+pub struct Acceptance {
+    /// The peer the delta is from.
+    pub origin: Id,
+    /// The relay that validated it.
+    pub validator: Id,
+    /// Validation time, microseconds since the Unix epoch.
+    pub validated_at_us: u64,
+}
+
+/// The result of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored under this new seq.
+    Stored(u64),
+    /// This origin already stored this client_seq under this seq.
+    Duplicate(u64),
+}
+
+/// Why the log could not append or read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    /// The chunk store refused the record.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The client_seq was stored before but is too old to say under which seq.
+    #[error("client_seq {client_seq} was already stored and is past the de-duplication window")]
+    StaleResend {
+        /// The resent client_seq.
+        client_seq: u64,
+    },
+    /// The requested seq is no longer retained.
+    #[error("seq {requested} is no longer retained; the oldest kept is {oldest}")]
+    Evicted {
+        /// The seq asked for.
+        requested: u64,
+        /// The oldest seq still readable.
+        oldest: u64,
+    },
+}
+
+/// Sequencing, durability and change notification for session deltas.
+pub trait DeltaLog: Send + Sync + 'static {
+    /// Appends a validated frame from `by.origin` to `session`.
+    fn append(
+        &self,
+        session: &Arc<str>,
+        by: Acceptance,
+        frame: DeltaFrame<'_>,
+    ) -> Result<Appended, LogError>;
+
+    /// The session's highest seq (0 when it has none).
+    fn head(&self, session: &str) -> u64;
+
+    /// The highest client_seq stored from `origin` in `session` (0 for none).
+    fn last_client_seq(&self, session: &str, origin: Id) -> u64;
+
+    /// Appends to `out` up to `max` deltas of `session` from seq `from` on.
+    fn read(
+        &self,
+        session: &str,
+        from: u64,
+        max: usize,
+        out: &mut Vec<StoredDelta>,
+    ) -> Result<(), LogError>;
+
+    /// Wakes `shard` whenever `session` gets a delta (counted per local peer).
+    fn watch(&self, session: &Arc<str>, shard: &Arc<ShardWake>);
+
+    /// Undoes one [`watch`](DeltaLog::watch).
+    fn unwatch(&self, session: &Arc<str>, shard: &Arc<ShardWake>);
+}
+
+/// The in-process log: a seq index per session over the shared chunk store.
+pub struct MemoryLog {
+    store: Arc<ChunkStore>,
+    sessions: Mutex<HashMap<Arc<str>, SessionLog>>,
+}
+
+#[derive(Default)]
+struct SessionLog {
+    /// Seq of `index[0]`.
+    first_seq: u64,
+    index: VecDeque<ChunkRef>,
+    origins: HashMap<Id, OriginWindow>,
+    watchers: Watchers,
+}
+
+#[derive(Default)]
+struct OriginWindow {
+    last_client_seq: u64,
+    recent: VecDeque<(u64, u64)>,
+}
+
+impl SessionLog {
+    fn head(&self) -> u64 {
+        self.first_seq + self.index.len() as u64 - 1
+    }
+}
+
+impl MemoryLog {
+    /// A log over `store`.
+    pub fn new(store: Arc<ChunkStore>) -> Self {
+        MemoryLog {
+            store,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, SessionLog>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn new_session_log() -> SessionLog {
+    SessionLog {
+        first_seq: 1,
+        ..SessionLog::default()
+    }
+}
+
+impl DeltaLog for MemoryLog {
+    fn append(
+        &self,
+        session: &Arc<str>,
+        by: Acceptance,
+        frame: DeltaFrame<'_>,
+    ) -> Result<Appended, LogError> {
+        let mut sessions = self.sessions();
+        let log = sessions
+            .entry(Arc::clone(session))
+            .or_insert_with(new_session_log);
+        let client_seq = frame.client_seq();
+        let seq = log.head() + 1;
+        let window = log.origins.entry(by.origin).or_default();
+        if client_seq <= window.last_client_seq {
+            return match window.recent.iter().find(|(c, _)| *c == client_seq) {
+                Some(&(_, seq)) => Ok(Appended::Duplicate(seq)),
+                None => Err(LogError::StaleResend { client_seq }),
+            };
+        }
+        let fields = SecurityFields {
+            flags: SecurityFlags(
+                SecurityFlags::VALID_DELTA | SecurityFlags::VALID_DATA | SecurityFlags::PROCESSED,
+            ),
+            seq,
+            origin: by.origin,
+            validator: by.validator,
+            validated_at_us: by.validated_at_us,
+            signature: [0; 64],
+        };
+        let at = self.store.append(&fields, frame)?;
+        window.last_client_seq = client_seq;
+        window.recent.push_back((client_seq, seq));
+        if window.recent.len() > DEDUP_WINDOW {
+            window.recent.pop_front();
+        }
+        log.index.push_back(at);
+        log.watchers.wake_all(session);
+        Ok(Appended::Stored(seq))
+    }
+
+    fn head(&self, session: &str) -> u64 {
+        self.sessions().get(session).map_or(0, SessionLog::head)
+    }
+
+    fn last_client_seq(&self, session: &str, origin: Id) -> u64 {
+        self.sessions()
+            .get(session)
+            .and_then(|log| log.origins.get(&origin))
+            .map_or(0, |w| w.last_client_seq)
+    }
+
+    fn read(
+        &self,
+        session: &str,
+        from: u64,
+        max: usize,
+        out: &mut Vec<StoredDelta>,
+    ) -> Result<(), LogError> {
+        let sessions = self.sessions();
+        let Some(log) = sessions.get(session) else {
+            return Ok(());
+        };
+        let start = from.max(1);
+        if start < log.first_seq {
+            return Err(LogError::Evicted {
+                requested: start,
+                oldest: log.first_seq,
+            });
+        }
+        let skip = usize::try_from(start - log.first_seq).unwrap_or(usize::MAX);
+        for (i, at) in log.index.iter().skip(skip).take(max).enumerate() {
+            match self.store.get(*at) {
+                Some(delta) => out.push(delta),
+                None => {
+                    return Err(LogError::Evicted {
+                        requested: start + i as u64,
+                        oldest: log.head() + 1,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn watch(&self, session: &Arc<str>, shard: &Arc<ShardWake>) {
+        self.sessions()
+            .entry(Arc::clone(session))
+            .or_insert_with(new_session_log)
+            .watchers
+            .add(shard);
+    }
+
+    fn unwatch(&self, session: &Arc<str>, shard: &Arc<ShardWake>) {
+        if let Some(log) = self.sessions().get_mut(session) {
+            log.watchers.remove(shard);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deltamesh_proto::FrameHeader;
+
+    fn frame(client_seq: u64) -> Vec<u8> {
+        FrameHeader {
+            client_seq,
+            ..FrameHeader::default()
+        }
+        .encode(&client_seq.to_le_bytes())
+        .unwrap()
+    }
+
+    fn by(origin: u8) -> Acceptance {
+        Acceptance {
+            origin: Id([origin; 16]),
+            validator: Id([0; 16]),
+            validated_at_us: 0,
+        }
+    }
+
+    #[test]
+    fn seqs_are_gap_free_per_session_and_resends_keep_their_seq() {
+        let log = MemoryLog::new(Arc::new(ChunkStore::new(1 << 16, 8)));
+        let a: Arc<str> = "a".into();
+        let b: Arc<str> = "b".into();
+        let wake = Arc::new(ShardWake::default());
+        log.watch(&a, &wake);
+        for client_seq in 1..=3 {
+            let f = frame(client_seq);
+            let got = log
+                .append(&a, by(1), DeltaFrame::parse(&f).unwrap())
+                .unwrap();
+            assert_eq!(got, Appended::Stored(client_seq));
+        }
+        let f = frame(1);
+        assert_eq!(
+            log.append(&b, by(1), DeltaFrame::parse(&f).unwrap())
+                .unwrap(),
+            Appended::Stored(1)
+        );
+        let f = frame(2);
+        assert_eq!(
+            log.append(&a, by(1), DeltaFrame::parse(&f).unwrap())
+                .unwrap(),
+            Appended::Duplicate(2)
+        );
+        assert_eq!(log.head("a"), 3);
+        assert_eq!(log.last_client_seq("a", Id([1; 16])), 3);
+        assert!(wake.take().contains("a"));
+        let mut out = Vec::new();
+        log.read("a", 2, 10, &mut out).unwrap();
+        let seqs: Vec<u64> = out.iter().map(|d| d.view().seq()).collect();
+        assert_eq!(seqs, vec![2, 3]);
+    }
+}

@@ -1,0 +1,498 @@
+//! One peer connection on a relay: its `Rtc`, its three channels and the
+//! per-peer protocol — the command channel, the delta path in (validate,
+//! sequence, acknowledge) and out (a cursor into the session log).
+//!
+//! The peer's outbound delta queue is its cursor: deltas wait in the shared
+//! log, not in per-peer copies, and a peer that falls `slow_consumer_warn`
+//! deltas behind is told so, at `slow_consumer_limit` it is disconnected. It
+//! never slows the session down.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use deltamesh_proto::channel::Channel;
+use deltamesh_proto::command;
+use deltamesh_proto::pb::{self, command::Body};
+use deltamesh_proto::{DeltaFrame, Id};
+use str0m::channel::ChannelId;
+use str0m::{Event, IceConnectionState, Rtc};
+
+use crate::log::{Acceptance, Appended, LogError};
+use crate::relay::Shared;
+use crate::store::StoredDelta;
+
+/// Deltas read from the log per batch when catching a peer up.
+const READ_BATCH: usize = 64;
+
+/// Why a peer connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason(pub String);
+
+/// A peer connected to this relay.
+pub struct Peer {
+    /// This connection's id.
+    pub id: Id,
+    /// The session it belongs to.
+    pub session: Arc<str>,
+    /// Its WebRTC state machine.
+    pub rtc: Rtc,
+    /// Its relay-side ICE ufrag.
+    pub ice_ufrag: String,
+    /// The earliest live deadline scheduled for it in the shard's timer heap.
+    pub timer_at: Option<Instant>,
+    /// When the last datagram from it arrived.
+    pub last_rx: Instant,
+    /// When its offer was accepted.
+    pub created: Instant,
+    /// Set once the connection must go; the shard then removes it.
+    pub closing: Option<CloseReason>,
+    /// The id deltas are stamped with (an earlier connection's when resumed).
+    origin: Id,
+    channels: [Option<ChannelId>; 3],
+    open: [bool; 3],
+    welcomed: bool,
+    next_client_seq: u64,
+    /// Next session seq to deliver on `receive`.
+    cursor: u64,
+    echo: bool,
+    slow_warned: bool,
+    /// A write found the send buffer full; flush again when acks free it.
+    blocked: bool,
+    commands: VecDeque<Vec<u8>>,
+    known_members: HashSet<Id>,
+}
+
+impl Peer {
+    /// A peer whose `rtc` has accepted the offer, with its channel ids.
+    pub fn new(
+        id: Id,
+        session: Arc<str>,
+        rtc: Rtc,
+        ice_ufrag: String,
+        channels: [ChannelId; 3],
+        now: Instant,
+    ) -> Self {
+        Peer {
+            id,
+            session,
+            rtc,
+            ice_ufrag,
+            timer_at: None,
+            last_rx: now,
+            created: now,
+            closing: None,
+            origin: id,
+            channels: channels.map(Some),
+            open: [false; 3],
+            welcomed: false,
+            next_client_seq: 1,
+            cursor: 1,
+            echo: false,
+            slow_warned: false,
+            blocked: false,
+            commands: VecDeque::new(),
+            known_members: HashSet::new(),
+        }
+    }
+
+    /// Whether the peer has been welcomed (all channels open).
+    pub fn is_welcomed(&self) -> bool {
+        self.welcomed
+    }
+
+    /// Whether a write is waiting for room in the send buffer.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// Asks for the connection to end.
+    pub fn close(&mut self, reason: impl Into<String>) {
+        if self.closing.is_none() {
+            self.closing = Some(CloseReason(reason.into()));
+        }
+    }
+
+    /// Handles one str0m event.
+    pub fn on_event(&mut self, event: Event, shared: &Shared) {
+        match event {
+            Event::ChannelOpen(id, _label) => {
+                if let Some(channel) = self.channel_of(id) {
+                    self.open[channel.stream_id() as usize] = true;
+                }
+                if !self.welcomed && self.open.iter().all(|&o| o) {
+                    self.welcome(shared);
+                }
+            }
+            Event::ChannelData(data) => match self.channel_of(data.id) {
+                Some(Channel::Command) => self.on_command(&data.data, shared),
+                Some(Channel::Send) => self.on_delta(&data.data, shared),
+                Some(Channel::Receive) | None => self.send_command(
+                    Body::Error(pb::Error {
+                        code: pb::ErrorCode::WrongChannel.into(),
+                        detail: "the receive channel is relay-to-peer only".into(),
+                    }),
+                    shared,
+                ),
+            },
+            Event::ChannelBufferedAmountLow(_) => self.flush(shared),
+            Event::ChannelClose(_) => self.close("channel closed"),
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.close("ice disconnected")
+            }
+            Event::Closed => self.close("closed by peer"),
+            _ => {}
+        }
+    }
+
+    fn channel_of(&self, id: ChannelId) -> Option<Channel> {
+        Channel::ALL
+            .into_iter()
+            .find(|c| self.channels[c.stream_id() as usize] == Some(id))
+    }
+
+    fn welcome(&mut self, shared: &Shared) {
+        self.welcomed = true;
+        let last_seq = shared.log.head(&self.session);
+        self.cursor = last_seq + 1;
+        let mut members = Vec::new();
+        shared.directory.connected(&self.session, &mut members);
+        members.retain(|m| *m != self.id);
+        self.known_members = members.iter().copied().collect();
+        shared.directory.set_connected(&self.session, self.id);
+        self.send_command(
+            Body::Welcome(pb::Welcome {
+                peer_id: self.id.0.to_vec(),
+                session: self.session.to_string(),
+                relay_id: shared.config.relay_id.0.to_vec(),
+                last_seq,
+                max_frame_size: u32::try_from(shared.config.max_frame_size).unwrap_or(u32::MAX),
+                peers: members.iter().map(|m| m.0.to_vec()).collect(),
+            }),
+            shared,
+        );
+        tracing::info!(peer = %self.id, session = %self.session, last_seq, "peer welcomed");
+    }
+
+    fn on_command(&mut self, bytes: &[u8], shared: &Shared) {
+        let body = match command::decode(bytes) {
+            Ok(body) => body,
+            Err(error) => {
+                return self.send_command(
+                    Body::Error(pb::Error {
+                        code: pb::ErrorCode::MalformedCommand.into(),
+                        detail: error.to_string(),
+                    }),
+                    shared,
+                );
+            }
+        };
+        match body {
+            Body::Ping(ping) => {
+                self.send_command(Body::Pong(pb::Pong { nonce: ping.nonce }), shared)
+            }
+            Body::Pong(_) => {}
+            Body::Options(options) => self.echo = options.echo,
+            Body::Resume(resume) => self.resume(resume, shared),
+            other => self.send_command(
+                Body::Error(pb::Error {
+                    code: pb::ErrorCode::UnexpectedCommand.into(),
+                    detail: format!("a peer may not send {}", body_name(&other)),
+                }),
+                shared,
+            ),
+        }
+    }
+
+    fn resume(&mut self, resume: pb::Resume, shared: &Shared) {
+        if !resume.previous_peer_id.is_empty() {
+            match Id::from_slice(&resume.previous_peer_id) {
+                Ok(previous) if shared.directory.member(&self.session, previous).is_none() => {
+                    self.origin = previous;
+                    self.next_client_seq = shared.log.last_client_seq(&self.session, previous) + 1;
+                }
+                Ok(_) => {
+                    return self.send_command(
+                        Body::Error(pb::Error {
+                            code: pb::ErrorCode::UnexpectedCommand.into(),
+                            detail: "the previous connection is still connected".into(),
+                        }),
+                        shared,
+                    );
+                }
+                Err(error) => {
+                    return self.send_command(
+                        Body::Error(pb::Error {
+                            code: pb::ErrorCode::MalformedCommand.into(),
+                            detail: format!("previous_peer_id: {error}"),
+                        }),
+                        shared,
+                    );
+                }
+            }
+        }
+        let head = shared.log.head(&self.session);
+        self.cursor = resume.last_seq.min(head) + 1;
+        tracing::info!(peer = %self.id, from = self.cursor, "peer resumes");
+        self.flush(shared);
+    }
+
+    fn on_delta(&mut self, bytes: &[u8], shared: &Shared) {
+        let peeked = DeltaFrame::peek_client_seq(bytes);
+        let client_seq = peeked.unwrap_or(0);
+        if bytes.len() > shared.config.max_frame_size {
+            self.advance_client_seq(peeked);
+            return self.reject(
+                client_seq,
+                pb::RejectReason::TooLarge,
+                format!(
+                    "frame is {} bytes; this relay accepts at most {}",
+                    bytes.len(),
+                    shared.config.max_frame_size
+                ),
+                shared,
+            );
+        }
+        let frame = match DeltaFrame::parse(bytes) {
+            Ok(frame) => frame,
+            Err(error) => {
+                self.advance_client_seq(peeked);
+                return self.reject(client_seq, (&error).into(), error.to_string(), shared);
+            }
+        };
+        if client_seq > self.next_client_seq {
+            return self.reject(
+                client_seq,
+                pb::RejectReason::SequenceGap,
+                format!("expected client_seq {}", self.next_client_seq),
+                shared,
+            );
+        }
+        self.advance_client_seq(peeked);
+        let by = Acceptance {
+            origin: self.origin,
+            validator: shared.config.relay_id,
+            validated_at_us: unix_micros(),
+        };
+        match shared.log.append(&self.session, by, frame) {
+            Ok(Appended::Stored(seq) | Appended::Duplicate(seq)) => {
+                shared.metrics.deltas_in.inc();
+                self.send_command(Body::Ack(pb::Ack { client_seq, seq }), shared)
+            }
+            Err(LogError::StaleResend { .. }) => self.reject(
+                client_seq,
+                pb::RejectReason::SequenceGap,
+                "already stored; too old to acknowledge again".into(),
+                shared,
+            ),
+            Err(error) => self.reject(
+                client_seq,
+                pb::RejectReason::Unavailable,
+                error.to_string(),
+                shared,
+            ),
+        }
+    }
+
+    fn advance_client_seq(&mut self, peeked: Option<u64>) {
+        if let Some(seq) = peeked
+            && seq == self.next_client_seq
+        {
+            self.next_client_seq = seq + 1;
+        }
+    }
+
+    fn reject(
+        &mut self,
+        client_seq: u64,
+        reason: pb::RejectReason,
+        detail: String,
+        shared: &Shared,
+    ) {
+        shared.metrics.deltas_rejected.inc();
+        tracing::debug!(peer = %self.id, client_seq, ?reason, %detail, "delta rejected");
+        self.send_command(
+            Body::Reject(pb::Reject {
+                client_seq,
+                reason: reason.into(),
+                detail,
+            }),
+            shared,
+        );
+    }
+
+    /// Queues a command and writes what the channel takes now.
+    pub fn send_command(&mut self, body: Body, shared: &Shared) {
+        if self.commands.len() >= shared.config.max_queued_commands {
+            return self.close("command queue overflow (slow consumer)");
+        }
+        self.commands.push_back(command::encode(body));
+        self.flush(shared);
+    }
+
+    /// Tells the peer who joined and left since it last heard.
+    pub fn sync_members(&mut self, shared: &Shared, scratch: &mut Vec<Id>) {
+        if !self.welcomed {
+            return;
+        }
+        shared.directory.connected(&self.session, scratch);
+        scratch.retain(|m| *m != self.id);
+        let left: Vec<Id> = self
+            .known_members
+            .iter()
+            .filter(|m| !scratch.contains(m))
+            .copied()
+            .collect();
+        for peer in left {
+            self.known_members.remove(&peer);
+            self.send_command(
+                Body::PeerLeft(pb::PeerLeft {
+                    peer_id: peer.0.to_vec(),
+                    reason: String::new(),
+                }),
+                shared,
+            );
+        }
+        for &peer in scratch.iter() {
+            if self.known_members.insert(peer) {
+                self.send_command(
+                    Body::PeerJoined(pb::PeerJoined {
+                        peer_id: peer.0.to_vec(),
+                    }),
+                    shared,
+                );
+            }
+        }
+    }
+
+    /// Writes queued commands, then deltas from the cursor, until the
+    /// channels' send buffer is full.
+    pub fn flush(&mut self, shared: &Shared) {
+        self.blocked = false;
+        if self.closing.is_some() {
+            return;
+        }
+        while let Some(message) = self.commands.front() {
+            match write(&mut self.rtc, self.channels[0], message) {
+                Write::Done => {
+                    self.commands.pop_front();
+                }
+                Write::Full => {
+                    self.blocked = true;
+                    return;
+                }
+                Write::Closed => return,
+            }
+        }
+        if self.welcomed {
+            self.deliver(shared);
+        }
+    }
+
+    fn deliver(&mut self, shared: &Shared) {
+        let head = shared.log.head(&self.session);
+        let lag = head.saturating_sub(self.cursor.saturating_sub(1));
+        if lag > shared.config.slow_consumer_limit {
+            self.commands
+                .push_back(command::encode(Body::Error(pb::Error {
+                    code: pb::ErrorCode::SlowConsumer.into(),
+                    detail: format!("{lag} deltas behind; disconnecting"),
+                })));
+            let _ = write(&mut self.rtc, self.channels[0], &self.commands[0]);
+            return self.close("slow consumer");
+        }
+        if lag > shared.config.slow_consumer_warn && !self.slow_warned {
+            self.slow_warned = true;
+            let queued = u32::try_from(lag).unwrap_or(u32::MAX);
+            let limit = u32::try_from(shared.config.slow_consumer_limit).unwrap_or(u32::MAX);
+            self.commands
+                .push_back(command::encode(Body::SlowConsumer(pb::SlowConsumer {
+                    queued,
+                    limit,
+                })));
+        } else if lag <= shared.config.slow_consumer_warn / 2 {
+            self.slow_warned = false;
+        }
+        let mut batch: Vec<StoredDelta> = Vec::with_capacity(READ_BATCH);
+        let mut relayed = Vec::new();
+        while self.cursor <= head {
+            batch.clear();
+            if let Err(error) = shared
+                .log
+                .read(&self.session, self.cursor, READ_BATCH, &mut batch)
+            {
+                self.commands
+                    .push_back(command::encode(Body::Error(pb::Error {
+                        code: pb::ErrorCode::Internal.into(),
+                        detail: error.to_string(),
+                    })));
+                return self.close(format!("cannot deliver: {error}"));
+            }
+            if batch.is_empty() {
+                return;
+            }
+            for delta in &batch {
+                let view = delta.view();
+                if view.origin() == self.origin && !self.echo {
+                    self.cursor += 1;
+                    continue;
+                }
+                relayed.clear();
+                view.write_relayed(&mut relayed);
+                match write(&mut self.rtc, self.channels[2], &relayed) {
+                    Write::Done => {
+                        self.cursor += 1;
+                        shared.metrics.deltas_out.inc();
+                    }
+                    Write::Full => {
+                        self.blocked = true;
+                        return;
+                    }
+                    Write::Closed => return,
+                }
+            }
+        }
+    }
+}
+
+enum Write {
+    Done,
+    Full,
+    Closed,
+}
+
+fn write(rtc: &mut Rtc, channel: Option<ChannelId>, bytes: &[u8]) -> Write {
+    let Some(mut handle) = channel.and_then(|id| rtc.channel(id)) else {
+        return Write::Closed;
+    };
+    match handle.write(true, bytes) {
+        Ok(true) => Write::Done,
+        Ok(false) => Write::Full,
+        Err(_) => Write::Closed,
+    }
+}
+
+fn body_name(body: &Body) -> &'static str {
+    match body {
+        Body::Welcome(_) => "Welcome",
+        Body::Ack(_) => "Ack",
+        Body::Reject(_) => "Reject",
+        Body::PeerJoined(_) => "PeerJoined",
+        Body::PeerLeft(_) => "PeerLeft",
+        Body::Ping(_) => "Ping",
+        Body::Pong(_) => "Pong",
+        Body::Resume(_) => "Resume",
+        Body::Signal(_) => "PeerSignal",
+        Body::Drain(_) => "Drain",
+        Body::Error(_) => "Error",
+        Body::Options(_) => "Options",
+        Body::SlowConsumer(_) => "SlowConsumer",
+    }
+}
+
+/// Microseconds since the Unix epoch.
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,299 @@
+//! Starting a relay and talking to it: [`start`] binds one UDP socket per
+//! shard and spawns the shard event loops; [`RelayHandle`] is how signaling
+//! (directly in one process, over NATS in a fleet) offers, trickles and
+//! closes peer connections.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use deltamesh_proto::Id;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use str0m::Candidate;
+use str0m::change::SdpOffer;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::RelayConfig;
+use crate::directory::{Directory, Member};
+use crate::log::DeltaLog;
+use crate::shard::{Shard, ShardCommand};
+
+/// State every shard of a relay shares.
+pub struct Shared {
+    /// The relay's configuration.
+    pub config: RelayConfig,
+    /// Where deltas are sequenced and kept.
+    pub log: Arc<dyn DeltaLog>,
+    /// Who is in which session here.
+    pub directory: Directory,
+    /// Counters exported on `/metrics`.
+    pub metrics: RelayMetrics,
+}
+
+/// The relay's Prometheus metrics.
+#[derive(Clone, Default)]
+pub struct RelayMetrics {
+    /// Deltas accepted from peers.
+    pub deltas_in: Counter,
+    /// Deltas written to peers' `receive` channels.
+    pub deltas_out: Counter,
+    /// Deltas refused with a `Reject`.
+    pub deltas_rejected: Counter,
+    /// Peer connections currently on the relay.
+    pub peers: Gauge,
+    /// Peer connections that ended.
+    pub peers_closed: Counter,
+}
+
+impl RelayMetrics {
+    /// Creates the metrics and registers them under `relay_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = RelayMetrics::default();
+        let relay = registry.sub_registry_with_prefix("relay");
+        relay.register(
+            "deltas_in",
+            "Deltas accepted from peers",
+            metrics.deltas_in.clone(),
+        );
+        relay.register(
+            "deltas_out",
+            "Deltas delivered to peers",
+            metrics.deltas_out.clone(),
+        );
+        relay.register(
+            "deltas_rejected",
+            "Deltas refused with a Reject",
+            metrics.deltas_rejected.clone(),
+        );
+        relay.register(
+            "peers",
+            "Peer connections on this relay",
+            metrics.peers.clone(),
+        );
+        relay.register(
+            "peers_closed",
+            "Peer connections that ended",
+            metrics.peers_closed.clone(),
+        );
+        metrics
+    }
+}
+
+/// Why the relay refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RelayError {
+    /// The SDP offer is unusable.
+    #[error("{0}")]
+    BadOffer(String),
+    /// The relay is at `max_peers`.
+    #[error("relay is full")]
+    Full,
+    /// No such peer in that session.
+    #[error("unknown peer")]
+    UnknownPeer,
+    /// The client's ETag is not the peer's current ICE ufrag.
+    #[error("ETag does not match the current ICE session")]
+    EtagMismatch,
+    /// A trickled candidate line does not parse.
+    #[error("bad candidate: {0}")]
+    BadCandidate(String),
+    /// The relay is shutting down.
+    #[error("relay is shutting down")]
+    ShuttingDown,
+}
+
+/// The answer to an accepted offer.
+#[derive(Debug, Clone)]
+pub struct OfferAnswer {
+    /// The new peer's id.
+    pub peer_id: Id,
+    /// SDP answer text, with the relay's host candidate.
+    pub answer_sdp: String,
+    /// The relay-side ICE ufrag.
+    pub ice_ufrag: String,
+}
+
+struct ShardLink {
+    commands: mpsc::Sender<ShardCommand>,
+    peers: Arc<AtomicUsize>,
+    addr: SocketAddr,
+}
+
+/// A cheap, clonable handle to a running relay.
+#[derive(Clone)]
+pub struct RelayHandle {
+    shared: Arc<Shared>,
+    shards: Arc<Vec<ShardLink>>,
+}
+
+/// Binds the relay's sockets and starts its shards on the current runtime.
+pub async fn start(
+    config: RelayConfig,
+    log: Arc<dyn DeltaLog>,
+    metrics: RelayMetrics,
+) -> std::io::Result<RelayHandle> {
+    if config.advertised_ip.is_unspecified() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the advertised address must be concrete, not 0.0.0.0 or ::",
+        ));
+    }
+    let shared = Arc::new(Shared {
+        config,
+        log,
+        directory: Directory::default(),
+        metrics,
+    });
+    let mut links = Vec::new();
+    for index in 0..shared.config.shards.max(1) {
+        let port = match shared.config.udp_port {
+            0 => 0,
+            base => base + u16::try_from(index).unwrap_or(u16::MAX),
+        };
+        let socket = UdpSocket::bind(SocketAddr::new(shared.config.bind_ip, port)).await?;
+        let addr = SocketAddr::new(shared.config.advertised_ip, socket.local_addr()?.port());
+        let (commands, receiver) = mpsc::channel(1024);
+        let peers = Arc::new(AtomicUsize::new(0));
+        let shard = Shard::new(index, socket, addr, Arc::clone(&shared), Arc::clone(&peers))?;
+        tokio::spawn(shard.run(receiver));
+        links.push(ShardLink {
+            commands,
+            peers,
+            addr,
+        });
+    }
+    tracing::info!(
+        relay = %shared.config.relay_id,
+        addrs = ?links.iter().map(|l| l.addr).collect::<Vec<_>>(),
+        "relay serving"
+    );
+    Ok(RelayHandle {
+        shared,
+        shards: Arc::new(links),
+    })
+}
+
+impl RelayHandle {
+    /// This relay's id.
+    pub fn id(&self) -> Id {
+        self.shared.config.relay_id
+    }
+
+    /// The UDP addresses peers reach the shards at.
+    pub fn udp_addrs(&self) -> Vec<SocketAddr> {
+        self.shards.iter().map(|s| s.addr).collect()
+    }
+
+    /// Peer connections on the relay now.
+    pub fn peer_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.peers.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Peers the relay takes at most.
+    pub fn capacity(&self) -> usize {
+        self.shared.config.max_peers
+    }
+
+    /// Accepts an SDP offer for `session` and answers it.
+    pub async fn offer(&self, session: &str, offer_sdp: &str) -> Result<OfferAnswer, RelayError> {
+        let offer = SdpOffer::from_sdp_string(offer_sdp)
+            .map_err(|e| RelayError::BadOffer(format!("malformed SDP offer: {e}")))?;
+        if self.peer_count() >= self.shared.config.max_peers {
+            return Err(RelayError::Full);
+        }
+        let shard = self
+            .shards
+            .iter()
+            .min_by_key(|s| s.peers.load(Ordering::Relaxed))
+            .ok_or(RelayError::ShuttingDown)?;
+        let (reply, answer) = oneshot::channel();
+        let peer_id = Id(*uuid::Uuid::new_v4().as_bytes());
+        shard
+            .commands
+            .send(ShardCommand::Offer {
+                peer_id,
+                session: session.into(),
+                offer: Box::new(offer),
+                reply,
+            })
+            .await
+            .map_err(|_| RelayError::ShuttingDown)?;
+        answer.await.map_err(|_| RelayError::ShuttingDown)?
+    }
+
+    /// Adds trickled candidates to a peer, checking its ETag.
+    pub async fn trickle(
+        &self,
+        session: &str,
+        peer: Id,
+        if_match: Option<&str>,
+        candidate_lines: &[String],
+    ) -> Result<(), RelayError> {
+        let member = self.member(session, peer)?;
+        if if_match.is_some_and(|etag| etag != member.ice_ufrag) {
+            return Err(RelayError::EtagMismatch);
+        }
+        let candidates = candidate_lines
+            .iter()
+            .map(|line| {
+                let text = line.trim().trim_start_matches("a=");
+                Candidate::from_sdp_string(text)
+                    .map_err(|e| RelayError::BadCandidate(format!("{text}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.ask(member.shard, |reply| ShardCommand::Trickle {
+            peer_id: peer,
+            candidates,
+            reply,
+        })
+        .await
+    }
+
+    /// Closes a peer connection.
+    pub async fn disconnect(
+        &self,
+        session: &str,
+        peer: Id,
+        reason: &str,
+    ) -> Result<(), RelayError> {
+        let member = self.member(session, peer)?;
+        self.ask(member.shard, |reply| ShardCommand::Close {
+            peer_id: peer,
+            reason: reason.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// The peers of `session` on this relay.
+    pub fn members(&self, session: &str) -> Vec<Member> {
+        self.shared.directory.members(session)
+    }
+
+    fn member(&self, session: &str, peer: Id) -> Result<Member, RelayError> {
+        self.shared
+            .directory
+            .member(session, peer)
+            .ok_or(RelayError::UnknownPeer)
+    }
+
+    async fn ask(
+        &self,
+        shard: usize,
+        command: impl FnOnce(oneshot::Sender<Result<(), RelayError>>) -> ShardCommand,
+    ) -> Result<(), RelayError> {
+        let link = self.shards.get(shard).ok_or(RelayError::ShuttingDown)?;
+        let (reply, done) = oneshot::channel();
+        link.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| RelayError::ShuttingDown)?;
+        done.await.map_err(|_| RelayError::ShuttingDown)?
+    }
+}

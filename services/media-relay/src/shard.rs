@@ -1,0 +1,432 @@
+//! One event-loop shard: the thin I/O driver around its peers' `Rtc`s. It
+//! owns one UDP socket and its peers outright (no locks on the datagram
+//! path), routes each datagram in O(1) ([`Demux`]), wakes only peers whose
+//! str0m deadline is due ([`Timers`]), and drains `poll_output` after every
+//! input as str0m requires. The protocol itself lives in [`Peer`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use deltamesh_proto::Id;
+use deltamesh_proto::channel::Channel;
+use str0m::change::SdpOffer;
+use str0m::channel::ChannelConfig;
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Input, Output, RtcConfig};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::SCTP_MAX_MESSAGE_SIZE;
+use crate::demux::{Demux, Route};
+use crate::directory::Member;
+use crate::peer::Peer;
+use crate::relay::{OfferAnswer, RelayError, Shared};
+use crate::timers::Timers;
+use crate::wake::ShardWake;
+
+/// Longest a peer goes without a timer, so idle and connect deadlines are checked.
+const MAX_TIMER: Duration = Duration::from_millis(500);
+/// Datagrams read per wake-up before timers and wake-ups get a turn.
+const RECV_BATCH: usize = 64;
+
+/// Requests from the relay handle to a shard.
+pub enum ShardCommand {
+    /// Accept an SDP offer for a new peer.
+    Offer {
+        /// The id the new peer gets.
+        peer_id: Id,
+        /// Its session.
+        session: Arc<str>,
+        /// The parsed offer.
+        offer: Box<SdpOffer>,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<OfferAnswer, RelayError>>,
+    },
+    /// Add trickled remote candidates.
+    Trickle {
+        /// The peer.
+        peer_id: Id,
+        /// Its new remote candidates.
+        candidates: Vec<Candidate>,
+        /// Done.
+        reply: oneshot::Sender<Result<(), RelayError>>,
+    },
+    /// Close a peer connection.
+    Close {
+        /// The peer.
+        peer_id: Id,
+        /// Why.
+        reason: String,
+        /// Done.
+        reply: oneshot::Sender<Result<(), RelayError>>,
+    },
+}
+
+type PeerKey = u64;
+
+/// One shard's state; [`Shard::run`] is its event loop.
+pub struct Shard {
+    index: usize,
+    socket: Arc<UdpSocket>,
+    /// The advertised host candidate address (the destination of every datagram).
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    peer_count: Arc<AtomicUsize>,
+    wake: Arc<ShardWake>,
+    rtc_config: RtcConfig,
+    peers: HashMap<PeerKey, Peer>,
+    by_id: HashMap<Id, PeerKey>,
+    sessions: HashMap<Arc<str>, Vec<PeerKey>>,
+    demux: Demux<PeerKey>,
+    timers: Timers<PeerKey>,
+    closing: Vec<PeerKey>,
+    next_key: PeerKey,
+    members_scratch: Vec<Id>,
+}
+
+impl Shard {
+    /// A shard serving `socket`, advertised as `local_addr`.
+    pub fn new(
+        index: usize,
+        socket: UdpSocket,
+        local_addr: SocketAddr,
+        shared: Arc<Shared>,
+        peer_count: Arc<AtomicUsize>,
+    ) -> std::io::Result<Self> {
+        let provider = str0m::crypto::from_feature_flags();
+        // One certificate per shard: generating one per connection would
+        // cost a key generation on every offer.
+        let cert = provider
+            .dtls_provider
+            .generate_certificate()
+            .ok_or_else(|| std::io::Error::other("cannot generate a DTLS certificate"))?;
+        let rtc_config = RtcConfig::new()
+            .set_crypto_provider(Arc::new(provider))
+            .set_dtls_cert(cert)
+            .set_ice_lite(true)
+            .clear_codecs()
+            .set_sctp_max_message_size(SCTP_MAX_MESSAGE_SIZE);
+        Ok(Shard {
+            index,
+            socket: Arc::new(socket),
+            local_addr,
+            shared,
+            peer_count,
+            wake: Arc::new(ShardWake::default()),
+            rtc_config,
+            peers: HashMap::new(),
+            by_id: HashMap::new(),
+            sessions: HashMap::new(),
+            demux: Demux::default(),
+            timers: Timers::default(),
+            closing: Vec::new(),
+            next_key: 0,
+            members_scratch: Vec::new(),
+        })
+    }
+
+    /// Runs until every [`RelayHandle`](crate::RelayHandle) is dropped.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<ShardCommand>) {
+        let socket = Arc::clone(&self.socket);
+        let wake = Arc::clone(&self.wake);
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let deadline = self
+                .timers
+                .next_deadline()
+                .unwrap_or_else(|| Instant::now() + MAX_TIMER);
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                received = socket.recv_from(&mut buf) => {
+                    if let Ok((len, source)) = received {
+                        self.on_datagram(source, &buf[..len]);
+                    }
+                    for _ in 1..RECV_BATCH {
+                        match socket.try_recv_from(&mut buf) {
+                            Ok((len, source)) => self.on_datagram(source, &buf[..len]),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+                _ = wake.notified() => {}
+            }
+            self.on_timers(Instant::now());
+            for session in self.wake.take() {
+                self.refresh(&session);
+            }
+            self.reap();
+        }
+        for key in self.peers.keys().copied().collect::<Vec<_>>() {
+            if let Some(peer) = self.peers.get_mut(&key) {
+                peer.close("relay shutting down");
+            }
+            self.closing.push(key);
+        }
+        self.reap();
+    }
+
+    fn on_command(&mut self, command: ShardCommand) {
+        match command {
+            ShardCommand::Offer {
+                peer_id,
+                session,
+                offer,
+                reply,
+            } => {
+                let _ = reply.send(self.accept_offer(peer_id, session, *offer));
+            }
+            ShardCommand::Trickle {
+                peer_id,
+                candidates,
+                reply,
+            } => {
+                let result = match self.by_id.get(&peer_id).copied() {
+                    Some(key) => {
+                        if let Some(peer) = self.peers.get_mut(&key) {
+                            for candidate in candidates {
+                                peer.rtc.add_remote_candidate(candidate);
+                            }
+                        }
+                        self.drive(key, Instant::now());
+                        Ok(())
+                    }
+                    None => Err(RelayError::UnknownPeer),
+                };
+                let _ = reply.send(result);
+            }
+            ShardCommand::Close {
+                peer_id,
+                reason,
+                reply,
+            } => {
+                let result = match self.by_id.get(&peer_id).copied() {
+                    Some(key) => {
+                        if let Some(peer) = self.peers.get_mut(&key) {
+                            peer.close(reason);
+                        }
+                        self.closing.push(key);
+                        Ok(())
+                    }
+                    None => Err(RelayError::UnknownPeer),
+                };
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn accept_offer(
+        &mut self,
+        peer_id: Id,
+        session: Arc<str>,
+        offer: SdpOffer,
+    ) -> Result<OfferAnswer, RelayError> {
+        let now = Instant::now();
+        let mut rtc = self.rtc_config.clone().build(now);
+        let candidate = Candidate::host(self.local_addr, "udp")
+            .map_err(|e| RelayError::BadOffer(format!("relay host candidate: {e}")))?;
+        rtc.add_local_candidate(candidate);
+        // Negotiated channels must exist before the offer is accepted, or
+        // str0m drops them (see docs/ARCHITECTURE.md, "str0m traps").
+        let channels = Channel::ALL.map(|channel| {
+            rtc.direct_api().create_data_channel(ChannelConfig {
+                label: channel.label().to_owned(),
+                negotiated: Some(channel.stream_id()),
+                ..ChannelConfig::default()
+            })
+        });
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| RelayError::BadOffer(format!("offer not acceptable: {e}")))?;
+        let ice_ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        let key = self.next_key;
+        self.next_key += 1;
+        self.demux.add_peer(key, &ice_ufrag);
+        self.shared.directory.insert(
+            &session,
+            Member {
+                peer_id,
+                state: crate::directory::MemberState::Connecting,
+                joined_at: SystemTime::now(),
+                shard: self.index,
+                ice_ufrag: ice_ufrag.clone(),
+            },
+            &self.wake,
+        );
+        self.shared.log.watch(&session, &self.wake);
+        self.sessions
+            .entry(Arc::clone(&session))
+            .or_default()
+            .push(key);
+        self.by_id.insert(peer_id, key);
+        let peer = Peer::new(peer_id, session, rtc, ice_ufrag.clone(), channels, now);
+        self.peers.insert(key, peer);
+        self.peer_count.fetch_add(1, Ordering::Relaxed);
+        self.shared.metrics.peers.inc();
+        self.drive(key, now);
+        Ok(OfferAnswer {
+            peer_id,
+            answer_sdp: answer.to_sdp_string(),
+            ice_ufrag,
+        })
+    }
+
+    fn on_datagram(&mut self, source: SocketAddr, datagram: &[u8]) {
+        let (key, verify) = match self.demux.route(source, datagram) {
+            Route::Known(key) => (key, false),
+            Route::Candidate(key) => (key, true),
+            Route::Unknown => return,
+        };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let Ok(contents) = datagram.try_into() else {
+            return;
+        };
+        let now = Instant::now();
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.local_addr,
+                contents,
+            },
+        );
+        if verify {
+            // Learn a new address only from a STUN message that passes
+            // this peer's integrity check.
+            if !peer.rtc.accepts(&input) || !self.demux.learn(key, source) {
+                return;
+            }
+        }
+        peer.last_rx = now;
+        if let Err(error) = peer.rtc.handle_input(input) {
+            peer.close(format!("webrtc error: {error}"));
+        }
+        if peer.is_blocked() {
+            peer.flush(&self.shared);
+        }
+        self.drive(key, now);
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        while let Some((key, at)) = self.timers.pop_due(now) {
+            let Some(peer) = self.peers.get_mut(&key) else {
+                continue;
+            };
+            if peer.timer_at != Some(at) {
+                continue;
+            }
+            peer.timer_at = None;
+            let config = &self.shared.config;
+            if now.duration_since(peer.last_rx) > config.idle_timeout {
+                peer.close("timed out: no packets from the peer");
+            } else if !peer.is_welcomed()
+                && now.duration_since(peer.created) > config.connect_timeout
+            {
+                peer.close("timed out connecting");
+            } else if let Err(error) = peer.rtc.handle_input(Input::Timeout(now)) {
+                peer.close(format!("webrtc error: {error}"));
+            }
+            self.drive(key, now);
+        }
+    }
+
+    /// Brings every local peer of `session` up to date with new deltas and members.
+    fn refresh(&mut self, session: &Arc<str>) {
+        let Some(keys) = self.sessions.get(session).cloned() else {
+            return;
+        };
+        let now = Instant::now();
+        for key in keys {
+            if let Some(peer) = self.peers.get_mut(&key) {
+                peer.sync_members(&self.shared, &mut self.members_scratch);
+                peer.flush(&self.shared);
+            }
+            self.drive(key, now);
+        }
+    }
+
+    /// Drains a peer's `poll_output`: sends its datagrams, handles its
+    /// events, and schedules its next deadline.
+    fn drive(&mut self, key: PeerKey, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        loop {
+            match peer.rtc.poll_output() {
+                Ok(Output::Transmit(transmit)) => {
+                    // UDP may drop; SCTP retransmits. Never block the shard.
+                    let _ = self
+                        .socket
+                        .try_send_to(&transmit.contents, transmit.destination);
+                }
+                Ok(Output::Event(event)) => peer.on_event(event, &self.shared),
+                Ok(Output::Timeout(at)) => {
+                    let at = at.min(now + MAX_TIMER);
+                    if peer.timer_at.is_none_or(|current| at < current) {
+                        peer.timer_at = Some(at);
+                        self.timers.schedule(key, at);
+                    }
+                    break;
+                }
+                Err(error) => {
+                    peer.close(format!("webrtc error: {error}"));
+                    break;
+                }
+            }
+        }
+        if peer.closing.is_some() || !peer.rtc.is_alive() {
+            peer.close("connection ended");
+            self.closing.push(key);
+        }
+    }
+
+    /// Removes peers that are closing: says goodbye on the wire, frees their
+    /// routes, and tells their session.
+    fn reap(&mut self) {
+        while let Some(key) = self.closing.pop() {
+            let Some(mut peer) = self.peers.remove(&key) else {
+                continue;
+            };
+            if peer.rtc.is_alive() && peer.rtc.close().is_ok() {
+                while let Ok(output) = peer.rtc.poll_output() {
+                    match output {
+                        Output::Transmit(transmit) => {
+                            let _ = self
+                                .socket
+                                .try_send_to(&transmit.contents, transmit.destination);
+                        }
+                        Output::Event(_) => {}
+                        Output::Timeout(_) => break,
+                    }
+                }
+            }
+            let reason = peer.closing.map(|r| r.0).unwrap_or_default();
+            tracing::info!(peer = %peer.id, session = %peer.session, %reason, "peer closed");
+            self.demux.remove_peer(key, &peer.ice_ufrag);
+            self.by_id.remove(&peer.id);
+            if let Some(keys) = self.sessions.get_mut(&peer.session) {
+                keys.retain(|k| *k != key);
+                if keys.is_empty() {
+                    self.sessions.remove(&peer.session);
+                }
+            }
+            self.shared.log.unwatch(&peer.session, &self.wake);
+            self.shared
+                .directory
+                .remove(&peer.session, peer.id, &self.wake);
+            self.peer_count.fetch_sub(1, Ordering::Relaxed);
+            self.shared.metrics.peers.dec();
+            self.shared.metrics.peers_closed.inc();
+        }
+    }
+}

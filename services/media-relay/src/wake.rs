@@ -1,0 +1,76 @@
+//! How shared state tells a shard that one of its sessions changed: a set of
+//! dirty session names plus a wake-up. Marking is cheap and coalesces, so a
+//! burst of deltas costs one wake-up, and nothing is queued per delta.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+/// The wake-up handle of one shard.
+#[derive(Default)]
+pub struct ShardWake {
+    dirty: Mutex<HashSet<Arc<str>>>,
+    notify: Notify,
+}
+
+impl ShardWake {
+    /// Records that `session` has news (deltas or membership) and wakes the shard.
+    pub fn mark(&self, session: &Arc<str>) {
+        let first = {
+            let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+            let was_empty = dirty.is_empty();
+            dirty.insert(Arc::clone(session));
+            was_empty
+        };
+        if first {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Takes the sessions marked since the last call.
+    pub fn take(&self) -> HashSet<Arc<str>> {
+        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Resolves once something was marked (immediately if a mark is pending).
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+}
+
+/// The shards that watch one session, with how many of their peers are in it.
+#[derive(Default)]
+pub struct Watchers(Vec<(Arc<ShardWake>, usize)>);
+
+impl Watchers {
+    /// Counts one more local peer of the session on `shard`.
+    pub fn add(&mut self, shard: &Arc<ShardWake>) {
+        match self.0.iter_mut().find(|(s, _)| Arc::ptr_eq(s, shard)) {
+            Some((_, count)) => *count += 1,
+            None => self.0.push((Arc::clone(shard), 1)),
+        }
+    }
+
+    /// Counts one less; forgets the shard at zero.
+    pub fn remove(&mut self, shard: &Arc<ShardWake>) {
+        if let Some(i) = self.0.iter().position(|(s, _)| Arc::ptr_eq(s, shard)) {
+            self.0[i].1 -= 1;
+            if self.0[i].1 == 0 {
+                self.0.swap_remove(i);
+            }
+        }
+    }
+
+    /// Whether no shard watches any more.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Wakes every watching shard for `session`.
+    pub fn wake_all(&self, session: &Arc<str>) {
+        for (shard, _) in &self.0 {
+            shard.mark(session);
+        }
+    }
+}

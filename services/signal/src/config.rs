@@ -1,0 +1,42 @@
+//! The service's configuration: one typed value, built by the binary from its
+//! command line and environment and printed at start-up.
+
+use std::time::Duration;
+
+/// The largest request body signal reads (an SDP offer or a trickle
+/// sdpfrag): 64 KiB. A larger one is a 413.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// How signal behaves, apart from the [`Network`](crate::Network) it fronts.
+#[derive(Debug, Clone)]
+pub struct SignalConfig {
+    /// The fixed development bearer token, accepted for any session. Empty
+    /// means no token is accepted at all.
+    pub dev_token: String,
+    /// The HTML page served at `GET /`.
+    pub home_page: String,
+    /// The `Retry-After` of a 503 when the network names no delay itself.
+    pub retry_after: Duration,
+}
+
+impl SignalConfig {
+    /// A development configuration: `dev_token` opens every session, the home
+    /// page is a short built-in one, and 503s ask clients to retry after 5 s.
+    pub fn new(dev_token: impl Into<String>) -> Self {
+        SignalConfig {
+            dev_token: dev_token.into(),
+            home_page: DEFAULT_HOME_PAGE.to_owned(),
+            retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+const DEFAULT_HOME_PAGE: &str = "<!doctype html>
+<html lang=\"en\">
+<head><meta charset=\"utf-8\"><title>deltamesh</title></head>
+<body>
+<h1>deltamesh signal</h1>
+<p>Post an SDP offer to <code>/v1/sessions/{session}/peers</code> to join a session.</p>
+</body>
+</html>
+";

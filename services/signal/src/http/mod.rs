@@ -1,0 +1,113 @@
+//! The HTTP face of signal: the route table, the layers every response goes
+//! through (CORS headers, request counting, the body limit) and the server
+//! loop with graceful shutdown. Handlers live in `peers` (the `/v1` API) and
+//! `ops` (home page, health, readiness, metrics, 404 and 405).
+
+mod body;
+mod cors;
+mod ops;
+mod peers;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::auth::Authenticator;
+use crate::config::{BODY_LIMIT, SignalConfig};
+use crate::metrics::SignalMetrics;
+use crate::network::{Network, NetworkError};
+use crate::problem::ApiError;
+
+/// What every handler shares.
+struct App<N> {
+    network: Arc<N>,
+    auth: Authenticator,
+    config: SignalConfig,
+    metrics: SignalMetrics,
+    registry: Arc<Registry>,
+}
+
+impl<N> App<N> {
+    /// `error` as an HTTP problem, with the configured `Retry-After` fallback.
+    fn network_error(&self, error: NetworkError) -> ApiError {
+        ApiError::network(error, self.config.retry_after)
+    }
+}
+
+/// The routes of PROTOCOL.md §1 over `network`. `GET /metrics` serves the
+/// whole of `registry`, where `metrics` (and other services) are registered.
+pub fn router<N: Network>(
+    network: Arc<N>,
+    config: SignalConfig,
+    metrics: SignalMetrics,
+    registry: Arc<Registry>,
+) -> Router {
+    let app = Arc::new(App {
+        network,
+        auth: Authenticator::new(config.dev_token.clone()),
+        config,
+        metrics: metrics.clone(),
+        registry,
+    });
+    Router::new()
+        .route("/", get(ops::home::<N>))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz::<N>))
+        .route("/metrics", get(ops::metrics::<N>))
+        .route(
+            "/v1/sessions/{session}/peers",
+            post(peers::create::<N>)
+                .get(peers::list::<N>)
+                .options(|| async { cors::preflight(cors::COLLECTION_METHODS) }),
+        )
+        .route(
+            "/v1/sessions/{session}/peers/{peer}",
+            axum::routing::patch(peers::trickle::<N>)
+                .delete(peers::delete::<N>)
+                .options(|| async { cors::preflight(cors::PEER_METHODS) }),
+        )
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .fallback(ops::not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::map_response(cors::expose))
+        .layer(middleware::from_fn_with_state(metrics, count_request))
+        .with_state(app)
+}
+
+/// Counts every answered request by method, matched route and status.
+async fn count_request(
+    State(metrics): State<SignalMetrics>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    metrics.request(&method, route.as_deref(), response.status());
+    response
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then stops
+/// accepting and waits for the requests in flight to finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "signal listening");
+    }
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

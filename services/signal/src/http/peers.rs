@@ -1,0 +1,234 @@
+//! The `/v1` API: one resource per peer connection. Each handler checks what
+//! came from outside in a fixed order (token, path ids, content type,
+//! preconditions, body), asks the network, and answers; a refusal at any step
+//! is a problem, logged at warn.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::header::{CONTENT_TYPE, ETAG, LOCATION};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use deltamesh_proto::Id;
+use serde::Serialize;
+
+use super::App;
+use super::body::{self, SDP, TRICKLE_ICE};
+use crate::network::{ConnectRequest, Network, PeerInfo};
+use crate::problem::ApiError;
+use crate::{etag, ids, sdp};
+
+/// Path parameters, with a failure to decode them kept for the handler so it
+/// becomes a problem in the handler's order of checks.
+type PathParams<T> = Result<Path<T>, PathRejection>;
+
+/// `POST /v1/sessions/{session}/peers`: a new peer connection from an SDP
+/// offer, answered `201` with the SDP answer.
+pub(super) async fn create<N: Network>(
+    State(app): State<Arc<App<N>>>,
+    path: PathParams<String>,
+    request: Request,
+) -> Response {
+    let result = offer(&app, path, request).await;
+    match &result {
+        Ok(_) => app.metrics.offer_accepted(),
+        Err(error) => app.metrics.offer_failed(error.kind()),
+    }
+    answer("offer", result)
+}
+
+async fn offer<N: Network>(
+    app: &App<N>,
+    path: PathParams<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    app.auth.check(request.headers())?;
+    let session = session(path)?;
+    body::require_content_type(request.headers(), SDP)?;
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let body = body::read(request).await?;
+    let offer_sdp = sdp::check_offer(&body)?.to_owned();
+    let connect = ConnectRequest {
+        session: session.clone(),
+        offer_sdp,
+        traceparent,
+    };
+    let connected = app
+        .network
+        .connect(connect)
+        .await
+        .map_err(|e| app.network_error(e))?;
+
+    let etag = etag::header(&connected.ice_ufrag)?;
+    let location = format!("/v1/sessions/{session}/peers/{}", connected.peer_id);
+    let location = HeaderValue::try_from(location)
+        .map_err(|_| ApiError::Internal("the Location header could not be built".to_owned()))?;
+    tracing::info!(
+        session,
+        peer = %connected.peer_id,
+        relay = %connected.relay_id,
+        "offer accepted"
+    );
+    let headers = [
+        (CONTENT_TYPE, HeaderValue::from_static(SDP)),
+        (LOCATION, location),
+        (ETAG, etag),
+    ];
+    Ok((StatusCode::CREATED, headers, connected.answer_sdp).into_response())
+}
+
+/// `PATCH /v1/sessions/{session}/peers/{peer}`: trickled ICE candidates, or
+/// an ICE restart with `If-Match: *`; `204` when the network took them.
+pub(super) async fn trickle<N: Network>(
+    State(app): State<Arc<App<N>>>,
+    path: PathParams<(String, String)>,
+    request: Request,
+) -> Response {
+    answer("trickle", trickle_ice(&app, path, request).await)
+}
+
+async fn trickle_ice<N: Network>(
+    app: &App<N>,
+    path: PathParams<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    app.auth.check(request.headers())?;
+    let (session, peer) = session_and_peer(path)?;
+    body::require_content_type(request.headers(), TRICKLE_ICE)?;
+    let if_match = etag::if_match(request.headers())?.to_owned();
+    let body = body::read(request).await?;
+    let candidates = sdp::trickle_candidates(&body)?;
+    app.network
+        .trickle(&session, peer, Some(&if_match), candidates)
+        .await
+        .map_err(|e| app.network_error(e))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE /v1/sessions/{session}/peers/{peer}`: closes the peer connection.
+pub(super) async fn delete<N: Network>(
+    State(app): State<Arc<App<N>>>,
+    path: PathParams<(String, String)>,
+    request: Request,
+) -> Response {
+    answer("delete", disconnect(&app, path, request).await)
+}
+
+async fn disconnect<N: Network>(
+    app: &App<N>,
+    path: PathParams<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    app.auth.check(request.headers())?;
+    let (session, peer) = session_and_peer(path)?;
+    app.network
+        .disconnect(&session, peer)
+        .await
+        .map_err(|e| app.network_error(e))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /v1/sessions/{session}/peers`: the session's peers as JSON.
+pub(super) async fn list<N: Network>(
+    State(app): State<Arc<App<N>>>,
+    path: PathParams<String>,
+    request: Request,
+) -> Response {
+    answer("list", list_peers(&app, path, request).await)
+}
+
+async fn list_peers<N: Network>(
+    app: &App<N>,
+    path: PathParams<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    app.auth.check(request.headers())?;
+    let session = session(path)?;
+    let peers = app
+        .network
+        .peers(&session)
+        .await
+        .map_err(|e| app.network_error(e))?;
+    Ok(Json(peers.iter().map(PeerJson::from).collect::<Vec<_>>()).into_response())
+}
+
+/// One element of the `GET .../peers` array.
+#[derive(Serialize)]
+struct PeerJson {
+    peer_id: String,
+    relay_id: String,
+    state: &'static str,
+    joined_at: String,
+}
+
+impl From<&PeerInfo> for PeerJson {
+    fn from(peer: &PeerInfo) -> Self {
+        PeerJson {
+            peer_id: peer.peer_id.to_string(),
+            relay_id: peer.relay_id.to_string(),
+            state: peer.state.as_str(),
+            joined_at: rfc3339(peer.joined_at),
+        }
+    }
+}
+
+/// `time` as RFC 3339 UTC with milliseconds, clamped to the years 1970 to
+/// 9999 that the format (and humantime) can write.
+fn rfc3339(time: SystemTime) -> String {
+    const LAST: Duration = Duration::from_secs(253_402_300_799); // 9999-12-31T23:59:59Z
+    let since_epoch = time
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .min(LAST);
+    humantime::format_rfc3339_millis(UNIX_EPOCH + since_epoch).to_string()
+}
+
+/// The checked `{session}`.
+fn session(path: PathParams<String>) -> Result<String, ApiError> {
+    let Path(session) = path.map_err(|rejection| ApiError::InvalidId(rejection.body_text()))?;
+    ids::session(session)
+}
+
+/// The checked `{session}` and `{peer}`.
+fn session_and_peer(path: PathParams<(String, String)>) -> Result<(String, Id), ApiError> {
+    let Path((session, peer)) =
+        path.map_err(|rejection| ApiError::InvalidId(rejection.body_text()))?;
+    Ok((ids::session(session)?, ids::peer(&peer)?))
+}
+
+/// `result` as the response, with a refusal logged.
+fn answer(action: &'static str, result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(|error| {
+        tracing::warn!(
+            action,
+            kind = error.kind(),
+            status = error.status().as_u16(),
+            "{error}"
+        );
+        error.into_response()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_times_are_rfc3339_utc_and_never_out_of_range() {
+        let time = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(rfc3339(time), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH - Duration::from_secs(1)),
+            "1970-01-01T00:00:00.000Z"
+        );
+        let far = UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+        assert_eq!(rfc3339(far), "9999-12-31T23:59:59.000Z");
+    }
+}

@@ -1,0 +1,112 @@
+//! What signal counts, registered into the process's shared Prometheus
+//! registry under the `signal_` prefix, and the encoding of that registry for
+//! `GET /metrics`.
+
+use axum::http::{Method, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+/// The media type of [`encode`]'s output (prometheus-client writes OpenMetrics
+/// text, which Prometheus scrapes as is).
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Labels of `signal_http_requests_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    /// The method, or `OTHER` for extension methods.
+    method: String,
+    /// The matched route pattern (`/v1/sessions/{session}/peers`), or
+    /// `unmatched`, so client-chosen paths never become label values.
+    route: String,
+    /// The response status.
+    status: u16,
+}
+
+/// Labels of `signal_offers_failed_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    /// The problem kind (`bad-sdp`, `no-capacity`, …).
+    reason: String,
+}
+
+/// Signal's counters. Clones share the same counters.
+#[derive(Debug, Clone)]
+pub struct SignalMetrics {
+    http_requests: Family<RequestLabels, Counter>,
+    offers_accepted: Counter,
+    offers_failed: Family<ReasonLabels, Counter>,
+}
+
+impl SignalMetrics {
+    /// Creates signal's counters and registers them in `registry` with the
+    /// `signal_` prefix.
+    pub fn register(registry: &mut Registry) -> SignalMetrics {
+        let metrics = SignalMetrics {
+            http_requests: Family::default(),
+            offers_accepted: Counter::default(),
+            offers_failed: Family::default(),
+        };
+        let registry = registry.sub_registry_with_prefix("signal");
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by method, route and status",
+            metrics.http_requests.clone(),
+        );
+        registry.register(
+            "offers_accepted",
+            "SDP offers answered with 201",
+            metrics.offers_accepted.clone(),
+        );
+        registry.register(
+            "offers_failed",
+            "SDP offers refused or failed, by problem kind",
+            metrics.offers_failed.clone(),
+        );
+        metrics
+    }
+
+    /// Counts one answered request.
+    pub(crate) fn request(&self, method: &Method, route: Option<&str>, status: StatusCode) {
+        let method = match *method {
+            Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::PATCH
+            | Method::DELETE
+            | Method::OPTIONS
+            | Method::CONNECT
+            | Method::TRACE => method.as_str(),
+            _ => "OTHER",
+        };
+        let labels = RequestLabels {
+            method: method.to_owned(),
+            route: route.unwrap_or("unmatched").to_owned(),
+            status: status.as_u16(),
+        };
+        self.http_requests.get_or_create(&labels).inc();
+    }
+
+    /// Counts one accepted offer.
+    pub(crate) fn offer_accepted(&self) {
+        self.offers_accepted.inc();
+    }
+
+    /// Counts one failed offer of problem kind `reason`.
+    pub(crate) fn offer_failed(&self, reason: &'static str) {
+        self.offers_failed
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// The whole of `registry` (every service's metrics) as OpenMetrics text.
+pub(crate) fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry)?;
+    Ok(text)
+}

@@ -1,0 +1,128 @@
+//! The seam between signal and the rest of deltamesh. Signal is stateless:
+//! everything it answers comes from a [`Network`] — in one process the
+//! registry and relays called directly, in a deployment gRPC and NATS.
+
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use deltamesh_proto::Id;
+
+/// A new peer connection asked for by an HTTP offer.
+#[derive(Debug, Clone)]
+pub struct ConnectRequest {
+    /// The session, already checked against the id rules.
+    pub session: String,
+    /// The SDP offer text, already checked to carry an SCTP application m-line.
+    pub offer_sdp: String,
+    /// The W3C `traceparent` of the request, if any.
+    pub traceparent: Option<String>,
+}
+
+/// A peer connection a relay accepted.
+#[derive(Debug, Clone)]
+pub struct Connected {
+    /// The new peer's id.
+    pub peer_id: Id,
+    /// The relay that terminates it.
+    pub relay_id: Id,
+    /// The SDP answer text.
+    pub answer_sdp: String,
+    /// The relay-side ICE ufrag (the resource's ETag).
+    pub ice_ufrag: String,
+}
+
+/// Connection state of a peer, as listed by `GET .../peers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    /// Offer answered, ICE/DTLS/SCTP not up yet.
+    Connecting,
+    /// Channels open and welcomed.
+    Connected,
+}
+
+impl PeerState {
+    /// The state's name in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Connecting => "connecting",
+            PeerState::Connected => "connected",
+        }
+    }
+}
+
+/// One peer of a session.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The peer's id.
+    pub peer_id: Id,
+    /// The relay it is connected to.
+    pub relay_id: Id,
+    /// Its connection state.
+    pub state: PeerState,
+    /// When its offer was accepted.
+    pub joined_at: SystemTime,
+}
+
+/// Why the network could not do what signal asked. Each maps to one HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetworkError {
+    /// The offer was refused by the relay (malformed or unsupported SDP): 400.
+    #[error("offer refused: {0}")]
+    BadOffer(String),
+    /// No such peer in that session: 404.
+    #[error("unknown peer")]
+    UnknownPeer,
+    /// `If-Match` does not name the peer's current ICE ufrag: 412.
+    #[error("ETag does not match the current ICE session")]
+    EtagMismatch,
+    /// The operation is not supported: 501.
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
+    /// No relay has room (full or draining): 503 with `Retry-After`.
+    #[error("no relay has capacity")]
+    NoCapacity {
+        /// How long the client should wait.
+        retry_after: Duration,
+    },
+    /// A hop did not answer in time: 504.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    /// A hop failed: 503.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What signal needs from the registry and relays.
+pub trait Network: Send + Sync + 'static {
+    /// Places a new peer of `request.session` on a relay and returns its answer.
+    fn connect(
+        &self,
+        request: ConnectRequest,
+    ) -> impl Future<Output = Result<Connected, NetworkError>> + Send;
+
+    /// Adds trickled remote ICE candidates (`a=candidate:` lines) to a peer.
+    /// `if_match` is the ETag the client named, `None` when it named none.
+    fn trickle(
+        &self,
+        session: &str,
+        peer: Id,
+        if_match: Option<&str>,
+        candidates: Vec<String>,
+    ) -> impl Future<Output = Result<(), NetworkError>> + Send;
+
+    /// Closes a peer connection.
+    fn disconnect(
+        &self,
+        session: &str,
+        peer: Id,
+    ) -> impl Future<Output = Result<(), NetworkError>> + Send;
+
+    /// Lists the peers of a session.
+    fn peers(
+        &self,
+        session: &str,
+    ) -> impl Future<Output = Result<Vec<PeerInfo>, NetworkError>> + Send;
+
+    /// `Ok` when the network can take new peers; the reason otherwise.
+    fn readiness(&self) -> Result<(), String>;
+}

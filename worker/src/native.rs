@@ -1,0 +1,407 @@
+//! The native peer: [`PeerCore`] driven by str0m as the offering side over a
+//! tokio UDP socket, with HTTP signaling by reqwest. Servers, the
+//! command-line client and the benchmarks connect through this.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use deltamesh_proto::channel::Channel;
+use deltamesh_proto::{Id, pb};
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::channel::{ChannelConfig, ChannelId};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::core::{PeerCore, PeerEvent, SendError};
+
+/// How to reach a session.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Base URL of the signal service, e.g. `http://127.0.0.1:8080`.
+    pub signal_url: String,
+    /// Session to join.
+    pub session: String,
+    /// Bearer token.
+    pub token: String,
+    /// Also receive this peer's own deltas.
+    pub echo: bool,
+    /// Deltas that may await acknowledgement at once.
+    pub max_unacked: usize,
+    /// Time allowed from offer to `Welcome`.
+    pub connect_timeout: Duration,
+}
+
+impl ConnectOptions {
+    /// Options with defaults for `signal_url`, `session` and `token`.
+    pub fn new(signal_url: &str, session: &str, token: &str) -> Self {
+        ConnectOptions {
+            signal_url: signal_url.trim_end_matches('/').to_owned(),
+            session: session.to_owned(),
+            token: token.to_owned(),
+            echo: false,
+            max_unacked: 65_536,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why connecting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Local socket trouble.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The signal URL is unusable.
+    #[error("bad signal URL: {0}")]
+    Url(String),
+    /// The HTTP exchange failed.
+    #[error("signaling: {0}")]
+    Http(#[from] reqwest::Error),
+    /// Signal answered with an error status.
+    #[error("signal answered {status}: {body}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The problem+json body.
+        body: String,
+    },
+    /// str0m refused the exchange.
+    #[error("webrtc: {0}")]
+    Rtc(String),
+    /// No `Welcome` in time.
+    #[error("no Welcome within {0:?}")]
+    Timeout(Duration),
+    /// The connection closed while connecting.
+    #[error("connection closed while connecting")]
+    Closed,
+}
+
+enum Request {
+    Send {
+        kind: u16,
+        doc_id: Id,
+        payload: Vec<u8>,
+        reply: tokio::sync::oneshot::Sender<Result<u64, SendError>>,
+    },
+    Ping(u64),
+    Raw(Channel, Vec<u8>),
+    Close,
+}
+
+/// A connected native peer.
+pub struct NativePeer {
+    requests: mpsc::Sender<Request>,
+    events: mpsc::Receiver<PeerEvent>,
+    welcome: pb::Welcome,
+    resource: String,
+    options: ConnectOptions,
+    http: reqwest::Client,
+}
+
+impl NativePeer {
+    /// Connects to a session and waits for the relay's `Welcome`.
+    pub async fn connect(options: ConnectOptions) -> Result<NativePeer, ConnectError> {
+        let http = reqwest::Client::new();
+        let local_ip = local_ip_towards(&options.signal_url).await?;
+        let socket = UdpSocket::bind(SocketAddr::new(local_ip, 0)).await?;
+        let local_addr = socket.local_addr()?;
+        let mut rtc = Rtc::builder()
+            .set_sctp_max_message_size(1 << 20)
+            .clear_codecs()
+            .build(Instant::now());
+        let candidate =
+            Candidate::host(local_addr, "udp").map_err(|e| ConnectError::Rtc(e.to_string()))?;
+        rtc.add_local_candidate(candidate);
+        let mut sdp = rtc.sdp_api();
+        let channels = Channel::ALL.map(|channel| {
+            sdp.add_channel_with_config(ChannelConfig {
+                label: channel.label().to_owned(),
+                negotiated: Some(channel.stream_id()),
+                ..ChannelConfig::default()
+            })
+        });
+        let (offer, pending) = sdp
+            .apply()
+            .ok_or_else(|| ConnectError::Rtc("no offer to make".into()))?;
+        let url = format!(
+            "{}/v1/sessions/{}/peers",
+            options.signal_url, options.session
+        );
+        let response = http
+            .post(&url)
+            .header("content-type", "application/sdp")
+            .bearer_auth(&options.token)
+            .body(offer.to_sdp_string())
+            .send()
+            .await?;
+        let status = response.status();
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = response.text().await?;
+        if status.as_u16() != 201 {
+            return Err(ConnectError::Refused {
+                status: status.as_u16(),
+                body,
+            });
+        }
+        accept_answer(&mut rtc, pending, &body)?;
+        let (requests, request_rx) = mpsc::channel(1024);
+        let (event_tx, mut events) = mpsc::channel(65_536);
+        let core = PeerCore::new(options.max_unacked, options.echo);
+        let driver = Driver {
+            rtc,
+            socket: Arc::new(socket),
+            local_addr,
+            core,
+            channels,
+            events: event_tx,
+        };
+        tokio::spawn(driver.run(request_rx));
+        let welcome = tokio::time::timeout(options.connect_timeout, async {
+            while let Some(event) = events.recv().await {
+                if let PeerEvent::Welcomed(welcome) = event {
+                    return Ok(welcome);
+                }
+            }
+            Err(ConnectError::Closed)
+        })
+        .await
+        .map_err(|_| ConnectError::Timeout(options.connect_timeout))??;
+        let resource = format!("{}{}", options.signal_url, location);
+        Ok(NativePeer {
+            requests,
+            events,
+            welcome,
+            resource,
+            options,
+            http,
+        })
+    }
+
+    /// The relay's welcome: peer id, relay id, session head, peers present.
+    pub fn welcome(&self) -> &pb::Welcome {
+        &self.welcome
+    }
+
+    /// This connection's peer id.
+    pub fn peer_id(&self) -> Id {
+        Id::from_slice(&self.welcome.peer_id).unwrap_or_default()
+    }
+
+    /// Queues a delta; returns its client_seq (the ack arrives as an event).
+    pub async fn send(&self, kind: u16, doc_id: Id, payload: Vec<u8>) -> Result<u64, SendError> {
+        let (reply, result) = tokio::sync::oneshot::channel();
+        let request = Request::Send {
+            kind,
+            doc_id,
+            payload,
+            reply,
+        };
+        if self.requests.send(request).await.is_err() {
+            return Err(SendError::Backlog(0));
+        }
+        result.await.unwrap_or(Err(SendError::Backlog(0)))
+    }
+
+    /// Sends a ping; the pong arrives as [`PeerEvent::Pong`].
+    pub async fn ping(&self, nonce: u64) {
+        let _ = self.requests.send(Request::Ping(nonce)).await;
+    }
+
+    /// Writes `bytes` as one message on `channel`, bypassing the protocol:
+    /// for tools and tests that check what a relay does with any input.
+    pub async fn send_raw(&self, channel: Channel, bytes: Vec<u8>) {
+        let _ = self.requests.send(Request::Raw(channel, bytes)).await;
+    }
+
+    /// The next event; `None` once the connection is gone.
+    pub async fn next_event(&mut self) -> Option<PeerEvent> {
+        self.events.recv().await
+    }
+
+    /// Leaves the session: `DELETE` on the peer resource, then closes.
+    pub async fn close(self) -> Result<(), ConnectError> {
+        let response = self
+            .http
+            .delete(&self.resource)
+            .bearer_auth(&self.options.token)
+            .send()
+            .await;
+        let _ = self.requests.send(Request::Close).await;
+        response?;
+        Ok(())
+    }
+
+    /// Stops driving the connection without telling anyone, as a crashed
+    /// process would.
+    pub async fn vanish(self) {
+        let _ = self.requests.send(Request::Close).await;
+    }
+}
+
+fn accept_answer(rtc: &mut Rtc, pending: SdpPendingOffer, body: &str) -> Result<(), ConnectError> {
+    let answer = SdpAnswer::from_sdp_string(body).map_err(|e| ConnectError::Rtc(e.to_string()))?;
+    rtc.sdp_api()
+        .accept_answer(pending, answer)
+        .map_err(|e| ConnectError::Rtc(e.to_string()))
+}
+
+/// The local address the OS would use to reach the signal host, so the
+/// host candidate is concrete (never 0.0.0.0).
+async fn local_ip_towards(signal_url: &str) -> Result<IpAddr, ConnectError> {
+    let url = reqwest::Url::parse(signal_url).map_err(|e| ConnectError::Url(e.to_string()))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| ConnectError::Url("no host".into()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let target = tokio::net::lookup_host((host.as_str(), port))
+        .await?
+        .next()
+        .ok_or_else(|| ConnectError::Url(format!("{host} does not resolve")))?;
+    let probe = UdpSocket::bind(SocketAddr::new(
+        if target.is_ipv4() {
+            IpAddr::from([0, 0, 0, 0])
+        } else {
+            IpAddr::from([0u16; 8])
+        },
+        0,
+    ))
+    .await?;
+    probe.connect(target).await?;
+    Ok(probe.local_addr()?.ip())
+}
+
+struct Driver {
+    rtc: Rtc,
+    socket: Arc<UdpSocket>,
+    local_addr: SocketAddr,
+    core: PeerCore,
+    channels: [ChannelId; 3],
+    events: mpsc::Sender<PeerEvent>,
+}
+
+impl Driver {
+    async fn run(mut self, mut requests: mpsc::Receiver<Request>) {
+        let socket = Arc::clone(&self.socket);
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let Some(timeout) = self.drive().await else {
+                return;
+            };
+            tokio::select! {
+                request = requests.recv() => match request {
+                    Some(Request::Send { kind, doc_id, payload, reply }) => {
+                        let _ = reply.send(self.core.send(kind, doc_id, &payload, unix_micros()));
+                    }
+                    Some(Request::Ping(nonce)) => self.core.ping(nonce),
+                    Some(Request::Raw(channel, bytes)) => self.core.unpoll_transmit(channel, bytes),
+                    Some(Request::Close) | None => return,
+                },
+                received = socket.recv_from(&mut buf) => {
+                    if let Ok((len, source)) = received {
+                        self.receive(source, &buf[..len]);
+                    }
+                }
+                _ = tokio::time::sleep_until(timeout.into()) => {
+                    if self.rtc.handle_input(Input::Timeout(Instant::now())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn receive(&mut self, source: SocketAddr, datagram: &[u8]) {
+        let Ok(contents) = datagram.try_into() else {
+            return;
+        };
+        let input = Input::Receive(
+            Instant::now(),
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.local_addr,
+                contents,
+            },
+        );
+        let _ = self.rtc.handle_input(input);
+    }
+
+    /// Writes what the core wants sent, drains str0m's output, and hands
+    /// events to the application. `None` when the connection is over.
+    async fn drive(&mut self) -> Option<Instant> {
+        loop {
+            self.write_outbox();
+            let output = self.rtc.poll_output().ok()?;
+            match output {
+                Output::Transmit(transmit) => {
+                    let _ = self
+                        .socket
+                        .try_send_to(&transmit.contents, transmit.destination);
+                }
+                Output::Event(event) => {
+                    if !self.on_event(event) {
+                        return None;
+                    }
+                }
+                Output::Timeout(at) => {
+                    while let Some(event) = self.core.poll_event() {
+                        self.events.send(event).await.ok()?;
+                    }
+                    return Some(at);
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) -> bool {
+        match event {
+            Event::ChannelData(data) => {
+                if let Some(channel) = self.channel_of(data.id) {
+                    self.core.handle_message(channel, &data.data);
+                }
+                true
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected)
+            | Event::Closed
+            | Event::ChannelClose(_) => false,
+            _ => true,
+        }
+    }
+
+    fn channel_of(&self, id: ChannelId) -> Option<Channel> {
+        Channel::ALL
+            .into_iter()
+            .find(|c| self.channels[c.stream_id() as usize] == id)
+    }
+
+    fn write_outbox(&mut self) {
+        while let Some((channel, bytes)) = self.core.poll_transmit() {
+            let id = self.channels[channel.stream_id() as usize];
+            let written = match self.rtc.channel(id) {
+                Some(mut handle) => handle.write(true, &bytes).unwrap_or(false),
+                None => false,
+            };
+            if !written {
+                self.core.unpoll_transmit(channel, bytes);
+                return;
+            }
+        }
+    }
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
