@@ -71,6 +71,14 @@ pub enum SendError {
     /// The frame cannot be built.
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// The frame exceeds the relay's `max_frame_size` (from `Welcome`).
+    #[error("a {len}-byte frame exceeds the relay's limit of {max} bytes")]
+    TooLarge {
+        /// The frame's length.
+        len: usize,
+        /// The relay's limit.
+        max: usize,
+    },
     /// Too many deltas await acknowledgement.
     #[error("{0} deltas await acknowledgement; wait for acks before sending more")]
     Backlog(usize),
@@ -144,6 +152,14 @@ impl PeerCore {
             timestamp_us,
         }
         .encode(payload)?;
+        if let Some(welcome) = &self.welcome
+            && frame.len() > welcome.max_frame_size as usize
+        {
+            return Err(SendError::TooLarge {
+                len: frame.len(),
+                max: welcome.max_frame_size as usize,
+            });
+        }
         self.next_client_seq += 1;
         if self.welcome.is_some() {
             self.outbox.push_back((Channel::Send, frame.clone()));

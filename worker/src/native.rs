@@ -17,6 +17,13 @@ use tokio::sync::mpsc;
 
 use crate::core::{PeerCore, PeerEvent, SendError};
 
+/// Bytes the peer keeps in flight at most. str0m moves most messages per
+/// second with a small window (SCTP bookkeeping grows with it), while
+/// fewer than a few messages in flight stall on delayed acks.
+const SEND_WINDOW: usize = 128 * 1024;
+/// SCTP send buffer: room for the largest message the relay accepts.
+const SCTP_SEND_BUFFER: usize = 1 << 20;
+
 /// How to reach a session.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
@@ -110,6 +117,7 @@ impl NativePeer {
         let local_addr = socket.local_addr()?;
         let mut rtc = Rtc::builder()
             .set_sctp_max_message_size(1 << 20)
+            .set_sctp_max_buffered_amount(SCTP_SEND_BUFFER)
             .clear_codecs()
             .build(Instant::now());
         let candidate =
@@ -385,13 +393,22 @@ impl Driver {
             .find(|c| self.channels[c.stream_id() as usize] == id)
     }
 
+    /// Writes queued messages while the data in flight stays under
+    /// [`SEND_WINDOW`] (a larger message goes alone into an empty window).
     fn write_outbox(&mut self) {
         while let Some((channel, bytes)) = self.core.poll_transmit() {
+            let in_flight: usize = self
+                .channels
+                .iter()
+                .filter_map(|&id| self.rtc.channel(id).map(|mut c| c.buffered_amount()))
+                .sum();
             let id = self.channels[channel.stream_id() as usize];
-            let written = match self.rtc.channel(id) {
-                Some(mut handle) => handle.write(true, &bytes).unwrap_or(false),
-                None => false,
-            };
+            let fits = in_flight == 0 || in_flight + bytes.len() <= SEND_WINDOW;
+            let written = fits
+                && match self.rtc.channel(id) {
+                    Some(mut handle) => handle.write(true, &bytes).unwrap_or(false),
+                    None => false,
+                };
             if !written {
                 self.core.unpoll_transmit(channel, bytes);
                 return;
