@@ -1,6 +1,7 @@
 //! The service's configuration: one typed value, built by the binary from its
 //! command line and environment and printed at start-up.
 
+use std::fmt;
 use std::time::Duration;
 
 /// The largest request body signal reads (an SDP offer or a trickle
@@ -8,7 +9,7 @@ use std::time::Duration;
 pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// How signal behaves, apart from the [`Network`](crate::Network) it fronts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SignalConfig {
     /// The fixed development bearer token, accepted for any session. Empty
     /// means no token is accepted at all.
@@ -31,6 +32,22 @@ impl SignalConfig {
     }
 }
 
+/// Printed at start-up: the token in full (development mode must show it), the
+/// home page by size only.
+impl fmt::Debug for SignalConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignalConfig")
+            .field("dev_token", &self.dev_token)
+            .field(
+                "home_page",
+                &format_args!("<{} bytes of HTML>", self.home_page.len()),
+            )
+            .field("retry_after", &self.retry_after)
+            .field("body_limit", &BODY_LIMIT)
+            .finish()
+    }
+}
+
 const DEFAULT_HOME_PAGE: &str = "<!doctype html>
 <html lang=\"en\">
 <head><meta charset=\"utf-8\"><title>deltamesh</title></head>
@@ -40,3 +57,16 @@ const DEFAULT_HOME_PAGE: &str = "<!doctype html>
 </body>
 </html>
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_printed_config_shows_the_token_but_not_the_whole_page() {
+        let printed = format!("{:?}", SignalConfig::new("tok"));
+        assert!(printed.contains("dev_token: \"tok\""), "{printed}");
+        assert!(printed.contains("bytes of HTML"), "{printed}");
+        assert!(!printed.contains("<html"), "{printed}");
+    }
+}

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use crate::problem::ApiError;
 
 /// What `If-Match` names for an ICE restart.
-pub(crate) const ICE_RESTART: &str = "*";
+const ICE_RESTART: &str = "*";
 
 /// The `ETag` header for `ufrag`. A ufrag that cannot be a strong entity tag
 /// (RFC 9110 §8.8.3: visible ASCII except `"`) is the network's fault: 500.

@@ -16,7 +16,7 @@ mod etag;
 mod http;
 mod ids;
 mod metrics;
-mod network;
+pub mod network;
 mod problem;
 mod sdp;
 

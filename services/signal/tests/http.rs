@@ -1,0 +1,1191 @@
+//! The HTTP contract of PROTOCOL.md §1, spoken over real sockets to a signal
+//! service in front of a fake network that records what it was asked.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, UNIX_EPOCH};
+
+use deltamesh_proto::Id;
+use deltamesh_signal::{
+    BODY_LIMIT, ConnectRequest, Connected, Network, NetworkError, PeerInfo, PeerState,
+    SignalConfig, SignalMetrics, router, serve,
+};
+use prometheus_client::registry::Registry;
+use reqwest::{Method, Response, StatusCode};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+const TOKEN: &str = "dev-token-for-tests";
+const SESSION: &str = "doc-1";
+
+const OFFER: &str = "v=0\r\n\
+    o=- 4611731400430051336 2 IN IP4 127.0.0.1\r\n\
+    s=-\r\n\
+    t=0 0\r\n\
+    a=group:BUNDLE 0\r\n\
+    m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
+    c=IN IP4 0.0.0.0\r\n\
+    a=ice-ufrag:offr\r\n\
+    a=ice-pwd:offerpasswordoffer123456\r\n\
+    a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+    a=setup:actpass\r\n\
+    a=mid:0\r\n\
+    a=sctp-port:5000\r\n";
+
+const ANSWER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+    m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=ice-lite\r\n";
+
+// ---------------------------------------------------------------- the fake
+
+/// What the fake network was asked.
+#[derive(Debug, Clone, PartialEq)]
+enum Call {
+    Connect {
+        session: String,
+        offer_sdp: String,
+        traceparent: Option<String>,
+    },
+    Trickle {
+        session: String,
+        peer: Id,
+        if_match: Option<String>,
+        candidates: Vec<String>,
+    },
+    Disconnect {
+        session: String,
+        peer: Id,
+    },
+    Peers {
+        session: String,
+    },
+}
+
+#[derive(Default)]
+struct FakeState {
+    calls: Vec<Call>,
+    /// Peers it placed: (session, info, ice ufrag).
+    peers: Vec<(String, PeerInfo, String)>,
+    /// When set, every call fails with it.
+    failure: Option<NetworkError>,
+    /// When set, `readiness` fails with it.
+    not_ready: Option<String>,
+    /// When set, the ufrag of the next answers.
+    ufrag: Option<String>,
+}
+
+/// A network that places every peer on relay 0xee…, numbers peers 1, 2, …
+/// and gives peer n the ufrag `ufragn`.
+#[derive(Default)]
+struct FakeNetwork {
+    state: Mutex<FakeState>,
+}
+
+impl FakeNetwork {
+    fn state(&self) -> MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap()
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.state().calls.clone()
+    }
+
+    fn fail_with(&self, error: NetworkError) {
+        self.state().failure = Some(error);
+    }
+
+    /// Records `call`, then fails if told to.
+    fn record(&self, call: Call) -> Result<MutexGuard<'_, FakeState>, NetworkError> {
+        let mut state = self.state();
+        state.calls.push(call);
+        match state.failure.clone() {
+            Some(error) => Err(error),
+            None => Ok(state),
+        }
+    }
+}
+
+const RELAY: Id = Id([0xee; 16]);
+
+impl Network for FakeNetwork {
+    async fn connect(&self, request: ConnectRequest) -> Result<Connected, NetworkError> {
+        let mut state = self.record(Call::Connect {
+            session: request.session.clone(),
+            offer_sdp: request.offer_sdp,
+            traceparent: request.traceparent,
+        })?;
+        let n = state.peers.len() as u8 + 1;
+        let peer_id = Id([n; 16]);
+        let ice_ufrag = state.ufrag.clone().unwrap_or(format!("ufrag{n}"));
+        let joined_at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + u64::from(n));
+        let info = PeerInfo {
+            peer_id,
+            relay_id: RELAY,
+            state: PeerState::Connecting,
+            joined_at,
+        };
+        state.peers.push((request.session, info, ice_ufrag.clone()));
+        Ok(Connected {
+            peer_id,
+            relay_id: RELAY,
+            answer_sdp: ANSWER.to_owned(),
+            ice_ufrag,
+        })
+    }
+
+    async fn trickle(
+        &self,
+        session: &str,
+        peer: Id,
+        if_match: Option<&str>,
+        candidates: Vec<String>,
+    ) -> Result<(), NetworkError> {
+        let state = self.record(Call::Trickle {
+            session: session.to_owned(),
+            peer,
+            if_match: if_match.map(str::to_owned),
+            candidates,
+        })?;
+        let (_, _, ufrag) = state
+            .peers
+            .iter()
+            .find(|(s, info, _)| s == session && info.peer_id == peer)
+            .ok_or(NetworkError::UnknownPeer)?;
+        match if_match {
+            Some("*") => Err(NetworkError::Unsupported("ICE restart")),
+            Some(tag) if tag == ufrag => Ok(()),
+            _ => Err(NetworkError::EtagMismatch),
+        }
+    }
+
+    async fn disconnect(&self, session: &str, peer: Id) -> Result<(), NetworkError> {
+        let mut state = self.record(Call::Disconnect {
+            session: session.to_owned(),
+            peer,
+        })?;
+        let before = state.peers.len();
+        state
+            .peers
+            .retain(|(s, info, _)| !(s == session && info.peer_id == peer));
+        if state.peers.len() == before {
+            Err(NetworkError::UnknownPeer)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn peers(&self, session: &str) -> Result<Vec<PeerInfo>, NetworkError> {
+        let state = self.record(Call::Peers {
+            session: session.to_owned(),
+        })?;
+        Ok(state
+            .peers
+            .iter()
+            .filter(|(s, ..)| s == session)
+            .map(|(_, info, _)| info.clone())
+            .collect())
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        match &self.state().not_ready {
+            Some(reason) => Err(reason.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the harness
+
+/// A signal service on 127.0.0.1:0 in front of a [`FakeNetwork`].
+struct Signal {
+    base: String,
+    client: reqwest::Client,
+    network: Arc<FakeNetwork>,
+    stop: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Signal {
+    async fn start() -> Signal {
+        let mut config = SignalConfig::new(TOKEN);
+        config.home_page = "<!doctype html><title>test home</title>".to_owned();
+        config.retry_after = Duration::from_secs(7);
+        Signal::start_with(config).await
+    }
+
+    async fn start_with(config: SignalConfig) -> Signal {
+        let network = Arc::new(FakeNetwork::default());
+        let mut registry = Registry::default();
+        let metrics = SignalMetrics::register(&mut registry);
+        let app = router(network.clone(), config, metrics, Arc::new(registry));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, app, async {
+            let _ = stopped.await;
+        }));
+        Signal {
+            base,
+            client: reqwest::Client::new(),
+            network,
+            stop: Some(stop),
+            server,
+        }
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.base))
+    }
+
+    /// An authorized request.
+    fn api(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.request(method, path).bearer_auth(TOKEN)
+    }
+
+    async fn post_offer(&self, session: &str, body: impl Into<reqwest::Body>) -> Response {
+        self.api(Method::POST, &format!("/v1/sessions/{session}/peers"))
+            .header("content-type", "application/sdp")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A peer made by a successful offer: its resource path and ETag.
+    async fn join(&self) -> (String, String) {
+        let response = self.post_offer(SESSION, OFFER).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        (header(&response, "location"), header(&response, "etag"))
+    }
+
+    async fn patch(&self, path: &str, if_match: Option<&str>, body: &str) -> Response {
+        let mut request = self
+            .api(Method::PATCH, path)
+            .header("content-type", "application/trickle-ice-sdpfrag")
+            .body(body.to_owned());
+        if let Some(tag) = if_match {
+            request = request.header("if-match", tag);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Fails unless the service still answers.
+    async fn assert_alive(&self) {
+        let response = self.request(Method::GET, "/healthz").send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    async fn metrics(&self) -> String {
+        let response = self.request(Method::GET, "/metrics").send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.text().await.unwrap()
+    }
+}
+
+fn header(response: &Response, name: &str) -> String {
+    let value = response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"));
+    value.to_str().unwrap().to_owned()
+}
+
+/// Checks `response` is an RFC 9457 problem with `status`, readable from any
+/// origin, and returns its detail.
+async fn problem(response: Response, status: StatusCode) -> String {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        header(&response, "content-type"),
+        "application/problem+json"
+    );
+    assert_eq!(header(&response, "access-control-allow-origin"), "*");
+    let body = json(response).await;
+    let object = body.as_object().unwrap();
+    let mut keys: Vec<_> = object.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["detail", "status", "title", "type"], "{body}");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(
+        body["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("urn:deltamesh:problem:"),
+        "{body}"
+    );
+    assert!(!body["title"].as_str().unwrap().is_empty());
+    body["detail"].as_str().unwrap().to_owned()
+}
+
+async fn json(response: Response) -> Value {
+    serde_json::from_str(&response.text().await.unwrap()).unwrap()
+}
+
+fn peer_path(peer: &str) -> String {
+    format!("/v1/sessions/{SESSION}/peers/{peer}")
+}
+
+const UNKNOWN_PEER: &str = "0badc0de-0000-4000-8000-000000000000";
+
+// ---------------------------------------------------------------- offers
+
+#[tokio::test]
+async fn an_offer_is_answered_201_with_location_etag_and_the_sdp_answer() {
+    let signal = Signal::start().await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let response = signal
+        .api(Method::POST, "/v1/sessions/doc-1/peers")
+        .header("content-type", "application/sdp")
+        .header("traceparent", traceparent)
+        .body(OFFER)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(header(&response, "content-type"), "application/sdp");
+    assert_eq!(
+        header(&response, "location"),
+        "/v1/sessions/doc-1/peers/01010101-0101-0101-0101-010101010101"
+    );
+    assert_eq!(header(&response, "etag"), "\"ufrag1\"");
+    assert_eq!(header(&response, "access-control-allow-origin"), "*");
+    let exposed = header(&response, "access-control-expose-headers");
+    for name in ["Location", "ETag", "Retry-After", "Accept-Post"] {
+        assert!(exposed.contains(name), "{exposed}");
+    }
+    assert_eq!(response.text().await.unwrap(), ANSWER);
+    assert_eq!(
+        signal.network.calls(),
+        [Call::Connect {
+            session: "doc-1".to_owned(),
+            offer_sdp: OFFER.to_owned(),
+            traceparent: Some(traceparent.to_owned()),
+        }]
+    );
+}
+
+#[tokio::test]
+async fn an_offer_without_traceparent_reaches_the_network_without_one() {
+    let signal = Signal::start().await;
+    signal.join().await;
+    assert!(matches!(
+        &signal.network.calls()[..],
+        [Call::Connect {
+            traceparent: None,
+            ..
+        }]
+    ));
+}
+
+#[tokio::test]
+async fn an_offer_with_content_type_parameters_is_accepted() {
+    let signal = Signal::start().await;
+    for content_type in ["application/sdp; charset=utf-8", "Application/SDP"] {
+        let response = signal
+            .api(Method::POST, "/v1/sessions/doc-1/peers")
+            .header("content-type", content_type)
+            .body(OFFER)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED, "{content_type}");
+    }
+}
+
+#[tokio::test]
+async fn an_offer_of_exactly_64_kib_is_accepted() {
+    let signal = Signal::start().await;
+    let mut offer = OFFER.to_owned();
+    let pad = BODY_LIMIT - offer.len() - "a=x-pad:\r\n".len();
+    offer.push_str(&format!("a=x-pad:{}\r\n", "p".repeat(pad)));
+    assert_eq!(offer.len(), 64 * 1024);
+    let response = signal.post_offer(SESSION, offer).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn an_offer_over_64_kib_is_a_413_problem() {
+    let signal = Signal::start().await;
+    let mut offer = OFFER.to_owned();
+    offer.push_str(&format!("a=x-pad:{}\r\n", "p".repeat(BODY_LIMIT)));
+    let detail = problem(
+        signal.post_offer(SESSION, offer).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
+    assert!(detail.contains("65536"), "{detail}");
+    assert!(signal.network.calls().is_empty());
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_malformed_offer_is_a_400() {
+    let signal = Signal::start().await;
+    for body in [
+        "hello, relay",
+        "o=- 1 2 IN IP4 0.0.0.0\r\nv=0\r\n",
+        "v=0\r\n\r\nm=application 9 UDP/DTLS/SCTP x\r\n",
+    ] {
+        let detail = problem(
+            signal.post_offer(SESSION, body).await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        assert!(!detail.is_empty(), "{body}");
+    }
+    assert!(signal.network.calls().is_empty());
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn an_empty_offer_is_a_400() {
+    let signal = Signal::start().await;
+    let detail = problem(
+        signal.post_offer(SESSION, "").await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(detail.contains("empty"), "{detail}");
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn an_offer_that_is_not_utf8_is_a_400() {
+    let signal = Signal::start().await;
+    let detail = problem(
+        signal
+            .post_offer(SESSION, b"v=0\r\n\xff\xfe\r\n".to_vec())
+            .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(detail.contains("UTF-8"), "{detail}");
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn an_offer_without_an_sctp_m_line_is_a_400() {
+    let signal = Signal::start().await;
+    let audio_only = OFFER.replace(
+        "m=application 9 UDP/DTLS/SCTP webrtc-datachannel",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+    );
+    let detail = problem(
+        signal.post_offer(SESSION, audio_only).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(
+        detail.contains("three data channels need an SCTP application m-line"),
+        "{detail}"
+    );
+    assert!(signal.network.calls().is_empty());
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn an_offer_with_the_wrong_content_type_is_a_415() {
+    let signal = Signal::start().await;
+    for content_type in [
+        Some("text/plain"),
+        Some("application/sdpx"),
+        Some("application/json"),
+        None,
+    ] {
+        let mut request = signal
+            .api(Method::POST, "/v1/sessions/doc-1/peers")
+            .body(OFFER);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let detail = problem(
+            request.send().await.unwrap(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        )
+        .await;
+        assert!(detail.contains("application/sdp"), "{detail}");
+    }
+    assert!(signal.network.calls().is_empty());
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_session_id_of_128_characters_is_accepted_and_129_is_a_400() {
+    let signal = Signal::start().await;
+    let longest = "s".repeat(128);
+    assert_eq!(
+        signal.post_offer(&longest, OFFER).await.status(),
+        StatusCode::CREATED
+    );
+    let too_long = "s".repeat(129);
+    let detail = problem(
+        signal.post_offer(&too_long, OFFER).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(detail.contains("session"), "{detail}");
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_session_id_with_bad_characters_is_a_400() {
+    let signal = Signal::start().await;
+    for session in [
+        "a%20b",
+        "a%2Fb",
+        "caf%C3%A9",
+        "a%00",
+        "a%FF",
+        "a:b",
+        "%2E%2E%2F",
+    ] {
+        let response = signal.post_offer(session, OFFER).await;
+        problem(response, StatusCode::BAD_REQUEST).await;
+        let response = signal
+            .api(Method::GET, &format!("/v1/sessions/{session}/peers"))
+            .send()
+            .await
+            .unwrap();
+        problem(response, StatusCode::BAD_REQUEST).await;
+    }
+    assert!(signal.network.calls().is_empty());
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_percent_encoded_session_id_is_decoded_before_the_check() {
+    let signal = Signal::start().await;
+    let response = signal.post_offer("doc%2D1", OFFER).await;
+    assert_eq!(
+        header(&response, "location"),
+        "/v1/sessions/doc-1/peers/01010101-0101-0101-0101-010101010101"
+    );
+}
+
+// ---------------------------------------------------------------- auth
+
+#[tokio::test]
+async fn a_request_without_a_token_is_a_401_with_www_authenticate() {
+    let signal = Signal::start().await;
+    let requests = [
+        signal
+            .request(Method::POST, "/v1/sessions/doc-1/peers")
+            .header("content-type", "application/sdp")
+            .body(OFFER),
+        signal.request(Method::GET, "/v1/sessions/doc-1/peers"),
+        signal.request(Method::DELETE, &peer_path(UNKNOWN_PEER)),
+        signal
+            .request(Method::PATCH, &peer_path(UNKNOWN_PEER))
+            .header("content-type", "application/trickle-ice-sdpfrag")
+            .header("if-match", "\"x\"")
+            .body("a=end-of-candidates\r\n"),
+    ];
+    for request in requests {
+        let response = request.send().await.unwrap();
+        assert_eq!(header(&response, "www-authenticate"), "Bearer");
+        problem(response, StatusCode::UNAUTHORIZED).await;
+    }
+    assert!(signal.network.calls().is_empty());
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_wrong_or_malformed_token_is_a_401() {
+    let signal = Signal::start().await;
+    let wrong = format!("Bearer {TOKEN}x");
+    let basic = format!("Basic {TOKEN}");
+    for authorization in [wrong.as_str(), basic.as_str(), "Bearer", "Bearer ", TOKEN] {
+        let response = signal
+            .request(Method::GET, "/v1/sessions/doc-1/peers")
+            .header("authorization", authorization)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(header(&response, "www-authenticate"), "Bearer");
+        problem(response, StatusCode::UNAUTHORIZED).await;
+    }
+    assert!(signal.network.calls().is_empty());
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_failed_token_check_counts_as_a_failed_offer() {
+    let signal = Signal::start().await;
+    let response = signal
+        .request(Method::POST, "/v1/sessions/doc-1/peers")
+        .header("content-type", "application/sdp")
+        .body(OFFER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let metrics = signal.metrics().await;
+    assert!(
+        metrics.contains("signal_offers_failed_total{reason=\"unauthorized\"} 1"),
+        "{metrics}"
+    );
+}
+
+// ---------------------------------------------------------------- trickle
+
+#[tokio::test]
+async fn trickled_candidates_reach_the_network_and_answer_204() {
+    let signal = Signal::start().await;
+    let (location, etag) = signal.join().await;
+    let frag = "a=ice-ufrag:offr\r\na=ice-pwd:offerpasswordoffer123456\r\na=mid:0\r\n\
+        a=candidate:1 1 UDP 2130706431 192.0.2.1 50000 typ host\r\n\
+        a=candidate:2 1 UDP 1694498815 198.51.100.7 50001 typ srflx raddr 192.0.2.1 rport 50000\r\n\
+        a=end-of-candidates\r\n";
+    let response = signal.patch(&location, Some(&etag), frag).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&response, "access-control-allow-origin"), "*");
+    assert_eq!(
+        signal.network.calls()[1],
+        Call::Trickle {
+            session: SESSION.to_owned(),
+            peer: Id([1; 16]),
+            if_match: Some("ufrag1".to_owned()),
+            candidates: vec![
+                "a=candidate:1 1 UDP 2130706431 192.0.2.1 50000 typ host".to_owned(),
+                "a=candidate:2 1 UDP 1694498815 198.51.100.7 50001 typ srflx raddr 192.0.2.1 rport 50000".to_owned(),
+            ],
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_patch_without_if_match_is_a_428() {
+    let signal = Signal::start().await;
+    let (location, _) = signal.join().await;
+    let detail = problem(
+        signal
+            .patch(&location, None, "a=end-of-candidates\r\n")
+            .await,
+        StatusCode::PRECONDITION_REQUIRED,
+    )
+    .await;
+    assert!(detail.contains("If-Match"), "{detail}");
+    assert_eq!(signal.network.calls().len(), 1);
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_patch_with_a_stale_etag_is_a_412() {
+    let signal = Signal::start().await;
+    let (location, _) = signal.join().await;
+    problem(
+        signal
+            .patch(&location, Some("\"ufrag-old\""), "a=end-of-candidates\r\n")
+            .await,
+        StatusCode::PRECONDITION_FAILED,
+    )
+    .await;
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_patch_with_a_malformed_if_match_is_a_400() {
+    let signal = Signal::start().await;
+    let (location, _) = signal.join().await;
+    for if_match in ["ufrag1", "W/\"ufrag1\"", "\"a\", \"b\""] {
+        problem(
+            signal
+                .patch(&location, Some(if_match), "a=end-of-candidates\r\n")
+                .await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    }
+    assert_eq!(signal.network.calls().len(), 1);
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn an_ice_restart_the_network_does_not_support_is_a_501() {
+    let signal = Signal::start().await;
+    let (location, _) = signal.join().await;
+    let frag = "a=ice-ufrag:new1\r\na=ice-pwd:newpasswordnewpassword12\r\n";
+    for star in ["*", "\"*\""] {
+        problem(
+            signal.patch(&location, Some(star), frag).await,
+            StatusCode::NOT_IMPLEMENTED,
+        )
+        .await;
+    }
+    assert!(
+        matches!(&signal.network.calls()[1], Call::Trickle { if_match: Some(tag), .. } if tag == "*")
+    );
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_patch_with_the_wrong_content_type_is_a_415() {
+    let signal = Signal::start().await;
+    let (location, etag) = signal.join().await;
+    let response = signal
+        .api(Method::PATCH, &location)
+        .header("content-type", "application/sdp")
+        .header("if-match", etag)
+        .body("a=end-of-candidates\r\n")
+        .send()
+        .await
+        .unwrap();
+    let detail = problem(response, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+    assert!(
+        detail.contains("application/trickle-ice-sdpfrag"),
+        "{detail}"
+    );
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_patch_that_is_not_an_sdpfrag_or_is_too_big_is_refused() {
+    let signal = Signal::start().await;
+    let (location, etag) = signal.join().await;
+    problem(
+        signal
+            .patch(&location, Some(&etag), "candidate 1 2 3")
+            .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    problem(
+        signal.patch(&location, Some(&etag), "").await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    let huge = format!("a=candidate:{}\r\n", "1".repeat(BODY_LIMIT));
+    problem(
+        signal.patch(&location, Some(&etag), &huge).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
+    assert_eq!(signal.network.calls().len(), 1);
+    signal.assert_alive().await;
+}
+
+// ---------------------------------------------------------------- peers
+
+#[tokio::test]
+async fn a_bad_peer_id_is_a_400() {
+    let signal = Signal::start().await;
+    for peer in [
+        "42",
+        "not-a-uuid",
+        "01010101-0101-0101-0101-01010101010g",
+        "01010101010101010101010101010101",
+    ] {
+        let response = signal
+            .api(Method::DELETE, &peer_path(peer))
+            .send()
+            .await
+            .unwrap();
+        let detail = problem(response, StatusCode::BAD_REQUEST).await;
+        assert!(detail.contains("peer id"), "{detail}");
+        problem(
+            signal
+                .patch(&peer_path(peer), Some("\"x\""), "a=end-of-candidates\r\n")
+                .await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    }
+    assert!(signal.network.calls().is_empty());
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn patch_and_delete_of_an_unknown_peer_are_404() {
+    let signal = Signal::start().await;
+    signal.join().await;
+    problem(
+        signal
+            .patch(
+                &peer_path(UNKNOWN_PEER),
+                Some("\"ufrag1\""),
+                "a=end-of-candidates\r\n",
+            )
+            .await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    let response = signal
+        .api(Method::DELETE, &peer_path(UNKNOWN_PEER))
+        .send()
+        .await
+        .unwrap();
+    problem(response, StatusCode::NOT_FOUND).await;
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn deleting_a_peer_answers_204_and_a_second_delete_is_a_404() {
+    let signal = Signal::start().await;
+    let (location, _) = signal.join().await;
+    let response = signal.api(Method::DELETE, &location).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(response.bytes().await.unwrap().len(), 0);
+    let response = signal.api(Method::DELETE, &location).send().await.unwrap();
+    problem(response, StatusCode::NOT_FOUND).await;
+    assert_eq!(
+        signal.network.calls()[1],
+        Call::Disconnect {
+            session: SESSION.to_owned(),
+            peer: Id([1; 16])
+        }
+    );
+}
+
+#[tokio::test]
+async fn the_peer_list_is_json_with_uuid_ids_state_and_rfc3339_join_times() {
+    let signal = Signal::start().await;
+    signal.join().await;
+    signal.join().await;
+    let response = signal
+        .api(Method::GET, "/v1/sessions/doc-1/peers")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(&response, "content-type"), "application/json");
+    let peers = json(response).await;
+    assert_eq!(
+        peers,
+        serde_json::json!([
+            {
+                "peer_id": "01010101-0101-0101-0101-010101010101",
+                "relay_id": "eeeeeeee-eeee-eeee-eeee-eeeeeeeeeeee",
+                "state": "connecting",
+                "joined_at": "2023-11-14T22:13:20.001Z",
+            },
+            {
+                "peer_id": "02020202-0202-0202-0202-020202020202",
+                "relay_id": "eeeeeeee-eeee-eeee-eeee-eeeeeeeeeeee",
+                "state": "connecting",
+                "joined_at": "2023-11-14T22:13:20.002Z",
+            },
+        ])
+    );
+    let response = signal
+        .api(Method::GET, "/v1/sessions/other/peers")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.text().await.unwrap(), "[]");
+}
+
+// ---------------------------------------------------------------- network failures
+
+#[tokio::test]
+async fn no_relay_capacity_is_a_503_with_retry_after_rounded_up() {
+    let signal = Signal::start().await;
+    signal.network.fail_with(NetworkError::NoCapacity {
+        retry_after: Duration::from_millis(2500),
+    });
+    let response = signal.post_offer(SESSION, OFFER).await;
+    assert_eq!(header(&response, "retry-after"), "3");
+    problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn an_unavailable_network_is_a_503_with_the_configured_retry_after() {
+    let signal = Signal::start().await;
+    signal
+        .network
+        .fail_with(NetworkError::Unavailable("registry unreachable".to_owned()));
+    let response = signal.post_offer(SESSION, OFFER).await;
+    assert_eq!(header(&response, "retry-after"), "7");
+    let detail = problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(detail.contains("registry unreachable"), "{detail}");
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn each_network_error_has_its_status() {
+    let cases = [
+        (
+            NetworkError::BadOffer("no fingerprint".to_owned()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (NetworkError::UnknownPeer, StatusCode::NOT_FOUND),
+        (NetworkError::EtagMismatch, StatusCode::PRECONDITION_FAILED),
+        (
+            NetworkError::Unsupported("that"),
+            StatusCode::NOT_IMPLEMENTED,
+        ),
+        (
+            NetworkError::Timeout("the relay"),
+            StatusCode::GATEWAY_TIMEOUT,
+        ),
+    ];
+    let signal = Signal::start().await;
+    for (error, status) in cases {
+        signal.network.fail_with(error.clone());
+        let response = signal.post_offer(SESSION, OFFER).await;
+        assert!(response.headers().get("retry-after").is_none(), "{error:?}");
+        let detail = problem(response, status).await;
+        assert_eq!(detail, error.to_string());
+        let response = signal
+            .api(Method::GET, "/v1/sessions/doc-1/peers")
+            .send()
+            .await
+            .unwrap();
+        problem(response, status).await;
+    }
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_ufrag_that_cannot_be_an_etag_is_a_500_not_a_crash() {
+    let signal = Signal::start().await;
+    signal.network.state().ufrag = Some("bad\"ufrag".to_owned());
+    problem(
+        signal.post_offer(SESSION, OFFER).await,
+        StatusCode::INTERNAL_SERVER_ERROR,
+    )
+    .await;
+    signal.assert_alive().await;
+}
+
+// ---------------------------------------------------------------- CORS, ops, routing
+
+#[tokio::test]
+async fn preflight_options_answer_204_with_cors_and_accept_post() {
+    let signal = Signal::start().await;
+    for (path, methods) in [
+        ("/v1/sessions/doc-1/peers", "GET, POST, OPTIONS"),
+        (
+            "/v1/sessions/doc-1/peers/01010101-0101-0101-0101-010101010101",
+            "PATCH, DELETE, OPTIONS",
+        ),
+    ] {
+        let response = signal
+            .request(Method::OPTIONS, path)
+            .header("origin", "https://app.example")
+            .header("access-control-request-method", "POST")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NO_CONTENT, "{path}");
+        assert_eq!(header(&response, "access-control-allow-origin"), "*");
+        assert_eq!(header(&response, "access-control-allow-methods"), methods);
+        assert_eq!(
+            header(&response, "access-control-allow-headers"),
+            "Authorization, Content-Type, If-Match, traceparent"
+        );
+        assert_eq!(
+            header(&response, "access-control-expose-headers"),
+            "Location, ETag, Retry-After, Accept-Post"
+        );
+        assert_eq!(header(&response, "accept-post"), "application/sdp");
+    }
+    assert!(signal.network.calls().is_empty());
+}
+
+#[tokio::test]
+async fn healthz_is_200_and_readyz_follows_the_network() {
+    let signal = Signal::start().await;
+    let response = signal.request(Method::GET, "/readyz").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    signal.network.state().not_ready = Some("no relay registered".to_owned());
+    let response = signal.request(Method::GET, "/readyz").send().await.unwrap();
+    let detail = problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(detail.contains("no relay registered"), "{detail}");
+    signal.assert_alive().await;
+
+    signal.network.state().not_ready = None;
+    let response = signal.request(Method::GET, "/readyz").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_home_page_is_the_configured_html() {
+    let signal = Signal::start().await;
+    let response = signal.request(Method::GET, "/").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        header(&response, "content-type"),
+        "text/html; charset=utf-8"
+    );
+    assert_eq!(
+        response.text().await.unwrap(),
+        "<!doctype html><title>test home</title>"
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_are_a_404_problem() {
+    let signal = Signal::start().await;
+    for path in [
+        "/nope",
+        "/v1/sessions",
+        "/v1/sessions/doc-1/peers/x/y",
+        "/v2/sessions/doc-1/peers",
+    ] {
+        let detail = problem(
+            signal.api(Method::GET, path).send().await.unwrap(),
+            StatusCode::NOT_FOUND,
+        )
+        .await;
+        assert!(detail.contains(path), "{detail}");
+    }
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_wrong_method_is_a_405_problem_with_allow() {
+    let signal = Signal::start().await;
+    let response = signal
+        .api(Method::PUT, "/v1/sessions/doc-1/peers")
+        .send()
+        .await
+        .unwrap();
+    let allow = header(&response, "allow");
+    for method in ["GET", "POST", "OPTIONS"] {
+        assert!(allow.contains(method), "{allow}");
+    }
+    problem(response, StatusCode::METHOD_NOT_ALLOWED).await;
+    let response = signal
+        .api(Method::POST, &peer_path(UNKNOWN_PEER))
+        .send()
+        .await
+        .unwrap();
+    problem(response, StatusCode::METHOD_NOT_ALLOWED).await;
+    let response = signal
+        .request(Method::POST, "/healthz")
+        .send()
+        .await
+        .unwrap();
+    problem(response, StatusCode::METHOD_NOT_ALLOWED).await;
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_and_count_requests_and_offers() {
+    let signal = Signal::start().await;
+    signal.join().await;
+    signal.post_offer(SESSION, "garbage").await;
+    signal
+        .request(Method::GET, "/healthz")
+        .send()
+        .await
+        .unwrap();
+
+    let response = signal
+        .request(Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        header(&response, "content-type"),
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let text = response.text().await.unwrap();
+    let samples = parse_exposition(&text);
+    let value = |name: &str, labels: &str| {
+        samples
+            .iter()
+            .find(|(n, l, _)| n == name && l == labels)
+            .map(|(_, _, v)| *v)
+    };
+    assert_eq!(
+        value("signal_offers_accepted_total", ""),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value("signal_offers_failed_total", "reason=\"bad-sdp\""),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            "signal_http_requests_total",
+            "method=\"POST\",route=\"/v1/sessions/{session}/peers\",status=\"201\""
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            "signal_http_requests_total",
+            "method=\"GET\",route=\"/healthz\",status=\"200\""
+        ),
+        Some(1.0),
+        "{text}"
+    );
+
+    signal
+        .request(Method::GET, "/no/such/thing")
+        .send()
+        .await
+        .unwrap();
+    let text = signal.metrics().await;
+    assert!(
+        text.contains("route=\"unmatched\",status=\"404\"} 1"),
+        "{text}"
+    );
+}
+
+/// The samples of an OpenMetrics / Prometheus text exposition as
+/// `(name, labels, value)`; panics on any line that is neither a comment nor a
+/// sample.
+fn parse_exposition(text: &str) -> Vec<(String, String, f64)> {
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("# HELP ")
+            || line.starts_with("# TYPE ")
+            || line.starts_with("# UNIT ")
+            || line == "# EOF"
+        {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not a sample: {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("not a value: {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => (
+                name,
+                labels
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("labels: {line:?}")),
+            ),
+            None => (series, ""),
+        };
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "metric name: {line:?}"
+        );
+        samples.push((name.to_owned(), labels.to_owned(), value));
+    }
+    samples
+}
+
+#[tokio::test]
+async fn the_server_stops_when_shutdown_resolves() {
+    let mut signal = Signal::start().await;
+    signal.assert_alive().await;
+    let _ = signal.stop.take().unwrap().send(());
+    let stopped = tokio::time::timeout(Duration::from_secs(10), &mut signal.server).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+}
+
+#[tokio::test]
+async fn an_empty_dev_token_lets_no_one_in() {
+    let signal = Signal::start_with(SignalConfig::new("")).await;
+    let response = signal
+        .request(Method::GET, "/v1/sessions/doc-1/peers")
+        .header("authorization", "Bearer anything")
+        .send()
+        .await
+        .unwrap();
+    problem(response, StatusCode::UNAUTHORIZED).await;
+}
