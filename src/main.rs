@@ -29,6 +29,9 @@ struct Args {
     /// Relay event-loop shards.
     #[arg(long, env = "DELTAMESH_SHARDS", default_value_t = 1)]
     shards: usize,
+    /// Bytes the relay keeps in flight to one peer at most.
+    #[arg(long, env = "DELTAMESH_SEND_WINDOW", default_value_t = 16 * 1024)]
+    send_window: usize,
     /// The development token that opens every session.
     #[arg(
         long,
@@ -52,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         advertised_ip: args.advertise_ip.unwrap_or(args.udp_bind),
         udp_port: args.udp_port,
         shards: args.shards,
+        send_window: args.send_window,
         ..RelayConfig::default()
     };
     let config = StackConfig {

@@ -152,7 +152,9 @@ impl PeerCore {
             timestamp_us,
         }
         .encode(payload)?;
+        // 0 is protobuf's "unset": the relay named no limit.
         if let Some(welcome) = &self.welcome
+            && welcome.max_frame_size > 0
             && frame.len() > welcome.max_frame_size as usize
         {
             return Err(SendError::TooLarge {

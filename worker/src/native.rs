@@ -17,10 +17,6 @@ use tokio::sync::mpsc;
 
 use crate::core::{PeerCore, PeerEvent, SendError};
 
-/// Bytes the peer keeps in flight at most. str0m moves most messages per
-/// second with a small window (SCTP bookkeeping grows with it), while
-/// fewer than a few messages in flight stall on delayed acks.
-const SEND_WINDOW: usize = 128 * 1024;
 /// SCTP send buffer: room for the largest message the relay accepts.
 const SCTP_SEND_BUFFER: usize = 1 << 20;
 
@@ -37,6 +33,10 @@ pub struct ConnectOptions {
     pub echo: bool,
     /// Deltas that may await acknowledgement at once.
     pub max_unacked: usize,
+    /// Bytes kept in flight at most. str0m's SCTP scans every in-flight
+    /// chunk on each poll, so a small window moves more messages per second;
+    /// it must still cover bandwidth x round trip.
+    pub send_window: usize,
     /// Time allowed from offer to `Welcome`.
     pub connect_timeout: Duration,
 }
@@ -50,6 +50,7 @@ impl ConnectOptions {
             token: token.to_owned(),
             echo: false,
             max_unacked: 65_536,
+            send_window: 16 * 1024,
             connect_timeout: Duration::from_secs(10),
         }
     }
@@ -111,9 +112,9 @@ pub struct NativePeer {
 impl NativePeer {
     /// Connects to a session and waits for the relay's `Welcome`.
     pub async fn connect(options: ConnectOptions) -> Result<NativePeer, ConnectError> {
-        let http = reqwest::Client::new();
+        let http = shared_http_client();
         let local_ip = local_ip_towards(&options.signal_url).await?;
-        let socket = UdpSocket::bind(SocketAddr::new(local_ip, 0)).await?;
+        let socket = bind_udp(SocketAddr::new(local_ip, 0))?;
         let local_addr = socket.local_addr()?;
         let mut rtc = Rtc::builder()
             .set_sctp_max_message_size(1 << 20)
@@ -169,6 +170,7 @@ impl NativePeer {
             local_addr,
             core,
             channels,
+            send_window: options.send_window,
             events: event_tx,
         };
         tokio::spawn(driver.run(request_rx));
@@ -254,6 +256,27 @@ impl NativePeer {
     }
 }
 
+/// Binds a non-blocking UDP socket with a receive buffer big enough for a
+/// burst of deltas (the kernel caps it at `net.core.rmem_max`).
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // Best effort: a smaller buffer only means more retransmits.
+    let _ = socket.set_recv_buffer_size(1 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// One HTTP client (and connection pool) for every peer of the process.
+fn shared_http_client() -> reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(reqwest::Client::new).clone()
+}
+
 fn accept_answer(rtc: &mut Rtc, pending: SdpPendingOffer, body: &str) -> Result<(), ConnectError> {
     let answer = SdpAnswer::from_sdp_string(body).map_err(|e| ConnectError::Rtc(e.to_string()))?;
     rtc.sdp_api()
@@ -295,6 +318,7 @@ struct Driver {
     local_addr: SocketAddr,
     core: PeerCore,
     channels: [ChannelId; 3],
+    send_window: usize,
     events: mpsc::Sender<PeerEvent>,
 }
 
@@ -394,7 +418,7 @@ impl Driver {
     }
 
     /// Writes queued messages while the data in flight stays under
-    /// [`SEND_WINDOW`] (a larger message goes alone into an empty window).
+    /// the send window (a larger message goes alone into an empty window).
     fn write_outbox(&mut self) {
         while let Some((channel, bytes)) = self.core.poll_transmit() {
             let in_flight: usize = self
@@ -403,7 +427,7 @@ impl Driver {
                 .filter_map(|&id| self.rtc.channel(id).map(|mut c| c.buffered_amount()))
                 .sum();
             let id = self.channels[channel.stream_id() as usize];
-            let fits = in_flight == 0 || in_flight + bytes.len() <= SEND_WINDOW;
+            let fits = in_flight == 0 || in_flight + bytes.len() <= self.send_window;
             let written = fits
                 && match self.rtc.channel(id) {
                     Some(mut handle) => handle.write(true, &bytes).unwrap_or(false),

@@ -23,10 +23,17 @@ pub struct RelayConfig {
     pub max_peers: usize,
     /// Largest delta frame accepted on `send`, header included.
     pub max_frame_size: usize,
+    /// Bytes the relay keeps in flight to one peer at most. str0m's SCTP
+    /// scans every in-flight chunk on each poll, so a small window moves
+    /// more deltas per second; it must still cover bandwidth x round trip.
+    pub send_window: usize,
     /// Deltas a peer may fall behind the session before it is warned.
     pub slow_consumer_warn: u64,
     /// Deltas a peer may fall behind before it is disconnected.
     pub slow_consumer_limit: u64,
+    /// Time a peer with deltas waiting may go without taking any before it
+    /// is disconnected as stalled.
+    pub stall_timeout: Duration,
     /// Command messages queued for a peer before it is disconnected.
     pub max_queued_commands: usize,
     /// Time a peer has from its offer to open channels.
@@ -49,8 +56,10 @@ impl Default for RelayConfig {
             shards: 1,
             max_peers: 10_000,
             max_frame_size: 64 * 1024,
+            send_window: 16 * 1024,
             slow_consumer_warn: 4_096,
             slow_consumer_limit: 16_384,
+            stall_timeout: Duration::from_secs(10),
             max_queued_commands: 8_192,
             connect_timeout: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(10),

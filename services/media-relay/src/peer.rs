@@ -45,6 +45,8 @@ pub struct Peer {
     pub last_rx: Instant,
     /// When its offer was accepted.
     pub created: Instant,
+    /// When it last took a delta, or had none waiting.
+    last_progress: Instant,
     /// Set once the connection must go; the shard then removes it.
     pub closing: Option<CloseReason>,
     /// The id deltas are stamped with (an earlier connection's when resumed).
@@ -81,6 +83,7 @@ impl Peer {
             timer_at: None,
             last_rx: now,
             created: now,
+            last_progress: now,
             closing: None,
             origin: id,
             channels: channels.map(Some),
@@ -413,6 +416,7 @@ impl Peer {
         } else if lag <= shared.config.slow_consumer_warn / 2 {
             self.slow_warned = false;
         }
+        let window = shared.config.send_window;
         let mut batch: Vec<StoredDelta> = Vec::with_capacity(READ_BATCH);
         let mut relayed = Vec::new();
         while self.cursor <= head {
@@ -439,9 +443,15 @@ impl Peer {
                 }
                 relayed.clear();
                 view.write_relayed(&mut relayed);
+                let in_flight = self.in_flight();
+                if in_flight > 0 && in_flight + relayed.len() > window {
+                    self.blocked = true;
+                    return;
+                }
                 match write(&mut self.rtc, self.channels[2], &relayed) {
                     Write::Done => {
                         self.cursor += 1;
+                        self.last_progress = Instant::now();
                         shared.metrics.deltas_out.inc();
                     }
                     Write::Full => {
@@ -452,6 +462,41 @@ impl Peer {
                 }
             }
         }
+    }
+}
+
+impl Peer {
+    /// Disconnects the peer if it has had deltas waiting and taken none for
+    /// the stall timeout.
+    pub fn check_progress(&mut self, now: Instant, shared: &Shared) {
+        if !self.welcomed || self.closing.is_some() {
+            return;
+        }
+        if self.cursor > shared.log.head(&self.session) {
+            self.last_progress = now;
+        } else if now.duration_since(self.last_progress) > shared.config.stall_timeout {
+            let stalled = now.duration_since(self.last_progress);
+            self.drop_slow_consumer(format!("took no delta for {stalled:?}"));
+        }
+    }
+
+    /// Tells the peer why (best effort: it may not be reading) and closes it.
+    fn drop_slow_consumer(&mut self, why: String) {
+        let message = command::encode(Body::Error(pb::Error {
+            code: pb::ErrorCode::SlowConsumer.into(),
+            detail: format!("{why}; disconnecting"),
+        }));
+        let _ = write(&mut self.rtc, self.channels[0], &message);
+        self.close(format!("slow consumer: {why}"));
+    }
+
+    /// Bytes written to the peer's channels and not yet acknowledged.
+    fn in_flight(&mut self) -> usize {
+        self.channels
+            .iter()
+            .flatten()
+            .filter_map(|&id| self.rtc.channel(id).map(|mut c| c.buffered_amount()))
+            .sum()
     }
 }
 

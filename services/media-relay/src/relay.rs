@@ -153,7 +153,7 @@ pub async fn start(
             0 => 0,
             base => base + u16::try_from(index).unwrap_or(u16::MAX),
         };
-        let socket = UdpSocket::bind(SocketAddr::new(shared.config.bind_ip, port)).await?;
+        let socket = bind_udp(SocketAddr::new(shared.config.bind_ip, port))?;
         let addr = SocketAddr::new(shared.config.advertised_ip, socket.local_addr()?.port());
         let (commands, receiver) = mpsc::channel(1024);
         let peers = Arc::new(AtomicUsize::new(0));
@@ -174,6 +174,25 @@ pub async fn start(
         shared,
         shards: Arc::new(links),
     })
+}
+
+/// Socket buffers big enough for a burst of fan-out (the kernel caps them
+/// at `net.core.{w,r}mem_max`).
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Binds a non-blocking UDP socket with large send and receive buffers.
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // Best effort: a smaller buffer only means more retransmits.
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 impl RelayHandle {

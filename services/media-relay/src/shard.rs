@@ -4,7 +4,7 @@
 //! str0m deadline is due ([`Timers`]), and drains `poll_output` after every
 //! input as str0m requires. The protocol itself lives in [`Peer`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,6 +31,9 @@ use crate::wake::ShardWake;
 const MAX_TIMER: Duration = Duration::from_millis(500);
 /// Datagrams read per wake-up before timers and wake-ups get a turn.
 const RECV_BATCH: usize = 64;
+/// Datagrams kept while the socket's send buffer is full; beyond this they
+/// are dropped and SCTP retransmits them.
+const MAX_OUTBOUND: usize = 8192;
 
 /// Requests from the relay handle to a shard.
 pub enum ShardCommand {
@@ -83,6 +86,8 @@ pub struct Shard {
     demux: Demux<PeerKey>,
     timers: Timers<PeerKey>,
     closing: Vec<PeerKey>,
+    /// Datagrams waiting for the socket to become writable, in order.
+    outbound: VecDeque<(Vec<u8>, SocketAddr)>,
     next_key: PeerKey,
     members_scratch: Vec<Id>,
 }
@@ -123,6 +128,7 @@ impl Shard {
             demux: Demux::default(),
             timers: Timers::default(),
             closing: Vec::new(),
+            outbound: VecDeque::new(),
             next_key: 0,
             members_scratch: Vec::new(),
         })
@@ -138,7 +144,9 @@ impl Shard {
                 .timers
                 .next_deadline()
                 .unwrap_or_else(|| Instant::now() + MAX_TIMER);
+            let waiting_to_send = !self.outbound.is_empty();
             tokio::select! {
+                _ = socket.writable(), if waiting_to_send => self.flush_outbound(),
                 command = commands.recv() => match command {
                     Some(command) => self.on_command(command),
                     None => break,
@@ -335,6 +343,8 @@ impl Shard {
                 peer.close("timed out connecting");
             } else if let Err(error) = peer.rtc.handle_input(Input::Timeout(now)) {
                 peer.close(format!("webrtc error: {error}"));
+            } else {
+                peer.check_progress(now, &self.shared);
             }
             self.drive(key, now);
         }
@@ -363,12 +373,12 @@ impl Shard {
         };
         loop {
             match peer.rtc.poll_output() {
-                Ok(Output::Transmit(transmit)) => {
-                    // UDP may drop; SCTP retransmits. Never block the shard.
-                    let _ = self
-                        .socket
-                        .try_send_to(&transmit.contents, transmit.destination);
-                }
+                Ok(Output::Transmit(transmit)) => send_datagram(
+                    &self.socket,
+                    &mut self.outbound,
+                    &transmit.contents,
+                    transmit.destination,
+                ),
                 Ok(Output::Event(event)) => peer.on_event(event, &self.shared),
                 Ok(Output::Timeout(at)) => {
                     let at = at.min(now + MAX_TIMER);
@@ -390,6 +400,18 @@ impl Shard {
         }
     }
 
+    /// Sends queued datagrams until the socket is full again.
+    fn flush_outbound(&mut self) {
+        while let Some((datagram, destination)) = self.outbound.front() {
+            match self.socket.try_send_to(datagram, *destination) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return,
+                _ => {
+                    self.outbound.pop_front();
+                }
+            }
+        }
+    }
+
     /// Removes peers that are closing: says goodbye on the wire, frees their
     /// routes, and tells their session.
     fn reap(&mut self) {
@@ -400,11 +422,12 @@ impl Shard {
             if peer.rtc.is_alive() && peer.rtc.close().is_ok() {
                 while let Ok(output) = peer.rtc.poll_output() {
                     match output {
-                        Output::Transmit(transmit) => {
-                            let _ = self
-                                .socket
-                                .try_send_to(&transmit.contents, transmit.destination);
-                        }
+                        Output::Transmit(transmit) => send_datagram(
+                            &self.socket,
+                            &mut self.outbound,
+                            &transmit.contents,
+                            transmit.destination,
+                        ),
                         Output::Event(_) => {}
                         Output::Timeout(_) => break,
                     }
@@ -428,5 +451,24 @@ impl Shard {
             self.shared.metrics.peers.dec();
             self.shared.metrics.peers_closed.inc();
         }
+    }
+}
+
+/// Sends a datagram now, or queues it (bounded) while the socket is full so
+/// a burst is not thrown away. Never blocks the shard.
+fn send_datagram(
+    socket: &UdpSocket,
+    outbound: &mut VecDeque<(Vec<u8>, SocketAddr)>,
+    datagram: &[u8],
+    destination: SocketAddr,
+) {
+    if outbound.is_empty() {
+        match socket.try_send_to(datagram, destination) {
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            _ => return,
+        }
+    }
+    if outbound.len() < MAX_OUTBOUND {
+        outbound.push_back((datagram.to_vec(), destination));
     }
 }

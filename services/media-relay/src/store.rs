@@ -89,7 +89,7 @@ impl Chunk {
     }
 
     fn commit_word(&self, offset: usize) -> &AtomicU32 {
-        debug_assert!(offset % ALIGN == 0 && offset + RECORD_PREFIX <= self.capacity);
+        debug_assert!(offset.is_multiple_of(ALIGN) && offset + RECORD_PREFIX <= self.capacity);
         // SAFETY: `offset` is 8-aligned inside the allocation (records are
         // reserved in multiples of 8 from an 8-aligned base), the word is only
         // ever accessed atomically, and it lives as long as `self`.

@@ -1,12 +1,10 @@
 //! Deltas through one relay, end to end: real HTTP signaling, real UDP,
 //! real WebRTC (str0m on both sides).
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{join, next_matching, stack};
+use crate::common::{join, next_matching, stack};
 use deltamesh_proto::Id;
 use deltamesh_worker::PeerEvent;
 

@@ -2,11 +2,9 @@
 //! `command` channel, nothing is stored or forwarded, and the connection
 //! keeps working.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{join, next_matching, stack};
+use crate::common::{join, next_matching, stack};
 use deltamesh_proto::channel::Channel;
 use deltamesh_proto::pb::{ErrorCode, RejectReason};
 use deltamesh_proto::{FrameHeader, Id};
@@ -34,7 +32,11 @@ fn broken_frames() -> Vec<(&'static str, Vec<u8>, RejectReason)> {
     };
     bad("magic", |f| f[0] = b'X', RejectReason::BadMagic);
     bad("version", |f| f[4] = 2, RejectReason::BadVersion);
-    bad("reserved flag bit", |f| f[9] |= 0x80, RejectReason::ReservedFlags);
+    bad(
+        "reserved flag bit",
+        |f| f[9] |= 0x80,
+        RejectReason::ReservedFlags,
+    );
     bad("reserved u16", |f| f[10] = 1, RejectReason::ReservedNonzero);
     bad("reserved u32", |f| f[53] = 1, RejectReason::ReservedNonzero);
     bad("payload_len", |f| f[12] += 1, RejectReason::LengthMismatch);
@@ -73,7 +75,9 @@ async fn each_broken_header_rule_is_rejected_and_nothing_is_forwarded() {
 
     // The connection still works: a good frame goes through as seq 1, the
     // first and only delta the watcher sees.
-    sender.send_raw(Channel::Send, valid_frame(1, b"good")).await;
+    sender
+        .send_raw(Channel::Send, valid_frame(1, b"good"))
+        .await;
     let (client_seq, seq) = next_matching(&mut sender, Duration::from_secs(5), |e| match e {
         PeerEvent::Acked { client_seq, seq } => Some((client_seq, seq)),
         PeerEvent::Rejected(r) => panic!("good frame rejected: {r:?}"),
@@ -102,7 +106,8 @@ async fn a_300_kib_frame_is_rejected_as_too_large_with_the_limit() {
         "the peer library refuses it up front: {too_large:?}"
     );
     // Sent anyway, the relay rejects it with the limit.
-    peer.send_raw(Channel::Send, valid_frame(1, &vec![0xAB; 300 * 1024])).await;
+    peer.send_raw(Channel::Send, valid_frame(1, &vec![0xAB; 300 * 1024]))
+        .await;
     let reject = next_matching(&mut peer, Duration::from_secs(10), |e| match e {
         PeerEvent::Rejected(r) => Some(r),
         _ => None,
@@ -110,9 +115,15 @@ async fn a_300_kib_frame_is_rejected_as_too_large_with_the_limit() {
     .await;
     assert_eq!(reject.reason(), RejectReason::TooLarge);
     assert_eq!(reject.client_seq, 1);
-    assert!(reject.detail.contains(&limit.to_string()), "{}", reject.detail);
+    assert!(
+        reject.detail.contains(&limit.to_string()),
+        "{}",
+        reject.detail
+    );
     // Still connected: a small delta is accepted next.
-    peer.send(1, Id::default(), b"small".to_vec()).await.unwrap();
+    peer.send(1, Id::default(), b"small".to_vec())
+        .await
+        .unwrap();
     let ack = next_matching(&mut peer, Duration::from_secs(5), |e| match e {
         PeerEvent::Acked { client_seq, seq } => Some((client_seq, seq)),
         _ => None,

@@ -1,11 +1,9 @@
 //! A peer that vanishes without a DELETE is detected, the others hear it
 //! left, and its resources are freed.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TOKEN, join, next_matching, stack_with};
+use crate::common::{TOKEN, join, next_matching, stack_with};
 use deltamesh_worker::PeerEvent;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,403 @@
+//! The relay benchmark: raw str0m as the baseline, then the real relay
+//! (the `deltamesh` binary, its own process) with native peers over
+//! loopback UDP, printed side by side with ratios.
+//!
+//! Run: `cargo bench --bench relay` (add `-- --quick` for a short run).
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use deltamesh_proto::Id;
+use deltamesh_proto::channel::Channel;
+use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
+use str0m::change::SdpOffer;
+use str0m::channel::{ChannelConfig, ChannelId};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+
+const TOKEN: &str = "bench-token";
+
+struct Sizes {
+    deltas: u64,
+    receivers: usize,
+    connects: usize,
+    idle_peers: usize,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // The in-flight window, the same for raw str0m, the relay and the peers.
+    let window: usize = args
+        .iter()
+        .position(|a| a == "--window")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(16 * 1024);
+    let sizes = if quick {
+        Sizes {
+            deltas: 5_000,
+            receivers: 10,
+            connects: 50,
+            idle_peers: 200,
+        }
+    } else {
+        Sizes {
+            deltas: 30_000,
+            receivers: 10,
+            connects: 200,
+            idle_peers: 1_000,
+        }
+    };
+    println!(
+        "deltamesh relay benchmark ({} run, in-flight window {} KiB)\n",
+        if quick { "quick" } else { "full" },
+        window / 1024
+    );
+
+    println!(
+        "1. fan-out throughput: 1 sender, {} receivers",
+        sizes.receivers
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    for size in [100usize, 1024] {
+        let raw = raw_str0m_throughput(size, sizes.deltas, window);
+        let relay = Relay::spawn(window);
+        let (delivered, elapsed) =
+            runtime.block_on(fan_out(&relay, size, sizes.deltas, sizes.receivers));
+        let rate = delivered as f64 / elapsed.as_secs_f64();
+        println!(
+            "   {size:>5} B: raw str0m 1->1 in memory {raw:>9.0} msg/s | relay delivered {rate:>9.0} deltas/s \
+             ({} deltas in {:.2} s) | ratio {:.2}",
+            delivered,
+            elapsed.as_secs_f64(),
+            rate / raw
+        );
+    }
+
+    println!("\n2. connect: POST offer -> three channels open -> Welcome");
+    let relay = Relay::spawn(window);
+    let mut times = runtime.block_on(sequential_connects(&relay, sizes.connects));
+    times.sort();
+    println!(
+        "   sequential, {} connections: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        times.len(),
+        ms(percentile(&times, 0.50)),
+        ms(percentile(&times, 0.99)),
+        ms(*times.last().expect("connections"))
+    );
+    let cpu_before = relay.cpu_time();
+    let started = Instant::now();
+    let made = runtime.block_on(concurrent_connects(&relay, sizes.connects, 20));
+    let wall = started.elapsed();
+    let cpu = relay.cpu_time() - cpu_before;
+    println!(
+        "   20 at a time, {made} connections: {:.0} conn/s wall (clients share the 2 cores); \
+         relay CPU {:.2} ms per connection = {:.0} conn/s per relay core",
+        made as f64 / wall.as_secs_f64(),
+        ms(cpu) / made as f64,
+        made as f64 / cpu.as_secs_f64()
+    );
+
+    println!("\n3. memory per idle connected peer");
+    let relay = Relay::spawn(window);
+    let before = relay.rss_bytes();
+    let peers = runtime.block_on(connect_many(&relay, sizes.idle_peers));
+    std::thread::sleep(Duration::from_secs(2));
+    let after = relay.rss_bytes();
+    println!(
+        "   {} idle peers: relay RSS {:.1} MiB -> {:.1} MiB = {:.1} KiB per peer",
+        peers.len(),
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        (after.saturating_sub(before)) as f64 / 1024.0 / peers.len() as f64
+    );
+    drop(peers);
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// The one-process stack binary, run as its own process.
+struct Relay {
+    child: Child,
+    url: String,
+    window: usize,
+}
+
+impl Relay {
+    fn spawn(window: usize) -> Relay {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_deltamesh"))
+            .args(["--port", "0", "--dev-token", TOKEN])
+            .args(["--send-window", &window.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the deltamesh binary starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let url = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| line.strip_prefix("signal: ").map(str::to_owned))
+            .expect("the stack prints its signal URL");
+        Relay { child, url, window }
+    }
+
+    fn proc_file(&self, name: &str) -> String {
+        std::fs::read_to_string(format!("/proc/{}/{name}", self.child.id())).unwrap_or_default()
+    }
+
+    fn rss_bytes(&self) -> u64 {
+        self.proc_file("status")
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// User + system CPU time the relay process has used.
+    fn cpu_time(&self) -> Duration {
+        let stat = self.proc_file("stat");
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields
+            .get(11..13)
+            .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+        Duration::from_secs_f64(ticks as f64 / 100.0)
+    }
+
+    fn options(&self, session: &str) -> ConnectOptions {
+        let mut options = ConnectOptions::new(&self.url, session, TOKEN);
+        options.send_window = self.window;
+        options
+    }
+
+    async fn join(&self, session: &str) -> NativePeer {
+        NativePeer::connect(self.options(session))
+            .await
+            .expect("peer connects")
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `count` deltas of `size` bytes from one peer; returns the deltas
+/// delivered to all receivers and the time until the last one arrived.
+async fn fan_out(relay: &Relay, size: usize, count: u64, receivers: usize) -> (u64, Duration) {
+    let mut sinks = Vec::new();
+    for _ in 0..receivers {
+        sinks.push(relay.join("fan-out").await);
+    }
+    let mut sender = relay.join("fan-out").await;
+    let started = Instant::now();
+    let counting: Vec<_> = sinks
+        .into_iter()
+        .map(|mut sink| {
+            tokio::spawn(async move {
+                let mut got = 0u64;
+                while got < count {
+                    match sink.next_event().await {
+                        Some(PeerEvent::Delta(_)) => got += 1,
+                        Some(_) => {}
+                        None => break,
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let payload = vec![0x5A; size.saturating_sub(56)];
+    let mut sent = 0u64;
+    let mut acked = 0u64;
+    while acked < count {
+        while sent < count && sent - acked < 4096 {
+            sender
+                .send(1, Id::default(), payload.clone())
+                .await
+                .expect("send");
+            sent += 1;
+        }
+        match sender.next_event().await {
+            Some(PeerEvent::Acked { .. }) => acked += 1,
+            Some(PeerEvent::Rejected(r)) => panic!("rejected: {r:?}"),
+            Some(_) => {}
+            None => panic!("sender disconnected"),
+        }
+    }
+    let mut delivered = 0;
+    for task in counting {
+        delivered += task.await.unwrap_or(0);
+    }
+    (delivered, started.elapsed())
+}
+
+async fn sequential_connects(relay: &Relay, count: usize) -> Vec<Duration> {
+    let mut times = Vec::with_capacity(count);
+    for i in 0..count {
+        let started = Instant::now();
+        let peer = relay.join(&format!("connect-{i}")).await;
+        times.push(started.elapsed());
+        let _ = peer.close().await;
+    }
+    times
+}
+
+async fn concurrent_connects(relay: &Relay, count: usize, parallel: usize) -> usize {
+    let mut made = 0;
+    for batch in 0..count.div_ceil(parallel) {
+        let tasks: Vec<_> = (0..parallel)
+            .map(|i| {
+                let options = relay.options(&format!("burst-{batch}-{i}"));
+                tokio::spawn(async move {
+                    let peer = NativePeer::connect(options).await.ok()?;
+                    let _ = peer.close().await;
+                    Some(())
+                })
+            })
+            .collect();
+        for task in tasks {
+            if let Ok(Some(())) = task.await {
+                made += 1;
+            }
+        }
+    }
+    made
+}
+
+async fn connect_many(relay: &Relay, count: usize) -> Vec<NativePeer> {
+    let mut peers = Vec::with_capacity(count);
+    for i in 0..count {
+        peers.push(relay.join(&format!("idle-{}", i % 50)).await);
+    }
+    peers
+}
+
+/// Messages per second from one `Rtc` to another wired in memory: an offerer
+/// set up like the native peer, an ICE-lite answerer set up like the relay.
+fn raw_str0m_throughput(size: usize, count: u64, window: usize) -> f64 {
+    let now = Instant::now();
+    let mut offerer = Rtc::builder().clear_codecs().build(now);
+    let mut answerer = RtcConfig::new()
+        .set_ice_lite(true)
+        .clear_codecs()
+        .build(now);
+    let a_addr = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 5000));
+    let b_addr = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 2), 6000));
+    offerer.add_local_candidate(Candidate::host(a_addr, "udp").expect("candidate"));
+    answerer.add_local_candidate(Candidate::host(b_addr, "udp").expect("candidate"));
+    let mut sdp = offerer.sdp_api();
+    let sender_channels = Channel::ALL.map(|c| {
+        sdp.add_channel_with_config(ChannelConfig {
+            label: c.label().into(),
+            negotiated: Some(c.stream_id()),
+            ..ChannelConfig::default()
+        })
+    });
+    let (offer, pending) = sdp.apply().expect("offer");
+    for c in Channel::ALL {
+        answerer.direct_api().create_data_channel(ChannelConfig {
+            label: c.label().into(),
+            negotiated: Some(c.stream_id()),
+            ..ChannelConfig::default()
+        });
+    }
+    let offer = SdpOffer::from_sdp_string(&offer.to_sdp_string()).expect("offer parses");
+    let answer = answerer.sdp_api().accept_offer(offer).expect("answer");
+    offerer
+        .sdp_api()
+        .accept_answer(pending, answer)
+        .expect("accepted");
+
+    let send: ChannelId = sender_channels[Channel::Send.stream_id() as usize];
+    let message = vec![0x5A; size];
+    let mut received = 0u64;
+    let mut sent = 0u64;
+    let mut started = None;
+    let mut to_answerer = VecDeque::new();
+    let mut to_offerer = VecDeque::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while received < count && Instant::now() < deadline {
+        if let Some(mut channel) = offerer.channel(send) {
+            started.get_or_insert_with(Instant::now);
+            while sent < count {
+                let in_flight = channel.buffered_amount();
+                if in_flight > 0 && in_flight + size > window {
+                    break;
+                }
+                if !channel.write(true, &message).unwrap_or(false) {
+                    break;
+                }
+                sent += 1;
+            }
+        }
+        let mut next = drain(&mut offerer, &mut to_answerer, &mut received).min(drain(
+            &mut answerer,
+            &mut to_offerer,
+            &mut received,
+        ));
+        while !to_answerer.is_empty() || !to_offerer.is_empty() {
+            while let Some(datagram) = to_answerer.pop_front() {
+                deliver(&mut answerer, &datagram, a_addr, b_addr);
+                next = next.min(drain(&mut answerer, &mut to_offerer, &mut received));
+            }
+            while let Some(datagram) = to_offerer.pop_front() {
+                deliver(&mut offerer, &datagram, b_addr, a_addr);
+                next = next.min(drain(&mut offerer, &mut to_answerer, &mut received));
+            }
+        }
+        let now = Instant::now();
+        if next <= now {
+            offerer.handle_input(Input::Timeout(now)).expect("timeout");
+            answerer.handle_input(Input::Timeout(now)).expect("timeout");
+        }
+    }
+    let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
+    received as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// Drains `rtc`'s output (str0m requires it after every input): datagrams
+/// go to `out`, received channel messages are counted. Returns its deadline.
+fn drain(rtc: &mut Rtc, out: &mut VecDeque<Vec<u8>>, received: &mut u64) -> Instant {
+    loop {
+        match rtc.poll_output().expect("poll") {
+            Output::Transmit(t) => out.push_back(t.contents.to_vec()),
+            Output::Event(Event::ChannelData(_)) => *received += 1,
+            Output::Event(_) => {}
+            Output::Timeout(at) => return at,
+        }
+    }
+}
+
+fn deliver(rtc: &mut Rtc, datagram: &[u8], source: SocketAddr, destination: SocketAddr) {
+    let input = Input::Receive(
+        Instant::now(),
+        Receive {
+            proto: Protocol::Udp,
+            source,
+            destination,
+            contents: datagram.try_into().expect("datagram"),
+        },
+    );
+    rtc.handle_input(input).expect("input");
+}

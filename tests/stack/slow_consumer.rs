@@ -1,0 +1,56 @@
+//! A peer that stops taking deltas is cut off once it has stalled, and never
+//! holds the rest of the session back.
+
+use std::time::{Duration, Instant};
+
+use crate::common::{join, next_matching, stack_with};
+use deltamesh_proto::Id;
+use deltamesh_worker::PeerEvent;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_peer_is_disconnected_and_never_stalls_the_others() {
+    let stack = stack_with(|relay| {
+        relay.stall_timeout = Duration::from_secs(2);
+        // Long enough that only the stall rule can explain the disconnect.
+        relay.idle_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut sender = join(&stack, "busy").await;
+    let mut reader = join(&stack, "busy").await;
+    let frozen = join(&stack, "busy").await;
+    let frozen_id = frozen.peer_id();
+    frozen.vanish().await;
+
+    let started = Instant::now();
+    for i in 0..500u32 {
+        sender
+            .send(1, Id::default(), i.to_le_bytes().repeat(64))
+            .await
+            .unwrap();
+    }
+    let mut seqs = Vec::new();
+    let mut frozen_left = false;
+    while seqs.len() < 500 || !frozen_left {
+        match next_matching(&mut reader, Duration::from_secs(10), Some).await {
+            PeerEvent::Delta(d) => seqs.push(d.seq),
+            PeerEvent::PeerLeft(id) if id == frozen_id => frozen_left = true,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        seqs,
+        (1..=500).collect::<Vec<_>>(),
+        "the reader got everything in order"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the frozen peer was cut off as stalled, not by the idle timeout"
+    );
+    assert_eq!(stack.relays[0].peer_count(), 2);
+    let _ = next_matching(&mut sender, Duration::from_secs(5), |e| match e {
+        PeerEvent::Acked { seq: 500, .. } => Some(()),
+        _ => None,
+    })
+    .await;
+    stack.shutdown().await.unwrap();
+}
