@@ -61,8 +61,9 @@ fn main() {
         "1. fan-out throughput: 1 sender, {} receivers",
         sizes.receivers
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // The clients share one thread, so the relay process has the other core
+    // and client tasks wake each other without crossing threads.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");

@@ -218,6 +218,11 @@ impl PeerCore {
         self.outbox.pop_front()
     }
 
+    /// Whether a message waits to be written.
+    pub fn wants_to_transmit(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
     /// Puts back a message the channel could not take yet.
     pub fn unpoll_transmit(&mut self, channel: Channel, bytes: Vec<u8>) {
         self.outbox.push_front((channel, bytes));

@@ -420,12 +420,16 @@ impl Driver {
     /// Writes queued messages while the data in flight stays under
     /// the send window (a larger message goes alone into an empty window).
     fn write_outbox(&mut self) {
+        if !self.core.wants_to_transmit() {
+            return;
+        }
+        // Measured once: every message written below is counted in locally.
+        let mut in_flight: usize = self
+            .channels
+            .iter()
+            .filter_map(|&id| self.rtc.channel(id).map(|mut c| c.buffered_amount()))
+            .sum();
         while let Some((channel, bytes)) = self.core.poll_transmit() {
-            let in_flight: usize = self
-                .channels
-                .iter()
-                .filter_map(|&id| self.rtc.channel(id).map(|mut c| c.buffered_amount()))
-                .sum();
             let id = self.channels[channel.stream_id() as usize];
             let fits = in_flight == 0 || in_flight + bytes.len() <= self.send_window;
             let written = fits
@@ -437,6 +441,7 @@ impl Driver {
                 self.core.unpoll_transmit(channel, bytes);
                 return;
             }
+            in_flight += bytes.len();
         }
     }
 }

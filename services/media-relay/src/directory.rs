@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use deltamesh_proto::Id;
 
-use crate::wake::{ShardWake, Watchers};
+use crate::wake::{News, ShardWake, Watchers};
 
 /// How far a peer's connection has come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +68,7 @@ impl Directory {
             && let Some(member) = entry.members.get_mut(&peer)
         {
             member.state = MemberState::Connected;
-            entry.watchers.wake_all(session);
+            entry.watchers.wake_all(session, News::MEMBERS);
         }
     }
 
@@ -82,7 +82,7 @@ impl Directory {
             return;
         }
         entry.watchers.remove(wake);
-        entry.watchers.wake_all(session);
+        entry.watchers.wake_all(session, News::MEMBERS);
         if entry.members.is_empty() {
             sessions.remove(session);
         }

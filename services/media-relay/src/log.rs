@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use deltamesh_proto::{DeltaFrame, Id, SecurityFields, SecurityFlags};
 
 use crate::store::{ChunkRef, ChunkStore, StoreError, StoredDelta};
-use crate::wake::{ShardWake, Watchers};
+use crate::wake::{News, ShardWake, Watchers};
 
 /// How many recent (client_seq → seq) pairs are kept per origin to answer a
 /// resent frame with its original seq.
@@ -177,7 +177,7 @@ impl DeltaLog for MemoryLog {
             window.recent.pop_front();
         }
         log.index.push_back(at);
-        log.watchers.wake_all(session);
+        log.watchers.wake_all(session, News::DELTAS);
         Ok(Appended::Stored(seq))
     }
 
@@ -290,7 +290,7 @@ mod tests {
         );
         assert_eq!(log.head("a"), 3);
         assert_eq!(log.last_client_seq("a", Id([1; 16])), 3);
-        assert!(wake.take().contains("a"));
+        assert_eq!(wake.take().get("a"), Some(&News::DELTAS));
         let mut out = Vec::new();
         log.read("a", 2, 10, &mut out).unwrap();
         let seqs: Vec<u64> = out.iter().map(|d| d.view().seq()).collect();

@@ -13,7 +13,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use deltamesh_proto::channel::Channel;
 use deltamesh_proto::command;
+use deltamesh_proto::frame::FRAME_HEADER_LEN;
 use deltamesh_proto::pb::{self, command::Body};
+use deltamesh_proto::security::SECURITY_HEADER_LEN;
 use deltamesh_proto::{DeltaFrame, Id};
 use str0m::channel::ChannelId;
 use str0m::{Event, IceConnectionState, Rtc};
@@ -24,6 +26,8 @@ use crate::store::StoredDelta;
 
 /// Deltas read from the log per batch when catching a peer up.
 const READ_BATCH: usize = 64;
+/// The smallest relayed message: security header plus frame header.
+const MIN_RELAYED_LEN: usize = SECURITY_HEADER_LEN + FRAME_HEADER_LEN;
 
 /// Why a peer connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -417,13 +421,23 @@ impl Peer {
             self.slow_warned = false;
         }
         let window = shared.config.send_window;
-        let mut batch: Vec<StoredDelta> = Vec::with_capacity(READ_BATCH);
+        // Measured once: every delta written below is counted in locally.
+        let mut in_flight = self.in_flight();
+        let now = Instant::now();
+        let mut batch: Vec<StoredDelta> = Vec::new();
         let mut relayed = Vec::new();
         while self.cursor <= head {
+            if in_flight >= window {
+                self.blocked = true;
+                return;
+            }
+            // Read no more than the window can take (at least one).
+            let room = (window - in_flight) / MIN_RELAYED_LEN + 1;
             batch.clear();
-            if let Err(error) = shared
-                .log
-                .read(&self.session, self.cursor, READ_BATCH, &mut batch)
+            if let Err(error) =
+                shared
+                    .log
+                    .read(&self.session, self.cursor, room.min(READ_BATCH), &mut batch)
             {
                 self.commands
                     .push_back(command::encode(Body::Error(pb::Error {
@@ -443,7 +457,6 @@ impl Peer {
                 }
                 relayed.clear();
                 view.write_relayed(&mut relayed);
-                let in_flight = self.in_flight();
                 if in_flight > 0 && in_flight + relayed.len() > window {
                     self.blocked = true;
                     return;
@@ -451,7 +464,8 @@ impl Peer {
                 match write(&mut self.rtc, self.channels[2], &relayed) {
                     Write::Done => {
                         self.cursor += 1;
-                        self.last_progress = Instant::now();
+                        in_flight += relayed.len();
+                        self.last_progress = now;
                         shared.metrics.deltas_out.inc();
                     }
                     Write::Full => {

@@ -25,7 +25,7 @@ use crate::directory::Member;
 use crate::peer::Peer;
 use crate::relay::{OfferAnswer, RelayError, Shared};
 use crate::timers::Timers;
-use crate::wake::ShardWake;
+use crate::wake::{News, ShardWake};
 
 /// Longest a peer goes without a timer, so idle and connect deadlines are checked.
 const MAX_TIMER: Duration = Duration::from_millis(500);
@@ -166,8 +166,8 @@ impl Shard {
                 _ = wake.notified() => {}
             }
             self.on_timers(Instant::now());
-            for session in self.wake.take() {
-                self.refresh(&session);
+            for (session, news) in self.wake.take() {
+                self.refresh(&session, news);
             }
             self.reap();
         }
@@ -350,15 +350,17 @@ impl Shard {
         }
     }
 
-    /// Brings every local peer of `session` up to date with new deltas and members.
-    fn refresh(&mut self, session: &Arc<str>) {
+    /// Brings every local peer of `session` up to date with `news`.
+    fn refresh(&mut self, session: &Arc<str>, news: News) {
         let Some(keys) = self.sessions.get(session).cloned() else {
             return;
         };
         let now = Instant::now();
         for key in keys {
             if let Some(peer) = self.peers.get_mut(&key) {
-                peer.sync_members(&self.shared, &mut self.members_scratch);
+                if news.members {
+                    peer.sync_members(&self.shared, &mut self.members_scratch);
+                }
                 peer.flush(&self.shared);
             }
             self.drive(key, now);

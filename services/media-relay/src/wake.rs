@@ -2,25 +2,49 @@
 //! dirty session names plus a wake-up. Marking is cheap and coalesces, so a
 //! burst of deltas costs one wake-up, and nothing is queued per delta.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+/// What changed in a session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct News {
+    /// New deltas were appended.
+    pub deltas: bool,
+    /// Members joined, connected or left.
+    pub members: bool,
+}
+
+impl News {
+    /// New deltas.
+    pub const DELTAS: News = News {
+        deltas: true,
+        members: false,
+    };
+    /// A membership change.
+    pub const MEMBERS: News = News {
+        deltas: false,
+        members: true,
+    };
+}
+
 /// The wake-up handle of one shard.
 #[derive(Default)]
 pub struct ShardWake {
-    dirty: Mutex<HashSet<Arc<str>>>,
+    dirty: Mutex<HashMap<Arc<str>, News>>,
     notify: Notify,
 }
 
 impl ShardWake {
-    /// Records that `session` has news (deltas or membership) and wakes the shard.
-    pub fn mark(&self, session: &Arc<str>) {
+    /// Records that `session` has `news` and wakes the shard.
+    pub fn mark(&self, session: &Arc<str>, news: News) {
         let first = {
             let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
             let was_empty = dirty.is_empty();
-            dirty.insert(Arc::clone(session));
+            let entry = dirty.entry(Arc::clone(session)).or_default();
+            entry.deltas |= news.deltas;
+            entry.members |= news.members;
             was_empty
         };
         if first {
@@ -28,8 +52,8 @@ impl ShardWake {
         }
     }
 
-    /// Takes the sessions marked since the last call.
-    pub fn take(&self) -> HashSet<Arc<str>> {
+    /// Takes the sessions marked since the last call, with what changed.
+    pub fn take(&self) -> HashMap<Arc<str>, News> {
         std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -67,10 +91,10 @@ impl Watchers {
         self.0.is_empty()
     }
 
-    /// Wakes every watching shard for `session`.
-    pub fn wake_all(&self, session: &Arc<str>) {
+    /// Wakes every watching shard with `news` of `session`.
+    pub fn wake_all(&self, session: &Arc<str>, news: News) {
         for (shard, _) in &self.0 {
-            shard.mark(session);
+            shard.mark(session, news);
         }
     }
 }
