@@ -5,4 +5,5 @@ mod bad_input;
 mod common;
 mod delta_flow;
 mod disconnect;
+mod signaling;
 mod slow_consumer;
