@@ -70,8 +70,17 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("dev token: {}", config.dev_token);
     println!("signal: {}", stack.signal_url());
-    tokio::signal::ctrl_c().await?;
+    shutdown_signal().await?;
     eprintln!("shutting down");
     stack.shutdown().await?;
     Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() -> std::io::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result,
+        _ = terminate.recv() => Ok(()),
+    }
 }

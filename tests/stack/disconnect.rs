@@ -64,3 +64,19 @@ async fn a_deleted_peer_leaves_at_once() {
     assert_eq!(left, leaver_id);
     stack.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_peer_stays_connected_past_the_idle_timeout() {
+    let stack = stack_with(|relay| relay.idle_timeout = Duration::from_secs(3)).await;
+    let mut idle = join(&stack, "quiet").await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    idle.ping(1).await;
+    let pong = next_matching(&mut idle, Duration::from_secs(5), |e| match e {
+        PeerEvent::Pong(n) => Some(n),
+        _ => None,
+    })
+    .await;
+    assert_eq!(pong, 1, "ICE keepalives kept the idle peer connected");
+    assert_eq!(stack.relays[0].peer_count(), 1);
+    stack.shutdown().await.unwrap();
+}

@@ -62,7 +62,7 @@ impl Default for RelayConfig {
             stall_timeout: Duration::from_secs(10),
             max_queued_commands: 8_192,
             connect_timeout: Duration::from_secs(15),
-            idle_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(15),
             chunk_size: 4 << 20,
             max_chunks: 64,
         }
