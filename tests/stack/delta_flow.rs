@@ -90,3 +90,74 @@ async fn a_thousand_deltas_arrive_in_order_intact_and_acknowledged_and_stay_in_t
     outsider.close().await.unwrap();
     stack.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_that_all_send_and_receive_see_every_other_delta_in_one_order() {
+    let stack = stack().await;
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        peers.push(join(&stack, "chorus").await);
+    }
+    let ids: Vec<Id> = peers.iter().map(|p| p.peer_id()).collect();
+    let per_peer = 200u32;
+    let runs: Vec<_> = peers
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut peer)| {
+            tokio::spawn(async move {
+                for i in 0..per_peer {
+                    peer.send(1, Id::default(), format!("{n}:{i}").into_bytes())
+                        .await
+                        .unwrap();
+                }
+                let others = 2 * per_peer as usize;
+                let (mut acks, mut got) = (Vec::new(), Vec::new());
+                while acks.len() < per_peer as usize || got.len() < others {
+                    match next_matching(&mut peer, Duration::from_secs(30), Some).await {
+                        PeerEvent::Acked { seq, .. } => acks.push(seq),
+                        PeerEvent::Delta(d) => got.push((d.seq, d.origin, d.payload)),
+                        PeerEvent::Rejected(r) => panic!("rejected: {r:?}"),
+                        _ => {}
+                    }
+                }
+                (acks, got)
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for run in runs {
+        results.push(run.await.unwrap());
+    }
+    let mut all = std::collections::BTreeMap::new();
+    for (n, (acks, got)) in results.into_iter().enumerate() {
+        assert!(
+            got.windows(2).all(|w| w[0].0 < w[1].0),
+            "peer {n}: seq order"
+        );
+        assert!(
+            got.iter().all(|(_, origin, _)| *origin != ids[n]),
+            "no echo"
+        );
+        for seq in acks {
+            assert!(all.insert(seq, n).is_none(), "one seq, one delta");
+        }
+        for (seq, origin, payload) in got {
+            let sender = ids.iter().position(|id| *id == origin).unwrap();
+            assert!(
+                String::from_utf8(payload)
+                    .unwrap()
+                    .starts_with(&format!("{sender}:"))
+            );
+            assert_eq!(
+                all.get(&seq).copied().unwrap_or(sender),
+                sender,
+                "same order everywhere"
+            );
+        }
+    }
+    assert_eq!(
+        all.keys().copied().collect::<Vec<_>>(),
+        (1..=600).collect::<Vec<u64>>()
+    );
+    stack.shutdown().await.unwrap();
+}

@@ -7,7 +7,7 @@
 //! so a reconnect can resend them with their original numbers, and delivers
 //! received deltas strictly in session `seq` order, each exactly once.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use deltamesh_proto::channel::Channel;
 use deltamesh_proto::command::{self, CommandError};
@@ -17,6 +17,9 @@ use deltamesh_proto::{FrameError, FrameHeader, Id, RelayedFrame};
 /// Relayed messages kept while waiting for `Welcome` (they may overtake it:
 /// SCTP streams are not ordered with each other).
 const MAX_EARLY_DELTAS: usize = 4096;
+/// Deltas kept that arrived ahead of a gap (the gap is this peer's own delta
+/// whose `Ack` has not arrived yet, or a resume replay still under way).
+const MAX_AHEAD: usize = 4096;
 
 /// A delta received from another peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,8 +95,13 @@ pub struct PeerCore {
     previous_peer: Option<Id>,
     next_client_seq: u64,
     unacked: BTreeMap<u64, Vec<u8>>,
-    /// Highest seq delivered to the application.
+    /// Every seq up to this one was delivered to the application, or is
+    /// this peer's own delta (which the relay does not echo by default).
     delivered: u64,
+    /// Deltas received past a gap, by seq.
+    ahead: BTreeMap<u64, ReceivedDelta>,
+    /// Seqs of this peer's own acknowledged deltas past `delivered`.
+    own: BTreeSet<u64>,
     early: Vec<Vec<u8>>,
     outbox: VecDeque<(Channel, Vec<u8>)>,
     events: VecDeque<PeerEvent>,
@@ -110,6 +118,8 @@ impl PeerCore {
             next_client_seq: 1,
             unacked: BTreeMap::new(),
             delivered: 0,
+            ahead: BTreeMap::new(),
+            own: BTreeSet::new(),
             early: Vec::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
@@ -185,6 +195,8 @@ impl PeerCore {
         }
         self.outbox.clear();
         self.early.clear();
+        // The resume replay sends these again, in order.
+        self.ahead.clear();
     }
 
     /// Handles one message received on `channel`.
@@ -243,6 +255,11 @@ impl PeerCore {
             Body::Welcome(welcome) => return self.on_welcome(welcome),
             Body::Ack(ack) => {
                 self.unacked.remove(&ack.client_seq);
+                if !self.echo && ack.seq > self.delivered {
+                    // The relay will not send this one back: count it as seen.
+                    self.own.insert(ack.seq);
+                    self.advance();
+                }
                 PeerEvent::Acked {
                     client_seq: ack.client_seq,
                     seq: ack.seq,
@@ -285,7 +302,10 @@ impl PeerCore {
                     previous_peer_id: previous.0.to_vec(),
                 }));
             }
-            None => self.delivered = welcome.last_seq,
+            None => {
+                self.delivered = welcome.last_seq;
+                self.own.retain(|&seq| seq > welcome.last_seq);
+            }
         }
         for frame in self.unacked.values() {
             self.outbox.push_back((Channel::Send, frame.clone()));
@@ -306,20 +326,46 @@ impl PeerCore {
                     .push_back(PeerEvent::ProtocolError(format!("relayed frame: {error}")));
             }
         };
-        // Seqs are gap-free: anything but the next one is either a duplicate
-        // or a live delta overtaking a resume replay, which will come again.
-        if relayed.seq() != self.delivered + 1 {
+        // Seqs are gap-free: an older one is a duplicate (a resume replay
+        // overlapping live delivery); a newer one waits for the gap to fill.
+        let seq = relayed.seq();
+        if seq <= self.delivered || self.ahead.contains_key(&seq) {
             return;
         }
-        self.delivered = relayed.seq();
+        if self.ahead.len() >= MAX_AHEAD {
+            return self.events.push_back(PeerEvent::ProtocolError(format!(
+                "seq {} is missing and {MAX_AHEAD} later deltas are waiting; dropped seq {seq}",
+                self.delivered + 1
+            )));
+        }
         let frame = relayed.frame();
-        self.events.push_back(PeerEvent::Delta(ReceivedDelta {
-            seq: relayed.seq(),
-            origin: relayed.origin(),
-            kind: frame.kind(),
-            doc_id: frame.doc_id(),
-            payload: frame.payload().to_vec(),
-        }));
+        self.ahead.insert(
+            seq,
+            ReceivedDelta {
+                seq,
+                origin: relayed.origin(),
+                kind: frame.kind(),
+                doc_id: frame.doc_id(),
+                payload: frame.payload().to_vec(),
+            },
+        );
+        self.advance();
+    }
+
+    /// Delivers every delta that is next in seq order, stepping over this
+    /// peer's own.
+    fn advance(&mut self) {
+        loop {
+            let next = self.delivered + 1;
+            if self.own.remove(&next) {
+                self.delivered = next;
+            } else if let Some(delta) = self.ahead.remove(&next) {
+                self.delivered = next;
+                self.events.push_back(PeerEvent::Delta(delta));
+            } else {
+                return;
+            }
+        }
     }
 }
 
@@ -381,10 +427,9 @@ mod tests {
                 seq: 1,
             })),
         );
-        core.handle_message(Channel::Receive, &relayed(1));
         core.connection_lost();
         core.handle_message(Channel::Command, &welcome(9));
-        // A live delta overtaking the replay is dropped; the replay delivers.
+        // A live delta overtaking the replay waits; the replay comes in order.
         core.handle_message(Channel::Receive, &relayed(10));
         core.handle_message(Channel::Receive, &relayed(2));
         let sent: Vec<_> = std::iter::from_fn(|| core.poll_transmit()).collect();
@@ -403,7 +448,28 @@ mod tests {
             .map(|(_, b)| deltamesh_proto::DeltaFrame::parse(b).unwrap().client_seq())
             .collect();
         assert_eq!(resent, vec![second]);
-        assert_eq!(delivered(&mut core), vec![1, 2]);
+        // Seq 1 was this peer's own; 10 waits for 3..=9.
+        assert_eq!(delivered(&mut core), vec![2]);
+    }
+
+    fn ack(client_seq: u64, seq: u64) -> Vec<u8> {
+        command::encode(Body::Ack(pb::Ack { client_seq, seq }))
+    }
+
+    #[test]
+    fn own_deltas_are_stepped_over_whichever_arrives_first_ack_or_later_delta() {
+        let mut core = PeerCore::new(16, false);
+        core.handle_message(Channel::Command, &welcome(0));
+        core.send(1, Id::default(), b"mine", 0).unwrap();
+        core.send(1, Id::default(), b"mine too", 0).unwrap();
+        core.handle_message(Channel::Receive, &relayed(1));
+        // Seq 3 overtakes the ack of this peer's own seq 2.
+        core.handle_message(Channel::Receive, &relayed(3));
+        core.handle_message(Channel::Command, &ack(1, 2));
+        core.handle_message(Channel::Command, &ack(2, 4));
+        core.handle_message(Channel::Receive, &relayed(5));
+        assert_eq!(delivered(&mut core), vec![1, 3, 5]);
+        assert_eq!(core.last_seq(), 5);
     }
 
     #[test]

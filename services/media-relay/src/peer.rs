@@ -201,6 +201,13 @@ impl Peer {
             Body::Pong(_) => {}
             Body::Options(options) => self.echo = options.echo,
             Body::Resume(resume) => self.resume(resume, shared),
+            Body::Signal(_) => self.send_command(
+                Body::Error(pb::Error {
+                    code: pb::ErrorCode::UnexpectedCommand.into(),
+                    detail: "peer-to-peer signals are not supported by this relay yet".into(),
+                }),
+                shared,
+            ),
             other => self.send_command(
                 Body::Error(pb::Error {
                     code: pb::ErrorCode::UnexpectedCommand.into(),
