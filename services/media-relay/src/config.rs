@@ -73,3 +73,7 @@ impl Default for RelayConfig {
 /// gets a clear `Reject` instead of an SCTP abort. Peers' own stacks refuse
 /// anything above this before sending.
 pub const SCTP_MAX_MESSAGE_SIZE: u32 = 1 << 20;
+
+/// The SCTP send buffer per connection. Relayed deltas are kept within
+/// `send_window`; the rest is room for commands and the largest message.
+pub const SCTP_SEND_BUFFER: usize = 1 << 20;

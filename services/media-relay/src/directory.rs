@@ -4,7 +4,7 @@
 //! with the current ones, so a burst of changes costs nothing per change and
 //! nothing can be lost or reordered.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -102,7 +102,7 @@ impl Directory {
     }
 
     /// Fills `out` with the connected members of a session.
-    pub fn connected(&self, session: &str, out: &mut Vec<Id>) {
+    pub fn connected(&self, session: &str, out: &mut HashSet<Id>) {
         out.clear();
         if let Some(entry) = self.sessions().get(session) {
             out.extend(

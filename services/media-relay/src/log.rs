@@ -44,8 +44,10 @@ pub enum LogError {
     /// The chunk store refused the record.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The client_seq was stored before but is too old to say under which seq.
-    #[error("client_seq {client_seq} was already stored and is past the de-duplication window")]
+    /// The client_seq is not above the origin's last stored one, and it is
+    /// not among the recent ones stored: it was rejected, or is too old to
+    /// say under which seq it was stored.
+    #[error("client_seq {client_seq} is behind this origin's stored frames and not a known resend")]
     StaleResend {
         /// The resent client_seq.
         client_seq: u64,
@@ -155,9 +157,10 @@ impl DeltaLog for MemoryLog {
         let seq = log.head() + 1;
         let window = log.origins.entry(by.origin).or_default();
         if client_seq <= window.last_client_seq {
-            return match window.recent.iter().find(|(c, _)| *c == client_seq) {
-                Some(&(_, seq)) => Ok(Appended::Duplicate(seq)),
-                None => Err(LogError::StaleResend { client_seq }),
+            // `recent` is sorted: client_seqs are stored in increasing order.
+            return match window.recent.binary_search_by_key(&client_seq, |&(c, _)| c) {
+                Ok(i) => Ok(Appended::Duplicate(window.recent[i].1)),
+                Err(_) => Err(LogError::StaleResend { client_seq }),
             };
         }
         let fields = SecurityFields {
@@ -177,6 +180,15 @@ impl DeltaLog for MemoryLog {
             window.recent.pop_front();
         }
         log.index.push_back(at);
+        // Forget deltas whose chunks the store has released, so the index
+        // stays as long as what is retained.
+        while let Some(&oldest) = log.index.front() {
+            if self.store.is_retained(oldest) {
+                break;
+            }
+            log.index.pop_front();
+            log.first_seq += 1;
+        }
         log.watchers.wake_all(session, News::DELTAS);
         Ok(Appended::Stored(seq))
     }
@@ -217,7 +229,7 @@ impl DeltaLog for MemoryLog {
                 None => {
                     return Err(LogError::Evicted {
                         requested: start + i as u64,
-                        oldest: log.head() + 1,
+                        oldest: start + i as u64 + 1,
                     });
                 }
             }
@@ -260,6 +272,38 @@ mod tests {
             validator: Id([0; 16]),
             validated_at_us: 0,
         }
+    }
+
+    #[test]
+    fn evicted_deltas_leave_the_index_and_reading_them_is_a_clear_error() {
+        let log = MemoryLog::new(Arc::new(ChunkStore::new(4096, 2)));
+        let session: Arc<str> = "s".into();
+        let payload = vec![7u8; 1500];
+        for client_seq in 1..=20 {
+            let f = FrameHeader {
+                client_seq,
+                ..FrameHeader::default()
+            }
+            .encode(&payload)
+            .unwrap();
+            log.append(&session, by(1), DeltaFrame::parse(&f).unwrap())
+                .unwrap();
+        }
+        assert_eq!(log.head("s"), 20, "seqs keep counting");
+        let mut out = Vec::new();
+        let error = log.read("s", 1, 10, &mut out).unwrap_err();
+        assert!(
+            matches!(error, LogError::Evicted { requested: 1, .. }),
+            "{error}"
+        );
+        out.clear();
+        log.read("s", 20, 10, &mut out).unwrap();
+        assert_eq!(out.len(), 1, "the newest delta is still there");
+        let sessions = log.sessions();
+        assert!(
+            sessions["s"].index.len() <= 4,
+            "the index shrank with the store"
+        );
     }
 
     #[test]

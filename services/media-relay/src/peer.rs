@@ -162,10 +162,10 @@ impl Peer {
         self.welcomed = true;
         let last_seq = shared.log.head(&self.session);
         self.cursor = last_seq + 1;
-        let mut members = Vec::new();
+        let mut members = HashSet::new();
         shared.directory.connected(&self.session, &mut members);
-        members.retain(|m| *m != self.id);
-        self.known_members = members.iter().copied().collect();
+        members.remove(&self.id);
+        self.known_members = members.clone();
         shared.directory.set_connected(&self.session, self.id);
         self.send_command(
             Body::Welcome(pb::Welcome {
@@ -296,7 +296,7 @@ impl Peer {
             Err(LogError::StaleResend { .. }) => self.reject(
                 client_seq,
                 pb::RejectReason::SequenceGap,
-                "already stored; too old to acknowledge again".into(),
+                "behind the frames already stored and not a known resend; send it with a new client_seq".into(),
                 shared,
             ),
             Err(error) => self.reject(
@@ -345,12 +345,12 @@ impl Peer {
     }
 
     /// Tells the peer who joined and left since it last heard.
-    pub fn sync_members(&mut self, shared: &Shared, scratch: &mut Vec<Id>) {
+    pub fn sync_members(&mut self, shared: &Shared, scratch: &mut HashSet<Id>) {
         if !self.welcomed {
             return;
         }
         shared.directory.connected(&self.session, scratch);
-        scratch.retain(|m| *m != self.id);
+        scratch.remove(&self.id);
         let left: Vec<Id> = self
             .known_members
             .iter()
@@ -446,12 +446,11 @@ impl Peer {
                     .log
                     .read(&self.session, self.cursor, room.min(READ_BATCH), &mut batch)
             {
-                self.commands
-                    .push_back(command::encode(Body::Error(pb::Error {
-                        code: pb::ErrorCode::Internal.into(),
-                        detail: error.to_string(),
-                    })));
-                return self.close(format!("cannot deliver: {error}"));
+                let code = match error {
+                    LogError::Evicted { .. } => pb::ErrorCode::HistoryLost,
+                    _ => pb::ErrorCode::Internal,
+                };
+                return self.fail(code, format!("cannot deliver seq {}: {error}", self.cursor));
             }
             if batch.is_empty() {
                 return;
@@ -503,12 +502,18 @@ impl Peer {
 
     /// Tells the peer why (best effort: it may not be reading) and closes it.
     fn drop_slow_consumer(&mut self, why: String) {
+        self.fail(pb::ErrorCode::SlowConsumer, format!("slow consumer: {why}"));
+    }
+
+    /// Writes an `Error` straight to the channel (the queue is not flushed
+    /// once closing) and closes the connection.
+    fn fail(&mut self, code: pb::ErrorCode, detail: String) {
         let message = command::encode(Body::Error(pb::Error {
-            code: pb::ErrorCode::SlowConsumer.into(),
-            detail: format!("{why}; disconnecting"),
+            code: code.into(),
+            detail: format!("{detail}; disconnecting"),
         }));
         let _ = write(&mut self.rtc, self.channels[0], &message);
-        self.close(format!("slow consumer: {why}"));
+        self.close(detail);
     }
 
     /// Bytes written to the peer's channels and not yet acknowledged.

@@ -4,7 +4,7 @@
 //! str0m deadline is due ([`Timers`]), and drains `poll_output` after every
 //! input as str0m requires. The protocol itself lives in [`Peer`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,7 +19,7 @@ use str0m::{Candidate, Input, Output, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::SCTP_MAX_MESSAGE_SIZE;
+use crate::config::{SCTP_MAX_MESSAGE_SIZE, SCTP_SEND_BUFFER};
 use crate::demux::{Demux, Route};
 use crate::directory::Member;
 use crate::peer::Peer;
@@ -89,7 +89,7 @@ pub struct Shard {
     /// Datagrams waiting for the socket to become writable, in order.
     outbound: VecDeque<(Vec<u8>, SocketAddr)>,
     next_key: PeerKey,
-    members_scratch: Vec<Id>,
+    members_scratch: HashSet<Id>,
 }
 
 impl Shard {
@@ -113,7 +113,10 @@ impl Shard {
             .set_dtls_cert(cert)
             .set_ice_lite(true)
             .clear_codecs()
-            .set_sctp_max_message_size(SCTP_MAX_MESSAGE_SIZE);
+            .set_sctp_max_message_size(SCTP_MAX_MESSAGE_SIZE)
+            // Room for the largest message: str0m refuses a write larger
+            // than the free buffer. Deltas stay within `send_window`.
+            .set_sctp_max_buffered_amount(SCTP_SEND_BUFFER);
         Ok(Shard {
             index,
             socket: Arc::new(socket),
@@ -130,7 +133,7 @@ impl Shard {
             closing: Vec::new(),
             outbound: VecDeque::new(),
             next_key: 0,
-            members_scratch: Vec::new(),
+            members_scratch: HashSet::new(),
         })
     }
 

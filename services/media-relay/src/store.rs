@@ -205,6 +205,13 @@ impl ChunkStore {
         let chunks = self.chunks.read().unwrap_or_else(|e| e.into_inner());
         let first = chunks.front()?.id;
         let chunk = chunks.get(usize::try_from(at.chunk.checked_sub(first)?).ok()?)?;
+        // A reference must name a whole, aligned record inside the chunk
+        // (checked in release builds too: the unsafe reads below rely on it).
+        let offset = at.offset as usize;
+        let end = offset + RECORD_PREFIX + SECURITY_HEADER_LEN + at.frame_len as usize;
+        if !offset.is_multiple_of(ALIGN) || end > chunk.capacity {
+            return None;
+        }
         let committed = chunk
             .commit_word(at.offset as usize)
             .load(Ordering::Acquire);
@@ -212,6 +219,12 @@ impl ChunkStore {
             chunk: Arc::clone(chunk),
             at,
         })
+    }
+
+    /// Whether the chunk holding `at` is still retained.
+    pub fn is_retained(&self, at: ChunkRef) -> bool {
+        let chunks = self.chunks.read().unwrap_or_else(|e| e.into_inner());
+        chunks.front().is_some_and(|oldest| at.chunk >= oldest.id)
     }
 
     /// Sets `bits` on the record's flags (one-way: bits are never cleared).
