@@ -259,7 +259,7 @@ async fn sequential_connects(relay: &Relay, count: usize) -> Vec<Duration> {
         let started = Instant::now();
         let peer = relay.join(&format!("connect-{i}")).await;
         times.push(started.elapsed());
-        let _ = peer.close().await;
+        peer.close().await;
     }
     times
 }
@@ -272,7 +272,7 @@ async fn concurrent_connects(relay: &Relay, count: usize, parallel: usize) -> us
                 let options = relay.options(&format!("burst-{batch}-{i}"));
                 tokio::spawn(async move {
                     let peer = NativePeer::connect(options).await.ok()?;
-                    let _ = peer.close().await;
+                    peer.close().await;
                     Some(())
                 })
             })

@@ -118,6 +118,7 @@ fn command_seeds() -> Seeds {
                     last_seq: 17,
                     max_frame_size: 65_536,
                     peers: vec![vec![3; 16], vec![4; 16]],
+                    resume_token: vec![7; 16],
                 })),
             ),
             (
@@ -140,6 +141,15 @@ fn command_seeds() -> Seeds {
                 command::encode(Body::Resume(pb::Resume {
                     last_seq: 100,
                     previous_peer_id: vec![5; 16],
+                    resume_token: vec![7; 16],
+                })),
+            ),
+            (
+                "seed-resumed",
+                command::encode(Body::Resumed(pb::Resumed {
+                    from_seq: 101,
+                    continued: true,
+                    next_client_seq: 12,
                 })),
             ),
             (

@@ -55,7 +55,7 @@ async fn a_deleted_peer_leaves_at_once() {
     let mut stayer = join(&stack, "room").await;
     let leaver = join(&stack, "room").await;
     let leaver_id = leaver.peer_id();
-    leaver.close().await.unwrap();
+    leaver.close().await;
     let left = next_matching(&mut stayer, Duration::from_secs(2), |e| match e {
         PeerEvent::PeerLeft(id) => Some(id),
         _ => None,

@@ -5,5 +5,6 @@ mod bad_input;
 mod common;
 mod delta_flow;
 mod disconnect;
+mod resume;
 mod signaling;
 mod slow_consumer;

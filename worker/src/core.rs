@@ -66,6 +66,9 @@ pub enum PeerEvent {
     Drain(pb::Drain),
     /// The relay sent something this peer cannot read.
     ProtocolError(String),
+    /// The connection dropped; the peer is reconnecting (a new `Welcomed`
+    /// follows once it is back).
+    Disconnected(String),
 }
 
 /// Why the core could not queue a delta.
@@ -85,14 +88,20 @@ pub enum SendError {
     /// Too many deltas await acknowledgement.
     #[error("{0} deltas await acknowledgement; wait for acks before sending more")]
     Backlog(usize),
+    /// The peer is closed.
+    #[error("the peer is closed")]
+    Closed,
 }
 
 /// The peer protocol state.
 pub struct PeerCore {
     max_unacked: usize,
     welcome: Option<pb::Welcome>,
-    /// The previous connection's id, when this one continues it.
-    previous_peer: Option<Id>,
+    /// The origin this peer's deltas carry and the secret to continue it
+    /// from a later connection (from the first `Welcome`).
+    identity: Option<(Id, Vec<u8>)>,
+    /// A `Resume` is out and its `Resumed` not back: frames wait.
+    resuming: bool,
     next_client_seq: u64,
     unacked: BTreeMap<u64, Vec<u8>>,
     /// Every seq up to this one was delivered to the application, or is
@@ -114,7 +123,8 @@ impl PeerCore {
         PeerCore {
             max_unacked,
             welcome: None,
-            previous_peer: None,
+            identity: None,
+            resuming: false,
             next_client_seq: 1,
             unacked: BTreeMap::new(),
             delivered: 0,
@@ -173,7 +183,7 @@ impl PeerCore {
             });
         }
         self.next_client_seq += 1;
-        if self.welcome.is_some() {
+        if self.welcome.is_some() && !self.resuming {
             self.outbox.push_back((Channel::Send, frame.clone()));
         }
         self.unacked.insert(client_seq, frame);
@@ -185,14 +195,12 @@ impl PeerCore {
         self.push_command(Body::Ping(pb::Ping { nonce }));
     }
 
-    /// Forgets the current connection; the next `Welcome` resumes from the
-    /// last delivered seq and resends unacknowledged frames.
+    /// Forgets the current connection; after the next `Welcome` the peer
+    /// resumes from the last delivered seq and, once the relay confirms,
+    /// resends unacknowledged frames.
     pub fn connection_lost(&mut self) {
-        if let Some(welcome) = self.welcome.take()
-            && let Ok(id) = Id::from_slice(&welcome.peer_id)
-        {
-            self.previous_peer = Some(self.previous_peer.unwrap_or(id));
-        }
+        self.welcome = None;
+        self.resuming = false;
         self.outbox.clear();
         self.early.clear();
         // The resume replay sends these again, in order.
@@ -284,6 +292,7 @@ impl PeerCore {
             Body::Error(error) => PeerEvent::RelayError(error),
             Body::SlowConsumer(slow) => PeerEvent::SlowConsumer(slow),
             Body::Drain(drain) => PeerEvent::Drain(drain),
+            Body::Resumed(resumed) => return self.on_resumed(resumed),
             Body::Resume(_) | Body::Signal(_) | Body::Options(_) => {
                 PeerEvent::ProtocolError("unexpected command from the relay".into())
             }
@@ -295,25 +304,65 @@ impl PeerCore {
         if self.echo {
             self.push_command(Body::Options(pb::Options { echo: true }));
         }
-        match self.previous_peer {
-            Some(previous) => {
+        match &self.identity {
+            Some((origin, token)) => {
                 self.push_command(Body::Resume(pb::Resume {
                     last_seq: self.delivered,
-                    previous_peer_id: previous.0.to_vec(),
+                    previous_peer_id: origin.0.to_vec(),
+                    resume_token: token.clone(),
                 }));
+                // Frames wait for `Resumed`: sent now, they could reach the
+                // relay before the Resume (channels are separate streams).
+                self.resuming = true;
             }
             None => {
                 self.delivered = welcome.last_seq;
                 self.own.retain(|&seq| seq > welcome.last_seq);
+                self.identity = Some((
+                    Id::from_slice(&welcome.peer_id).unwrap_or_default(),
+                    welcome.resume_token.clone(),
+                ));
+                self.resend_unacked();
             }
-        }
-        for frame in self.unacked.values() {
-            self.outbox.push_back((Channel::Send, frame.clone()));
         }
         self.welcome = Some(welcome.clone());
         self.events.push_back(PeerEvent::Welcomed(welcome));
         for early in std::mem::take(&mut self.early) {
             self.on_relayed(&early);
+        }
+    }
+
+    fn on_resumed(&mut self, resumed: pb::Resumed) {
+        if !self.resuming {
+            return self
+                .events
+                .push_back(PeerEvent::ProtocolError("Resumed without a Resume".into()));
+        }
+        self.resuming = false;
+        if !resumed.continued {
+            // The relay could not continue the old origin: this connection
+            // sends as itself, so unacknowledged frames get its numbers.
+            if let Some(welcome) = &self.welcome {
+                self.identity = Some((
+                    Id::from_slice(&welcome.peer_id).unwrap_or_default(),
+                    welcome.resume_token.clone(),
+                ));
+            }
+            let frames = std::mem::take(&mut self.unacked);
+            let mut client_seq = resumed.next_client_seq.max(1);
+            for (_, mut frame) in frames {
+                frame[32..40].copy_from_slice(&client_seq.to_le_bytes());
+                self.unacked.insert(client_seq, frame);
+                client_seq += 1;
+            }
+            self.next_client_seq = client_seq;
+        }
+        self.resend_unacked();
+    }
+
+    fn resend_unacked(&mut self) {
+        for frame in self.unacked.values() {
+            self.outbox.push_back((Channel::Send, frame.clone()));
         }
     }
 
@@ -378,6 +427,7 @@ mod tests {
         command::encode(Body::Welcome(pb::Welcome {
             peer_id: vec![1; 16],
             last_seq,
+            resume_token: vec![5; 16],
             ..pb::Welcome::default()
         }))
     }
@@ -414,42 +464,72 @@ mod tests {
         assert_eq!(delivered(&mut core), vec![6, 7]);
     }
 
-    #[test]
-    fn a_reconnect_resumes_and_resends_unacked_frames_with_their_numbers() {
+    fn resumed(continued: bool, next_client_seq: u64) -> Vec<u8> {
+        command::encode(Body::Resumed(pb::Resumed {
+            from_seq: 2,
+            continued,
+            next_client_seq,
+        }))
+    }
+
+    fn sent(core: &mut PeerCore) -> (Vec<pb::Resume>, Vec<u64>) {
+        let mut resumes = Vec::new();
+        let mut frames = Vec::new();
+        while let Some((channel, bytes)) = core.poll_transmit() {
+            match (channel, command::decode(&bytes)) {
+                (Channel::Command, Ok(Body::Resume(r))) => resumes.push(r),
+                (Channel::Send, _) => frames.push(
+                    deltamesh_proto::DeltaFrame::parse(&bytes)
+                        .unwrap()
+                        .client_seq(),
+                ),
+                _ => {}
+            }
+        }
+        (resumes, frames)
+    }
+
+    /// A peer that sent two deltas, got the first acknowledged (seq 1), lost
+    /// its connection and got a new `Welcome`.
+    fn reconnected() -> PeerCore {
         let mut core = PeerCore::new(16, false);
         core.handle_message(Channel::Command, &welcome(0));
-        let first = core.send(1, Id::default(), b"a", 0).unwrap();
-        let second = core.send(1, Id::default(), b"b", 0).unwrap();
-        core.handle_message(
-            Channel::Command,
-            &command::encode(Body::Ack(pb::Ack {
-                client_seq: first,
-                seq: 1,
-            })),
-        );
+        core.send(1, Id::default(), b"a", 0).unwrap();
+        core.send(1, Id::default(), b"b", 0).unwrap();
+        core.handle_message(Channel::Command, &ack(1, 1));
+        let _ = sent(&mut core);
         core.connection_lost();
         core.handle_message(Channel::Command, &welcome(9));
+        core
+    }
+
+    #[test]
+    fn a_reconnect_resumes_and_resends_unacked_frames_only_once_the_relay_confirms() {
+        let mut core = reconnected();
+        let (resumes, frames) = sent(&mut core);
+        assert_eq!(resumes.len(), 1);
+        assert_eq!(resumes[0].last_seq, 1);
+        assert_eq!(resumes[0].previous_peer_id, vec![1; 16]);
+        assert_eq!(resumes[0].resume_token, vec![5; 16]);
+        assert!(frames.is_empty(), "nothing is resent before Resumed");
         // A live delta overtaking the replay waits; the replay comes in order.
         core.handle_message(Channel::Receive, &relayed(10));
         core.handle_message(Channel::Receive, &relayed(2));
-        let sent: Vec<_> = std::iter::from_fn(|| core.poll_transmit()).collect();
-        let resume = sent
-            .iter()
-            .find_map(|(c, b)| match (c, command::decode(b)) {
-                (Channel::Command, Ok(Body::Resume(r))) => Some(r),
-                _ => None,
-            })
-            .expect("a Resume is sent");
-        assert_eq!(resume.last_seq, 1);
-        assert_eq!(resume.previous_peer_id, vec![1; 16]);
-        let resent: Vec<u64> = sent
-            .iter()
-            .filter(|(c, _)| *c == Channel::Send)
-            .map(|(_, b)| deltamesh_proto::DeltaFrame::parse(b).unwrap().client_seq())
-            .collect();
-        assert_eq!(resent, vec![second]);
+        core.handle_message(Channel::Command, &resumed(true, 2));
+        let (_, frames) = sent(&mut core);
+        assert_eq!(frames, vec![2], "the unacked frame keeps its client_seq");
         // Seq 1 was this peer's own; 10 waits for 3..=9.
         assert_eq!(delivered(&mut core), vec![2]);
+    }
+
+    #[test]
+    fn a_refused_resume_renumbers_unacked_frames_for_the_new_origin() {
+        let mut core = reconnected();
+        let _ = sent(&mut core);
+        core.handle_message(Channel::Command, &resumed(false, 1));
+        let (_, frames) = sent(&mut core);
+        assert_eq!(frames, vec![1]);
+        assert_eq!(core.send(1, Id::default(), b"c", 0), Ok(2));
     }
 
     fn ack(client_seq: u64, seq: u64) -> Vec<u8> {

@@ -13,7 +13,7 @@ use str0m::channel::{ChannelConfig, ChannelId};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::core::{PeerCore, PeerEvent, SendError};
 
@@ -92,89 +92,45 @@ enum Request {
         kind: u16,
         doc_id: Id,
         payload: Vec<u8>,
-        reply: tokio::sync::oneshot::Sender<Result<u64, SendError>>,
+        reply: oneshot::Sender<Result<u64, SendError>>,
     },
     Ping(u64),
     Raw(Channel, Vec<u8>),
-    Close,
+    /// Stop; with `leave`, first `DELETE` the peer resource.
+    Close {
+        leave: bool,
+        done: oneshot::Sender<()>,
+    },
 }
 
-/// A connected native peer.
+/// A connected native peer. It reconnects by itself when the connection
+/// drops (new offer, `Resume`), so the application sees
+/// [`PeerEvent::Disconnected`], then a new [`PeerEvent::Welcomed`], and no
+/// delta lost or duplicated.
 pub struct NativePeer {
     requests: mpsc::Sender<Request>,
     events: mpsc::Receiver<PeerEvent>,
     welcome: pb::Welcome,
-    resource: String,
-    options: ConnectOptions,
-    http: reqwest::Client,
 }
 
 impl NativePeer {
     /// Connects to a session and waits for the relay's `Welcome`.
     pub async fn connect(options: ConnectOptions) -> Result<NativePeer, ConnectError> {
         let http = shared_http_client();
-        let local_ip = local_ip_towards(&options.signal_url).await?;
-        let socket = bind_udp(SocketAddr::new(local_ip, 0))?;
-        let local_addr = socket.local_addr()?;
-        let mut rtc = Rtc::builder()
-            .set_sctp_max_message_size(1 << 20)
-            .set_sctp_max_buffered_amount(SCTP_SEND_BUFFER)
-            .clear_codecs()
-            .build(Instant::now());
-        let candidate =
-            Candidate::host(local_addr, "udp").map_err(|e| ConnectError::Rtc(e.to_string()))?;
-        rtc.add_local_candidate(candidate);
-        let mut sdp = rtc.sdp_api();
-        let channels = Channel::ALL.map(|channel| {
-            sdp.add_channel_with_config(ChannelConfig {
-                label: channel.label().to_owned(),
-                negotiated: Some(channel.stream_id()),
-                ..ChannelConfig::default()
-            })
-        });
-        let (offer, pending) = sdp
-            .apply()
-            .ok_or_else(|| ConnectError::Rtc("no offer to make".into()))?;
-        let url = format!(
-            "{}/v1/sessions/{}/peers",
-            options.signal_url, options.session
-        );
-        let response = http
-            .post(&url)
-            .header("content-type", "application/sdp")
-            .bearer_auth(&options.token)
-            .body(offer.to_sdp_string())
-            .send()
-            .await?;
-        let status = response.status();
-        let location = response
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let body = response.text().await?;
-        if status.as_u16() != 201 {
-            return Err(ConnectError::Refused {
-                status: status.as_u16(),
-                body,
-            });
-        }
-        accept_answer(&mut rtc, pending, &body)?;
+        let link = Link::establish(&options, &http).await?;
         let (requests, request_rx) = mpsc::channel(1024);
         let (event_tx, mut events) = mpsc::channel(65_536);
         let core = PeerCore::new(options.max_unacked, options.echo);
+        let connect_timeout = options.connect_timeout;
         let driver = Driver {
-            rtc,
-            socket: Arc::new(socket),
-            local_addr,
+            link,
             core,
-            channels,
-            send_window: options.send_window,
             events: event_tx,
+            options,
+            http,
         };
         tokio::spawn(driver.run(request_rx));
-        let welcome = tokio::time::timeout(options.connect_timeout, async {
+        let welcome = tokio::time::timeout(connect_timeout, async {
             while let Some(event) = events.recv().await {
                 if let PeerEvent::Welcomed(welcome) = event {
                     return Ok(welcome);
@@ -183,31 +139,27 @@ impl NativePeer {
             Err(ConnectError::Closed)
         })
         .await
-        .map_err(|_| ConnectError::Timeout(options.connect_timeout))??;
-        let resource = format!("{}{}", options.signal_url, location);
+        .map_err(|_| ConnectError::Timeout(connect_timeout))??;
         Ok(NativePeer {
             requests,
             events,
             welcome,
-            resource,
-            options,
-            http,
         })
     }
 
-    /// The relay's welcome: peer id, relay id, session head, peers present.
+    /// The relay's first welcome: peer id, relay id, session head, peers present.
     pub fn welcome(&self) -> &pb::Welcome {
         &self.welcome
     }
 
-    /// This connection's peer id.
+    /// The first connection's peer id (the origin of this peer's deltas).
     pub fn peer_id(&self) -> Id {
         Id::from_slice(&self.welcome.peer_id).unwrap_or_default()
     }
 
     /// Queues a delta; returns its client_seq (the ack arrives as an event).
     pub async fn send(&self, kind: u16, doc_id: Id, payload: Vec<u8>) -> Result<u64, SendError> {
-        let (reply, result) = tokio::sync::oneshot::channel();
+        let (reply, result) = oneshot::channel();
         let request = Request::Send {
             kind,
             doc_id,
@@ -215,9 +167,9 @@ impl NativePeer {
             reply,
         };
         if self.requests.send(request).await.is_err() {
-            return Err(SendError::Backlog(0));
+            return Err(SendError::Closed);
         }
-        result.await.unwrap_or(Err(SendError::Backlog(0)))
+        result.await.unwrap_or(Err(SendError::Closed))
     }
 
     /// Sends a ping; the pong arrives as [`PeerEvent::Pong`].
@@ -231,28 +183,31 @@ impl NativePeer {
         let _ = self.requests.send(Request::Raw(channel, bytes)).await;
     }
 
-    /// The next event; `None` once the connection is gone.
+    /// The next event; `None` once the peer is closed.
     pub async fn next_event(&mut self) -> Option<PeerEvent> {
         self.events.recv().await
     }
 
-    /// Leaves the session: `DELETE` on the peer resource, then closes.
-    pub async fn close(self) -> Result<(), ConnectError> {
-        let response = self
-            .http
-            .delete(&self.resource)
-            .bearer_auth(&self.options.token)
-            .send()
-            .await;
-        let _ = self.requests.send(Request::Close).await;
-        response?;
-        Ok(())
+    /// Leaves the session: `DELETE` on the peer resource, then stops.
+    pub async fn close(self) {
+        self.stop(true).await
     }
 
-    /// Stops driving the connection without telling anyone, as a crashed
-    /// process would.
+    /// Stops without telling anyone, as a crashed process would.
     pub async fn vanish(self) {
-        let _ = self.requests.send(Request::Close).await;
+        self.stop(false).await
+    }
+
+    async fn stop(self, leave: bool) {
+        let (done, stopped) = oneshot::channel();
+        if self
+            .requests
+            .send(Request::Close { leave, done })
+            .await
+            .is_ok()
+        {
+            let _ = stopped.await;
+        }
     }
 }
 
@@ -312,32 +267,152 @@ async fn local_ip_towards(signal_url: &str) -> Result<IpAddr, ConnectError> {
     Ok(probe.local_addr()?.ip())
 }
 
-struct Driver {
+/// One WebRTC connection to a relay.
+struct Link {
     rtc: Rtc,
     socket: Arc<UdpSocket>,
     local_addr: SocketAddr,
-    core: PeerCore,
     channels: [ChannelId; 3],
-    send_window: usize,
+    /// The peer resource's URL, for `DELETE`.
+    resource: String,
+}
+
+impl Link {
+    /// Offers, posts the offer to signal and applies the answer.
+    async fn establish(
+        options: &ConnectOptions,
+        http: &reqwest::Client,
+    ) -> Result<Link, ConnectError> {
+        let local_ip = local_ip_towards(&options.signal_url).await?;
+        let socket = bind_udp(SocketAddr::new(local_ip, 0))?;
+        let local_addr = socket.local_addr()?;
+        let mut rtc = Rtc::builder()
+            .set_sctp_max_message_size(1 << 20)
+            .set_sctp_max_buffered_amount(SCTP_SEND_BUFFER)
+            .clear_codecs()
+            .build(Instant::now());
+        let candidate =
+            Candidate::host(local_addr, "udp").map_err(|e| ConnectError::Rtc(e.to_string()))?;
+        rtc.add_local_candidate(candidate);
+        let mut sdp = rtc.sdp_api();
+        let channels = Channel::ALL.map(|channel| {
+            sdp.add_channel_with_config(ChannelConfig {
+                label: channel.label().to_owned(),
+                negotiated: Some(channel.stream_id()),
+                ..ChannelConfig::default()
+            })
+        });
+        let (offer, pending) = sdp
+            .apply()
+            .ok_or_else(|| ConnectError::Rtc("no offer to make".into()))?;
+        let url = format!(
+            "{}/v1/sessions/{}/peers",
+            options.signal_url, options.session
+        );
+        let response = http
+            .post(&url)
+            .header("content-type", "application/sdp")
+            .bearer_auth(&options.token)
+            .body(offer.to_sdp_string())
+            .send()
+            .await?;
+        let status = response.status();
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = response.text().await?;
+        if status.as_u16() != 201 {
+            return Err(ConnectError::Refused {
+                status: status.as_u16(),
+                body,
+            });
+        }
+        accept_answer(&mut rtc, pending, &body)?;
+        Ok(Link {
+            rtc,
+            socket: Arc::new(socket),
+            local_addr,
+            channels,
+            resource: format!("{}{}", options.signal_url, location),
+        })
+    }
+
+    fn channel_of(&self, id: ChannelId) -> Option<Channel> {
+        Channel::ALL
+            .into_iter()
+            .find(|c| self.channels[c.stream_id() as usize] == id)
+    }
+}
+
+/// Why the connected phase ended.
+enum Ended {
+    /// The connection dropped: reconnect.
+    Lost(String),
+    /// The application closed the peer (or dropped it).
+    Closed,
+}
+
+struct Driver {
+    link: Link,
+    core: PeerCore,
     events: mpsc::Sender<PeerEvent>,
+    options: ConnectOptions,
+    http: reqwest::Client,
 }
 
 impl Driver {
     async fn run(mut self, mut requests: mpsc::Receiver<Request>) {
-        let socket = Arc::clone(&self.socket);
+        loop {
+            let reason = match self.serve(&mut requests).await {
+                Ended::Closed => return,
+                Ended::Lost(reason) => reason,
+            };
+            self.core.connection_lost();
+            if self
+                .events
+                .send(PeerEvent::Disconnected(reason))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            match self.reconnect(&mut requests).await {
+                Some(link) => self.link = link,
+                None => return,
+            }
+        }
+    }
+
+    /// Drives the current connection until it drops or the peer is closed.
+    async fn serve(&mut self, requests: &mut mpsc::Receiver<Request>) -> Ended {
+        let socket = Arc::clone(&self.link.socket);
         let mut buf = vec![0u8; 2048];
         loop {
-            let Some(timeout) = self.drive().await else {
-                return;
+            let timeout = match self.drive().await {
+                Ok(timeout) => timeout,
+                Err(ended) => return ended,
             };
             tokio::select! {
                 request = requests.recv() => match request {
-                    Some(Request::Send { kind, doc_id, payload, reply }) => {
-                        let _ = reply.send(self.core.send(kind, doc_id, &payload, unix_micros()));
+                    Some(Request::Close { leave, done }) => {
+                        if leave {
+                            let _ = self
+                                .http
+                                .delete(&self.link.resource)
+                                .bearer_auth(&self.options.token)
+                                .send()
+                                .await;
+                            let _ = self.link.rtc.close();
+                            let _ = self.drive().await;
+                        }
+                        let _ = done.send(());
+                        return Ended::Closed;
                     }
-                    Some(Request::Ping(nonce)) => self.core.ping(nonce),
-                    Some(Request::Raw(channel, bytes)) => self.core.unpoll_transmit(channel, bytes),
-                    Some(Request::Close) | None => return,
+                    Some(request) => self.handle(request),
+                    None => return Ended::Closed,
                 },
                 received = socket.recv_from(&mut buf) => {
                     if let Ok((len, source)) = received {
@@ -345,9 +420,58 @@ impl Driver {
                     }
                 }
                 _ = tokio::time::sleep_until(timeout.into()) => {
-                    if self.rtc.handle_input(Input::Timeout(Instant::now())).is_err() {
-                        return;
+                    if let Err(error) = self.link.rtc.handle_input(Input::Timeout(Instant::now())) {
+                        return Ended::Lost(format!("webrtc: {error}"));
                     }
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, request: Request) {
+        match request {
+            Request::Send {
+                kind,
+                doc_id,
+                payload,
+                reply,
+            } => {
+                let _ = reply.send(self.core.send(kind, doc_id, &payload, unix_micros()));
+            }
+            Request::Ping(nonce) => self.core.ping(nonce),
+            Request::Raw(channel, bytes) => self.core.unpoll_transmit(channel, bytes),
+            Request::Close { done, .. } => {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Connects again with exponential backoff (100 ms doubling to 5 s),
+    /// still taking the application's requests. `None` once closed.
+    async fn reconnect(&mut self, requests: &mut mpsc::Receiver<Request>) -> Option<Link> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let sleep = tokio::time::sleep(backoff);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    request = requests.recv() => match request {
+                        Some(Request::Close { done, .. }) => {
+                            let _ = done.send(());
+                            return None;
+                        }
+                        Some(request) => self.handle(request),
+                        None => return None,
+                    },
+                }
+            }
+            match Link::establish(&self.options, &self.http).await {
+                Ok(link) => return Some(link),
+                Err(error) => {
+                    let event = PeerEvent::Disconnected(format!("reconnecting: {error}"));
+                    self.events.send(event).await.ok()?;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -362,59 +486,59 @@ impl Driver {
             Receive {
                 proto: Protocol::Udp,
                 source,
-                destination: self.local_addr,
+                destination: self.link.local_addr,
                 contents,
             },
         );
-        let _ = self.rtc.handle_input(input);
+        let _ = self.link.rtc.handle_input(input);
     }
 
     /// Writes what the core wants sent, drains str0m's output, and hands
-    /// events to the application. `None` when the connection is over.
-    async fn drive(&mut self) -> Option<Instant> {
+    /// events to the application. Returns the next deadline.
+    async fn drive(&mut self) -> Result<Instant, Ended> {
         loop {
             self.write_outbox();
-            let output = self.rtc.poll_output().ok()?;
+            let output = self
+                .link
+                .rtc
+                .poll_output()
+                .map_err(|e| Ended::Lost(format!("webrtc: {e}")))?;
             match output {
                 Output::Transmit(transmit) => {
                     let _ = self
+                        .link
                         .socket
                         .try_send_to(&transmit.contents, transmit.destination);
                 }
-                Output::Event(event) => {
-                    if !self.on_event(event) {
-                        return None;
-                    }
-                }
+                Output::Event(event) => self.on_event(event)?,
                 Output::Timeout(at) => {
                     while let Some(event) = self.core.poll_event() {
-                        self.events.send(event).await.ok()?;
+                        self.events.send(event).await.map_err(|_| Ended::Closed)?;
                     }
-                    return Some(at);
+                    if !self.link.rtc.is_alive() {
+                        return Err(Ended::Lost("connection closed".into()));
+                    }
+                    return Ok(at);
                 }
             }
         }
     }
 
-    fn on_event(&mut self, event: Event) -> bool {
+    fn on_event(&mut self, event: Event) -> Result<(), Ended> {
         match event {
             Event::ChannelData(data) => {
-                if let Some(channel) = self.channel_of(data.id) {
+                if let Some(channel) = self.link.channel_of(data.id) {
                     self.core.handle_message(channel, &data.data);
                 }
-                true
+                Ok(())
             }
-            Event::IceConnectionStateChange(IceConnectionState::Disconnected)
-            | Event::Closed
-            | Event::ChannelClose(_) => false,
-            _ => true,
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                Err(Ended::Lost("ice disconnected".into()))
+            }
+            Event::Closed => Err(Ended::Lost("closed by the relay".into())),
+            Event::ChannelClose(_) => Err(Ended::Lost("channel closed".into())),
+            _ => Ok(()),
         }
-    }
-
-    fn channel_of(&self, id: ChannelId) -> Option<Channel> {
-        Channel::ALL
-            .into_iter()
-            .find(|c| self.channels[c.stream_id() as usize] == id)
     }
 
     /// Writes queued messages while the data in flight stays under
@@ -423,17 +547,18 @@ impl Driver {
         if !self.core.wants_to_transmit() {
             return;
         }
+        let link = &mut self.link;
         // Measured once: every message written below is counted in locally.
-        let mut in_flight: usize = self
+        let mut in_flight: usize = link
             .channels
             .iter()
-            .filter_map(|&id| self.rtc.channel(id).map(|mut c| c.buffered_amount()))
+            .filter_map(|&id| link.rtc.channel(id).map(|mut c| c.buffered_amount()))
             .sum();
         while let Some((channel, bytes)) = self.core.poll_transmit() {
-            let id = self.channels[channel.stream_id() as usize];
-            let fits = in_flight == 0 || in_flight + bytes.len() <= self.send_window;
+            let id = link.channels[channel.stream_id() as usize];
+            let fits = in_flight == 0 || in_flight + bytes.len() <= self.options.send_window;
             let written = fits
-                && match self.rtc.channel(id) {
+                && match link.rtc.channel(id) {
                     Some(mut handle) => handle.write(true, &bytes).unwrap_or(false),
                     None => false,
                 };

@@ -26,6 +26,9 @@ pub enum MemberState {
 pub struct Member {
     /// The peer's id.
     pub peer_id: Id,
+    /// The origin its deltas carry: its own id, or an earlier connection's
+    /// it resumed.
+    pub origin: Id,
     /// Its connection state.
     pub state: MemberState,
     /// When its offer was accepted.
@@ -86,6 +89,27 @@ impl Directory {
         if entry.members.is_empty() {
             sessions.remove(session);
         }
+    }
+
+    /// Records that `peer` now sends as `origin` (it resumed an earlier connection).
+    pub fn set_origin(&self, session: &str, peer: Id, origin: Id) {
+        if let Some(member) = self
+            .sessions()
+            .get_mut(session)
+            .and_then(|entry| entry.members.get_mut(&peer))
+        {
+            member.origin = origin;
+        }
+    }
+
+    /// The member currently sending as `origin`.
+    pub fn holder_of(&self, session: &str, origin: Id) -> Option<Member> {
+        self.sessions()
+            .get(session)?
+            .members
+            .values()
+            .find(|m| m.origin == origin)
+            .cloned()
     }
 
     /// One member of a session.

@@ -75,8 +75,12 @@ pub trait DeltaLog: Send + Sync + 'static {
     /// The session's highest seq (0 when it has none).
     fn head(&self, session: &str) -> u64;
 
-    /// The highest client_seq stored from `origin` in `session` (0 for none).
-    fn last_client_seq(&self, session: &str, origin: Id) -> u64;
+    /// Remembers the secret that lets a later connection continue `origin`.
+    fn register_origin(&self, session: &Arc<str>, origin: Id, resume_token: [u8; 16]);
+
+    /// If `resume_token` is `origin`'s, the highest client_seq stored from
+    /// it (0 for none); `None` for an unknown origin or a wrong token.
+    fn claim_origin(&self, session: &str, origin: Id, resume_token: &[u8]) -> Option<u64>;
 
     /// Appends to `out` up to `max` deltas of `session` from seq `from` on.
     fn read(
@@ -113,6 +117,7 @@ struct SessionLog {
 struct OriginWindow {
     last_client_seq: u64,
     recent: VecDeque<(u64, u64)>,
+    resume_token: Option<[u8; 16]>,
 }
 
 impl SessionLog {
@@ -133,6 +138,12 @@ impl MemoryLog {
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, SessionLog>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Compares secrets without an early exit, so timing does not reveal how
+/// much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn new_session_log() -> SessionLog {
@@ -197,11 +208,21 @@ impl DeltaLog for MemoryLog {
         self.sessions().get(session).map_or(0, SessionLog::head)
     }
 
-    fn last_client_seq(&self, session: &str, origin: Id) -> u64 {
+    fn register_origin(&self, session: &Arc<str>, origin: Id, resume_token: [u8; 16]) {
         self.sessions()
-            .get(session)
-            .and_then(|log| log.origins.get(&origin))
-            .map_or(0, |w| w.last_client_seq)
+            .entry(Arc::clone(session))
+            .or_insert_with(new_session_log)
+            .origins
+            .entry(origin)
+            .or_default()
+            .resume_token = Some(resume_token);
+    }
+
+    fn claim_origin(&self, session: &str, origin: Id, resume_token: &[u8]) -> Option<u64> {
+        let sessions = self.sessions();
+        let window = sessions.get(session)?.origins.get(&origin)?;
+        let known = window.resume_token?;
+        constant_time_eq(&known, resume_token).then_some(window.last_client_seq)
     }
 
     fn read(
@@ -333,7 +354,18 @@ mod tests {
             Appended::Duplicate(2)
         );
         assert_eq!(log.head("a"), 3);
-        assert_eq!(log.last_client_seq("a", Id([1; 16])), 3);
+        log.register_origin(&a, Id([1; 16]), [9; 16]);
+        assert_eq!(log.claim_origin("a", Id([1; 16]), &[9; 16]), Some(3));
+        assert_eq!(
+            log.claim_origin("a", Id([1; 16]), &[8; 16]),
+            None,
+            "wrong token"
+        );
+        assert_eq!(
+            log.claim_origin("a", Id([2; 16]), &[9; 16]),
+            None,
+            "unknown origin"
+        );
         assert_eq!(wake.take().get("a"), Some(&News::DELTAS));
         let mut out = Vec::new();
         log.read("a", 2, 10, &mut out).unwrap();

@@ -167,6 +167,10 @@ impl Peer {
         members.remove(&self.id);
         self.known_members = members.clone();
         shared.directory.set_connected(&self.session, self.id);
+        let resume_token = *uuid::Uuid::new_v4().as_bytes();
+        shared
+            .log
+            .register_origin(&self.session, self.id, resume_token);
         self.send_command(
             Body::Welcome(pb::Welcome {
                 peer_id: self.id.0.to_vec(),
@@ -175,6 +179,7 @@ impl Peer {
                 last_seq,
                 max_frame_size: u32::try_from(shared.config.max_frame_size).unwrap_or(u32::MAX),
                 peers: members.iter().map(|m| m.0.to_vec()).collect(),
+                resume_token: resume_token.to_vec(),
             }),
             shared,
         );
@@ -219,36 +224,59 @@ impl Peer {
     }
 
     fn resume(&mut self, resume: pb::Resume, shared: &Shared) {
+        let mut continued = false;
         if !resume.previous_peer_id.is_empty() {
-            match Id::from_slice(&resume.previous_peer_id) {
-                Ok(previous) if shared.directory.member(&self.session, previous).is_none() => {
+            let claimed = Id::from_slice(&resume.previous_peer_id)
+                .ok()
+                .and_then(|previous| {
+                    let last =
+                        shared
+                            .log
+                            .claim_origin(&self.session, previous, &resume.resume_token)?;
+                    Some((previous, last))
+                });
+            match claimed {
+                Some((previous, last_client_seq)) => {
+                    // The connection that held the origin may linger until
+                    // it times out; this one replaces it now.
+                    if let Some(old) = shared.directory.holder_of(&self.session, previous)
+                        && old.peer_id != self.id
+                    {
+                        shared.close_peer(
+                            old.shard,
+                            old.peer_id,
+                            "replaced by a resumed connection",
+                        );
+                    }
+                    shared
+                        .directory
+                        .set_origin(&self.session, self.id, previous);
                     self.origin = previous;
-                    self.next_client_seq = shared.log.last_client_seq(&self.session, previous) + 1;
+                    self.next_client_seq = last_client_seq + 1;
+                    continued = true;
                 }
-                Ok(_) => {
-                    return self.send_command(
-                        Body::Error(pb::Error {
-                            code: pb::ErrorCode::UnexpectedCommand.into(),
-                            detail: "the previous connection is still connected".into(),
-                        }),
-                        shared,
-                    );
-                }
-                Err(error) => {
-                    return self.send_command(
-                        Body::Error(pb::Error {
-                            code: pb::ErrorCode::MalformedCommand.into(),
-                            detail: format!("previous_peer_id: {error}"),
-                        }),
-                        shared,
-                    );
-                }
+                None => self.send_command(
+                    Body::Error(pb::Error {
+                        code: pb::ErrorCode::ResumeRefused.into(),
+                        detail: "unknown previous connection or wrong resume token; \
+                                 sending as a new origin"
+                            .into(),
+                    }),
+                    shared,
+                ),
             }
         }
         let head = shared.log.head(&self.session);
         self.cursor = resume.last_seq.min(head) + 1;
-        tracing::info!(peer = %self.id, from = self.cursor, "peer resumes");
-        self.flush(shared);
+        tracing::info!(peer = %self.id, from = self.cursor, continued, "peer resumes");
+        self.send_command(
+            Body::Resumed(pb::Resumed {
+                from_seq: self.cursor,
+                continued,
+                next_client_seq: self.next_client_seq,
+            }),
+            shared,
+        );
     }
 
     fn on_delta(&mut self, bytes: &[u8], shared: &Shared) {
@@ -558,6 +586,7 @@ fn body_name(body: &Body) -> &'static str {
         Body::Error(_) => "Error",
         Body::Options(_) => "Options",
         Body::SlowConsumer(_) => "SlowConsumer",
+        Body::Resumed(_) => "Resumed",
     }
 }
 

@@ -4,8 +4,8 @@
 //! closes peer connections.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use deltamesh_proto::Id;
 use prometheus_client::metrics::counter::Counter;
@@ -31,6 +31,29 @@ pub struct Shared {
     pub directory: Directory,
     /// Counters exported on `/metrics`.
     pub metrics: RelayMetrics,
+    /// Each shard's command queue, set once the shards run. Weak, so the
+    /// shards (which own `Shared`) still stop when every handle is gone.
+    shards: OnceLock<Vec<mpsc::WeakSender<ShardCommand>>>,
+}
+
+impl Shared {
+    /// Asks `shard` to close `peer` (best effort: if its queue is full, the
+    /// peer's own timeouts end it).
+    pub fn close_peer(&self, shard: usize, peer: Id, reason: &str) {
+        if let Some(sender) = self
+            .shards
+            .get()
+            .and_then(|s| s.get(shard))
+            .and_then(mpsc::WeakSender::upgrade)
+        {
+            let (reply, _) = oneshot::channel();
+            let _ = sender.try_send(ShardCommand::Close {
+                peer_id: peer,
+                reason: reason.to_owned(),
+                reply,
+            });
+        }
+    }
 }
 
 /// The relay's Prometheus metrics.
@@ -146,6 +169,7 @@ pub async fn start(
         log,
         directory: Directory::default(),
         metrics,
+        shards: OnceLock::new(),
     });
     let mut links = Vec::new();
     for index in 0..shared.config.shards.max(1) {
@@ -165,6 +189,9 @@ pub async fn start(
             addr,
         });
     }
+    let _ = shared
+        .shards
+        .set(links.iter().map(|l| l.commands.downgrade()).collect());
     tracing::info!(
         relay = %shared.config.relay_id,
         addrs = ?links.iter().map(|l| l.addr).collect::<Vec<_>>(),

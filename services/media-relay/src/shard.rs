@@ -264,6 +264,7 @@ impl Shard {
             &session,
             Member {
                 peer_id,
+                origin: peer_id,
                 state: crate::directory::MemberState::Connecting,
                 joined_at: SystemTime::now(),
                 shard: self.index,

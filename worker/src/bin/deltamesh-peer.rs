@@ -114,6 +114,6 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    peer.close().await?;
+    peer.close().await;
     Ok(())
 }
