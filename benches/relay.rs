@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use deltamesh_proto::Id;
 use deltamesh_proto::channel::Channel;
+use deltamesh_proto::security::SECURITY_HEADER_LEN;
 use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
 use str0m::change::SdpOffer;
 use str0m::channel::{ChannelConfig, ChannelId};
@@ -68,17 +69,29 @@ fn main() {
         .build()
         .expect("tokio runtime");
     for size in [100usize, 1024] {
-        let raw = raw_str0m_throughput(size, sizes.deltas, window);
+        // Raw str0m carries messages of the relayed size (security header +
+        // frame), the bytes str0m moves per delivered delta: a 1 KiB frame
+        // becomes 1,144 B and no longer fits one SCTP packet (1,062 B).
+        let relayed_size = size + SECURITY_HEADER_LEN;
+        let raw = raw_str0m_throughput(relayed_size, sizes.deltas, window);
         let relay = Relay::spawn(window);
-        let (delivered, elapsed) =
+        let (delivered, elapsed, relay_cpu) =
             runtime.block_on(fan_out(&relay, size, sizes.deltas, sizes.receivers));
         let rate = delivered as f64 / elapsed.as_secs_f64();
+        // Raw str0m runs both ends on one core: its CPU per message is 1/rate.
+        let raw_us = 1e6 / raw;
+        let relay_us = relay_cpu.as_secs_f64() * 1e6 / delivered as f64;
         println!(
-            "   {size:>5} B: raw str0m 1->1 in memory {raw:>9.0} msg/s | relay delivered {rate:>9.0} deltas/s \
+            "   {size:>5} B frames: raw str0m 1->1 in memory ({relayed_size} B messages) {raw:>9.0} msg/s | relay delivered {rate:>9.0} deltas/s \
              ({} deltas in {:.2} s) | ratio {:.2}",
             delivered,
             elapsed.as_secs_f64(),
             rate / raw
+        );
+        println!(
+            "          CPU per message: raw str0m {raw_us:.2} us (both ends) | relay process {relay_us:.2} us \
+             per delivered delta | ratio {:.2}",
+            raw_us / relay_us
         );
     }
 
@@ -144,7 +157,7 @@ impl Relay {
             .args(["--send-window", &window.to_string()])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::inherit())
             .spawn()
             .expect("the deltamesh binary starts");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -204,14 +217,21 @@ impl Drop for Relay {
 }
 
 /// Sends `count` deltas of `size` bytes from one peer; returns the deltas
-/// delivered to all receivers and the time until the last one arrived.
-async fn fan_out(relay: &Relay, size: usize, count: u64, receivers: usize) -> (u64, Duration) {
+/// delivered to all receivers, the time until the last one arrived, and the
+/// CPU time the relay process used meanwhile.
+async fn fan_out(
+    relay: &Relay,
+    size: usize,
+    count: u64,
+    receivers: usize,
+) -> (u64, Duration, Duration) {
     let mut sinks = Vec::new();
     for _ in 0..receivers {
         sinks.push(relay.join("fan-out").await);
     }
     let mut sender = relay.join("fan-out").await;
     let started = Instant::now();
+    let cpu_before = relay.cpu_time();
     let counting: Vec<_> = sinks
         .into_iter()
         .map(|mut sink| {
@@ -250,7 +270,7 @@ async fn fan_out(relay: &Relay, size: usize, count: u64, receivers: usize) -> (u
     for task in counting {
         delivered += task.await.unwrap_or(0);
     }
-    (delivered, started.elapsed())
+    (delivered, started.elapsed(), relay.cpu_time() - cpu_before)
 }
 
 async fn sequential_connects(relay: &Relay, count: usize) -> Vec<Duration> {

@@ -388,16 +388,20 @@ impl PeerCore {
             )));
         }
         let frame = relayed.frame();
-        self.ahead.insert(
+        let delta = ReceivedDelta {
             seq,
-            ReceivedDelta {
-                seq,
-                origin: relayed.origin(),
-                kind: frame.kind(),
-                doc_id: frame.doc_id(),
-                payload: frame.payload().to_vec(),
-            },
-        );
+            origin: relayed.origin(),
+            kind: frame.kind(),
+            doc_id: frame.doc_id(),
+            payload: frame.payload().to_vec(),
+        };
+        if seq == self.delivered + 1 {
+            // The common case: next in order, nothing to hold back.
+            self.delivered = seq;
+            self.events.push_back(PeerEvent::Delta(delta));
+        } else {
+            self.ahead.insert(seq, delta);
+        }
         self.advance();
     }
 

@@ -86,6 +86,8 @@ pub struct Shard {
     demux: Demux<PeerKey>,
     timers: Timers<PeerKey>,
     closing: Vec<PeerKey>,
+    /// Reused buffer of timer entries due in one turn.
+    due_scratch: Vec<(PeerKey, Instant)>,
     /// Datagrams waiting for the socket to become writable, in order.
     outbound: VecDeque<(Vec<u8>, SocketAddr)>,
     next_key: PeerKey,
@@ -131,6 +133,7 @@ impl Shard {
             demux: Demux::default(),
             timers: Timers::default(),
             closing: Vec::new(),
+            due_scratch: Vec::new(),
             outbound: VecDeque::new(),
             next_key: 0,
             members_scratch: HashSet::new(),
@@ -330,7 +333,14 @@ impl Shard {
     }
 
     fn on_timers(&mut self, now: Instant) {
-        while let Some((key, at)) = self.timers.pop_due(now) {
+        // Take what is due first: a peer driven below may ask for another
+        // timeout at `now` already, and that one must wait for the next turn
+        // of the loop (with a fresh `now`) or this would never end.
+        let mut due = std::mem::take(&mut self.due_scratch);
+        while let Some(entry) = self.timers.pop_due(now) {
+            due.push(entry);
+        }
+        for (key, at) in due.drain(..) {
             let Some(peer) = self.peers.get_mut(&key) else {
                 continue;
             };
@@ -352,6 +362,7 @@ impl Shard {
             }
             self.drive(key, now);
         }
+        self.due_scratch = due;
     }
 
     /// Brings every local peer of `session` up to date with `news`.
