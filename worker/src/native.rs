@@ -496,6 +496,7 @@ impl Driver {
     /// Writes what the core wants sent, drains str0m's output, and hands
     /// events to the application. Returns the next deadline.
     async fn drive(&mut self) -> Result<Instant, Ended> {
+        let mut retried = false;
         loop {
             self.write_outbox();
             let output = self
@@ -511,6 +512,11 @@ impl Driver {
                         .try_send_to(&transmit.contents, transmit.destination);
                 }
                 Output::Event(event) => self.on_event(event)?,
+                Output::Timeout(_) if self.core.wants_to_transmit() && !retried => {
+                    // str0m applies acknowledgements while polling, so the
+                    // window may have opened just now: write once more.
+                    retried = true;
+                }
                 Output::Timeout(at) => {
                     while let Some(event) = self.core.poll_event() {
                         self.events.send(event).await.map_err(|_| Ended::Closed)?;

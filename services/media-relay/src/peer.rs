@@ -126,6 +126,10 @@ impl Peer {
             Event::ChannelOpen(id, _label) => {
                 if let Some(channel) = self.channel_of(id) {
                     self.open[channel.stream_id() as usize] = true;
+                    // Ask str0m to say when a blocked writer has room again.
+                    if let Some(mut handle) = self.rtc.channel(id) {
+                        handle.set_buffered_amount_low_threshold(shared.config.send_window / 2);
+                    }
                 }
                 if !self.welcomed && self.open.iter().all(|&o| o) {
                     self.welcome(shared);

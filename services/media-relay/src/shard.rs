@@ -388,6 +388,7 @@ impl Shard {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
+        let mut retried = false;
         loop {
             match peer.rtc.poll_output() {
                 Ok(Output::Transmit(transmit)) => send_datagram(
@@ -397,6 +398,14 @@ impl Shard {
                     transmit.destination,
                 ),
                 Ok(Output::Event(event)) => peer.on_event(event, &self.shared),
+                Ok(Output::Timeout(_)) if peer.is_blocked() && !retried => {
+                    // str0m applies acknowledgements while polling, so the
+                    // window may have opened just now; the last ack would
+                    // otherwise leave the peer waiting for a datagram that
+                    // never comes.
+                    retried = true;
+                    peer.flush(&self.shared);
+                }
                 Ok(Output::Timeout(at)) => {
                     let at = at.min(now + MAX_TIMER);
                     if peer.timer_at.is_none_or(|current| at < current) {
