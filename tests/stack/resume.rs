@@ -5,6 +5,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use deltamesh_proto::Id;
+use deltamesh_proto::channel::Channel;
+use deltamesh_proto::command;
+use deltamesh_proto::pb::{self, ErrorCode, command::Body};
 use deltamesh_worker::{NativePeer, PeerEvent};
 
 use crate::common::{join, next_matching, stack};
@@ -101,5 +104,43 @@ async fn peers_whose_connections_are_killed_mid_stream_resume_with_nothing_lost_
     assert!(extra.is_err(), "a duplicate arrived: {extra:?}");
     sender.close().await;
     receiver.close().await;
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_with_a_wrong_token_is_refused_and_cannot_take_over_an_origin() {
+    let stack = stack().await;
+    let mut victim = join(&stack, "guarded").await;
+    let mut intruder = join(&stack, "guarded").await;
+    let forged = command::encode(Body::Resume(pb::Resume {
+        last_seq: 0,
+        previous_peer_id: victim.peer_id().0.to_vec(),
+        resume_token: vec![0; 16],
+    }));
+    intruder.send_raw(Channel::Command, forged).await;
+    let error = next_matching(&mut intruder, WAIT, |e| match e {
+        PeerEvent::RelayError(e) => Some(e),
+        _ => None,
+    })
+    .await;
+    assert_eq!(error.code(), ErrorCode::ResumeRefused);
+    // The intruder's deltas still carry its own id, and the victim is untouched.
+    intruder
+        .send(1, Id::default(), b"mine".to_vec())
+        .await
+        .unwrap();
+    let delta = next_matching(&mut victim, WAIT, |e| match e {
+        PeerEvent::Delta(d) => Some(d),
+        _ => None,
+    })
+    .await;
+    assert_eq!(delta.origin, intruder.peer_id());
+    victim.ping(3).await;
+    let pong = next_matching(&mut victim, WAIT, |e| match e {
+        PeerEvent::Pong(n) => Some(n),
+        _ => None,
+    })
+    .await;
+    assert_eq!(pong, 3, "the victim's connection was not replaced");
     stack.shutdown().await.unwrap();
 }
