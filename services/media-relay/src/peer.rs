@@ -281,6 +281,7 @@ impl Peer {
             }),
             shared,
         );
+        self.flush(shared);
     }
 
     fn on_delta(&mut self, bytes: &[u8], shared: &Shared) {
@@ -373,7 +374,7 @@ impl Peer {
             return self.close("command queue overflow (slow consumer)");
         }
         self.commands.push_back(command::encode(body));
-        self.flush(shared);
+        self.write_commands();
     }
 
     /// Tells the peer who joined and left since it last heard.
@@ -414,9 +415,16 @@ impl Peer {
     /// Writes queued commands, then deltas from the cursor, until the
     /// channels' send buffer is full.
     pub fn flush(&mut self, shared: &Shared) {
+        if self.write_commands() && self.welcomed {
+            self.deliver(shared);
+        }
+    }
+
+    /// Writes queued commands; true when none is left waiting.
+    fn write_commands(&mut self) -> bool {
         self.blocked = false;
         if self.closing.is_some() {
-            return;
+            return false;
         }
         while let Some(message) = self.commands.front() {
             match write(&mut self.rtc, self.channels[0], message) {
@@ -425,14 +433,12 @@ impl Peer {
                 }
                 Write::Full => {
                     self.blocked = true;
-                    return;
+                    return false;
                 }
-                Write::Closed => return,
+                Write::Closed => return false,
             }
         }
-        if self.welcomed {
-            self.deliver(shared);
-        }
+        true
     }
 
     fn deliver(&mut self, shared: &Shared) {

@@ -326,6 +326,8 @@ impl Shard {
         if let Err(error) = peer.rtc.handle_input(input) {
             peer.close(format!("webrtc error: {error}"));
         }
+        // Acknowledgements in this datagram may have opened the window; a
+        // writer still blocked is retried once more inside `drive`.
         if peer.is_blocked() {
             peer.flush(&self.shared);
         }
