@@ -1,6 +1,7 @@
 //! `cargo run`: the whole deltamesh stack in one process.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use clap::Parser;
 use deltamesh::{StackConfig, start};
@@ -39,6 +40,9 @@ struct Args {
         default_value = "deltamesh-dev-token"
     )]
     dev_token: String,
+    /// The browser bundle (demo page and wasm) that `scripts/build-web` makes.
+    #[arg(long, env = "DELTAMESH_WEB_DIR", default_value = "target/web")]
+    web_dir: PathBuf,
 }
 
 #[tokio::main]
@@ -62,7 +66,14 @@ async fn main() -> anyhow::Result<()> {
         listen: SocketAddr::new(args.host, args.port),
         relay,
         dev_token: args.dev_token,
+        web_dir: Some(args.web_dir.clone()),
     };
+    if !args.web_dir.join("index.html").is_file() {
+        eprintln!(
+            "note: no demo bundle in {}; run scripts/build-web (scripts/run does it for you)",
+            args.web_dir.display()
+        );
+    }
     tracing::info!(?config, "starting");
     let stack = start(config.clone()).await?;
     eprintln!(
@@ -70,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("dev token: {}", config.dev_token);
     println!("signal: {}", stack.signal_url());
+    println!("demo: {}/?session=demo", stack.signal_url());
     shutdown_signal().await?;
     eprintln!("shutting down");
     stack.shutdown().await?;

@@ -1,6 +1,7 @@
 //! Starting and stopping the one-process stack.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use deltamesh_proto::Id;
@@ -22,6 +23,8 @@ pub struct StackConfig {
     pub relay: RelayConfig,
     /// The development bearer token that opens every session.
     pub dev_token: String,
+    /// The browser bundle to serve (demo page and wasm), if built.
+    pub web_dir: Option<PathBuf>,
 }
 
 /// A running stack; dropping it does not stop it, [`RunningStack::shutdown`] does.
@@ -65,6 +68,7 @@ pub async fn start(mut config: StackConfig) -> std::io::Result<RunningStack> {
     let signal_addr = listener.local_addr()?;
     let mut signal_config = SignalConfig::new(config.dev_token.clone());
     signal_config.home_page = home_page(&relay);
+    signal_config.web_dir = config.web_dir.clone();
     let network = Arc::new(EmbeddedNetwork::new(vec![relay.clone()]));
     let router =
         deltamesh_signal::router(network, signal_config, signal_metrics, Arc::new(registry));
@@ -104,6 +108,7 @@ list its peers with <code>GET /v1/sessions/{{session}}/peers</code>.</li>
 <li><b>registry</b>: placement of new peers on relays (in process).</li>
 <li><b>media-relay</b> <code>{id}</code>: WebRTC (ICE-lite, DTLS, SCTP) on UDP {addrs}.</li>
 </ul>
+<p>The demo page is not built: run <code>scripts/build-web</code> (or start with <code>scripts/run</code>).</p>
 <p>Health: <a href=\"/healthz\">/healthz</a>, <a href=\"/readyz\">/readyz</a>, metrics: <a href=\"/metrics\">/metrics</a>.</p>
 <p>Try it: <code>cargo run -p deltamesh-worker --bin deltamesh-peer -- --token TOKEN listen</code> in one terminal and
 <code>... send hello</code> in another.</p>

@@ -90,7 +90,7 @@ async fn each_broken_header_rule_is_rejected_and_nothing_is_forwarded() {
         _ => None,
     })
     .await;
-    assert_eq!((delta.seq, delta.payload.as_slice()), (1, &b"good"[..]));
+    assert_eq!((delta.seq, delta.payload()), (1, &b"good"[..]));
     stack.shutdown().await.unwrap();
 }
 

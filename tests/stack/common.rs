@@ -18,6 +18,7 @@ pub async fn stack_with(relay: impl FnOnce(&mut RelayConfig)) -> RunningStack {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         relay: relay_config,
         dev_token: TOKEN.into(),
+        web_dir: None,
     })
     .await
     .expect("stack starts")

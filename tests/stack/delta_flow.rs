@@ -71,7 +71,7 @@ async fn a_thousand_deltas_arrive_in_order_intact_and_acknowledged_and_stay_in_t
         assert_eq!(delta.origin, a_id);
         assert_eq!(delta.kind, 3);
         assert_eq!(delta.doc_id, doc);
-        assert_eq!(delta.payload, payload(n), "payload intact");
+        assert_eq!(delta.payload(), payload(n), "payload intact");
     }
 
     // The outsider in another session got none of it.
@@ -115,7 +115,7 @@ async fn peers_that_all_send_and_receive_see_every_other_delta_in_one_order() {
                 while acks.len() < per_peer as usize || got.len() < others {
                     match next_matching(&mut peer, Duration::from_secs(30), Some).await {
                         PeerEvent::Acked { seq, .. } => acks.push(seq),
-                        PeerEvent::Delta(d) => got.push((d.seq, d.origin, d.payload)),
+                        PeerEvent::Delta(d) => got.push((d.seq, d.origin, d.payload().to_vec())),
                         PeerEvent::Rejected(r) => panic!("rejected: {r:?}"),
                         _ => {}
                     }

@@ -78,6 +78,7 @@ async fn a_relay_refuses_to_advertise_an_unspecified_address() {
             ..RelayConfig::default()
         },
         dev_token: TOKEN.into(),
+        web_dir: None,
     };
     let error = start(config).await.err().expect("refused");
     assert!(error.to_string().contains("concrete"), "{error}");

@@ -21,9 +21,16 @@ const MAX_EARLY_DELTAS: usize = 4096;
 /// whose `Ack` has not arrived yet, or a resume replay still under way).
 const MAX_AHEAD: usize = 4096;
 
-/// A delta received from another peer.
+/// Where a delta's payload starts in a relayed message: after the security
+/// header and the delta frame header.
+pub const PAYLOAD_OFFSET: usize =
+    deltamesh_proto::security::SECURITY_HEADER_LEN + deltamesh_proto::frame::FRAME_HEADER_LEN;
+
+/// A delta received from another peer. `message` is the relayed message as
+/// it came off the channel (whatever buffer type the driver owns), so the
+/// payload reaches the application without being copied out of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReceivedDelta {
+pub struct ReceivedDelta<M = Vec<u8>> {
     /// The session's sequence number.
     pub seq: u64,
     /// The peer that sent it.
@@ -32,13 +39,20 @@ pub struct ReceivedDelta {
     pub kind: u16,
     /// Application-defined document id.
     pub doc_id: Id,
-    /// The payload.
-    pub payload: Vec<u8>,
+    /// The whole relayed message; the payload is `message[PAYLOAD_OFFSET..]`.
+    pub message: M,
+}
+
+impl<M: AsRef<[u8]>> ReceivedDelta<M> {
+    /// The application payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.message.as_ref()[PAYLOAD_OFFSET..]
+    }
 }
 
 /// What happened on the connection, for the application.
 #[derive(Debug, Clone, PartialEq)]
-pub enum PeerEvent {
+pub enum PeerEvent<M = Vec<u8>> {
     /// The relay admitted this peer.
     Welcomed(pb::Welcome),
     /// A sent delta is durable under `seq`.
@@ -50,8 +64,17 @@ pub enum PeerEvent {
     },
     /// A sent delta was refused; nothing was stored or forwarded.
     Rejected(pb::Reject),
+    /// The relay could not continue this peer's old identity after a
+    /// reconnect, so an unacknowledged delta was renumbered: its `Acked` or
+    /// `Rejected` will name `new`.
+    Renumbered {
+        /// The client_seq `send` returned.
+        old: u64,
+        /// The client_seq it is sent under now.
+        new: u64,
+    },
     /// A delta from another peer, in seq order.
-    Delta(ReceivedDelta),
+    Delta(ReceivedDelta<M>),
     /// Another peer joined.
     PeerJoined(Id),
     /// Another peer left.
@@ -93,8 +116,9 @@ pub enum SendError {
     Closed,
 }
 
-/// The peer protocol state.
-pub struct PeerCore {
+/// The peer protocol state. `M` is the driver's buffer type for received
+/// messages, kept as it is until the application takes the delta.
+pub struct PeerCore<M = Vec<u8>> {
     max_unacked: usize,
     welcome: Option<pb::Welcome>,
     /// The origin this peer's deltas carry and the secret to continue it
@@ -108,16 +132,16 @@ pub struct PeerCore {
     /// this peer's own delta (which the relay does not echo by default).
     delivered: u64,
     /// Deltas received past a gap, by seq.
-    ahead: BTreeMap<u64, ReceivedDelta>,
+    ahead: BTreeMap<u64, ReceivedDelta<M>>,
     /// Seqs of this peer's own acknowledged deltas past `delivered`.
     own: BTreeSet<u64>,
-    early: Vec<Vec<u8>>,
+    early: Vec<M>,
     outbox: VecDeque<(Channel, Vec<u8>)>,
-    events: VecDeque<PeerEvent>,
+    events: VecDeque<PeerEvent<M>>,
     echo: bool,
 }
 
-impl PeerCore {
+impl<M: AsRef<[u8]>> PeerCore<M> {
     /// A fresh peer that keeps at most `max_unacked` deltas awaiting acks.
     pub fn new(max_unacked: usize, echo: bool) -> Self {
         PeerCore {
@@ -208,9 +232,9 @@ impl PeerCore {
     }
 
     /// Handles one message received on `channel`.
-    pub fn handle_message(&mut self, channel: Channel, bytes: &[u8]) {
+    pub fn handle_message(&mut self, channel: Channel, message: M) {
         match channel {
-            Channel::Command => match command::decode(bytes) {
+            Channel::Command => match command::decode(message.as_ref()) {
                 Ok(body) => self.on_command(body),
                 Err(CommandError::Empty) => {}
                 Err(error) => self
@@ -219,14 +243,14 @@ impl PeerCore {
             },
             Channel::Receive if self.welcome.is_none() => {
                 if self.early.len() < MAX_EARLY_DELTAS {
-                    self.early.push(bytes.to_vec());
+                    self.early.push(message);
                 } else {
                     self.events.push_back(PeerEvent::ProtocolError(
                         "too many deltas before Welcome".into(),
                     ));
                 }
             }
-            Channel::Receive => self.on_relayed(bytes),
+            Channel::Receive => self.on_relayed(message),
             Channel::Send => self.events.push_back(PeerEvent::ProtocolError(
                 "the relay wrote on the send channel".into(),
             )),
@@ -249,7 +273,7 @@ impl PeerCore {
     }
 
     /// The next event for the application.
-    pub fn poll_event(&mut self) -> Option<PeerEvent> {
+    pub fn poll_event(&mut self) -> Option<PeerEvent<M>> {
         self.events.pop_front()
     }
 
@@ -328,7 +352,7 @@ impl PeerCore {
         self.welcome = Some(welcome.clone());
         self.events.push_back(PeerEvent::Welcomed(welcome));
         for early in std::mem::take(&mut self.early) {
-            self.on_relayed(&early);
+            self.on_relayed(early);
         }
     }
 
@@ -350,8 +374,12 @@ impl PeerCore {
             }
             let frames = std::mem::take(&mut self.unacked);
             let mut client_seq = resumed.next_client_seq.max(1);
-            for (_, mut frame) in frames {
+            for (old, mut frame) in frames {
                 frame[32..40].copy_from_slice(&client_seq.to_le_bytes());
+                self.events.push_back(PeerEvent::Renumbered {
+                    old,
+                    new: client_seq,
+                });
                 self.unacked.insert(client_seq, frame);
                 client_seq += 1;
             }
@@ -366,8 +394,8 @@ impl PeerCore {
         }
     }
 
-    fn on_relayed(&mut self, bytes: &[u8]) {
-        let relayed = match RelayedFrame::parse(bytes) {
+    fn on_relayed(&mut self, message: M) {
+        let relayed = match RelayedFrame::parse(message.as_ref()) {
             Ok(relayed) => relayed,
             Err(error) => {
                 return self
@@ -388,12 +416,13 @@ impl PeerCore {
             )));
         }
         let frame = relayed.frame();
+        let (origin, kind, doc_id) = (relayed.origin(), frame.kind(), frame.doc_id());
         let delta = ReceivedDelta {
             seq,
-            origin: relayed.origin(),
-            kind: frame.kind(),
-            doc_id: frame.doc_id(),
-            payload: frame.payload().to_vec(),
+            origin,
+            kind,
+            doc_id,
+            message,
         };
         if seq == self.delivered + 1 {
             // The common case: next in order, nothing to hold back.
@@ -426,6 +455,8 @@ impl PeerCore {
 mod tests {
     use super::*;
     use deltamesh_proto::{SecurityFields, SecurityFlags};
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn welcome(last_seq: u64) -> Vec<u8> {
         command::encode(Body::Welcome(pb::Welcome {
@@ -461,10 +492,10 @@ mod tests {
     #[test]
     fn deltas_arriving_before_welcome_are_delivered_after_it_in_order() {
         let mut core = PeerCore::new(16, false);
-        core.handle_message(Channel::Receive, &relayed(6));
-        core.handle_message(Channel::Command, &welcome(5));
-        core.handle_message(Channel::Receive, &relayed(7));
-        core.handle_message(Channel::Receive, &relayed(7));
+        core.handle_message(Channel::Receive, relayed(6));
+        core.handle_message(Channel::Command, welcome(5));
+        core.handle_message(Channel::Receive, relayed(7));
+        core.handle_message(Channel::Receive, relayed(7));
         assert_eq!(delivered(&mut core), vec![6, 7]);
     }
 
@@ -497,13 +528,13 @@ mod tests {
     /// its connection and got a new `Welcome`.
     fn reconnected() -> PeerCore {
         let mut core = PeerCore::new(16, false);
-        core.handle_message(Channel::Command, &welcome(0));
+        core.handle_message(Channel::Command, welcome(0));
         core.send(1, Id::default(), b"a", 0).unwrap();
         core.send(1, Id::default(), b"b", 0).unwrap();
-        core.handle_message(Channel::Command, &ack(1, 1));
+        core.handle_message(Channel::Command, ack(1, 1));
         let _ = sent(&mut core);
         core.connection_lost();
-        core.handle_message(Channel::Command, &welcome(9));
+        core.handle_message(Channel::Command, welcome(9));
         core
     }
 
@@ -517,9 +548,9 @@ mod tests {
         assert_eq!(resumes[0].resume_token, vec![5; 16]);
         assert!(frames.is_empty(), "nothing is resent before Resumed");
         // A live delta overtaking the replay waits; the replay comes in order.
-        core.handle_message(Channel::Receive, &relayed(10));
-        core.handle_message(Channel::Receive, &relayed(2));
-        core.handle_message(Channel::Command, &resumed(true, 2));
+        core.handle_message(Channel::Receive, relayed(10));
+        core.handle_message(Channel::Receive, relayed(2));
+        core.handle_message(Channel::Command, resumed(true, 2));
         let (_, frames) = sent(&mut core);
         assert_eq!(frames, vec![2], "the unacked frame keeps its client_seq");
         // Seq 1 was this peer's own; 10 waits for 3..=9.
@@ -530,9 +561,13 @@ mod tests {
     fn a_refused_resume_renumbers_unacked_frames_for_the_new_origin() {
         let mut core = reconnected();
         let _ = sent(&mut core);
-        core.handle_message(Channel::Command, &resumed(false, 1));
+        core.handle_message(Channel::Command, resumed(false, 1));
         let (_, frames) = sent(&mut core);
         assert_eq!(frames, vec![1]);
+        let renumbered = std::iter::from_fn(|| core.poll_event())
+            .filter(|e| matches!(e, PeerEvent::Renumbered { .. }))
+            .collect::<Vec<_>>();
+        assert_eq!(renumbered, vec![PeerEvent::Renumbered { old: 2, new: 1 }]);
         assert_eq!(core.send(1, Id::default(), b"c", 0), Ok(2));
     }
 
@@ -543,15 +578,15 @@ mod tests {
     #[test]
     fn own_deltas_are_stepped_over_whichever_arrives_first_ack_or_later_delta() {
         let mut core = PeerCore::new(16, false);
-        core.handle_message(Channel::Command, &welcome(0));
+        core.handle_message(Channel::Command, welcome(0));
         core.send(1, Id::default(), b"mine", 0).unwrap();
         core.send(1, Id::default(), b"mine too", 0).unwrap();
-        core.handle_message(Channel::Receive, &relayed(1));
+        core.handle_message(Channel::Receive, relayed(1));
         // Seq 3 overtakes the ack of this peer's own seq 2.
-        core.handle_message(Channel::Receive, &relayed(3));
-        core.handle_message(Channel::Command, &ack(1, 2));
-        core.handle_message(Channel::Command, &ack(2, 4));
-        core.handle_message(Channel::Receive, &relayed(5));
+        core.handle_message(Channel::Receive, relayed(3));
+        core.handle_message(Channel::Command, ack(1, 2));
+        core.handle_message(Channel::Command, ack(2, 4));
+        core.handle_message(Channel::Receive, relayed(5));
         assert_eq!(delivered(&mut core), vec![1, 3, 5]);
         assert_eq!(core.last_seq(), 5);
     }
@@ -559,9 +594,9 @@ mod tests {
     #[test]
     fn garbage_from_the_relay_is_reported_not_fatal() {
         let mut core = PeerCore::new(16, false);
-        core.handle_message(Channel::Command, &[0xff, 0xff]);
-        core.handle_message(Channel::Command, &welcome(0));
-        core.handle_message(Channel::Receive, b"not a relayed frame");
+        core.handle_message(Channel::Command, vec![0xff, 0xff]);
+        core.handle_message(Channel::Command, welcome(0));
+        core.handle_message(Channel::Receive, b"not a relayed frame".to_vec());
         let events: Vec<_> = std::iter::from_fn(|| core.poll_event()).collect();
         assert!(matches!(events[0], PeerEvent::ProtocolError(_)));
         assert!(matches!(events[1], PeerEvent::Welcomed(_)));

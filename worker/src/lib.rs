@@ -1,11 +1,18 @@
 //! The deltamesh peer. [`core`] is the protocol as a sans-IO state machine
-//! (client_seq, acks, resume, in-order delivery, the command channel);
-//! [`native`] drives it with str0m over UDP for servers, the command-line
-//! client and benchmarks. The browser build drives the same core through
-//! `RTCDataChannel`s.
+//! (client_seq, acks, resume, in-order delivery, the command channel) and
+//! [`backoff`] paces reconnects. Two thin drivers run them:
+//! - `native` (not on wasm32) drives the core with str0m over UDP for
+//!   servers, the command-line client and benchmarks;
+//! - `web` (wasm32 only) drives it with `RTCDataChannel`s from a dedicated
+//!   web worker, with the page-side half owning the `RTCPeerConnection`.
 
+pub mod backoff;
 pub mod core;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod native;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 pub use core::{PeerCore, PeerEvent, ReceivedDelta, SendError};
+#[cfg(not(target_arch = "wasm32"))]
 pub use native::{ConnectError, ConnectOptions, NativePeer};

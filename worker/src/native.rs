@@ -15,6 +15,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::backoff::Backoff;
 use crate::core::{PeerCore, PeerEvent, SendError};
 
 /// SCTP send buffer: room for the largest message the relay accepts.
@@ -449,9 +450,9 @@ impl Driver {
     /// Connects again with exponential backoff (100 ms doubling to 5 s),
     /// still taking the application's requests. `None` once closed.
     async fn reconnect(&mut self, requests: &mut mpsc::Receiver<Request>) -> Option<Link> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
-            let sleep = tokio::time::sleep(backoff);
+            let sleep = tokio::time::sleep(backoff.next_delay(fastrand::f64()));
             tokio::pin!(sleep);
             loop {
                 tokio::select! {
@@ -471,7 +472,6 @@ impl Driver {
                 Err(error) => {
                     let event = PeerEvent::Disconnected(format!("reconnecting: {error}"));
                     self.events.send(event).await.ok()?;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -534,7 +534,7 @@ impl Driver {
         match event {
             Event::ChannelData(data) => {
                 if let Some(channel) = self.link.channel_of(data.id) {
-                    self.core.handle_message(channel, &data.data);
+                    self.core.handle_message(channel, data.data);
                 }
                 Ok(())
             }

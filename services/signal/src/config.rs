@@ -2,6 +2,7 @@
 //! command line and environment and printed at start-up.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The largest request body signal reads (an SDP offer or a trickle
@@ -14,8 +15,12 @@ pub struct SignalConfig {
     /// The fixed development bearer token, accepted for any session. Empty
     /// means no token is accepted at all.
     pub dev_token: String,
-    /// The HTML page served at `GET /`.
+    /// The HTML page served at `GET /` when there is no web bundle.
     pub home_page: String,
+    /// The browser bundle (`scripts/build-web` output): `index.html` is
+    /// served at `GET /` (its `__DELTAMESH_DEV_TOKEN__` placeholder replaced
+    /// by the development token) and `pkg/` under `/pkg/`.
+    pub web_dir: Option<PathBuf>,
     /// The `Retry-After` of a 503 when the network names no delay itself.
     pub retry_after: Duration,
 }
@@ -27,6 +32,7 @@ impl SignalConfig {
         SignalConfig {
             dev_token: dev_token.into(),
             home_page: DEFAULT_HOME_PAGE.to_owned(),
+            web_dir: None,
             retry_after: Duration::from_secs(5),
         }
     }
@@ -42,6 +48,7 @@ impl fmt::Debug for SignalConfig {
                 "home_page",
                 &format_args!("<{} bytes of HTML>", self.home_page.len()),
             )
+            .field("web_dir", &self.web_dir)
             .field("retry_after", &self.retry_after)
             .field("body_limit", &BODY_LIMIT)
             .finish()

@@ -67,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
                 event = peer.next_event() => match event {
                     Some(PeerEvent::Delta(d)) => println!(
                         "seq={} origin={} kind={} doc={} len={} payload={}",
-                        d.seq, d.origin, d.kind, d.doc_id, d.payload.len(), String::from_utf8_lossy(&d.payload)
+                        d.seq, d.origin, d.kind, d.doc_id, d.payload().len(), String::from_utf8_lossy(d.payload())
                     ),
                     Some(PeerEvent::PeerJoined(id)) => println!("joined {id}"),
                     Some(PeerEvent::PeerLeft(id)) => println!("left {id}"),

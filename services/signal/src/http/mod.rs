@@ -1,7 +1,8 @@
 //! The HTTP face of signal: the route table, the layers every response goes
 //! through (CORS headers, request counting, the body limit) and the server
 //! loop with graceful shutdown. Handlers live in `peers` (the `/v1` API) and
-//! `ops` (home page, health, readiness, metrics, 404 and 405).
+//! `ops` (home page, health, readiness, metrics, 404 and 405); the browser
+//! bundle's files are served from the configured `web_dir` under `/pkg/`.
 
 mod body;
 mod cors;
@@ -18,6 +19,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tower_http::services::ServeDir;
 
 use crate::auth::Authenticator;
 use crate::config::{BODY_LIMIT, SignalConfig};
@@ -56,7 +58,12 @@ pub fn router<N: Network>(
         metrics: metrics.clone(),
         registry,
     });
-    Router::new()
+    let web_bundle = app.config.web_dir.as_ref().map(|dir| dir.join("pkg"));
+    let mut router = Router::new();
+    if let Some(pkg) = web_bundle {
+        router = router.nest_service("/pkg", ServeDir::new(pkg));
+    }
+    router
         .route("/", get(ops::home::<N>))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz::<N>))

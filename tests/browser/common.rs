@@ -1,0 +1,138 @@
+//! Shared set-up for the browser tests: a one-process stack serving the
+//! web bundle, and pages that use the browser peer's public API the way an
+//! application does (`import`, `connect`, callbacks).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use deltamesh::{RunningStack, StackConfig, start};
+use deltamesh_relay::RelayConfig;
+use deltamesh_worker::{ConnectOptions, NativePeer};
+use serde_json::Value;
+
+use crate::cdp::{Browser, Page};
+
+/// The development token the test stacks accept.
+pub const TOKEN: &str = "browser-test-token";
+
+/// The bundle `scripts/build-web` makes (the README's test command builds
+/// it before the tests run).
+pub fn web_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/web");
+    assert!(
+        dir.join("pkg/deltamesh_worker.js").is_file() && dir.join("index.html").is_file(),
+        "no web bundle in {}: run scripts/build-web first",
+        dir.display()
+    );
+    dir
+}
+
+/// A stack on 127.0.0.1 serving the web bundle, with signal on `listen`.
+pub async fn stack_on(listen: SocketAddr) -> RunningStack {
+    start(StackConfig {
+        listen,
+        relay: RelayConfig::default(),
+        dev_token: TOKEN.into(),
+        web_dir: Some(web_dir()),
+    })
+    .await
+    .expect("stack starts")
+}
+
+/// A stack on free ports serving the web bundle.
+pub async fn stack() -> RunningStack {
+    stack_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
+
+/// A native peer joined to `session`.
+pub async fn native_peer(stack: &RunningStack, session: &str) -> NativePeer {
+    NativePeer::connect(ConnectOptions::new(&stack.signal_url(), session, TOKEN))
+        .await
+        .expect("native peer connects")
+}
+
+/// A page of `stack`'s origin that has imported the bundle and called
+/// `connect(session, TOKEN, options)` (`options` is a JS object literal).
+/// The page records into globals: `got` (received deltas as
+/// `{seq, origin, kind, text}`), `states` (every state change), `peerChanges`.
+pub async fn connected_page(browser: &Browser, stack: &RunningStack, session: &str) -> Page {
+    let page = page_with(browser, stack, session, "{}").await;
+    page.eval("window.conn.connected()")
+        .await
+        .expect("the page connects");
+    page
+}
+
+/// Like [`connected_page`] without waiting for the connection.
+pub async fn page_with(
+    browser: &Browser,
+    stack: &RunningStack,
+    session: &str,
+    options: &str,
+) -> Page {
+    // Any page of the origin will do; the API needs no markup.
+    let page = browser
+        .new_page(&format!("{}/healthz", stack.signal_url()))
+        .await;
+    let script = format!(
+        r#"(async () => {{
+            const dm = await import("/pkg/deltamesh_worker.js");
+            await dm.default();
+            window.got = [];
+            window.states = [];
+            window.peerChanges = [];
+            const conn = await dm.connect({session:?}, {TOKEN:?}, {options});
+            conn.onDelta((d) => window.got.push({{
+                seq: d.seq, origin: d.origin, kind: d.kind, docId: d.docId,
+                text: new TextDecoder().decode(d.payload),
+            }}));
+            conn.onState((s) => window.states.push(s));
+            conn.onPeer((p) => window.peerChanges.push(p));
+            window.conn = conn;
+            return true;
+        }})()"#
+    );
+    page.eval(&script)
+        .await
+        .expect("the bundle loads and connect starts");
+    page
+}
+
+/// Evaluates `expression`, which must succeed.
+pub async fn eval(page: &Page, expression: &str) -> Value {
+    page.eval(expression)
+        .await
+        .unwrap_or_else(|e| panic!("{expression}: {e}"))
+}
+
+/// Waits up to `secs` seconds for `expression` to be true.
+pub async fn wait(page: &Page, expression: &str, secs: u64) {
+    page.wait_for(expression, Duration::from_secs(secs)).await;
+}
+
+/// Received deltas as `(seq, origin, text)`, in arrival order.
+pub async fn received(page: &Page) -> Vec<(u64, String, String)> {
+    let got = eval(page, "window.got").await;
+    got.as_array()
+        .expect("an array")
+        .iter()
+        .map(|d| {
+            (
+                d["seq"].as_u64().expect("seq"),
+                d["origin"].as_str().expect("origin").to_owned(),
+                d["text"].as_str().expect("text").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// No uncaught exception in the page or its worker.
+pub fn assert_no_exceptions(page: &Page) {
+    let exceptions = page.exceptions();
+    assert!(
+        exceptions.is_empty(),
+        "uncaught exceptions: {exceptions:#?}\nconsole: {:#?}",
+        page.console()
+    );
+}

@@ -1,0 +1,618 @@
+//! What the page and the worker say to each other over `postMessage`.
+//!
+//! Each message is a plain object with a `type` and its fields. The worker
+//! sends a batch (an array) per turn of its event loop, so a burst of
+//! deltas costs one `postMessage`, not one each. Buffers travel in the
+//! transfer list: received payloads move to the page without a copy.
+
+use std::str::FromStr;
+
+use deltamesh_proto::Id;
+use js_sys::{Array, ArrayBuffer, Uint8Array};
+use wasm_bindgen::{JsCast, JsValue};
+use web_sys::RtcDataChannel;
+
+use super::js::{get, get_instance, get_integer, get_number, get_string, object};
+
+/// Largest integer a JavaScript number holds exactly (seqs, counters).
+const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
+
+/// How the worker connects: the page's `connect` arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Base URL of `signal`, e.g. `http://127.0.0.1:8080`.
+    pub signal_url: String,
+    /// The session to join.
+    pub session: String,
+    /// The bearer token.
+    pub token: String,
+    /// Whether this peer also receives its own deltas.
+    pub echo: bool,
+    /// Deltas that may await acknowledgement before `send` refuses more.
+    pub max_unacked: u32,
+}
+
+/// The connection's state as the application sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// The first connection is being made.
+    Connecting,
+    /// The relay welcomed this peer; deltas flow.
+    Connected,
+    /// The connection dropped; a new one is being made and will resume.
+    Reconnecting,
+    /// The last attempt failed (the detail says why); retrying with backoff.
+    Failed,
+    /// The application closed the connection.
+    Closed,
+}
+
+impl ConnectionState {
+    /// The state's name, as shown to applications.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionState::Connecting => "connecting",
+            ConnectionState::Connected => "connected",
+            ConnectionState::Reconnecting => "reconnecting",
+            ConnectionState::Failed => "failed",
+            ConnectionState::Closed => "closed",
+        }
+    }
+}
+
+impl FromStr for ConnectionState {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        Ok(match name {
+            "connecting" => ConnectionState::Connecting,
+            "connected" => ConnectionState::Connected,
+            "reconnecting" => ConnectionState::Reconnecting,
+            "failed" => ConnectionState::Failed,
+            "closed" => ConnectionState::Closed,
+            other => return Err(format!("unknown connection state {other:?}")),
+        })
+    }
+}
+
+/// Connection statistics, refreshed by the worker once a second.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Stats {
+    /// Round trip to the relay from the last ping, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Bytes written to the channels.
+    pub bytes_sent: f64,
+    /// Bytes read from the channels.
+    pub bytes_received: f64,
+    /// Deltas acknowledged by the relay.
+    pub deltas_sent: f64,
+    /// Deltas from other peers delivered to the application.
+    pub deltas_received: f64,
+    /// Deltas sent but not yet acknowledged.
+    pub unacked: f64,
+    /// Bytes waiting in the channels' send buffers.
+    pub buffered_bytes: f64,
+    /// Highest session seq delivered.
+    pub last_seq: f64,
+}
+
+/// A message from the page to the worker.
+#[derive(Debug, Clone)]
+pub enum ToWorker {
+    /// Connect with this configuration (first message, once).
+    Start(Config),
+    /// The channels of peer connection `generation`, transferred.
+    Channels {
+        /// Which connection attempt they belong to.
+        generation: u32,
+        /// `command`, `send` and `receive`, by stream id.
+        channels: [RtcDataChannel; 3],
+    },
+    /// The page's SDP offer for peer connection `generation`.
+    Offer {
+        /// Which connection attempt it belongs to.
+        generation: u32,
+        /// The offer.
+        sdp: String,
+    },
+    /// Peer connection `generation` failed, or could not be made.
+    LinkFailed {
+        /// Which connection attempt.
+        generation: u32,
+        /// Why.
+        reason: String,
+    },
+    /// Send a delta; the answer names `id`.
+    Send {
+        /// The page's request id.
+        id: u32,
+        /// Application-defined kind.
+        kind: u16,
+        /// Application-defined document id.
+        doc_id: Id,
+        /// The payload.
+        payload: Uint8Array,
+    },
+    /// Leave the session.
+    Close,
+}
+
+/// A message from the worker to the page (sent in batches).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToPage {
+    /// The worker is running and listening.
+    Ready,
+    /// Make peer connection `generation` and transfer its channels.
+    OpenLink {
+        /// The attempt's number.
+        generation: u32,
+    },
+    /// The relay's answer for peer connection `generation`.
+    Answer {
+        /// Which connection attempt.
+        generation: u32,
+        /// The answer.
+        sdp: String,
+    },
+    /// Close peer connection `generation`.
+    CloseLink {
+        /// Which connection attempt.
+        generation: u32,
+    },
+    /// The connection's state changed.
+    State {
+        /// The new state.
+        state: ConnectionState,
+        /// Why, in words (empty when there is nothing to add).
+        detail: String,
+    },
+    /// The relay admitted this peer under `peer_id`.
+    Welcomed {
+        /// This connection's peer id.
+        peer_id: Id,
+        /// The other peers in the session at that moment.
+        peers: Vec<Id>,
+    },
+    /// Delta request `id` is durable under `seq`.
+    Sent {
+        /// The page's request id.
+        id: u32,
+        /// The session seq.
+        seq: u64,
+    },
+    /// Delta request `id` failed.
+    SendFailed {
+        /// The page's request id.
+        id: u32,
+        /// Why.
+        error: String,
+    },
+    /// A delta from another peer; the payload is
+    /// `buffer[offset..offset + length]`.
+    Delta {
+        /// The session seq.
+        seq: u64,
+        /// The sending peer.
+        origin: Id,
+        /// Application-defined kind.
+        kind: u16,
+        /// Application-defined document id.
+        doc_id: Id,
+        /// The relayed message as received, transferred.
+        buffer: ArrayBuffer,
+        /// Where the payload starts.
+        offset: u32,
+        /// The payload's length.
+        length: u32,
+    },
+    /// Another peer joined the session.
+    PeerJoined(Id),
+    /// Another peer left the session.
+    PeerLeft(Id),
+    /// Fresh statistics.
+    Stats(Stats),
+}
+
+fn id_value(id: &Id) -> JsValue {
+    JsValue::from_str(&id.to_string())
+}
+
+fn get_id(object: &JsValue, key: &str) -> Result<Id, String> {
+    let text = get_string(object, key)?;
+    Id::from_str(&text).map_err(|e| format!("`{key}`: {e}"))
+}
+
+fn get_u32(object: &JsValue, key: &str) -> Result<u32, String> {
+    get_integer(object, key, u32::MAX as f64).map(|n| n as u32)
+}
+
+fn number(n: impl Into<f64>) -> JsValue {
+    JsValue::from_f64(n.into())
+}
+
+impl ToWorker {
+    /// The message as a JavaScript value and the objects to transfer.
+    pub fn encode(&self) -> (JsValue, Array) {
+        let transfer = Array::new();
+        let message = match self {
+            ToWorker::Start(config) => object(&[
+                ("type", "start".into()),
+                ("signalUrl", config.signal_url.as_str().into()),
+                ("session", config.session.as_str().into()),
+                ("token", config.token.as_str().into()),
+                ("echo", config.echo.into()),
+                ("maxUnacked", number(config.max_unacked)),
+            ]),
+            ToWorker::Channels {
+                generation,
+                channels,
+            } => {
+                let list = Array::new();
+                for channel in channels {
+                    list.push(channel);
+                    transfer.push(channel);
+                }
+                object(&[
+                    ("type", "channels".into()),
+                    ("generation", number(*generation)),
+                    ("channels", list.into()),
+                ])
+            }
+            ToWorker::Offer { generation, sdp } => object(&[
+                ("type", "offer".into()),
+                ("generation", number(*generation)),
+                ("sdp", sdp.as_str().into()),
+            ]),
+            ToWorker::LinkFailed { generation, reason } => object(&[
+                ("type", "linkFailed".into()),
+                ("generation", number(*generation)),
+                ("reason", reason.as_str().into()),
+            ]),
+            ToWorker::Send {
+                id,
+                kind,
+                doc_id,
+                payload,
+            } => object(&[
+                ("type", "send".into()),
+                ("id", number(*id)),
+                ("kind", number(*kind)),
+                ("docId", id_value(doc_id)),
+                ("payload", payload.into()),
+            ]),
+            ToWorker::Close => object(&[("type", "close".into())]),
+        };
+        (message.into(), transfer)
+    }
+
+    /// Reads a message the page sent.
+    pub fn decode(message: &JsValue) -> Result<ToWorker, String> {
+        Ok(match get_string(message, "type")?.as_str() {
+            "start" => ToWorker::Start(Config {
+                signal_url: get_string(message, "signalUrl")?,
+                session: get_string(message, "session")?,
+                token: get_string(message, "token")?,
+                echo: get(message, "echo").as_bool().unwrap_or(false),
+                max_unacked: get_u32(message, "maxUnacked")?,
+            }),
+            "channels" => {
+                let list: Array = get_instance(message, "channels")?;
+                let channel = |i: u32| {
+                    list.get(i)
+                        .dyn_into::<RtcDataChannel>()
+                        .map_err(|_| format!("channel {i} is not an RTCDataChannel"))
+                };
+                ToWorker::Channels {
+                    generation: get_u32(message, "generation")?,
+                    channels: [channel(0)?, channel(1)?, channel(2)?],
+                }
+            }
+            "offer" => ToWorker::Offer {
+                generation: get_u32(message, "generation")?,
+                sdp: get_string(message, "sdp")?,
+            },
+            "linkFailed" => ToWorker::LinkFailed {
+                generation: get_u32(message, "generation")?,
+                reason: get_string(message, "reason")?,
+            },
+            "send" => ToWorker::Send {
+                id: get_u32(message, "id")?,
+                kind: get_integer(message, "kind", u16::MAX as f64)? as u16,
+                doc_id: get_id(message, "docId")?,
+                payload: get_instance(message, "payload")?,
+            },
+            "close" => ToWorker::Close,
+            other => return Err(format!("unknown message type {other:?}")),
+        })
+    }
+}
+
+impl ToPage {
+    /// The message as a JavaScript value; objects to transfer are pushed
+    /// onto `transfer`.
+    pub fn encode(&self, transfer: &Array) -> JsValue {
+        let message = match self {
+            ToPage::Ready => object(&[("type", "ready".into())]),
+            ToPage::OpenLink { generation } => object(&[
+                ("type", "openLink".into()),
+                ("generation", number(*generation)),
+            ]),
+            ToPage::Answer { generation, sdp } => object(&[
+                ("type", "answer".into()),
+                ("generation", number(*generation)),
+                ("sdp", sdp.as_str().into()),
+            ]),
+            ToPage::CloseLink { generation } => object(&[
+                ("type", "closeLink".into()),
+                ("generation", number(*generation)),
+            ]),
+            ToPage::State { state, detail } => object(&[
+                ("type", "state".into()),
+                ("state", state.as_str().into()),
+                ("detail", detail.as_str().into()),
+            ]),
+            ToPage::Welcomed { peer_id, peers } => object(&[
+                ("type", "welcomed".into()),
+                ("peerId", id_value(peer_id)),
+                (
+                    "peers",
+                    peers.iter().map(id_value).collect::<Array>().into(),
+                ),
+            ]),
+            ToPage::Sent { id, seq } => object(&[
+                ("type", "sent".into()),
+                ("id", number(*id)),
+                ("seq", number(*seq as f64)),
+            ]),
+            ToPage::SendFailed { id, error } => object(&[
+                ("type", "sendFailed".into()),
+                ("id", number(*id)),
+                ("error", error.as_str().into()),
+            ]),
+            ToPage::Delta {
+                seq,
+                origin,
+                kind,
+                doc_id,
+                buffer,
+                offset,
+                length,
+            } => {
+                transfer.push(buffer);
+                object(&[
+                    ("type", "delta".into()),
+                    ("seq", number(*seq as f64)),
+                    ("origin", id_value(origin)),
+                    ("kind", number(*kind)),
+                    ("docId", id_value(doc_id)),
+                    ("buffer", buffer.into()),
+                    ("offset", number(*offset)),
+                    ("length", number(*length)),
+                ])
+            }
+            ToPage::PeerJoined(peer) => {
+                object(&[("type", "peerJoined".into()), ("peerId", id_value(peer))])
+            }
+            ToPage::PeerLeft(peer) => {
+                object(&[("type", "peerLeft".into()), ("peerId", id_value(peer))])
+            }
+            ToPage::Stats(stats) => {
+                object(&[("type", "stats".into()), ("stats", stats_object(stats))])
+            }
+        };
+        message.into()
+    }
+
+    /// Reads a message the worker sent.
+    pub fn decode(message: &JsValue) -> Result<ToPage, String> {
+        Ok(match get_string(message, "type")?.as_str() {
+            "ready" => ToPage::Ready,
+            "openLink" => ToPage::OpenLink {
+                generation: get_u32(message, "generation")?,
+            },
+            "answer" => ToPage::Answer {
+                generation: get_u32(message, "generation")?,
+                sdp: get_string(message, "sdp")?,
+            },
+            "closeLink" => ToPage::CloseLink {
+                generation: get_u32(message, "generation")?,
+            },
+            "state" => ToPage::State {
+                state: get_string(message, "state")?.parse()?,
+                detail: get_string(message, "detail")?,
+            },
+            "welcomed" => {
+                let list: Array = get_instance(message, "peers")?;
+                let peers = list
+                    .iter()
+                    .map(|peer| {
+                        let text = peer.as_string().ok_or("`peers` must hold strings")?;
+                        Id::from_str(&text).map_err(|e| format!("`peers`: {e}"))
+                    })
+                    .collect::<Result<_, String>>()?;
+                ToPage::Welcomed {
+                    peer_id: get_id(message, "peerId")?,
+                    peers,
+                }
+            }
+            "sent" => ToPage::Sent {
+                id: get_u32(message, "id")?,
+                seq: get_integer(message, "seq", MAX_SAFE_INTEGER)?,
+            },
+            "sendFailed" => ToPage::SendFailed {
+                id: get_u32(message, "id")?,
+                error: get_string(message, "error")?,
+            },
+            "delta" => ToPage::Delta {
+                seq: get_integer(message, "seq", MAX_SAFE_INTEGER)?,
+                origin: get_id(message, "origin")?,
+                kind: get_integer(message, "kind", u16::MAX as f64)? as u16,
+                doc_id: get_id(message, "docId")?,
+                buffer: get_instance(message, "buffer")?,
+                offset: get_u32(message, "offset")?,
+                length: get_u32(message, "length")?,
+            },
+            "peerJoined" => ToPage::PeerJoined(get_id(message, "peerId")?),
+            "peerLeft" => ToPage::PeerLeft(get_id(message, "peerId")?),
+            "stats" => ToPage::Stats(read_stats(&get(message, "stats"))?),
+            other => return Err(format!("unknown message type {other:?}")),
+        })
+    }
+}
+
+/// The statistics as the object applications get from `stats()`.
+pub fn stats_object(stats: &Stats) -> JsValue {
+    let rtt = stats.rtt_ms.map_or(JsValue::NULL, JsValue::from_f64);
+    object(&[
+        ("rttMs", rtt),
+        ("bytesSent", number(stats.bytes_sent)),
+        ("bytesReceived", number(stats.bytes_received)),
+        ("deltasSent", number(stats.deltas_sent)),
+        ("deltasReceived", number(stats.deltas_received)),
+        ("unacked", number(stats.unacked)),
+        ("bufferedBytes", number(stats.buffered_bytes)),
+        ("lastSeq", number(stats.last_seq)),
+    ])
+    .into()
+}
+
+fn read_stats(stats: &JsValue) -> Result<Stats, String> {
+    Ok(Stats {
+        rtt_ms: get(stats, "rttMs").as_f64(),
+        bytes_sent: get_number(stats, "bytesSent")?,
+        bytes_received: get_number(stats, "bytesReceived")?,
+        deltas_sent: get_number(stats, "deltasSent")?,
+        deltas_received: get_number(stats, "deltasReceived")?,
+        unacked: get_number(stats, "unacked")?,
+        buffered_bytes: get_number(stats, "bufferedBytes")?,
+        last_seq: get_number(stats, "lastSeq")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn page_round_trip(message: ToPage) {
+        let transfer = Array::new();
+        let encoded = message.encode(&transfer);
+        assert_eq!(ToPage::decode(&encoded), Ok(message));
+    }
+
+    #[test]
+    fn every_worker_to_page_message_survives_encoding() {
+        let id = Id([7; 16]);
+        page_round_trip(ToPage::Ready);
+        page_round_trip(ToPage::OpenLink { generation: 3 });
+        page_round_trip(ToPage::Answer {
+            generation: 3,
+            sdp: "v=0\r\n".into(),
+        });
+        page_round_trip(ToPage::CloseLink { generation: 3 });
+        page_round_trip(ToPage::State {
+            state: ConnectionState::Reconnecting,
+            detail: "channel closed".into(),
+        });
+        page_round_trip(ToPage::Welcomed {
+            peer_id: id,
+            peers: vec![Id([8; 16]), Id([9; 16])],
+        });
+        page_round_trip(ToPage::Sent {
+            id: 9,
+            seq: 1 << 52,
+        });
+        page_round_trip(ToPage::SendFailed {
+            id: 9,
+            error: "too large".into(),
+        });
+        page_round_trip(ToPage::PeerJoined(id));
+        page_round_trip(ToPage::PeerLeft(id));
+        page_round_trip(ToPage::Stats(Stats {
+            rtt_ms: Some(1.5),
+            bytes_sent: 10.0,
+            last_seq: 4.0,
+            ..Stats::default()
+        }));
+        page_round_trip(ToPage::Stats(Stats::default()));
+    }
+
+    #[test]
+    fn a_delta_travels_with_its_buffer_in_the_transfer_list() {
+        let buffer = ArrayBuffer::new(200);
+        let message = ToPage::Delta {
+            seq: 5,
+            origin: Id([1; 16]),
+            kind: 2,
+            doc_id: Id([3; 16]),
+            buffer: buffer.clone(),
+            offset: 176,
+            length: 24,
+        };
+        let transfer = Array::new();
+        let encoded = message.encode(&transfer);
+        assert_eq!(transfer.length(), 1);
+        assert_eq!(transfer.get(0), JsValue::from(buffer));
+        assert_eq!(ToPage::decode(&encoded), Ok(message));
+    }
+
+    #[test]
+    fn every_page_to_worker_message_survives_encoding() {
+        let messages = [
+            ToWorker::Start(Config {
+                signal_url: "http://127.0.0.1:8080".into(),
+                session: "room".into(),
+                token: "t".into(),
+                echo: true,
+                max_unacked: 4096,
+            }),
+            ToWorker::Offer {
+                generation: 1,
+                sdp: "v=0\r\n".into(),
+            },
+            ToWorker::LinkFailed {
+                generation: 1,
+                reason: "ice failed".into(),
+            },
+            ToWorker::Send {
+                id: 1,
+                kind: 65535,
+                doc_id: Id([4; 16]),
+                payload: Uint8Array::from(&b"hello"[..]),
+            },
+            ToWorker::Close,
+        ];
+        let text = |value: &JsValue| String::from(js_sys::JSON::stringify(value).unwrap());
+        for message in messages {
+            let (encoded, transfer) = message.encode();
+            assert_eq!(transfer.length(), 0);
+            let decoded = ToWorker::decode(&encoded).unwrap();
+            assert_eq!(text(&decoded.encode().0), text(&encoded), "{message:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_messages_are_refused_with_a_reason() {
+        let refused = |message: JsValue| ToPage::decode(&message).unwrap_err();
+        assert!(refused(JsValue::NULL).contains("type"));
+        assert!(refused(object(&[("type", "nope".into())]).into()).contains("nope"));
+        let bad_seq = object(&[
+            ("type", "sent".into()),
+            ("id", 1.into()),
+            ("seq", (-1.0).into()),
+        ]);
+        assert!(refused(bad_seq.into()).contains("seq"));
+        let bad_id = object(&[("type", "peerLeft".into()), ("peerId", "x".into())]);
+        assert!(refused(bad_id.into()).contains("peerId"));
+        let bad_kind = object(&[
+            ("type", "send".into()),
+            ("id", 1.into()),
+            ("kind", 70000.into()),
+        ]);
+        assert!(
+            ToWorker::decode(&bad_kind.into())
+                .unwrap_err()
+                .contains("kind")
+        );
+    }
+}

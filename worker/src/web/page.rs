@@ -1,0 +1,606 @@
+//! The page half and the application's API: [`connect`] starts a dedicated
+//! worker that runs the connection and returns a [`Connection`] handle.
+//!
+//! The page keeps only what cannot live in the worker: the
+//! `RTCPeerConnection` (made on the worker's request, its three channels
+//! transferred to the worker in the same task) and the application's
+//! callbacks. Received payloads arrive as views into the buffer the worker
+//! transferred, so the page copies nothing. Sending copies the payload once
+//! into the `postMessage` (the application keeps its buffer).
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
+use std::str::FromStr;
+
+use deltamesh_proto::Id;
+use js_sys::{Array, Function, Promise, Uint8Array};
+use wasm_bindgen::prelude::*;
+use web_sys::{ErrorEvent, MessageEvent, Worker, WorkerOptions, WorkerType};
+
+use super::js::{error_text, get, object};
+use super::messages::{Config, ConnectionState, Stats, ToPage, ToWorker, stats_object};
+use super::peer_connection::{self, PeerConnection};
+
+/// Where the worker script is served unless options say otherwise.
+const DEFAULT_WORKER_URL: &str = "/pkg/worker.js";
+/// Deltas that may await acknowledgement unless options say otherwise.
+const DEFAULT_MAX_UNACKED: u32 = 4096;
+
+#[wasm_bindgen(typescript_custom_section)]
+const TYPES: &str = r#"
+/** Options for {@link connect}; every field is optional. */
+export interface ConnectOptions {
+    /** Base URL of the signal service. Default: the page's origin. */
+    signalUrl?: string;
+    /** URL of `worker.js`, the worker's loader. Default: "/pkg/worker.js". */
+    workerUrl?: string;
+    /** Also receive this peer's own deltas. Default: false. */
+    echo?: boolean;
+    /** Deltas that may await acknowledgement before `send` refuses more. Default: 4096. */
+    maxUnacked?: number;
+}
+
+/** A delta from another peer, delivered once each, in `seq` order. */
+export interface ReceivedDelta {
+    /** The session's sequence number: gap-free, one order for every peer. */
+    seq: number;
+    /** The sending peer's id. */
+    origin: string;
+    /** Application-defined kind (0..65535). */
+    kind: number;
+    /** Application-defined document id (UUID text). */
+    docId: string;
+    /** A view of the payload in the buffer the worker received (no copy). */
+    payload: Uint8Array;
+}
+
+/** The connection's states. */
+export type ConnectionStateName = "connecting" | "connected" | "reconnecting" | "failed" | "closed";
+
+/** A change of the connection's state, with the reason in words. */
+export interface StateChange {
+    state: ConnectionStateName;
+    detail: string;
+}
+
+/** Another peer joined or left the session. */
+export interface PeerChange {
+    type: "joined" | "left";
+    peerId: string;
+}
+
+/** Connection statistics, refreshed once a second. */
+export interface PeerStats {
+    /** Round trip to the relay in milliseconds, null before the first pong. */
+    rttMs: number | null;
+    bytesSent: number;
+    bytesReceived: number;
+    /** Deltas acknowledged by the relay. */
+    deltasSent: number;
+    /** Deltas from other peers delivered to the application. */
+    deltasReceived: number;
+    /** Deltas sent and not yet acknowledged. */
+    unacked: number;
+    /** Bytes waiting in the channels' send buffers. */
+    bufferedBytes: number;
+    /** Highest session seq delivered. */
+    lastSeq: number;
+}
+"#;
+
+/// Connects to `session` with `token`: starts the worker and returns once
+/// it runs. The connection then goes on by itself (state changes report
+/// progress; [`Connection::connected`] waits for the relay's welcome).
+#[wasm_bindgen(unchecked_return_type = "Promise<Connection>")]
+pub fn connect(
+    session: String,
+    token: String,
+    #[wasm_bindgen(unchecked_param_type = "ConnectOptions | undefined")] options: JsValue,
+) -> Promise {
+    match start_worker(session, token, &options) {
+        Ok(ready) => ready,
+        Err(error) => Promise::reject(&error),
+    }
+}
+
+/// A session connection, run by a dedicated worker.
+#[wasm_bindgen]
+pub struct Connection {
+    shared: Rc<RefCell<Shared>>,
+}
+
+/// The page's view of the connection and the application's callbacks.
+struct Shared {
+    worker: Worker,
+    config: Config,
+    /// Resolves `connect` (with the handle) once the worker is ready;
+    /// rejects it if the worker dies first.
+    starting: Option<(Function, Function, JsValue)>,
+    state: ConnectionState,
+    detail: String,
+    peer_id: Option<Id>,
+    peers: BTreeSet<Id>,
+    stats: Stats,
+    next_request: u32,
+    pending: HashMap<u32, (Function, Function)>,
+    on_delta: Option<Function>,
+    on_peer: Option<Function>,
+    on_state: Option<Function>,
+    /// Deltas that arrived before the application registered `onDelta`.
+    unclaimed: Vec<JsValue>,
+    waiting_connected: Vec<(Function, Function)>,
+    waiting_closed: Vec<Function>,
+    link: Option<(u32, PeerConnection)>,
+}
+
+/// An application callback to run once the shared state is released (a
+/// callback may call back into the connection).
+type Call = (Function, JsValue);
+
+fn type_error(message: &str) -> JsValue {
+    js_sys::TypeError::new(message).into()
+}
+
+fn start_worker(session: String, token: String, options: &JsValue) -> Result<Promise, JsValue> {
+    let session_ok = (1..=128).contains(&session.len())
+        && session
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !session_ok {
+        return Err(type_error(
+            "a session name is 1 to 128 characters of A-Z a-z 0-9 . _ -",
+        ));
+    }
+    let signal_url = match get(options, "signalUrl").as_string() {
+        Some(url) => url,
+        None => web_sys::window()
+            .ok_or_else(|| type_error("connect runs on a page (window)"))?
+            .location()
+            .origin()?,
+    };
+    let worker_url = get(options, "workerUrl")
+        .as_string()
+        .unwrap_or_else(|| DEFAULT_WORKER_URL.to_owned());
+    let max_unacked = match get(options, "maxUnacked").as_f64() {
+        None => DEFAULT_MAX_UNACKED,
+        Some(n) if n >= 1.0 && n <= u32::MAX as f64 && n.fract() == 0.0 => n as u32,
+        Some(_) => return Err(type_error("maxUnacked must be a whole number from 1")),
+    };
+    let config = Config {
+        signal_url,
+        session,
+        token,
+        echo: get(options, "echo").as_bool().unwrap_or(false),
+        max_unacked,
+    };
+    let worker_options = WorkerOptions::new();
+    worker_options.set_type(WorkerType::Module);
+    let worker = Worker::new_with_options(&worker_url, &worker_options)?;
+    let shared = Rc::new(RefCell::new(Shared {
+        worker: worker.clone(),
+        config,
+        starting: None,
+        state: ConnectionState::Connecting,
+        detail: String::new(),
+        peer_id: None,
+        peers: BTreeSet::new(),
+        stats: Stats::default(),
+        next_request: 1,
+        pending: HashMap::new(),
+        on_delta: None,
+        on_peer: None,
+        on_state: None,
+        unclaimed: Vec::new(),
+        waiting_connected: Vec::new(),
+        waiting_closed: Vec::new(),
+        link: None,
+    }));
+    let on_message = {
+        let shared = shared.clone();
+        Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+            on_worker_message(&shared, &event.data())
+        })
+    };
+    let on_error = {
+        let shared = shared.clone();
+        let worker_url = worker_url.clone();
+        Closure::<dyn FnMut(ErrorEvent)>::new(move |event: ErrorEvent| {
+            let message = event.message();
+            let why = if message.is_empty() {
+                format!("the worker ({worker_url}) failed to load or crashed")
+            } else {
+                format!("the worker stopped: {message}")
+            };
+            worker_died(&shared, why);
+        })
+    };
+    worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+    // The handlers live as long as the worker does.
+    on_message.forget();
+    on_error.forget();
+    let connection = Connection {
+        shared: shared.clone(),
+    };
+    let mut connection = Some(JsValue::from(connection));
+    Ok(Promise::new(&mut |resolve, reject| {
+        let handle = connection.take().unwrap_or_default();
+        shared.borrow_mut().starting = Some((resolve, reject, handle));
+    }))
+}
+
+fn run(calls: Vec<Call>) {
+    for (callback, argument) in calls {
+        if let Err(error) = callback.call1(&JsValue::NULL, &argument) {
+            web_sys::console::error_2(&"a deltamesh callback threw:".into(), &error);
+        }
+    }
+}
+
+fn worker_died(shared: &Rc<RefCell<Shared>>, why: String) {
+    tracing::error!("{why}");
+    let calls = {
+        let mut s = shared.borrow_mut();
+        let mut calls = Vec::new();
+        if let Some((_, reject, _)) = s.starting.take() {
+            calls.push((reject, JsValue::from(js_sys::Error::new(&why))));
+        }
+        if let Some((_, link)) = s.link.take() {
+            link.close();
+        }
+        for (_, (_, reject)) in s.pending.drain() {
+            calls.push((reject, js_sys::Error::new(&why).into()));
+        }
+        calls.extend(s.set_state(ConnectionState::Failed, why));
+        calls
+    };
+    run(calls);
+}
+
+fn on_worker_message(shared: &Rc<RefCell<Shared>>, data: &JsValue) {
+    let Ok(batch) = data.clone().dyn_into::<Array>() else {
+        return tracing::error!("unreadable message from the worker");
+    };
+    let mut calls = Vec::new();
+    for message in batch.iter() {
+        match ToPage::decode(&message) {
+            Ok(message) => calls.extend(on_page_message(shared, message)),
+            Err(error) => tracing::error!("unreadable message from the worker: {error}"),
+        }
+    }
+    run(calls);
+}
+
+fn on_page_message(shared: &Rc<RefCell<Shared>>, message: ToPage) -> Vec<Call> {
+    let mut s = shared.borrow_mut();
+    match message {
+        ToPage::Ready => {
+            let (start, _) = ToWorker::Start(s.config.clone()).encode();
+            if let Err(error) = s.worker.post_message(&start) {
+                drop(s);
+                worker_died(
+                    shared,
+                    format!("starting the worker: {}", error_text(&error)),
+                );
+                return Vec::new();
+            }
+            s.starting
+                .take()
+                .map(|(resolve, _, connection)| vec![(resolve, connection)])
+                .unwrap_or_default()
+        }
+        ToPage::OpenLink { generation } => {
+            s.open_link(generation);
+            Vec::new()
+        }
+        ToPage::Answer { generation, sdp } => {
+            if let Some((current, link)) = &s.link
+                && *current == generation
+            {
+                let pc = link.handle();
+                let worker = s.worker.clone();
+                wasm_bindgen_futures::spawn_local(async move {
+                    if let Err(reason) = peer_connection::accept(pc, sdp).await {
+                        post(&worker, &ToWorker::LinkFailed { generation, reason });
+                    }
+                });
+            }
+            Vec::new()
+        }
+        ToPage::CloseLink { generation } => {
+            if s.link.as_ref().is_some_and(|(g, _)| *g == generation)
+                && let Some((_, link)) = s.link.take()
+            {
+                link.close();
+            }
+            Vec::new()
+        }
+        ToPage::State { state, detail } => s.set_state(state, detail),
+        ToPage::Welcomed { peer_id, peers } => {
+            s.peer_id = Some(peer_id);
+            s.peers = peers.into_iter().filter(|p| *p != peer_id).collect();
+            Vec::new()
+        }
+        ToPage::Sent { id, seq } => s
+            .pending
+            .remove(&id)
+            .map(|(resolve, _)| vec![(resolve, JsValue::from_f64(seq as f64))])
+            .unwrap_or_default(),
+        ToPage::SendFailed { id, error } => s
+            .pending
+            .remove(&id)
+            .map(|(_, reject)| vec![(reject, js_sys::Error::new(&error).into())])
+            .unwrap_or_default(),
+        ToPage::Delta {
+            seq,
+            origin,
+            kind,
+            doc_id,
+            buffer,
+            offset,
+            length,
+        } => {
+            let payload = Uint8Array::new_with_byte_offset_and_length(&buffer, offset, length);
+            let delta: JsValue = object(&[
+                ("seq", JsValue::from_f64(seq as f64)),
+                ("origin", origin.to_string().into()),
+                ("kind", kind.into()),
+                ("docId", doc_id.to_string().into()),
+                ("payload", payload.into()),
+            ])
+            .into();
+            match &s.on_delta {
+                Some(callback) => vec![(callback.clone(), delta)],
+                None => {
+                    s.unclaimed.push(delta);
+                    Vec::new()
+                }
+            }
+        }
+        ToPage::PeerJoined(peer) => {
+            s.peers.insert(peer);
+            s.peer_change("joined", peer)
+        }
+        ToPage::PeerLeft(peer) => {
+            s.peers.remove(&peer);
+            s.peer_change("left", peer)
+        }
+        ToPage::Stats(stats) => {
+            s.stats = stats;
+            Vec::new()
+        }
+    }
+}
+
+fn post(worker: &Worker, message: &ToWorker) {
+    let (message, transfer) = message.encode();
+    if let Err(error) = worker.post_message_with_transfer(&message, &transfer) {
+        tracing::error!("postMessage to the worker failed: {}", error_text(&error));
+    }
+}
+
+impl Shared {
+    /// Makes peer connection `generation` and transfers its channels to
+    /// the worker in this same task (the browser requires it), then makes
+    /// the offer.
+    fn open_link(&mut self, generation: u32) {
+        if let Some((_, old)) = self.link.take() {
+            old.close();
+        }
+        let worker = self.worker.clone();
+        let on_failed = move |reason: String| {
+            post(&worker, &ToWorker::LinkFailed { generation, reason });
+        };
+        let (link, channels) = match PeerConnection::open(on_failed) {
+            Ok(opened) => opened,
+            Err(reason) => {
+                return post(&self.worker, &ToWorker::LinkFailed { generation, reason });
+            }
+        };
+        post(
+            &self.worker,
+            &ToWorker::Channels {
+                generation,
+                channels,
+            },
+        );
+        let pc = link.handle();
+        let worker = self.worker.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let message = match peer_connection::offer(pc).await {
+                Ok(sdp) => ToWorker::Offer { generation, sdp },
+                Err(reason) => ToWorker::LinkFailed { generation, reason },
+            };
+            post(&worker, &message);
+        });
+        self.link = Some((generation, link));
+    }
+
+    fn set_state(&mut self, state: ConnectionState, detail: String) -> Vec<Call> {
+        self.state = state;
+        self.detail = detail.clone();
+        let mut calls = Vec::new();
+        match state {
+            ConnectionState::Connected => {
+                for (resolve, _) in self.waiting_connected.drain(..) {
+                    calls.push((resolve, JsValue::UNDEFINED));
+                }
+            }
+            ConnectionState::Closed => {
+                for (_, reject) in self.waiting_connected.drain(..) {
+                    calls.push((reject, js_sys::Error::new("the connection closed").into()));
+                }
+                for resolve in self.waiting_closed.drain(..) {
+                    calls.push((resolve, JsValue::UNDEFINED));
+                }
+                self.worker.terminate();
+                if let Some((_, link)) = self.link.take() {
+                    link.close();
+                }
+            }
+            _ => {}
+        }
+        if let Some(callback) = &self.on_state {
+            let change = object(&[("state", state.as_str().into()), ("detail", detail.into())]);
+            calls.push((callback.clone(), change.into()));
+        }
+        calls
+    }
+
+    fn peer_change(&self, kind: &str, peer: Id) -> Vec<Call> {
+        let Some(callback) = &self.on_peer else {
+            return Vec::new();
+        };
+        let change = object(&[("type", kind.into()), ("peerId", peer.to_string().into())]);
+        vec![(callback.clone(), change.into())]
+    }
+}
+
+#[wasm_bindgen]
+impl Connection {
+    /// Sends a delta; resolves to its session seq once the relay has made it
+    /// durable, rejects with the reason if it was refused. `docId` is UUID
+    /// text; `payload` is copied, so the caller may reuse it.
+    #[wasm_bindgen(unchecked_return_type = "Promise<number>")]
+    pub fn send(
+        &self,
+        kind: f64,
+        #[wasm_bindgen(js_name = docId)] doc_id: &str,
+        payload: &Uint8Array,
+    ) -> Promise {
+        if kind.fract() != 0.0 || !(0.0..=65535.0).contains(&kind) {
+            return Promise::reject(&type_error("kind must be a whole number from 0 to 65535"));
+        }
+        let doc_id = match Id::from_str(doc_id) {
+            Ok(id) => id,
+            Err(error) => return Promise::reject(&type_error(&format!("docId: {error}"))),
+        };
+        let shared = self.shared.clone();
+        let payload = payload.clone();
+        Promise::new(&mut |resolve, reject| {
+            let mut s = shared.borrow_mut();
+            if s.state == ConnectionState::Closed {
+                let _ = reject.call1(
+                    &JsValue::NULL,
+                    &js_sys::Error::new("the connection is closed"),
+                );
+                return;
+            }
+            let id = s.next_request;
+            s.next_request = s.next_request.wrapping_add(1);
+            s.pending.insert(id, (resolve, reject));
+            let message = ToWorker::Send {
+                id,
+                kind: kind as u16,
+                doc_id,
+                payload: payload.clone(),
+            };
+            post(&s.worker, &message);
+        })
+    }
+
+    /// Calls `callback` with each delta from another peer, in seq order.
+    /// Deltas that arrived before it was set are delivered at once.
+    #[wasm_bindgen(js_name = onDelta)]
+    pub fn on_delta(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(delta: ReceivedDelta) => void")] callback: Function,
+    ) {
+        let unclaimed = {
+            let mut s = self.shared.borrow_mut();
+            s.on_delta = Some(callback.clone());
+            std::mem::take(&mut s.unclaimed)
+        };
+        run(unclaimed
+            .into_iter()
+            .map(|d| (callback.clone(), d))
+            .collect());
+    }
+
+    /// Calls `callback` when another peer joins or leaves.
+    #[wasm_bindgen(js_name = onPeer)]
+    pub fn on_peer(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(change: PeerChange) => void")] callback: Function,
+    ) {
+        self.shared.borrow_mut().on_peer = Some(callback);
+    }
+
+    /// Calls `callback` on every change of the connection's state.
+    #[wasm_bindgen(js_name = onState)]
+    pub fn on_state(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(change: StateChange) => void")] callback: Function,
+    ) {
+        self.shared.borrow_mut().on_state = Some(callback);
+    }
+
+    /// Resolves once the relay has welcomed this peer (at once if it has).
+    pub fn connected(&self) -> Promise {
+        let shared = self.shared.clone();
+        Promise::new(&mut |resolve, reject| {
+            let mut s = shared.borrow_mut();
+            match s.state {
+                ConnectionState::Connected => {
+                    let _ = resolve.call0(&JsValue::NULL);
+                }
+                ConnectionState::Closed => {
+                    let _ = reject.call1(
+                        &JsValue::NULL,
+                        &js_sys::Error::new("the connection is closed"),
+                    );
+                }
+                _ => s.waiting_connected.push((resolve, reject)),
+            }
+        })
+    }
+
+    /// The connection's state.
+    #[wasm_bindgen(unchecked_return_type = "ConnectionStateName")]
+    pub fn state(&self) -> String {
+        self.shared.borrow().state.as_str().to_owned()
+    }
+
+    /// Why the state is what it is (empty when there is nothing to say).
+    pub fn detail(&self) -> String {
+        self.shared.borrow().detail.clone()
+    }
+
+    /// This peer's id once welcomed.
+    #[wasm_bindgen(js_name = peerId)]
+    pub fn peer_id(&self) -> Option<String> {
+        self.shared.borrow().peer_id.map(|id| id.to_string())
+    }
+
+    /// The other peers in the session.
+    #[wasm_bindgen(unchecked_return_type = "string[]")]
+    pub fn peers(&self) -> Array {
+        let s = self.shared.borrow();
+        s.peers
+            .iter()
+            .map(|p| JsValue::from(p.to_string()))
+            .collect()
+    }
+
+    /// The latest statistics.
+    #[wasm_bindgen(unchecked_return_type = "PeerStats")]
+    pub fn stats(&self) -> JsValue {
+        stats_object(&self.shared.borrow().stats)
+    }
+
+    /// Leaves the session: unacknowledged sends are rejected, the peer
+    /// resource is deleted and the worker stops. Resolves when done.
+    pub fn close(&self) -> Promise {
+        let shared = self.shared.clone();
+        Promise::new(&mut |resolve, _| {
+            let mut s = shared.borrow_mut();
+            if s.state == ConnectionState::Closed {
+                let _ = resolve.call0(&JsValue::NULL);
+                return;
+            }
+            s.waiting_closed.push(resolve);
+            post(&s.worker, &ToWorker::Close);
+        })
+    }
+}

@@ -1,0 +1,198 @@
+//! The HTTP half of connecting, from the worker: `POST` the offer to
+//! `signal` and read the answer (PROTOCOL §1), `DELETE` the peer resource on
+//! close. Every failure becomes a [`SignalError`] that says what happened and
+//! whether the server asked for a pause (`Retry-After`).
+
+use std::fmt;
+use std::time::Duration;
+
+use js_sys::JSON;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{AbortController, Headers, Request, RequestInit, Response, WorkerGlobalScope};
+
+use super::js::{error_text, get};
+use super::messages::Config;
+
+/// How long one request may take before it is abandoned.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The relay's answer to an offer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// The SDP answer.
+    pub sdp: String,
+    /// The peer resource's URL (from `Location`), for `DELETE`.
+    pub resource: String,
+}
+
+/// Why an offer got no answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SignalError {
+    /// `signal` answered with an error status.
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The problem's title and detail, or the body's start.
+        detail: String,
+        /// How long the server asked clients to wait, if it did.
+        retry_after: Option<Duration>,
+    },
+    /// No HTTP answer: connection refused, DNS, CORS, or the timeout.
+    Unreachable(String),
+    /// A success status without a usable answer.
+    BadAnswer(String),
+}
+
+impl SignalError {
+    /// The pause the server asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SignalError::Refused { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for SignalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SignalError::Refused { status, detail, .. } => {
+                write!(f, "signal answered {status}: {detail}")
+            }
+            SignalError::Unreachable(why) => write!(f, "signal is unreachable: {why}"),
+            SignalError::BadAnswer(why) => write!(f, "signal's answer is unusable: {why}"),
+        }
+    }
+}
+
+/// Posts `offer` for `config.session` and returns the relay's answer.
+pub async fn post_offer(config: &Config, offer: &str) -> Result<Answer, SignalError> {
+    let url = format!(
+        "{}/v1/sessions/{}/peers",
+        config.signal_url.trim_end_matches('/'),
+        config.session
+    );
+    let response = fetch("POST", &url, &config.token, Some(offer)).await?;
+    let status = response.status();
+    let text = body_text(&response).await;
+    if status != 201 {
+        return Err(SignalError::Refused {
+            status,
+            detail: problem_detail(&text, &response.status_text()),
+            retry_after: response
+                .headers()
+                .get("retry-after")
+                .ok()
+                .flatten()
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .map(Duration::from_secs),
+        });
+    }
+    let location = response
+        .headers()
+        .get("location")
+        .ok()
+        .flatten()
+        .ok_or_else(|| SignalError::BadAnswer("201 without a Location".into()))?;
+    if !text.starts_with("v=0") {
+        return Err(SignalError::BadAnswer(
+            "the body is not an SDP answer".into(),
+        ));
+    }
+    let resource = if location.starts_with("http") {
+        location
+    } else {
+        format!("{}{location}", config.signal_url.trim_end_matches('/'))
+    };
+    Ok(Answer {
+        sdp: text,
+        resource,
+    })
+}
+
+/// Deletes the peer resource (leaving the session at once rather than when
+/// the relay notices the silence). Best effort: failures are only logged.
+pub async fn delete(resource: &str, token: &str) {
+    match fetch("DELETE", resource, token, None).await {
+        Ok(response) if response.status() == 204 || response.status() == 404 => {}
+        Ok(response) => tracing::warn!(status = response.status(), "DELETE of {resource} failed"),
+        Err(error) => tracing::warn!("DELETE of {resource} failed: {error}"),
+    }
+}
+
+async fn fetch(
+    method: &str,
+    url: &str,
+    token: &str,
+    sdp: Option<&str>,
+) -> Result<Response, SignalError> {
+    let unreachable = |e: JsValue| SignalError::Unreachable(error_text(&e));
+    let scope: WorkerGlobalScope = js_sys::global().unchecked_into();
+    let headers = Headers::new().map_err(unreachable)?;
+    headers
+        .set("authorization", &format!("Bearer {token}"))
+        .map_err(unreachable)?;
+    let init = RequestInit::new();
+    init.set_method(method);
+    if let Some(sdp) = sdp {
+        headers
+            .set("content-type", "application/sdp")
+            .map_err(unreachable)?;
+        init.set_body(&JsValue::from_str(sdp));
+    }
+    init.set_headers(&headers);
+    let abort = AbortController::new().map_err(unreachable)?;
+    init.set_signal(Some(&abort.signal()));
+    let request = Request::new_with_str_and_init(url, &init).map_err(unreachable)?;
+    let timer = {
+        let abort = abort.clone();
+        let on_timeout = Closure::once_into_js(move || abort.abort());
+        scope
+            .set_timeout_with_callback_and_timeout_and_arguments_0(
+                on_timeout.unchecked_ref(),
+                REQUEST_TIMEOUT.as_millis() as i32,
+            )
+            .map_err(unreachable)?
+    };
+    let result = JsFuture::from(scope.fetch_with_request(&request)).await;
+    scope.clear_timeout_with_handle(timer);
+    match result {
+        Ok(response) => Ok(response.unchecked_into()),
+        Err(_) if abort.signal().aborted() => Err(SignalError::Unreachable(format!(
+            "no answer within {} s",
+            REQUEST_TIMEOUT.as_secs()
+        ))),
+        Err(error) => Err(unreachable(error)),
+    }
+}
+
+async fn body_text(response: &Response) -> String {
+    let Ok(promise) = response.text() else {
+        return String::new();
+    };
+    match JsFuture::from(promise).await {
+        Ok(text) => text.as_string().unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The problem+json title and detail, or the start of a non-JSON body.
+fn problem_detail(body: &str, status_text: &str) -> String {
+    if let Ok(problem) = JSON::parse(body) {
+        let title = get(&problem, "title").as_string().unwrap_or_default();
+        let detail = get(&problem, "detail").as_string().unwrap_or_default();
+        match (title.is_empty(), detail.is_empty()) {
+            (false, false) => return format!("{title}: {detail}"),
+            (false, true) => return title,
+            (true, false) => return detail,
+            (true, true) => {}
+        }
+    }
+    let start: String = body.chars().take(200).collect();
+    if start.trim().is_empty() {
+        status_text.to_owned()
+    } else {
+        start
+    }
+}

@@ -1,0 +1,801 @@
+//! The worker half: a thin driver around [`PeerCore`]. It owns the three
+//! channels, does HTTP signaling, reconnects with backoff and resumes,
+//! pings, and reports everything to the page in one batch per turn.
+//!
+//! Every JavaScript callback (channel messages, timers, fetch results,
+//! messages from the page) becomes one [`Input`] to [`Driver::handle`];
+//! what needs a callback of its own (a fetch, a timer) comes back as an
+//! [`Effect`] that [`handle`] starts once the driver is no longer borrowed.
+//! One worker runs one connection, so the driver lives in a thread-local.
+//!
+//! Copies of a received delta: the browser copies it off the wire into an
+//! `ArrayBuffer` (unavoidable); the worker copies it once into wasm memory
+//! to validate the relayed frame (header, checksum) with the same code as
+//! the native peer; the `ArrayBuffer` itself is then transferred to the
+//! page, which hands the application a view of the payload in it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use deltamesh_proto::Id;
+use deltamesh_proto::channel::Channel;
+use js_sys::{Array, ArrayBuffer, Uint8Array};
+use wasm_bindgen::prelude::*;
+use web_sys::{
+    DedicatedWorkerGlobalScope, MessageEvent, RtcDataChannel, RtcDataChannelState,
+    RtcDataChannelType,
+};
+
+use super::messages::{Config, ConnectionState, Stats, ToPage, ToWorker};
+use super::peer_connection::{self, PeerConnection};
+use super::signaling::{self, Answer, SignalError};
+use crate::backoff::Backoff;
+use crate::core::{PAYLOAD_OFFSET, PeerCore, PeerEvent};
+
+/// How long one attempt may take from offer to `Welcome`.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often the worker pings the relay and refreshes stats.
+const TICK: Duration = Duration::from_secs(1);
+/// Silence from the relay after which the link counts as dead.
+const SILENCE_LIMIT_MS: f64 = 6_000.0;
+/// The longest pause a `Retry-After` may impose.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Bytes a channel may buffer before writes wait for `bufferedamountlow`.
+const HIGH_WATER: u32 = 1 << 20;
+/// The level that fires `bufferedamountlow`.
+const LOW_WATER: u32 = 256 << 10;
+
+/// A relayed message as the core keeps it: a copy in wasm memory to read,
+/// and the original buffer to hand to the page.
+pub struct Received {
+    bytes: Vec<u8>,
+    buffer: ArrayBuffer,
+}
+
+impl AsRef<[u8]> for Received {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Something that happened, for the driver.
+enum Input {
+    Page(ToWorker),
+    Message {
+        generation: u32,
+        channel: Channel,
+        buffer: ArrayBuffer,
+    },
+    ChannelOpen {
+        generation: u32,
+    },
+    ChannelClosed {
+        generation: u32,
+        channel: Channel,
+    },
+    Writable {
+        generation: u32,
+    },
+    LocalOffer {
+        generation: u32,
+        offer: Result<String, String>,
+    },
+    Answer {
+        generation: u32,
+        answer: Result<Answer, SignalError>,
+    },
+    Retry {
+        generation: u32,
+    },
+    AttemptTimeout {
+        generation: u32,
+    },
+    Tick,
+}
+
+/// Something the driver wants started outside its borrow.
+enum Effect {
+    PostOffer {
+        generation: u32,
+        sdp: String,
+    },
+    MakeOffer {
+        generation: u32,
+    },
+    AcceptAnswer {
+        sdp: String,
+    },
+    Timer {
+        after: Duration,
+        input: Input,
+    },
+    Delete {
+        resource: String,
+    },
+    Attach {
+        generation: u32,
+    },
+    /// Deletes the peer resource, then tells the page the connection is
+    /// closed (the page stops the worker on that, so the order matters).
+    Finish {
+        resource: Option<String>,
+    },
+}
+
+enum Phase {
+    /// An attempt is under way (offer, answer, channels, `Welcome`).
+    Connecting,
+    /// `Welcome` arrived; deltas flow.
+    Connected,
+    /// Waiting out a backoff before the next attempt.
+    Waiting,
+    /// The application closed the connection.
+    Closed,
+}
+
+/// The channels of the current attempt and their listeners.
+struct Link {
+    generation: u32,
+    channels: [RtcDataChannel; 3],
+    /// Only when the worker made the peer connection itself.
+    own: Option<PeerConnection>,
+    listeners: Vec<Closure<dyn FnMut(JsValue)>>,
+}
+
+impl Link {
+    fn close(&self) {
+        for channel in &self.channels {
+            channel.set_onmessage(None);
+            channel.set_onclose(None);
+            channel.set_onopen(None);
+            channel.set_onbufferedamountlow(None);
+            channel.close();
+        }
+        if let Some(own) = &self.own {
+            own.close();
+        }
+    }
+}
+
+struct Driver {
+    scope: DedicatedWorkerGlobalScope,
+    config: Config,
+    core: PeerCore<Received>,
+    generation: u32,
+    phase: Phase,
+    link: Option<Link>,
+    /// The current attempt's peer resource, for `DELETE` on close.
+    resource: Option<String>,
+    backoff: Backoff,
+    /// An attempt failed since the last `Welcome`: the state stays failed.
+    failing: bool,
+    ever_connected: bool,
+    /// The page's request id for each client_seq awaiting its ack.
+    requests: HashMap<u64, u32>,
+    stats: Stats,
+    ping: Option<(u64, f64)>,
+    next_nonce: u64,
+    last_heard_ms: f64,
+    tick: Option<(i32, Closure<dyn FnMut()>)>,
+    out: Vec<ToPage>,
+    effects: Vec<Effect>,
+}
+
+thread_local! {
+    static DRIVER: RefCell<Option<Driver>> = const { RefCell::new(None) };
+}
+
+/// The worker's entry point (called by the few lines of `worker.js` that
+/// load the module): listens to the page and says it is ready.
+#[wasm_bindgen(js_name = workerMain)]
+pub fn worker_main() {
+    let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
+    let on_message = Closure::<dyn FnMut(MessageEvent)>::new(|event: MessageEvent| {
+        match ToWorker::decode(&event.data()) {
+            Ok(message) => handle(Input::Page(message)),
+            Err(error) => tracing::error!("unreadable message from the page: {error}"),
+        }
+    });
+    scope.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    // The handler lives as long as the worker.
+    on_message.forget();
+    post(&scope, vec![ToPage::Ready]);
+}
+
+/// Feeds one input to the driver, then starts its effects.
+fn handle(input: Input) {
+    let effects = DRIVER.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if let Input::Page(ToWorker::Start(config)) = input {
+            if slot.is_some() {
+                tracing::warn!("a second start message was ignored");
+                return Vec::new();
+            }
+            let mut driver = Driver::new(config);
+            driver.begin_attempt();
+            *slot = Some(driver);
+        } else if let Some(driver) = slot.as_mut() {
+            driver.handle(input);
+        } else {
+            tracing::warn!("a message arrived before start and was ignored");
+            return Vec::new();
+        }
+        let driver = slot.as_mut().expect("set above");
+        if driver.tick.is_none() && !matches!(driver.phase, Phase::Closed) {
+            driver.start_tick();
+        }
+        driver.flush();
+        std::mem::take(&mut driver.effects)
+    });
+    for effect in effects {
+        start(effect);
+    }
+}
+
+fn start(effect: Effect) {
+    match effect {
+        Effect::PostOffer { generation, sdp } => {
+            let config = DRIVER.with(|cell| cell.borrow().as_ref().map(|d| d.config.clone()));
+            let Some(config) = config else { return };
+            wasm_bindgen_futures::spawn_local(async move {
+                let answer = signaling::post_offer(&config, &sdp).await;
+                handle(Input::Answer { generation, answer });
+            });
+        }
+        Effect::MakeOffer { generation } => {
+            let Some(pc) = with_own_pc(PeerConnection::handle) else {
+                return;
+            };
+            wasm_bindgen_futures::spawn_local(async move {
+                let offer = peer_connection::offer(pc).await;
+                handle(Input::LocalOffer { generation, offer });
+            });
+        }
+        Effect::AcceptAnswer { sdp } => {
+            let Some(pc) = with_own_pc(PeerConnection::handle) else {
+                return;
+            };
+            wasm_bindgen_futures::spawn_local(async move {
+                if let Err(reason) = peer_connection::accept(pc, sdp).await {
+                    tracing::warn!("{reason}");
+                }
+            });
+        }
+        Effect::Timer { after, input } => {
+            let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
+            let fire = Closure::once_into_js(move || handle(input));
+            if let Err(error) = scope.set_timeout_with_callback_and_timeout_and_arguments_0(
+                fire.unchecked_ref(),
+                after.as_millis().min(i32::MAX as u128) as i32,
+            ) {
+                tracing::error!("setTimeout failed: {error:?}");
+            }
+        }
+        Effect::Delete { resource } => {
+            let token = DRIVER.with(|cell| cell.borrow().as_ref().map(|d| d.config.token.clone()));
+            wasm_bindgen_futures::spawn_local(async move {
+                signaling::delete(&resource, &token.unwrap_or_default()).await;
+            });
+        }
+        Effect::Finish { resource } => {
+            let token = DRIVER.with(|cell| cell.borrow().as_ref().map(|d| d.config.token.clone()));
+            wasm_bindgen_futures::spawn_local(async move {
+                if let Some(resource) = resource {
+                    signaling::delete(&resource, &token.unwrap_or_default()).await;
+                }
+                let scope = js_sys::global().unchecked_into();
+                let closed = ToPage::State {
+                    state: ConnectionState::Closed,
+                    detail: String::new(),
+                };
+                post(&scope, vec![closed]);
+            });
+        }
+        Effect::Attach { generation } => DRIVER.with(|cell| {
+            if let Some(driver) = cell.borrow_mut().as_mut() {
+                driver.attach_listeners(generation);
+            }
+        }),
+    }
+}
+
+fn with_own_pc<T>(f: impl FnOnce(&PeerConnection) -> T) -> Option<T> {
+    DRIVER.with(|cell| {
+        let driver = cell.borrow();
+        let own = driver.as_ref()?.link.as_ref()?.own.as_ref()?;
+        Some(f(own))
+    })
+}
+
+fn post(scope: &DedicatedWorkerGlobalScope, messages: Vec<ToPage>) {
+    let batch = Array::new();
+    let transfer = Array::new();
+    for message in &messages {
+        batch.push(&message.encode(&transfer));
+    }
+    if let Err(error) = scope.post_message_with_transfer(&batch, &transfer) {
+        tracing::error!("postMessage to the page failed: {error:?}");
+    }
+}
+
+fn now_ms() -> f64 {
+    js_sys::Date::now()
+}
+
+impl Driver {
+    fn new(config: Config) -> Driver {
+        let core = PeerCore::new(config.max_unacked as usize, config.echo);
+        Driver {
+            scope: js_sys::global().unchecked_into(),
+            config,
+            core,
+            generation: 0,
+            phase: Phase::Connecting,
+            link: None,
+            resource: None,
+            backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(10)),
+            failing: false,
+            ever_connected: false,
+            requests: HashMap::new(),
+            stats: Stats::default(),
+            ping: None,
+            next_nonce: 1,
+            last_heard_ms: 0.0,
+            tick: None,
+            out: Vec::new(),
+            effects: Vec::new(),
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        if matches!(self.phase, Phase::Closed) {
+            if let Input::Page(ToWorker::Send { id, .. }) = input {
+                self.out.push(ToPage::SendFailed {
+                    id,
+                    error: "the connection is closed".into(),
+                });
+            }
+            return;
+        }
+        match input {
+            Input::Page(message) => self.on_page(message),
+            Input::Message {
+                generation,
+                channel,
+                buffer,
+            } if generation == self.generation => self.on_channel_message(channel, buffer),
+            Input::ChannelOpen { generation } | Input::Writable { generation }
+                if generation == self.generation =>
+            {
+                self.write_outbox()
+            }
+            Input::ChannelClosed {
+                generation,
+                channel,
+            } if generation == self.generation => {
+                self.lose_link(format!("the {} channel closed", channel.label()))
+            }
+            Input::LocalOffer { generation, offer } if generation == self.generation => match offer
+            {
+                Ok(sdp) => self.effects.push(Effect::PostOffer { generation, sdp }),
+                Err(reason) => self.attempt_failed(reason, None),
+            },
+            Input::Answer { generation, answer } => self.on_answer(generation, answer),
+            Input::Retry { generation } if generation == self.generation => {
+                if matches!(self.phase, Phase::Waiting) {
+                    self.begin_attempt();
+                }
+            }
+            Input::AttemptTimeout { generation } if generation == self.generation => {
+                if matches!(self.phase, Phase::Connecting) {
+                    let limit = ATTEMPT_TIMEOUT.as_secs();
+                    self.attempt_failed(format!("not connected within {limit} s"), None);
+                }
+            }
+            Input::Tick => self.on_tick(),
+            // An input of an attempt that is over.
+            _ => {}
+        }
+    }
+
+    fn on_page(&mut self, message: ToWorker) {
+        match message {
+            ToWorker::Start(_) => tracing::warn!("a second start message was ignored"),
+            ToWorker::Channels {
+                generation,
+                channels,
+            } => {
+                let current = generation == self.generation
+                    && matches!(self.phase, Phase::Connecting)
+                    && self.link.is_none();
+                if !current {
+                    channels.iter().for_each(RtcDataChannel::close);
+                    return;
+                }
+                self.link = Some(Link {
+                    generation,
+                    channels,
+                    own: None,
+                    listeners: Vec::new(),
+                });
+                self.effects.push(Effect::Attach { generation });
+            }
+            ToWorker::Offer { generation, sdp } if generation == self.generation => {
+                self.effects.push(Effect::PostOffer { generation, sdp });
+            }
+            ToWorker::LinkFailed { generation, reason } if generation == self.generation => {
+                self.lose_link(reason)
+            }
+            ToWorker::Offer { .. } | ToWorker::LinkFailed { .. } => {}
+            ToWorker::Send {
+                id,
+                kind,
+                doc_id,
+                payload,
+            } => self.send(id, kind, doc_id, &payload),
+            ToWorker::Close => self.close(),
+        }
+    }
+
+    fn send(&mut self, id: u32, kind: u16, doc_id: Id, payload: &Uint8Array) {
+        let timestamp_us = (now_ms() * 1000.0) as u64;
+        match self
+            .core
+            .send(kind, doc_id, &payload.to_vec(), timestamp_us)
+        {
+            Ok(client_seq) => {
+                self.requests.insert(client_seq, id);
+                self.write_outbox();
+            }
+            Err(error) => self.out.push(ToPage::SendFailed {
+                id,
+                error: error.to_string(),
+            }),
+        }
+    }
+
+    /// Starts a new attempt: a new peer connection (made here when the
+    /// browser allows it, by the page otherwise), then the offer.
+    fn begin_attempt(&mut self) {
+        self.generation += 1;
+        let generation = self.generation;
+        self.phase = Phase::Connecting;
+        let state = if self.failing {
+            ConnectionState::Failed
+        } else if self.ever_connected {
+            ConnectionState::Reconnecting
+        } else {
+            ConnectionState::Connecting
+        };
+        if state != ConnectionState::Failed {
+            self.set_state(state, String::new());
+        }
+        if PeerConnection::available() {
+            let on_failed = move |reason: String| {
+                handle(Input::Page(ToWorker::LinkFailed { generation, reason }))
+            };
+            match PeerConnection::open(on_failed) {
+                Ok((own, channels)) => {
+                    self.link = Some(Link {
+                        generation,
+                        channels,
+                        own: Some(own),
+                        listeners: Vec::new(),
+                    });
+                    self.effects.push(Effect::Attach { generation });
+                    self.effects.push(Effect::MakeOffer { generation });
+                }
+                Err(reason) => return self.attempt_failed(reason, None),
+            }
+        } else {
+            self.out.push(ToPage::OpenLink { generation });
+        }
+        self.effects.push(Effect::Timer {
+            after: ATTEMPT_TIMEOUT,
+            input: Input::AttemptTimeout { generation },
+        });
+    }
+
+    /// Listens to the current link's channels.
+    fn attach_listeners(&mut self, generation: u32) {
+        let Some(link) = self.link.as_mut().filter(|l| l.generation == generation) else {
+            return;
+        };
+        for (channel, dc) in Channel::ALL.into_iter().zip(&link.channels) {
+            dc.set_binary_type(RtcDataChannelType::Arraybuffer);
+            dc.set_buffered_amount_low_threshold(LOW_WATER);
+            let on_message = Closure::<dyn FnMut(JsValue)>::new(move |event: JsValue| {
+                let event: MessageEvent = event.unchecked_into();
+                match event.data().dyn_into::<ArrayBuffer>() {
+                    Ok(buffer) => handle(Input::Message {
+                        generation,
+                        channel,
+                        buffer,
+                    }),
+                    Err(_) => tracing::warn!("a text message on {} was ignored", channel.label()),
+                }
+            });
+            let on_close = Closure::<dyn FnMut(JsValue)>::new(move |_| {
+                handle(Input::ChannelClosed {
+                    generation,
+                    channel,
+                })
+            });
+            let on_open = Closure::<dyn FnMut(JsValue)>::new(move |_| {
+                handle(Input::ChannelOpen { generation })
+            });
+            let on_low =
+                Closure::<dyn FnMut(JsValue)>::new(move |_| handle(Input::Writable { generation }));
+            dc.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+            dc.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+            dc.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+            dc.set_onbufferedamountlow(Some(on_low.as_ref().unchecked_ref()));
+            link.listeners
+                .extend([on_message, on_close, on_open, on_low]);
+        }
+    }
+
+    fn on_answer(&mut self, generation: u32, answer: Result<Answer, SignalError>) {
+        let current = generation == self.generation && matches!(self.phase, Phase::Connecting);
+        match answer {
+            // A late answer of an abandoned attempt: free its relay slot.
+            Ok(answer) if !current => self.effects.push(Effect::Delete {
+                resource: answer.resource,
+            }),
+            Ok(answer) => {
+                self.resource = Some(answer.resource);
+                let own = self.link.as_ref().is_some_and(|l| l.own.is_some());
+                if own {
+                    self.effects.push(Effect::AcceptAnswer { sdp: answer.sdp });
+                } else {
+                    self.out.push(ToPage::Answer {
+                        generation,
+                        sdp: answer.sdp,
+                    });
+                }
+            }
+            Err(error) if current => {
+                let retry_after = error.retry_after();
+                self.attempt_failed(error.to_string(), retry_after)
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn on_channel_message(&mut self, channel: Channel, buffer: ArrayBuffer) {
+        self.last_heard_ms = now_ms();
+        self.stats.bytes_received += f64::from(buffer.byte_length());
+        let bytes = Uint8Array::new(&buffer).to_vec();
+        self.core
+            .handle_message(channel, Received { bytes, buffer });
+        self.drain_core();
+    }
+
+    fn drain_core(&mut self) {
+        while let Some(event) = self.core.poll_event() {
+            match event {
+                PeerEvent::Welcomed(welcome) => {
+                    self.phase = Phase::Connected;
+                    self.backoff.reset();
+                    self.failing = false;
+                    self.ever_connected = true;
+                    self.last_heard_ms = now_ms();
+                    let peer_id = Id::from_slice(&welcome.peer_id).unwrap_or_default();
+                    let peers = welcome
+                        .peers
+                        .iter()
+                        .filter_map(|p| Id::from_slice(p).ok())
+                        .collect();
+                    tracing::info!(%peer_id, session = welcome.session, "connected");
+                    self.out.push(ToPage::Welcomed { peer_id, peers });
+                    self.set_state(ConnectionState::Connected, String::new());
+                }
+                PeerEvent::Acked { client_seq, seq } => {
+                    self.stats.deltas_sent += 1.0;
+                    if let Some(id) = self.requests.remove(&client_seq) {
+                        self.out.push(ToPage::Sent { id, seq });
+                    }
+                }
+                PeerEvent::Rejected(reject) => {
+                    if let Some(id) = self.requests.remove(&reject.client_seq) {
+                        let reason = reject.reason().as_str_name();
+                        let error = format!("rejected by the relay: {reason} {}", reject.detail);
+                        self.out.push(ToPage::SendFailed { id, error });
+                    }
+                }
+                PeerEvent::Renumbered { old, new } => {
+                    if let Some(id) = self.requests.remove(&old) {
+                        self.requests.insert(new, id);
+                    }
+                }
+                PeerEvent::Delta(delta) => {
+                    self.stats.deltas_received += 1.0;
+                    let buffer = delta.message.buffer;
+                    let offset = PAYLOAD_OFFSET as u32;
+                    self.out.push(ToPage::Delta {
+                        seq: delta.seq,
+                        origin: delta.origin,
+                        kind: delta.kind,
+                        doc_id: delta.doc_id,
+                        length: buffer.byte_length() - offset,
+                        offset,
+                        buffer,
+                    });
+                }
+                PeerEvent::PeerJoined(peer) => self.out.push(ToPage::PeerJoined(peer)),
+                PeerEvent::PeerLeft(peer) => self.out.push(ToPage::PeerLeft(peer)),
+                PeerEvent::Pong(nonce) => {
+                    if let Some((sent, at)) = self.ping
+                        && sent == nonce
+                    {
+                        self.stats.rtt_ms = Some(now_ms() - at);
+                        self.ping = None;
+                    }
+                }
+                PeerEvent::RelayError(error) => {
+                    tracing::warn!(code = ?error.code(), "relay error: {}", error.detail)
+                }
+                PeerEvent::SlowConsumer(slow) => {
+                    tracing::warn!(
+                        queued = slow.queued,
+                        "the relay says this peer is falling behind"
+                    )
+                }
+                PeerEvent::Drain(_) => {
+                    return self.lose_link("the relay is draining".into());
+                }
+                PeerEvent::ProtocolError(error) => tracing::warn!("protocol error: {error}"),
+                PeerEvent::Disconnected(_) => {}
+            }
+        }
+        self.write_outbox();
+    }
+
+    /// Writes what the core wants sent while the channels take it.
+    fn write_outbox(&mut self) {
+        let Some(link) = &self.link else { return };
+        while let Some((channel, bytes)) = self.core.poll_transmit() {
+            let dc = &link.channels[usize::from(channel.stream_id())];
+            if dc.ready_state() != RtcDataChannelState::Open || dc.buffered_amount() > HIGH_WATER {
+                self.core.unpoll_transmit(channel, bytes);
+                return;
+            }
+            if let Err(error) = dc.send_with_u8_array(&bytes) {
+                self.core.unpoll_transmit(channel, bytes);
+                let reason = format!("writing to {}: {error:?}", channel.label());
+                return self.lose_link(reason);
+            }
+            self.stats.bytes_sent += bytes.len() as f64;
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if matches!(self.phase, Phase::Connected) {
+            let silent_ms = now_ms() - self.last_heard_ms;
+            if silent_ms > SILENCE_LIMIT_MS {
+                let limit = SILENCE_LIMIT_MS / 1000.0;
+                return self.lose_link(format!("the relay stopped answering ({limit} s silent)"));
+            }
+            let nonce = self.next_nonce;
+            self.next_nonce += 1;
+            self.core.ping(nonce);
+            self.ping = Some((nonce, now_ms()));
+            self.write_outbox();
+        }
+        self.stats.unacked = self.core.unacked() as f64;
+        self.stats.last_seq = self.core.last_seq() as f64;
+        self.stats.buffered_bytes = self.link.as_ref().map_or(0.0, |link| {
+            link.channels
+                .iter()
+                .map(|c| f64::from(c.buffered_amount()))
+                .sum()
+        });
+        self.out.push(ToPage::Stats(self.stats));
+    }
+
+    /// The current attempt failed before `Welcome`: report it, free what it
+    /// holds and retry after a backoff (longer if the server asked).
+    fn attempt_failed(&mut self, reason: String, retry_after: Option<Duration>) {
+        self.end_link();
+        if let Some(resource) = self.resource.take() {
+            self.effects.push(Effect::Delete { resource });
+        }
+        self.failing = true;
+        let mut delay = self.backoff.next_delay(js_sys::Math::random());
+        if let Some(asked) = retry_after {
+            delay = delay.max(asked.min(MAX_RETRY_AFTER));
+        }
+        let attempt = self.backoff.failures();
+        tracing::warn!("connection attempt {attempt} failed: {reason}");
+        let detail = format!("{reason}; retry {attempt} in {:.1} s", delay.as_secs_f64());
+        self.set_state(ConnectionState::Failed, detail);
+        self.wait(delay);
+    }
+
+    /// The link dropped (or never came up): after `Welcome` this is a
+    /// reconnect that resumes; before, a failed attempt.
+    fn lose_link(&mut self, reason: String) {
+        match self.phase {
+            Phase::Connecting => self.attempt_failed(reason, None),
+            Phase::Connected => {
+                tracing::warn!("connection lost: {reason}");
+                self.end_link();
+                self.resource = None;
+                self.set_state(ConnectionState::Reconnecting, reason);
+                let delay = self.backoff.next_delay(js_sys::Math::random());
+                self.wait(delay);
+            }
+            Phase::Waiting | Phase::Closed => {}
+        }
+    }
+
+    fn wait(&mut self, delay: Duration) {
+        self.phase = Phase::Waiting;
+        self.effects.push(Effect::Timer {
+            after: delay,
+            input: Input::Retry {
+                generation: self.generation,
+            },
+        });
+    }
+
+    fn end_link(&mut self) {
+        self.core.connection_lost();
+        self.ping = None;
+        if let Some(link) = self.link.take() {
+            link.close();
+            if link.own.is_none() {
+                self.out.push(ToPage::CloseLink {
+                    generation: link.generation,
+                });
+            }
+        } else {
+            self.out.push(ToPage::CloseLink {
+                generation: self.generation,
+            });
+        }
+    }
+
+    fn close(&mut self) {
+        if matches!(self.phase, Phase::Connected | Phase::Connecting) {
+            self.end_link();
+        }
+        self.phase = Phase::Closed;
+        self.effects.push(Effect::Finish {
+            resource: self.resource.take(),
+        });
+        for (_, id) in self.requests.drain() {
+            self.out.push(ToPage::SendFailed {
+                id,
+                error: "closed before the relay acknowledged it".into(),
+            });
+        }
+        if let Some((handle, _)) = self.tick.take() {
+            self.scope.clear_interval_with_handle(handle);
+        }
+    }
+
+    fn set_state(&mut self, state: ConnectionState, detail: String) {
+        self.out.push(ToPage::State { state, detail });
+    }
+
+    fn start_tick(&mut self) {
+        let tick = Closure::<dyn FnMut()>::new(|| handle(Input::Tick));
+        match self
+            .scope
+            .set_interval_with_callback_and_timeout_and_arguments_0(
+                tick.as_ref().unchecked_ref(),
+                TICK.as_millis() as i32,
+            ) {
+            Ok(handle) => self.tick = Some((handle, tick)),
+            Err(error) => tracing::error!("setInterval failed: {error:?}"),
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.out.is_empty() {
+            post(&self.scope, std::mem::take(&mut self.out));
+        }
+    }
+}

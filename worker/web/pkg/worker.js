@@ -1,0 +1,4 @@
+// Loads the deltamesh wasm bundle in the dedicated worker and runs its half.
+import init, { workerMain } from "./deltamesh_worker.js";
+await init();
+workerMain();
