@@ -78,6 +78,12 @@ impl Browser {
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--disable-sync",
+                // Every tab but the last is in the background: keep their
+                // timers and rendering at full speed, as a user's tabs side
+                // by side would be.
+                "--disable-background-timer-throttling",
+                "--disable-renderer-backgrounding",
+                "--disable-backgrounding-occluded-windows",
                 "--disable-features=WebRtcHideLocalIpsWithMdns",
                 "--remote-debugging-port=0",
             ])

@@ -20,7 +20,10 @@ async fn two_demo_tabs_connect_see_each_other_and_count_each_others_deltas() {
         wait(tab, &format!("{} === '1'", text_of("peers")), 20).await;
     }
     let count = text_of("delta-count");
-    let before: u64 = eval(&b, &format!("Number({count})")).await.as_u64().expect("a count");
+    let before: u64 = eval(&b, &format!("Number({count})"))
+        .await
+        .as_u64()
+        .expect("a count");
     eval(
         &a,
         "for (let i = 0; i < 5; i++) document.querySelector('[data-testid=send-test-delta]').click(); true",

@@ -54,6 +54,7 @@ pub fn start_demo() {
     }
 }
 
+/// [`start_demo`]'s work; an error means the page itself is broken.
 fn start() -> Result<(), String> {
     let window = web_sys::window().ok_or("no window")?;
     let document = window.document().ok_or("no document")?;
@@ -68,8 +69,9 @@ fn start() -> Result<(), String> {
         .ok()
         .flatten()
         .and_then(|meta| meta.get_attribute("content"));
-    let token = params.get("token").or(meta_token);
-    let Some(token) = token.filter(|t| !t.is_empty() && t != TOKEN_PLACEHOLDER) else {
+    let meta_token = meta_token.filter(|t| t != TOKEN_PLACEHOLDER);
+    let token = params.get("token").filter(|t| !t.is_empty()).or(meta_token);
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
         ui.show_state(
             "failed",
             "no token: open this page from signal (it fills in the development token) \
@@ -99,6 +101,7 @@ struct Ui {
 }
 
 impl Ui {
+    /// The page's board and its 2d context.
     fn find(document: &Document) -> Result<Ui, String> {
         let canvas = document.get_element_by_id("board");
         let canvas: HtmlCanvasElement = canvas
@@ -123,6 +126,7 @@ impl Ui {
         }
     }
 
+    /// Shows the connection's state and why.
     fn show_state(&self, state: &str, detail: &str) {
         self.set("state", state);
         self.set("state-detail", detail);
@@ -131,6 +135,7 @@ impl Ui {
         }
     }
 
+    /// Shows the last problem (a refused send).
     fn show_error(&self, error: &str) {
         tracing::warn!("{error}");
         self.set("error", error);
@@ -149,25 +154,24 @@ impl Ui {
         )
     }
 
+    /// Draws one stroke segment.
     fn draw(&self, segment: &Segment) {
-        let width = f64::from(self.canvas.width()) / 65535.0;
-        let height = f64::from(self.canvas.height()) / 65535.0;
-        let [r, g, b] = segment.color;
+        let (width, height) = (self.canvas.width(), self.canvas.height());
+        let at = |(x, y): (u16, u16)| {
+            let scale = |n: u16, size: u32| f64::from(n) * f64::from(size) / 65535.0;
+            (scale(x, width), scale(y, height))
+        };
+        let ([r, g, b], (x0, y0), (x1, y1)) = (segment.color, at(segment.from), at(segment.to));
         self.ink.set_stroke_style_str(&format!("rgb({r},{g},{b})"));
         self.ink.set_line_width(3.0);
         self.ink.set_line_cap("round");
         self.ink.begin_path();
-        self.ink.move_to(
-            f64::from(segment.from.0) * width,
-            f64::from(segment.from.1) * height,
-        );
-        self.ink.line_to(
-            f64::from(segment.to.0) * width,
-            f64::from(segment.to.1) * height,
-        );
+        self.ink.move_to(x0, y0);
+        self.ink.line_to(x1, y1);
         self.ink.stroke();
     }
 
+    /// Wipes the board.
     fn clear_board(&self) {
         let (width, height) = (self.canvas.width(), self.canvas.height());
         self.ink
@@ -206,6 +210,7 @@ struct Segment {
 }
 
 impl Segment {
+    /// The kind-1 payload.
     fn encode(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(SEGMENT_BYTES);
         for n in [self.from.0, self.from.1, self.to.0, self.to.1] {
@@ -215,6 +220,7 @@ impl Segment {
         bytes
     }
 
+    /// A kind-1 payload's segment, `None` unless it is 11 bytes.
     fn decode(bytes: &[u8]) -> Option<Segment> {
         let bytes: &[u8; SEGMENT_BYTES] = bytes.try_into().ok()?;
         let n = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]);
@@ -249,6 +255,7 @@ struct Seen {
 }
 
 impl Demo {
+    /// Wires the connection's callbacks, the board, the buttons and the timers.
     fn run(ui: Ui, conn: Connection) {
         let demo = Rc::new(Demo {
             conn,
@@ -258,10 +265,13 @@ impl Demo {
         let d = demo.clone();
         demo.conn.on_state(function(move |change| {
             let state = get(&change, "state").as_string().unwrap_or_default();
-            d.ui.show_state(
-                &state,
-                &get(&change, "detail").as_string().unwrap_or_default(),
-            );
+            let detail = get(&change, "detail").as_string().unwrap_or_default();
+            d.ui.show_state(&state, &detail);
+            if state == "connected" {
+                // A restarted relay may have started the session's seqs over.
+                let mut seen = d.seen.borrow_mut();
+                (seen.max_seq, seen.max_seq_before) = (None, None);
+            }
             d.show_peers();
         }));
         let d = demo.clone();
@@ -322,6 +332,7 @@ impl Demo {
         });
     }
 
+    /// Notes a session seq for the rate.
     fn saw_seq(&self, seq: Option<f64>) {
         let mut seen = self.seen.borrow_mut();
         if let Some(seq) = seq {
@@ -329,6 +340,7 @@ impl Demo {
         }
     }
 
+    /// A delta from another peer: counted, then drawn or noted by kind.
     fn on_delta(&self, delta: &JsValue) {
         let origin = get(delta, "origin").as_string().unwrap_or_default();
         let seq = get(delta, "seq").as_f64();
@@ -367,6 +379,7 @@ impl Demo {
         }
     }
 
+    /// Pointer down, move or up on the board: each move while down is a segment.
     fn on_pointer(self: &Rc<Self>, event: &PointerEvent) {
         let point = self.ui.board_point(event);
         let mut seen = self.seen.borrow_mut();
