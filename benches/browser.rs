@@ -51,6 +51,8 @@ async fn main() {
     // Connect: script start → import → connected → first ack, per page.
     let mut browser_connect = Vec::new();
     let mut browser_first_ack = Vec::new();
+    // Page's wasm loaded; worker started and ready; offer to welcome.
+    let mut phases = [Vec::new(), Vec::new(), Vec::new()];
     for i in 0..connects {
         let page = page(&browser, &stack).await;
         let session = format!("connect-{i}");
@@ -61,19 +63,24 @@ async fn main() {
                 const t0 = performance.now();
                 const dm = await import("/pkg/deltamesh_worker.js");
                 await dm.default();
+                const loaded = performance.now();
                 const conn = await dm.connect({session:?}, {TOKEN:?}, {{}});
+                const started = performance.now();
                 await conn.connected();
                 const t1 = performance.now();
                 await conn.send(1, {DOC:?}, new Uint8Array(8));
                 const t2 = performance.now();
                 await conn.close();
-                return [t1 - t0, t2 - t0];
+                return [t1 - t0, t2 - t0, loaded - t0, started - loaded, t1 - started];
             }})()"#
             ),
         )
         .await;
         browser_connect.push(ms(&marks[0]));
         browser_first_ack.push(ms(&marks[1]));
+        phases[0].push(ms(&marks[2]));
+        phases[1].push(ms(&marks[3]));
+        phases[2].push(ms(&marks[4]));
         page.close().await;
     }
     let mut native_connect = Vec::new();
@@ -88,6 +95,16 @@ async fn main() {
         while !matches!(peer.next_event().await, Some(PeerEvent::Acked { .. })) {}
         native_first_ack.push(started.elapsed());
         peer.close().await;
+    }
+    let names = [
+        "import + instantiate in the page",
+        "worker started and ready",
+        "offer → welcome",
+    ];
+    for (name, phase) in names.iter().zip(&mut phases) {
+        phase.sort_unstable();
+        let p50 = percentile(phase, 0.5).as_secs_f64() * 1e3;
+        println!("  connect phase: {name:<33} p50 {p50:>8.2} ms");
     }
     row(
         "connect: script start → welcome (p50)",

@@ -34,3 +34,18 @@ async fn two_demo_tabs_connect_see_each_other_and_count_each_others_deltas() {
     assert_no_exceptions(&b);
     stack.shutdown().await.expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_tab_leaves_the_session_at_once_not_after_the_idle_timeout() {
+    let stack = common::stack().await;
+    let browser = Browser::launch().await;
+    let url = format!("{}/?session=browser-demo-leave", stack.signal_url());
+    let stays = browser.new_page(&url).await;
+    let leaves = browser.new_page(&url).await;
+    wait(&stays, &format!("{} === '1'", text_of("peers")), 20).await;
+    leaves.close().await;
+    // The relay's idle timeout is 15 s; a closed tab is gone well before.
+    wait(&stays, &format!("{} === '0'", text_of("peers")), 5).await;
+    assert_no_exceptions(&stays);
+    stack.shutdown().await.expect("clean shutdown");
+}

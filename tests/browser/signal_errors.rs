@@ -203,3 +203,33 @@ async fn no_signal_at_all_shows_failed_and_the_page_connects_once_signal_starts(
     late.shutdown().await.expect("clean shutdown");
     stack.shutdown().await.expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_shows_failed_and_is_not_retried() {
+    let stack = common::stack().await;
+    let signal = FailingSignal::start(
+        "401 Unauthorized",
+        "www-authenticate: Bearer\r\n",
+        r#"{"type":"urn:deltamesh:problem:unauthorized","title":"Unauthorized","status":401,"detail":"the token is not valid"}"#,
+    )
+    .await;
+    let browser = Browser::launch().await;
+    let options = format!("{{ signalUrl: {:?} }}", signal.url);
+    let page = common::page_with(&browser, &stack, "browser-errors", &options).await;
+    wait(&page, "window.conn.state() === 'failed'", 15).await;
+    let detail = eval(&page, "window.conn.detail()").await;
+    let detail = detail.as_str().unwrap_or_default();
+    assert!(
+        detail.contains("401") && detail.contains("not retrying"),
+        "{detail}"
+    );
+    // Backoff would have retried within 0.3 s; nothing comes in 2 s.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(signal.offer_times().len(), 1, "one offer, no retries");
+    assert_eq!(
+        eval(&page, "window.conn.close().then(() => window.conn.state())").await,
+        "closed"
+    );
+    assert_no_exceptions(&page);
+    stack.shutdown().await.expect("clean shutdown");
+}

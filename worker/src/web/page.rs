@@ -26,6 +26,8 @@ use super::peer_connection::{self, PeerConnection};
 const DEFAULT_WORKER_URL: &str = "/pkg/worker.js";
 /// Deltas that may await acknowledgement unless options say otherwise.
 const DEFAULT_MAX_UNACKED: u32 = 4096;
+/// The worker numbers its connection attempts from 1.
+const FIRST_GENERATION: u32 = 1;
 
 #[wasm_bindgen(typescript_custom_section)]
 const TYPES: &str = r#"
@@ -220,6 +222,34 @@ fn start_worker(session: String, token: String, options: &JsValue) -> Result<Pro
     // The handlers live as long as the worker does.
     on_message.forget();
     on_error.forget();
+    // A closing tab takes its worker with it before a DELETE could be
+    // sent; closing the peer connection on `pagehide` tells the relay at
+    // once (SCTP abort, DTLS close) instead of after its idle timeout.
+    let on_page_hide = {
+        let shared = Rc::downgrade(&shared);
+        Closure::<dyn FnMut()>::new(move || {
+            if let Some(shared) = shared.upgrade()
+                && let Some((_, link)) = shared.borrow_mut().link.take()
+            {
+                link.close();
+            }
+        })
+    };
+    if let Some(window) = web_sys::window() {
+        window
+            .add_event_listener_with_callback("pagehide", on_page_hide.as_ref().unchecked_ref())?;
+    }
+    on_page_hide.forget();
+    // While the worker loads: hand it this page's compiled module (so it
+    // neither fetches nor compiles the wasm again), its configuration, and
+    // the first peer connection, whose offer is made meanwhile.
+    worker.post_message(&wasm_bindgen::module())?;
+    {
+        let mut s = shared.borrow_mut();
+        let (start, _) = ToWorker::Start(s.config.clone()).encode();
+        worker.post_message(&start)?;
+        s.open_link(FIRST_GENERATION);
+    }
     let connection = Connection {
         shared: shared.clone(),
     };
@@ -275,23 +305,16 @@ fn on_worker_message(shared: &Rc<RefCell<Shared>>, data: &JsValue) {
 fn on_page_message(shared: &Rc<RefCell<Shared>>, message: ToPage) -> Vec<Call> {
     let mut s = shared.borrow_mut();
     match message {
-        ToPage::Ready => {
-            let (start, _) = ToWorker::Start(s.config.clone()).encode();
-            if let Err(error) = s.worker.post_message(&start) {
-                drop(s);
-                worker_died(
-                    shared,
-                    format!("starting the worker: {}", error_text(&error)),
-                );
-                return Vec::new();
-            }
-            s.starting
-                .take()
-                .map(|(resolve, _, connection)| vec![(resolve, connection)])
-                .unwrap_or_default()
-        }
+        ToPage::Ready => s
+            .starting
+            .take()
+            .map(|(resolve, _, connection)| vec![(resolve, connection)])
+            .unwrap_or_default(),
         ToPage::OpenLink { generation } => {
-            s.open_link(generation);
+            // The first link was opened before the worker asked.
+            if s.link.as_ref().is_none_or(|(g, _)| *g != generation) {
+                s.open_link(generation);
+            }
             Vec::new()
         }
         ToPage::Answer { generation, sdp } => {

@@ -45,6 +45,18 @@ pub enum SignalError {
 }
 
 impl SignalError {
+    /// Whether the token was refused (401 or 403): trying again with the
+    /// same token cannot help.
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(
+            self,
+            SignalError::Refused {
+                status: 401 | 403,
+                ..
+            }
+        )
+    }
+
     /// The pause the server asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

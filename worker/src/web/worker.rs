@@ -130,6 +130,8 @@ enum Phase {
     Connected,
     /// Waiting out a backoff before the next attempt.
     Waiting,
+    /// Given up (the token was refused); only closing is left.
+    Stopped,
     /// The application closed the connection.
     Closed,
 }
@@ -186,21 +188,28 @@ thread_local! {
     static DRIVER: RefCell<Option<Driver>> = const { RefCell::new(None) };
 }
 
-/// The worker's entry point (called by the few lines of `worker.js` that
-/// load the module): listens to the page and says it is ready.
+/// The worker's entry point, called by the few lines of `worker.js` that
+/// load the module with the messages the page sent meanwhile: handles
+/// those, listens for more and says it is ready.
 #[wasm_bindgen(js_name = workerMain)]
-pub fn worker_main() {
+pub fn worker_main(queued: Array) {
     let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
-    let on_message = Closure::<dyn FnMut(MessageEvent)>::new(|event: MessageEvent| {
-        match ToWorker::decode(&event.data()) {
-            Ok(message) => handle(Input::Page(message)),
-            Err(error) => tracing::error!("unreadable message from the page: {error}"),
-        }
-    });
+    let on_message =
+        Closure::<dyn FnMut(MessageEvent)>::new(|event: MessageEvent| from_page(&event.data()));
     scope.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
     // The handler lives as long as the worker.
     on_message.forget();
     post(&scope, vec![ToPage::Ready]);
+    for message in queued.iter() {
+        from_page(&message);
+    }
+}
+
+fn from_page(message: &JsValue) {
+    match ToWorker::decode(message) {
+        Ok(message) => handle(Input::Page(message)),
+        Err(error) => tracing::error!("unreadable message from the page: {error}"),
+    }
 }
 
 /// Feeds one input to the driver, then starts its effects.
@@ -555,6 +564,9 @@ impl Driver {
                     });
                 }
             }
+            Err(error) if current && error.is_auth_failure() => self.give_up(format!(
+                "{error}; not retrying: connect again with a valid token"
+            )),
             Err(error) if current => {
                 let retry_after = error.retry_after();
                 self.attempt_failed(error.to_string(), retry_after)
@@ -713,6 +725,15 @@ impl Driver {
         self.wait(delay);
     }
 
+    /// Stops trying: the state stays failed with `reason` until the
+    /// application closes the connection.
+    fn give_up(&mut self, reason: String) {
+        self.end_link();
+        tracing::error!("{reason}");
+        self.phase = Phase::Stopped;
+        self.set_state(ConnectionState::Failed, reason);
+    }
+
     /// The link dropped (or never came up): after `Welcome` this is a
     /// reconnect that resumes; before, a failed attempt.
     fn lose_link(&mut self, reason: String) {
@@ -726,7 +747,7 @@ impl Driver {
                 let delay = self.backoff.next_delay(js_sys::Math::random());
                 self.wait(delay);
             }
-            Phase::Waiting | Phase::Closed => {}
+            Phase::Waiting | Phase::Stopped | Phase::Closed => {}
         }
     }
 
