@@ -30,9 +30,14 @@ pub fn web_dir() -> PathBuf {
 
 /// A stack on 127.0.0.1 serving the web bundle, with signal on `listen`.
 pub async fn stack_on(listen: SocketAddr) -> RunningStack {
+    stack_with(listen, RelayConfig::default()).await
+}
+
+/// A stack serving the web bundle with this relay configuration.
+pub async fn stack_with(listen: SocketAddr, relay: RelayConfig) -> RunningStack {
     start(StackConfig {
         listen,
-        relay: RelayConfig::default(),
+        relay,
         dev_token: TOKEN.into(),
         web_dir: Some(web_dir()),
     })

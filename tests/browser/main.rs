@@ -1,5 +1,6 @@
 //! Browser tests: real headless Chromium driving deltamesh pages.
 
+mod bulk;
 mod cdp;
 mod common;
 mod demo;

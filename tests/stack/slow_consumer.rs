@@ -54,3 +54,35 @@ async fn a_frozen_peer_is_disconnected_and_never_stalls_the_others() {
     .await;
     stack.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_resumes_further_behind_than_the_limit_catches_up_instead_of_being_dropped() {
+    let stack = stack_with(|relay| relay.slow_consumer_limit = 100).await;
+    let sender = join(&stack, "backlog").await;
+    let mut reader = join(&stack, "backlog").await;
+    stack.relays[0]
+        .disconnect("backlog", reader.peer_id(), "test")
+        .await
+        .unwrap();
+    // While the reader is away the session moves 5 limits ahead.
+    for i in 0..500u32 {
+        sender
+            .send(1, Id::default(), i.to_le_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    let mut seqs = Vec::new();
+    while seqs.len() < 500 {
+        match next_matching(&mut reader, Duration::from_secs(15), Some).await {
+            PeerEvent::Delta(d) => seqs.push(d.seq),
+            PeerEvent::RelayError(e) => panic!("the catching-up reader was refused: {e:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        seqs,
+        (1..=500).collect::<Vec<_>>(),
+        "all of the backlog, in order"
+    );
+    stack.shutdown().await.unwrap();
+}

@@ -4,8 +4,9 @@
 //!
 //! The peer's outbound delta queue is its cursor: deltas wait in the shared
 //! log, not in per-peer copies, and a peer that falls `slow_consumer_warn`
-//! deltas behind is told so, at `slow_consumer_limit` it is disconnected. It
-//! never slows the session down.
+//! deltas behind is told so, at `slow_consumer_limit` it is disconnected
+//! (a resumed peer counts from its backlog at resume, so catching up is not
+//! falling behind). It never slows the session down.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -62,6 +63,10 @@ pub struct Peer {
     /// Next session seq to deliver on `receive`.
     cursor: u64,
     echo: bool,
+    /// The fewest deltas this peer has been behind since it (re)joined: a
+    /// resumed peer starts with its whole backlog and only counts as slow
+    /// when it falls further behind than that, not while it catches up.
+    best_lag: u64,
     slow_warned: bool,
     /// A write found the send buffer full; flush again when acks free it.
     blocked: bool,
@@ -96,6 +101,7 @@ impl Peer {
             next_client_seq: 1,
             cursor: 1,
             echo: false,
+            best_lag: 0,
             slow_warned: false,
             blocked: false,
             commands: VecDeque::new(),
@@ -272,6 +278,7 @@ impl Peer {
         }
         let head = shared.log.head(&self.session);
         self.cursor = resume.last_seq.min(head) + 1;
+        self.best_lag = head - resume.last_seq.min(head);
         tracing::info!(peer = %self.id, from = self.cursor, continued, "peer resumes");
         self.send_command(
             Body::Resumed(pb::Resumed {
@@ -444,7 +451,10 @@ impl Peer {
     fn deliver(&mut self, shared: &Shared) {
         let head = shared.log.head(&self.session);
         let lag = head.saturating_sub(self.cursor.saturating_sub(1));
-        if lag > shared.config.slow_consumer_limit {
+        self.best_lag = self.best_lag.min(lag);
+        // How far the peer has fallen behind its best since it joined.
+        let fallen = lag - self.best_lag;
+        if fallen > shared.config.slow_consumer_limit {
             self.commands
                 .push_back(command::encode(Body::Error(pb::Error {
                     code: pb::ErrorCode::SlowConsumer.into(),
@@ -453,7 +463,7 @@ impl Peer {
             let _ = write(&mut self.rtc, self.channels[0], &self.commands[0]);
             return self.close("slow consumer");
         }
-        if lag > shared.config.slow_consumer_warn && !self.slow_warned {
+        if fallen > shared.config.slow_consumer_warn && !self.slow_warned {
             self.slow_warned = true;
             let queued = u32::try_from(lag).unwrap_or(u32::MAX);
             let limit = u32::try_from(shared.config.slow_consumer_limit).unwrap_or(u32::MAX);
@@ -462,7 +472,7 @@ impl Peer {
                     queued,
                     limit,
                 })));
-        } else if lag <= shared.config.slow_consumer_warn / 2 {
+        } else if fallen <= shared.config.slow_consumer_warn / 2 {
             self.slow_warned = false;
         }
         let window = shared.config.send_window;

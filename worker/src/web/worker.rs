@@ -173,6 +173,8 @@ struct Driver {
     /// An attempt failed since the last `Welcome`: the state stays failed.
     failing: bool,
     ever_connected: bool,
+    /// The state the page was last told.
+    state: ConnectionState,
     /// The page's request id for each client_seq awaiting its ack.
     requests: HashMap<u64, u32>,
     stats: Stats,
@@ -346,6 +348,7 @@ impl Driver {
             backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(10)),
             failing: false,
             ever_connected: false,
+            state: ConnectionState::Connecting,
             requests: HashMap::new(),
             stats: Stats::default(),
             ping: None,
@@ -477,7 +480,8 @@ impl Driver {
         } else {
             ConnectionState::Connecting
         };
-        if state != ConnectionState::Failed {
+        // A failed or reconnecting state keeps its reason until the outcome.
+        if state != ConnectionState::Failed && state != self.state {
             self.set_state(state, String::new());
         }
         if PeerConnection::available() {
@@ -798,6 +802,7 @@ impl Driver {
     }
 
     fn set_state(&mut self, state: ConnectionState, detail: String) {
+        self.state = state;
         self.out.push(ToPage::State { state, detail });
     }
 
