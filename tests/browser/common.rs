@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use deltamesh::{RunningStack, StackConfig, start};
 use deltamesh_relay::RelayConfig;
-use deltamesh_worker::{ConnectOptions, NativePeer};
+use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
 use serde_json::Value;
 
 use crate::cdp::{Browser, Page};
@@ -55,6 +55,24 @@ pub async fn native_peer(stack: &RunningStack, session: &str) -> NativePeer {
     NativePeer::connect(ConnectOptions::new(&stack.signal_url(), session, TOKEN))
         .await
         .expect("native peer connects")
+}
+
+/// The next `count` deltas `native` receives, as `(seq, payload text)`.
+pub async fn native_receives(native: &mut NativePeer, count: usize) -> Vec<(u64, String)> {
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        let event = tokio::time::timeout(Duration::from_secs(30), native.next_event())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} deltas arrived", seen.len()))
+            .expect("connection alive");
+        if let PeerEvent::Delta(delta) = event {
+            seen.push((
+                delta.seq,
+                String::from_utf8_lossy(delta.payload()).into_owned(),
+            ));
+        }
+    }
+    seen
 }
 
 /// A page of `stack`'s origin that has imported the bundle and called

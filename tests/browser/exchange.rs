@@ -2,9 +2,6 @@
 //! every other peer once, intact, in the session's one order.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
-
-use deltamesh_worker::PeerEvent;
 
 use crate::cdp::{Browser, Page};
 use crate::common::{self, assert_no_exceptions, eval, received, wait};
@@ -93,17 +90,7 @@ async fn two_pages_exchange_500_deltas_both_ways_in_one_order_that_a_native_peer
     }
 
     // The native peer saw the same sequence: seq i carries the same payload.
-    let mut seen = Vec::new();
-    while seen.len() < (2 * PER_PAGE) as usize {
-        let event = tokio::time::timeout(Duration::from_secs(30), native.next_event())
-            .await
-            .expect("the native peer keeps receiving")
-            .expect("connection alive");
-        if let PeerEvent::Delta(delta) = event {
-            let text = String::from_utf8(delta.payload().to_vec()).expect("utf-8");
-            seen.push((delta.seq, text));
-        }
-    }
+    let seen = common::native_receives(&mut native, (2 * PER_PAGE) as usize).await;
     let expected: Vec<(u64, String)> = by_seq.into_iter().collect();
     assert_eq!(seen, expected);
     native.close().await;

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use deltamesh_proto::Id;
-use deltamesh_worker::{NativePeer, PeerEvent};
+use deltamesh_worker::NativePeer;
 
 use crate::cdp::{Browser, Page};
 use crate::common::{self, assert_no_exceptions, eval, received, wait};
@@ -29,21 +29,6 @@ async fn native_sends(native: &NativePeer, from: u64, count: u64) {
             .await
             .expect("queued");
     }
-}
-
-/// Collects `count` deltas at `native`, as texts.
-async fn native_receives(native: &mut NativePeer, count: usize) -> Vec<String> {
-    let mut texts = Vec::new();
-    while texts.len() < count {
-        let event = tokio::time::timeout(Duration::from_secs(30), native.next_event())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {count} deltas arrived", texts.len()))
-            .expect("connection alive");
-        if let PeerEvent::Delta(delta) = event {
-            texts.push(String::from_utf8_lossy(delta.payload()).into_owned());
-        }
-    }
-    texts
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,7 +73,11 @@ async fn a_page_whose_connection_the_relay_kills_reconnects_and_resumes_losing_n
         got, expected,
         "the page got every native delta once, in order"
     );
-    let seen = native_receives(&mut native, 200).await;
+    let seen: Vec<String> = common::native_receives(&mut native, 200)
+        .await
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect();
     let expected: Vec<String> = (0..200).map(|i| format!("p-{i}")).collect();
     assert_eq!(
         seen, expected,
