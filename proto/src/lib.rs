@@ -6,6 +6,7 @@
 //!   frame (PROTOCOL §4).
 //! - [`command`] and [`pb`]: the protobuf messages of the `command` channel.
 //! - [`channel`]: the three pre-negotiated data channels.
+//! - [`id`] and [`session`]: peer, relay and document ids; session names.
 //!
 //! This crate knows nothing of sockets, runtimes or WebRTC stacks, so the
 //! browser build and every service can share it.
@@ -15,6 +16,7 @@ pub mod command;
 pub mod frame;
 pub mod id;
 pub mod security;
+pub mod session;
 
 /// Protobuf types generated from `proto/deltamesh/v1/*.proto`.
 #[allow(missing_docs, clippy::all)]

@@ -447,8 +447,8 @@ impl Driver {
         }
     }
 
-    /// Connects again with exponential backoff (100 ms doubling to 5 s),
-    /// still taking the application's requests. `None` once closed.
+    /// Connects again with exponential backoff (100 ms doubling to 5 s, with
+    /// jitter), still taking the application's requests. `None` once closed.
     async fn reconnect(&mut self, requests: &mut mpsc::Receiver<Request>) -> Option<Link> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {

@@ -1013,6 +1013,95 @@ async fn the_home_page_is_the_configured_html() {
     );
 }
 
+/// A web bundle in a fresh directory: `index.html` with the token
+/// placeholder, `pkg/app.js`, and a secret beside `pkg/` that must never
+/// be served.
+fn web_bundle(with_index: bool) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "deltamesh-web-test-{}-{}",
+        std::process::id(),
+        UNIX_EPOCH.elapsed().unwrap().as_nanos()
+    ));
+    std::fs::create_dir_all(dir.join("pkg")).unwrap();
+    if with_index {
+        std::fs::write(
+            dir.join("index.html"),
+            r#"<meta name="deltamesh-dev-token" content="__DELTAMESH_DEV_TOKEN__">"#,
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("pkg/app.js"), "export {};").unwrap();
+    std::fs::write(dir.join("secret.txt"), "do-not-serve").unwrap();
+    dir
+}
+
+/// Sends `path` as written (no URL normalisation) and returns the response.
+async fn raw_get(signal: &Signal, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = signal.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test]
+async fn the_web_bundle_is_served_with_the_dev_token_and_nothing_outside_pkg() {
+    let dir = web_bundle(true);
+    let mut config = SignalConfig::new(r#"tok"en"#);
+    config.web_dir = Some(dir.clone());
+    let signal = Signal::start_with(config).await;
+    let page = signal.request(Method::GET, "/").send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(
+        page.text().await.unwrap(),
+        r#"<meta name="deltamesh-dev-token" content="tok&quot;en">"#
+    );
+    let script = signal
+        .request(Method::GET, "/pkg/app.js")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(script.status(), StatusCode::OK);
+    assert_eq!(header(&script, "content-type"), "text/javascript");
+    let missing = signal
+        .request(Method::GET, "/pkg/nope.js")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    for path in [
+        "/pkg/../secret.txt",
+        "/pkg/..%2fsecret.txt",
+        "/pkg/%2e%2e/secret.txt",
+        "/pkg//etc/passwd",
+    ] {
+        let response = raw_get(&signal, path).await;
+        assert!(!response.starts_with("HTTP/1.1 200"), "{path}: {response}");
+        assert!(!response.contains("do-not-serve"), "{path}: {response}");
+        assert!(!response.contains("root:"), "{path}: {response}");
+    }
+    signal.assert_alive().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn without_a_built_page_the_home_page_is_served() {
+    let dir = web_bundle(false);
+    let mut config = SignalConfig::new(TOKEN);
+    config.home_page = "<!doctype html><title>test home</title>".to_owned();
+    config.web_dir = Some(dir.clone());
+    let signal = Signal::start_with(config).await;
+    let response = signal.request(Method::GET, "/").send().await.unwrap();
+    assert_eq!(
+        response.text().await.unwrap(),
+        "<!doctype html><title>test home</title>"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[tokio::test]
 async fn unknown_routes_are_a_404_problem() {
     let signal = Signal::start().await;

@@ -14,6 +14,7 @@ use std::rc::Rc;
 use std::str::FromStr;
 
 use deltamesh_proto::Id;
+use deltamesh_proto::session::{SESSION_MAX, is_valid_session};
 use js_sys::{Array, Function, Promise, Uint8Array};
 use wasm_bindgen::prelude::*;
 use web_sys::{ErrorEvent, MessageEvent, Worker, WorkerOptions, WorkerType};
@@ -115,7 +116,6 @@ pub struct Connection {
 /// The page's view of the connection and the application's callbacks.
 struct Shared {
     worker: Worker,
-    config: Config,
     /// Resolves `connect` (with the handle) once the worker is ready;
     /// rejects it if the worker dies first.
     starting: Option<(Function, Function, JsValue)>,
@@ -145,14 +145,10 @@ fn type_error(message: &str) -> JsValue {
 }
 
 fn start_worker(session: String, token: String, options: &JsValue) -> Result<Promise, JsValue> {
-    let session_ok = (1..=128).contains(&session.len())
-        && session
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if !session_ok {
-        return Err(type_error(
-            "a session name is 1 to 128 characters of A-Z a-z 0-9 . _ -",
-        ));
+    if !is_valid_session(&session) {
+        return Err(type_error(&format!(
+            "a session name is 1 to {SESSION_MAX} characters of A-Z a-z 0-9 . _ -"
+        )));
     }
     let signal_url = match get(options, "signalUrl").as_string() {
         Some(url) => url,
@@ -181,7 +177,6 @@ fn start_worker(session: String, token: String, options: &JsValue) -> Result<Pro
     let worker = Worker::new_with_options(&worker_url, &worker_options)?;
     let shared = Rc::new(RefCell::new(Shared {
         worker: worker.clone(),
-        config,
         starting: None,
         state: ConnectionState::Connecting,
         detail: String::new(),
@@ -244,12 +239,8 @@ fn start_worker(session: String, token: String, options: &JsValue) -> Result<Pro
     // neither fetches nor compiles the wasm again), its configuration, and
     // the first peer connection, whose offer is made meanwhile.
     worker.post_message(&wasm_bindgen::module())?;
-    {
-        let mut s = shared.borrow_mut();
-        let (start, _) = ToWorker::Start(s.config.clone()).encode();
-        worker.post_message(&start)?;
-        s.open_link(FIRST_GENERATION);
-    }
+    worker.post_message(&ToWorker::Start(config).encode().0)?;
+    shared.borrow_mut().open_link(FIRST_GENERATION);
     let connection = Connection {
         shared: shared.clone(),
     };

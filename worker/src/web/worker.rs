@@ -24,7 +24,7 @@ use js_sys::{Array, ArrayBuffer, Uint8Array};
 use wasm_bindgen::prelude::*;
 use web_sys::{
     DedicatedWorkerGlobalScope, MessageEvent, RtcDataChannel, RtcDataChannelState,
-    RtcDataChannelType,
+    RtcDataChannelType, RtcPeerConnection,
 };
 
 use super::messages::{Config, ConnectionState, Stats, ToPage, ToWorker};
@@ -67,13 +67,11 @@ enum Input {
         channel: Channel,
         buffer: ArrayBuffer,
     },
-    ChannelOpen {
-        generation: u32,
-    },
     ChannelClosed {
         generation: u32,
         channel: Channel,
     },
+    /// A channel opened, or its send buffer drained below the low mark.
     Writable {
         generation: u32,
     },
@@ -98,28 +96,28 @@ enum Input {
 enum Effect {
     PostOffer {
         generation: u32,
+        config: Config,
         sdp: String,
     },
     MakeOffer {
         generation: u32,
+        pc: RtcPeerConnection,
     },
     AcceptAnswer {
+        pc: RtcPeerConnection,
         sdp: String,
     },
     Timer {
         after: Duration,
         input: Input,
     },
+    /// Deletes a peer resource (best effort); when `closing`, then tells
+    /// the page the connection is closed (the page stops the worker on
+    /// that, so the order matters).
     Delete {
-        resource: String,
-    },
-    Attach {
-        generation: u32,
-    },
-    /// Deletes the peer resource, then tells the page the connection is
-    /// closed (the page stops the worker on that, so the order matters).
-    Finish {
         resource: Option<String>,
+        token: String,
+        closing: bool,
     },
 }
 
@@ -142,10 +140,52 @@ struct Link {
     channels: [RtcDataChannel; 3],
     /// Only when the worker made the peer connection itself.
     own: Option<PeerConnection>,
-    listeners: Vec<Closure<dyn FnMut(JsValue)>>,
+    /// Kept alive while the channels may call them.
+    _listeners: Vec<Closure<dyn FnMut(JsValue)>>,
 }
 
 impl Link {
+    /// The link of attempt `generation`, listening to its channels.
+    fn attach(generation: u32, channels: [RtcDataChannel; 3], own: Option<PeerConnection>) -> Link {
+        let mut listeners = Vec::new();
+        for (channel, dc) in Channel::ALL.into_iter().zip(&channels) {
+            dc.set_binary_type(RtcDataChannelType::Arraybuffer);
+            dc.set_buffered_amount_low_threshold(LOW_WATER);
+            let on_message = Closure::<dyn FnMut(JsValue)>::new(move |event: JsValue| {
+                let event: MessageEvent = event.unchecked_into();
+                match event.data().dyn_into::<ArrayBuffer>() {
+                    Ok(buffer) => handle(Input::Message {
+                        generation,
+                        channel,
+                        buffer,
+                    }),
+                    Err(_) => tracing::warn!("a text message on {} was ignored", channel.label()),
+                }
+            });
+            let on_close = Closure::<dyn FnMut(JsValue)>::new(move |_| {
+                handle(Input::ChannelClosed {
+                    generation,
+                    channel,
+                })
+            });
+            let on_writable = || {
+                Closure::<dyn FnMut(JsValue)>::new(move |_| handle(Input::Writable { generation }))
+            };
+            let (on_open, on_low) = (on_writable(), on_writable());
+            dc.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+            dc.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+            dc.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+            dc.set_onbufferedamountlow(Some(on_low.as_ref().unchecked_ref()));
+            listeners.extend([on_message, on_close, on_open, on_low]);
+        }
+        Link {
+            generation,
+            channels,
+            own,
+            _listeners: listeners,
+        }
+    }
+
     fn close(&self) {
         for channel in &self.channels {
             channel.set_onmessage(None);
@@ -170,11 +210,6 @@ struct Driver {
     /// The current attempt's peer resource, for `DELETE` on close.
     resource: Option<String>,
     backoff: Backoff,
-    /// An attempt failed since the last `Welcome`: the state stays failed.
-    failing: bool,
-    ever_connected: bool,
-    /// The state the page was last told.
-    state: ConnectionState,
     /// The page's request id for each client_seq awaiting its ack.
     requests: HashMap<u64, u32>,
     stats: Stats,
@@ -224,6 +259,8 @@ fn handle(input: Input) {
                 return Vec::new();
             }
             let mut driver = Driver::new(config);
+            driver.start_tick();
+            driver.set_state(ConnectionState::Connecting, String::new());
             driver.begin_attempt();
             *slot = Some(driver);
         } else if let Some(driver) = slot.as_mut() {
@@ -233,9 +270,6 @@ fn handle(input: Input) {
             return Vec::new();
         }
         let driver = slot.as_mut().expect("set above");
-        if driver.tick.is_none() && !matches!(driver.phase, Phase::Closed) {
-            driver.start_tick();
-        }
         driver.flush();
         std::mem::take(&mut driver.effects)
     });
@@ -246,27 +280,23 @@ fn handle(input: Input) {
 
 fn start(effect: Effect) {
     match effect {
-        Effect::PostOffer { generation, sdp } => {
-            let config = DRIVER.with(|cell| cell.borrow().as_ref().map(|d| d.config.clone()));
-            let Some(config) = config else { return };
+        Effect::PostOffer {
+            generation,
+            config,
+            sdp,
+        } => {
             wasm_bindgen_futures::spawn_local(async move {
                 let answer = signaling::post_offer(&config, &sdp).await;
                 handle(Input::Answer { generation, answer });
             });
         }
-        Effect::MakeOffer { generation } => {
-            let Some(pc) = with_own_pc(PeerConnection::handle) else {
-                return;
-            };
+        Effect::MakeOffer { generation, pc } => {
             wasm_bindgen_futures::spawn_local(async move {
                 let offer = peer_connection::offer(pc).await;
                 handle(Input::LocalOffer { generation, offer });
             });
         }
-        Effect::AcceptAnswer { sdp } => {
-            let Some(pc) = with_own_pc(PeerConnection::handle) else {
-                return;
-            };
+        Effect::AcceptAnswer { pc, sdp } => {
             wasm_bindgen_futures::spawn_local(async move {
                 if let Err(reason) = peer_connection::accept(pc, sdp).await {
                     tracing::warn!("{reason}");
@@ -283,40 +313,23 @@ fn start(effect: Effect) {
                 tracing::error!("setTimeout failed: {error:?}");
             }
         }
-        Effect::Delete { resource } => {
-            let token = DRIVER.with(|cell| cell.borrow().as_ref().map(|d| d.config.token.clone()));
-            wasm_bindgen_futures::spawn_local(async move {
-                signaling::delete(&resource, &token.unwrap_or_default()).await;
-            });
-        }
-        Effect::Finish { resource } => {
-            let token = DRIVER.with(|cell| cell.borrow().as_ref().map(|d| d.config.token.clone()));
-            wasm_bindgen_futures::spawn_local(async move {
-                if let Some(resource) = resource {
-                    signaling::delete(&resource, &token.unwrap_or_default()).await;
-                }
-                let scope = js_sys::global().unchecked_into();
+        Effect::Delete {
+            resource,
+            token,
+            closing,
+        } => wasm_bindgen_futures::spawn_local(async move {
+            if let Some(resource) = resource {
+                signaling::delete(&resource, &token).await;
+            }
+            if closing {
                 let closed = ToPage::State {
                     state: ConnectionState::Closed,
                     detail: String::new(),
                 };
-                post(&scope, vec![closed]);
-            });
-        }
-        Effect::Attach { generation } => DRIVER.with(|cell| {
-            if let Some(driver) = cell.borrow_mut().as_mut() {
-                driver.attach_listeners(generation);
+                post(&js_sys::global().unchecked_into(), vec![closed]);
             }
         }),
     }
-}
-
-fn with_own_pc<T>(f: impl FnOnce(&PeerConnection) -> T) -> Option<T> {
-    DRIVER.with(|cell| {
-        let driver = cell.borrow();
-        let own = driver.as_ref()?.link.as_ref()?.own.as_ref()?;
-        Some(f(own))
-    })
 }
 
 fn post(scope: &DedicatedWorkerGlobalScope, messages: Vec<ToPage>) {
@@ -346,9 +359,6 @@ impl Driver {
             link: None,
             resource: None,
             backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(10)),
-            failing: false,
-            ever_connected: false,
-            state: ConnectionState::Connecting,
             requests: HashMap::new(),
             stats: Stats::default(),
             ping: None,
@@ -377,11 +387,7 @@ impl Driver {
                 channel,
                 buffer,
             } if generation == self.generation => self.on_channel_message(channel, buffer),
-            Input::ChannelOpen { generation } | Input::Writable { generation }
-                if generation == self.generation =>
-            {
-                self.write_outbox()
-            }
+            Input::Writable { generation } if generation == self.generation => self.write_outbox(),
             Input::ChannelClosed {
                 generation,
                 channel,
@@ -390,7 +396,7 @@ impl Driver {
             }
             Input::LocalOffer { generation, offer } if generation == self.generation => match offer
             {
-                Ok(sdp) => self.effects.push(Effect::PostOffer { generation, sdp }),
+                Ok(sdp) => self.post_offer(generation, sdp),
                 Err(reason) => self.attempt_failed(reason, None),
             },
             Input::Answer { generation, answer } => self.on_answer(generation, answer),
@@ -425,16 +431,10 @@ impl Driver {
                     channels.iter().for_each(RtcDataChannel::close);
                     return;
                 }
-                self.link = Some(Link {
-                    generation,
-                    channels,
-                    own: None,
-                    listeners: Vec::new(),
-                });
-                self.effects.push(Effect::Attach { generation });
+                self.link = Some(Link::attach(generation, channels, None));
             }
             ToWorker::Offer { generation, sdp } if generation == self.generation => {
-                self.effects.push(Effect::PostOffer { generation, sdp });
+                self.post_offer(generation, sdp);
             }
             ToWorker::LinkFailed { generation, reason } if generation == self.generation => {
                 self.lose_link(reason)
@@ -472,32 +472,18 @@ impl Driver {
     fn begin_attempt(&mut self) {
         self.generation += 1;
         let generation = self.generation;
+        // The state stays what it is (connecting, reconnecting with its
+        // reason, failed with its reason) until this attempt's outcome.
         self.phase = Phase::Connecting;
-        let state = if self.failing {
-            ConnectionState::Failed
-        } else if self.ever_connected {
-            ConnectionState::Reconnecting
-        } else {
-            ConnectionState::Connecting
-        };
-        // A failed or reconnecting state keeps its reason until the outcome.
-        if state != ConnectionState::Failed && state != self.state {
-            self.set_state(state, String::new());
-        }
         if PeerConnection::available() {
             let on_failed = move |reason: String| {
                 handle(Input::Page(ToWorker::LinkFailed { generation, reason }))
             };
             match PeerConnection::open(on_failed) {
                 Ok((own, channels)) => {
-                    self.link = Some(Link {
-                        generation,
-                        channels,
-                        own: Some(own),
-                        listeners: Vec::new(),
-                    });
-                    self.effects.push(Effect::Attach { generation });
-                    self.effects.push(Effect::MakeOffer { generation });
+                    let pc = own.handle();
+                    self.link = Some(Link::attach(generation, channels, Some(own)));
+                    self.effects.push(Effect::MakeOffer { generation, pc });
                 }
                 Err(reason) => return self.attempt_failed(reason, None),
             }
@@ -510,57 +496,20 @@ impl Driver {
         });
     }
 
-    /// Listens to the current link's channels.
-    fn attach_listeners(&mut self, generation: u32) {
-        let Some(link) = self.link.as_mut().filter(|l| l.generation == generation) else {
-            return;
-        };
-        for (channel, dc) in Channel::ALL.into_iter().zip(&link.channels) {
-            dc.set_binary_type(RtcDataChannelType::Arraybuffer);
-            dc.set_buffered_amount_low_threshold(LOW_WATER);
-            let on_message = Closure::<dyn FnMut(JsValue)>::new(move |event: JsValue| {
-                let event: MessageEvent = event.unchecked_into();
-                match event.data().dyn_into::<ArrayBuffer>() {
-                    Ok(buffer) => handle(Input::Message {
-                        generation,
-                        channel,
-                        buffer,
-                    }),
-                    Err(_) => tracing::warn!("a text message on {} was ignored", channel.label()),
-                }
-            });
-            let on_close = Closure::<dyn FnMut(JsValue)>::new(move |_| {
-                handle(Input::ChannelClosed {
-                    generation,
-                    channel,
-                })
-            });
-            let on_open = Closure::<dyn FnMut(JsValue)>::new(move |_| {
-                handle(Input::ChannelOpen { generation })
-            });
-            let on_low =
-                Closure::<dyn FnMut(JsValue)>::new(move |_| handle(Input::Writable { generation }));
-            dc.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-            dc.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-            dc.set_onopen(Some(on_open.as_ref().unchecked_ref()));
-            dc.set_onbufferedamountlow(Some(on_low.as_ref().unchecked_ref()));
-            link.listeners
-                .extend([on_message, on_close, on_open, on_low]);
-        }
-    }
-
     fn on_answer(&mut self, generation: u32, answer: Result<Answer, SignalError>) {
         let current = generation == self.generation && matches!(self.phase, Phase::Connecting);
         match answer {
             // A late answer of an abandoned attempt: free its relay slot.
-            Ok(answer) if !current => self.effects.push(Effect::Delete {
-                resource: answer.resource,
-            }),
+            Ok(answer) if !current => self.delete(Some(answer.resource), false),
             Ok(answer) => {
                 self.resource = Some(answer.resource);
-                let own = self.link.as_ref().is_some_and(|l| l.own.is_some());
-                if own {
-                    self.effects.push(Effect::AcceptAnswer { sdp: answer.sdp });
+                let own = self.link.as_ref().and_then(|l| l.own.as_ref());
+                if let Some(own) = own {
+                    let pc = own.handle();
+                    self.effects.push(Effect::AcceptAnswer {
+                        pc,
+                        sdp: answer.sdp,
+                    });
                 } else {
                     self.out.push(ToPage::Answer {
                         generation,
@@ -594,8 +543,6 @@ impl Driver {
                 PeerEvent::Welcomed(welcome) => {
                     self.phase = Phase::Connected;
                     self.backoff.reset();
-                    self.failing = false;
-                    self.ever_connected = true;
                     self.last_heard_ms = now_ms();
                     let peer_id = Id::from_slice(&welcome.peer_id).unwrap_or_default();
                     let peers = welcome
@@ -715,9 +662,8 @@ impl Driver {
     fn attempt_failed(&mut self, reason: String, retry_after: Option<Duration>) {
         self.end_link();
         if let Some(resource) = self.resource.take() {
-            self.effects.push(Effect::Delete { resource });
+            self.delete(Some(resource), false);
         }
-        self.failing = true;
         let mut delay = self.backoff.next_delay(js_sys::Math::random());
         if let Some(asked) = retry_after {
             delay = delay.max(asked.min(MAX_RETRY_AFTER));
@@ -787,9 +733,8 @@ impl Driver {
             self.end_link();
         }
         self.phase = Phase::Closed;
-        self.effects.push(Effect::Finish {
-            resource: self.resource.take(),
-        });
+        let resource = self.resource.take();
+        self.delete(resource, true);
         for (_, id) in self.requests.drain() {
             self.out.push(ToPage::SendFailed {
                 id,
@@ -801,8 +746,25 @@ impl Driver {
         }
     }
 
+    fn post_offer(&mut self, generation: u32, sdp: String) {
+        let config = self.config.clone();
+        self.effects.push(Effect::PostOffer {
+            generation,
+            config,
+            sdp,
+        });
+    }
+
+    fn delete(&mut self, resource: Option<String>, closing: bool) {
+        let token = self.config.token.clone();
+        self.effects.push(Effect::Delete {
+            resource,
+            token,
+            closing,
+        });
+    }
+
     fn set_state(&mut self, state: ConnectionState, detail: String) {
-        self.state = state;
         self.out.push(ToPage::State { state, detail });
     }
 
