@@ -5,13 +5,15 @@ use std::time::Duration;
 
 use deltamesh_proto::Id;
 use deltamesh_registry::{PlacementError, RelayLoad, place};
-use deltamesh_relay::{MemberState, RelayError, RelayHandle};
+use deltamesh_relay::{MemberState, PeerAccess, RelayError, RelayHandle};
 use deltamesh_signal::{ConnectRequest, Connected, Network, NetworkError, PeerInfo, PeerState};
 
 /// How long a relay may take to answer an offer.
 const OFFER_TIMEOUT: Duration = Duration::from_secs(5);
 /// What a full relay asks clients to wait.
 const FULL_RETRY_AFTER: Duration = Duration::from_secs(2);
+/// What a relay busy setting up connections asks clients to wait.
+const PENDING_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Signal's view of relays running in this process.
 pub struct EmbeddedNetwork {
@@ -28,11 +30,22 @@ impl EmbeddedNetwork {
         self.relays.iter().find(|r| r.id() == id)
     }
 
-    fn hosting(&self, session: &str, peer: Id) -> Result<&RelayHandle, NetworkError> {
-        self.relays
+    /// The relay hosting `peer`, once it is known to belong to `identity`.
+    fn hosting(
+        &self,
+        session: &str,
+        peer: Id,
+        identity: &str,
+    ) -> Result<&RelayHandle, NetworkError> {
+        let relay = self
+            .relays
             .iter()
             .find(|r| r.members(session).iter().any(|m| m.peer_id == peer))
-            .ok_or(NetworkError::UnknownPeer)
+            .ok_or(NetworkError::UnknownPeer)?;
+        relay
+            .check_owner(session, peer, identity)
+            .map_err(network_error)?;
+        Ok(relay)
     }
 }
 
@@ -42,9 +55,19 @@ fn network_error(error: RelayError) -> NetworkError {
             NetworkError::BadOffer(detail)
         }
         RelayError::Full => NetworkError::NoCapacity {
+            reason: "the relay is full".into(),
+            retry_after: FULL_RETRY_AFTER,
+        },
+        RelayError::TooManyPending => NetworkError::NoCapacity {
+            reason: "too many connections are being set up".into(),
+            retry_after: PENDING_RETRY_AFTER,
+        },
+        RelayError::SessionFull { limit } => NetworkError::SessionFull {
+            limit,
             retry_after: FULL_RETRY_AFTER,
         },
         RelayError::UnknownPeer => NetworkError::UnknownPeer,
+        RelayError::NotOwner => NetworkError::NotOwner,
         RelayError::EtagMismatch => NetworkError::EtagMismatch,
         RelayError::ShuttingDown => NetworkError::Unavailable("relay is shutting down".into()),
     }
@@ -66,6 +89,7 @@ impl Network for EmbeddedNetwork {
         let relay_id =
             place(&loads, |n| fastrand::usize(..n)).map_err(|PlacementError::NoCapacity| {
                 NetworkError::NoCapacity {
+                    reason: "every relay is full or draining".into(),
                     retry_after: FULL_RETRY_AFTER,
                 }
             })?;
@@ -74,7 +98,14 @@ impl Network for EmbeddedNetwork {
             .ok_or_else(|| NetworkError::Unavailable("placed on an unknown relay".into()))?;
         let answer = tokio::time::timeout(
             OFFER_TIMEOUT,
-            relay.offer(&request.session, &request.offer_sdp),
+            relay.offer(
+                &request.session,
+                &request.offer_sdp,
+                PeerAccess {
+                    identity: request.identity.into(),
+                    grants: request.grants,
+                },
+            ),
         )
         .await
         .map_err(|_| NetworkError::Timeout("the relay's answer"))?
@@ -91,6 +122,7 @@ impl Network for EmbeddedNetwork {
         &self,
         session: &str,
         peer: Id,
+        identity: &str,
         if_match: Option<&str>,
         candidates: Vec<String>,
     ) -> Result<(), NetworkError> {
@@ -99,14 +131,19 @@ impl Network for EmbeddedNetwork {
                 "ICE restart; reconnect with a new offer",
             ));
         }
-        self.hosting(session, peer)?
+        self.hosting(session, peer, identity)?
             .trickle(session, peer, if_match, &candidates)
             .await
             .map_err(network_error)
     }
 
-    async fn disconnect(&self, session: &str, peer: Id) -> Result<(), NetworkError> {
-        self.hosting(session, peer)?
+    async fn disconnect(
+        &self,
+        session: &str,
+        peer: Id,
+        identity: &str,
+    ) -> Result<(), NetworkError> {
+        self.hosting(session, peer, identity)?
             .disconnect(session, peer, "deleted by client")
             .await
             .map_err(network_error)
@@ -120,6 +157,7 @@ impl Network for EmbeddedNetwork {
                 relay.members(session).into_iter().map(|m| PeerInfo {
                     peer_id: m.peer_id,
                     relay_id: relay.id(),
+                    identity: m.identity.to_string(),
                     state: match m.state {
                         MemberState::Connecting => PeerState::Connecting,
                         MemberState::Connected => PeerState::Connected,

@@ -6,6 +6,7 @@
 //!   frame (PROTOCOL §4).
 //! - [`command`] and [`pb`]: the protobuf messages of the `command` channel.
 //! - [`channel`]: the three pre-negotiated data channels.
+//! - [`grants`]: what a peer connection may do.
 //! - [`id`] and [`session`]: peer, relay and document ids; session names.
 //!
 //! This crate knows nothing of sockets, runtimes or WebRTC stacks, so the
@@ -14,6 +15,7 @@
 pub mod channel;
 pub mod command;
 pub mod frame;
+pub mod grants;
 pub mod id;
 pub mod security;
 pub mod session;
@@ -25,5 +27,6 @@ pub mod pb {
 }
 
 pub use frame::{DeltaFrame, FrameError, FrameHeader};
+pub use grants::Grants;
 pub use id::Id;
 pub use security::{RelayedFrame, SecurityFields, SecurityFlags};

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use deltamesh_proto::Id;
 
+use crate::rate::Rate;
+
 /// Everything a relay instance is told at start.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -21,6 +23,23 @@ pub struct RelayConfig {
     pub shards: usize,
     /// Peers this relay takes before answering offers with "no capacity".
     pub max_peers: usize,
+    /// Peers one session may have on this relay.
+    pub max_peers_per_session: usize,
+    /// Peers offered but not yet connected (ICE, DTLS, SCTP under way) this
+    /// relay takes at once; more offers are answered "no capacity". Each is
+    /// reaped after `connect_timeout`.
+    pub max_pending: usize,
+    /// Deltas per second one peer may send; excess gets `Reject{rate}`.
+    pub delta_rate: Rate,
+    /// Bytes of deltas per second one peer may send; excess gets `Reject{rate}`.
+    pub byte_rate: Rate,
+    /// Command messages per second one peer may send; excess is dropped.
+    pub command_rate: Rate,
+    /// Messages over a rate one peer may send within `abuse_window` before
+    /// it is disconnected.
+    pub max_rate_violations: u32,
+    /// The window `max_rate_violations` is counted over.
+    pub abuse_window: Duration,
     /// Largest delta frame accepted on `send`, header included.
     pub max_frame_size: usize,
     /// Bytes the relay keeps in flight to one peer at most. str0m's SCTP
@@ -55,6 +74,22 @@ impl Default for RelayConfig {
             udp_port: 0,
             shards: 1,
             max_peers: 10_000,
+            max_peers_per_session: 1_000,
+            max_pending: 256,
+            delta_rate: Rate {
+                per_second: 2_000,
+                burst: 10_000,
+            },
+            byte_rate: Rate {
+                per_second: 4 << 20,
+                burst: 16 << 20,
+            },
+            command_rate: Rate {
+                per_second: 50,
+                burst: 200,
+            },
+            max_rate_violations: 1_000,
+            abuse_window: Duration::from_secs(10),
             max_frame_size: 64 * 1024,
             send_window: 16 * 1024,
             slow_consumer_warn: 4_096,

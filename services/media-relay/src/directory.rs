@@ -8,8 +8,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use deltamesh_proto::Id;
+use deltamesh_proto::{Grants, Id};
 
+use crate::relay::RelayError;
 use crate::wake::{News, ShardWake, Watchers};
 
 /// How far a peer's connection has come.
@@ -35,8 +36,24 @@ pub struct Member {
     pub joined_at: SystemTime,
     /// Which shard of this relay hosts it.
     pub shard: usize,
-    /// The relay-side ICE ufrag (the HTTP resource's ETag).
+    /// The relay-side ICE ufrag (the HTTP resource's ETag); empty until
+    /// the offer is accepted.
     pub ice_ufrag: String,
+    /// Its identity: the subject of its token.
+    pub identity: Arc<str>,
+    /// What it may do.
+    pub grants: Grants,
+}
+
+/// The admission limits [`Directory::admit`] enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Peers on the relay.
+    pub max_peers: usize,
+    /// Peers of one session on the relay.
+    pub max_per_session: usize,
+    /// Peers still connecting on the relay.
+    pub max_pending: usize,
 }
 
 #[derive(Default)]
@@ -45,32 +62,88 @@ struct SessionMembers {
     watchers: Watchers,
 }
 
+#[derive(Default)]
+struct Sessions {
+    by_name: HashMap<Arc<str>, SessionMembers>,
+    /// Members of every session.
+    total: usize,
+    /// Members still [`MemberState::Connecting`].
+    pending: usize,
+}
+
 /// Membership of every session with peers on this relay.
 #[derive(Default)]
 pub struct Directory {
-    sessions: Mutex<HashMap<Arc<str>, SessionMembers>>,
+    sessions: Mutex<Sessions>,
 }
 
 impl Directory {
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, SessionMembers>> {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a connecting peer hosted by `wake`'s shard.
-    pub fn insert(&self, session: &Arc<str>, member: Member, wake: &Arc<ShardWake>) {
+    /// Adds a connecting peer hosted by `wake`'s shard if the relay, the
+    /// session and the relay's connecting peers are all under their limits;
+    /// checked and counted under one lock, so concurrent offers cannot
+    /// overshoot.
+    pub fn admit(
+        &self,
+        session: &Arc<str>,
+        member: Member,
+        wake: &Arc<ShardWake>,
+        limits: Limits,
+    ) -> Result<(), RelayError> {
         let mut sessions = self.sessions();
-        let entry = sessions.entry(Arc::clone(session)).or_default();
+        if sessions.total >= limits.max_peers {
+            return Err(RelayError::Full);
+        }
+        if sessions.pending >= limits.max_pending {
+            return Err(RelayError::TooManyPending);
+        }
+        let in_session = sessions.by_name.get(session).map_or(0, |s| s.members.len());
+        if in_session >= limits.max_per_session {
+            return Err(RelayError::SessionFull {
+                limit: limits.max_per_session,
+            });
+        }
+        sessions.total += 1;
+        sessions.pending += 1;
+        let entry = sessions.by_name.entry(Arc::clone(session)).or_default();
         entry.watchers.add(wake);
         entry.members.insert(member.peer_id, member);
+        Ok(())
+    }
+
+    /// Records the ICE ufrag of a peer whose offer was accepted.
+    pub fn set_ice_ufrag(&self, session: &str, peer: Id, ice_ufrag: &str) {
+        if let Some(member) = self
+            .sessions()
+            .by_name
+            .get_mut(session)
+            .and_then(|entry| entry.members.get_mut(&peer))
+        {
+            member.ice_ufrag = ice_ufrag.to_owned();
+        }
+    }
+
+    /// Peers on the relay, and how many of them are still connecting.
+    pub fn counts(&self) -> (usize, usize) {
+        let sessions = self.sessions();
+        (sessions.total, sessions.pending)
     }
 
     /// Marks a peer connected and wakes the session's shards.
     pub fn set_connected(&self, session: &Arc<str>, peer: Id) {
         let mut sessions = self.sessions();
-        if let Some(entry) = sessions.get_mut(session)
+        let Sessions {
+            by_name, pending, ..
+        } = &mut *sessions;
+        if let Some(entry) = by_name.get_mut(session)
             && let Some(member) = entry.members.get_mut(&peer)
+            && member.state == MemberState::Connecting
         {
             member.state = MemberState::Connected;
+            *pending -= 1;
             entry.watchers.wake_all(session, News::MEMBERS);
         }
     }
@@ -78,16 +151,20 @@ impl Directory {
     /// Removes a peer and wakes the session's remaining shards.
     pub fn remove(&self, session: &Arc<str>, peer: Id, wake: &Arc<ShardWake>) {
         let mut sessions = self.sessions();
-        let Some(entry) = sessions.get_mut(session) else {
+        let Some(entry) = sessions.by_name.get_mut(session) else {
             return;
         };
-        if entry.members.remove(&peer).is_none() {
+        let Some(member) = entry.members.remove(&peer) else {
             return;
-        }
+        };
         entry.watchers.remove(wake);
         entry.watchers.wake_all(session, News::MEMBERS);
         if entry.members.is_empty() {
-            sessions.remove(session);
+            sessions.by_name.remove(session);
+        }
+        sessions.total -= 1;
+        if member.state == MemberState::Connecting {
+            sessions.pending -= 1;
         }
     }
 
@@ -95,6 +172,7 @@ impl Directory {
     pub fn set_origin(&self, session: &str, peer: Id, origin: Id) {
         if let Some(member) = self
             .sessions()
+            .by_name
             .get_mut(session)
             .and_then(|entry| entry.members.get_mut(&peer))
         {
@@ -105,6 +183,7 @@ impl Directory {
     /// The member currently sending as `origin`.
     pub fn holder_of(&self, session: &str, origin: Id) -> Option<Member> {
         self.sessions()
+            .by_name
             .get(session)?
             .members
             .values()
@@ -114,12 +193,18 @@ impl Directory {
 
     /// One member of a session.
     pub fn member(&self, session: &str, peer: Id) -> Option<Member> {
-        self.sessions().get(session)?.members.get(&peer).cloned()
+        self.sessions()
+            .by_name
+            .get(session)?
+            .members
+            .get(&peer)
+            .cloned()
     }
 
     /// Every member of a session.
     pub fn members(&self, session: &str) -> Vec<Member> {
         self.sessions()
+            .by_name
             .get(session)
             .map(|entry| entry.members.values().cloned().collect())
             .unwrap_or_default()
@@ -128,7 +213,7 @@ impl Directory {
     /// Fills `out` with the connected members of a session.
     pub fn connected(&self, session: &str, out: &mut HashSet<Id>) {
         out.clear();
-        if let Some(entry) = self.sessions().get(session) {
+        if let Some(entry) = self.sessions().by_name.get(session) {
             out.extend(
                 entry
                     .members

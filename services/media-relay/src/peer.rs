@@ -17,11 +17,13 @@ use deltamesh_proto::command;
 use deltamesh_proto::frame::FRAME_HEADER_LEN;
 use deltamesh_proto::pb::{self, command::Body};
 use deltamesh_proto::security::SECURITY_HEADER_LEN;
-use deltamesh_proto::{DeltaFrame, Id};
+use deltamesh_proto::{DeltaFrame, Grants, Id};
 use str0m::channel::ChannelId;
 use str0m::{Event, IceConnectionState, Rtc};
 
+use crate::config::RelayConfig;
 use crate::log::{Acceptance, Appended, LogError};
+use crate::rate::{self, TokenBucket};
 use crate::relay::Shared;
 use crate::store::StoredDelta;
 
@@ -56,6 +58,14 @@ pub struct Peer {
     pub closing: Option<CloseReason>,
     /// The id deltas are stamped with (an earlier connection's when resumed).
     origin: Id,
+    /// What this connection may do.
+    grants: Grants,
+    delta_budget: Option<TokenBucket>,
+    byte_budget: Option<TokenBucket>,
+    command_budget: Option<TokenBucket>,
+    /// Messages over a rate since `violations_since`.
+    violations: u32,
+    violations_since: Instant,
     channels: [Option<ChannelId>; 3],
     open: [bool; 3],
     welcomed: bool,
@@ -79,11 +89,13 @@ impl Peer {
     pub fn new(
         id: Id,
         session: Arc<str>,
-        rtc: Rtc,
-        ice_ufrag: String,
+        grants: Grants,
+        mut rtc: Rtc,
         channels: [ChannelId; 3],
+        config: &RelayConfig,
         now: Instant,
     ) -> Self {
+        let ice_ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         Peer {
             id,
             session,
@@ -95,6 +107,12 @@ impl Peer {
             last_progress: now,
             closing: None,
             origin: id,
+            grants,
+            delta_budget: TokenBucket::new(config.delta_rate, now),
+            byte_budget: TokenBucket::new(config.byte_rate, now),
+            command_budget: TokenBucket::new(config.command_rate, now),
+            violations: 0,
+            violations_since: now,
             channels: channels.map(Some),
             open: [false; 3],
             welcomed: false,
@@ -126,8 +144,8 @@ impl Peer {
         }
     }
 
-    /// Handles one str0m event.
-    pub fn on_event(&mut self, event: Event, shared: &Shared) {
+    /// Handles one str0m event that came out at `now`.
+    pub fn on_event(&mut self, event: Event, shared: &Shared, now: Instant) {
         match event {
             Event::ChannelOpen(id, _label) => {
                 if let Some(channel) = self.channel_of(id) {
@@ -142,8 +160,15 @@ impl Peer {
                 }
             }
             Event::ChannelData(data) => match self.channel_of(data.id) {
-                Some(Channel::Command) => self.on_command(&data.data, shared),
-                Some(Channel::Send) => self.on_delta(&data.data, shared),
+                Some(Channel::Command) => {
+                    if rate::take(&mut self.command_budget, 1, now) {
+                        self.on_command(&data.data, shared);
+                    } else {
+                        shared.metrics.limit_hit("command_rate");
+                        self.violated_rate(shared, now);
+                    }
+                }
+                Some(Channel::Send) => self.on_delta(&data.data, shared, now),
                 Some(Channel::Receive) | None => self.send_command(
                     Body::Error(pb::Error {
                         code: pb::ErrorCode::WrongChannel.into(),
@@ -291,10 +316,41 @@ impl Peer {
         self.flush(shared);
     }
 
-    fn on_delta(&mut self, bytes: &[u8], shared: &Shared) {
+    fn on_delta(&mut self, bytes: &[u8], shared: &Shared, now: Instant) {
         let peeked = DeltaFrame::peek_client_seq(bytes);
         let client_seq = peeked.unwrap_or(0);
+        // Every message counts against the rates, garbage included; the
+        // rates are checked first so a flood costs no parsing.
+        let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+        let over = if !rate::take(&mut self.delta_budget, 1, now) {
+            Some(("delta_rate", "deltas per second"))
+        } else if !rate::take(&mut self.byte_budget, size, now) {
+            Some(("byte_rate", "bytes per second"))
+        } else {
+            None
+        };
+        if let Some((limit, what)) = over {
+            shared.metrics.limit_hit(limit);
+            self.advance_client_seq(peeked);
+            self.reject(
+                client_seq,
+                pb::RejectReason::Rate,
+                format!("over this connection's limit of {what}; resend it later"),
+                shared,
+            );
+            return self.violated_rate(shared, now);
+        }
+        if !self.grants.publish {
+            self.advance_client_seq(peeked);
+            return self.reject(
+                client_seq,
+                pb::RejectReason::NotPermitted,
+                "this connection's token does not grant publish".into(),
+                shared,
+            );
+        }
         if bytes.len() > shared.config.max_frame_size {
+            shared.metrics.limit_hit("frame_size");
             self.advance_client_seq(peeked);
             return self.reject(
                 client_seq,
@@ -345,6 +401,26 @@ impl Peer {
                 error.to_string(),
                 shared,
             ),
+        }
+    }
+
+    /// Counts a message over a rate; too many within the abuse window
+    /// disconnect the peer.
+    fn violated_rate(&mut self, shared: &Shared, now: Instant) {
+        let config = &shared.config;
+        if now.duration_since(self.violations_since) > config.abuse_window {
+            self.violations = 0;
+            self.violations_since = now;
+        }
+        self.violations += 1;
+        if self.violations > config.max_rate_violations && self.closing.is_none() {
+            shared.metrics.limit_hit("abuse");
+            let detail = format!(
+                "more than {} messages over its rate limits within {:?}",
+                config.max_rate_violations, config.abuse_window
+            );
+            tracing::warn!(peer = %self.id, session = %self.session, "{detail}; disconnecting");
+            self.fail(pb::ErrorCode::RateLimited, detail);
         }
     }
 
@@ -450,6 +526,11 @@ impl Peer {
 
     fn deliver(&mut self, shared: &Shared) {
         let head = shared.log.head(&self.session);
+        if !self.grants.subscribe {
+            // Nothing to deliver: the peer is never behind.
+            self.cursor = head + 1;
+            return;
+        }
         let lag = head.saturating_sub(self.cursor.saturating_sub(1));
         self.best_lag = self.best_lag.min(lag);
         // How far the peer has fallen behind its best since it joined.
@@ -537,7 +618,7 @@ impl Peer {
     /// Disconnects the peer if it has had deltas waiting and taken none for
     /// the stall timeout.
     pub fn check_progress(&mut self, now: Instant, shared: &Shared) {
-        if !self.welcomed || self.closing.is_some() {
+        if !self.welcomed || self.closing.is_some() || !self.grants.subscribe {
             return;
         }
         if self.cursor > shared.log.head(&self.session) {

@@ -7,8 +7,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use deltamesh_proto::Id;
+use deltamesh_proto::{Grants, Id};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use str0m::Candidate;
@@ -56,9 +58,20 @@ impl Shared {
     }
 }
 
+/// Labels of `relay_limit_hits_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// Which limit: `relay_full`, `session_full`, `pending`, `delta_rate`,
+    /// `byte_rate`, `command_rate`, `frame_size`, `abuse`.
+    pub limit: &'static str,
+}
+
 /// The relay's Prometheus metrics.
 #[derive(Clone, Default)]
 pub struct RelayMetrics {
+    /// Offers, deltas and commands refused by a configured limit, and peers
+    /// disconnected for abuse.
+    pub limit_hits: Family<LimitLabels, Counter>,
     /// Deltas accepted from peers.
     pub deltas_in: Counter,
     /// Deltas written to peers' `receive` channels.
@@ -97,11 +110,21 @@ impl RelayMetrics {
             metrics.peers.clone(),
         );
         relay.register(
+            "limit_hits",
+            "Offers, deltas and commands refused by a limit, and peers disconnected for abuse, by limit",
+            metrics.limit_hits.clone(),
+        );
+        relay.register(
             "peers_closed",
             "Peer connections that ended",
             metrics.peers_closed.clone(),
         );
         metrics
+    }
+
+    /// Counts one hit of `limit`.
+    pub fn limit_hit(&self, limit: &'static str) {
+        self.limit_hits.get_or_create(&LimitLabels { limit }).inc();
     }
 }
 
@@ -114,9 +137,21 @@ pub enum RelayError {
     /// The relay is at `max_peers`.
     #[error("relay is full")]
     Full,
+    /// The session is at `max_peers_per_session` on this relay.
+    #[error("the session is full ({limit} peers)")]
+    SessionFull {
+        /// The limit.
+        limit: usize,
+    },
+    /// The relay has `max_pending` connections still being set up.
+    #[error("too many connections are being set up; retry shortly")]
+    TooManyPending,
     /// No such peer in that session.
     #[error("unknown peer")]
     UnknownPeer,
+    /// The peer connection belongs to another identity.
+    #[error("the peer belongs to another identity")]
+    NotOwner,
     /// The client's ETag is not the peer's current ICE ufrag.
     #[error("ETag does not match the current ICE session")]
     EtagMismatch,
@@ -126,6 +161,15 @@ pub enum RelayError {
     /// The relay is shutting down.
     #[error("relay is shutting down")]
     ShuttingDown,
+}
+
+/// Who is connecting, and what the connection may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAccess {
+    /// The peer's identity: its token's subject.
+    pub identity: Arc<str>,
+    /// Its grants.
+    pub grants: Grants,
 }
 
 /// The answer to an accepted offer.
@@ -246,13 +290,15 @@ impl RelayHandle {
         self.shared.config.max_peers
     }
 
-    /// Accepts an SDP offer for `session` and answers it.
-    pub async fn offer(&self, session: &str, offer_sdp: &str) -> Result<OfferAnswer, RelayError> {
+    /// Accepts an SDP offer for a peer of `session` and answers it.
+    pub async fn offer(
+        &self,
+        session: &str,
+        offer_sdp: &str,
+        access: PeerAccess,
+    ) -> Result<OfferAnswer, RelayError> {
         let offer = SdpOffer::from_sdp_string(offer_sdp)
             .map_err(|e| RelayError::BadOffer(format!("malformed SDP offer: {e}")))?;
-        if self.peer_count() >= self.shared.config.max_peers {
-            return Err(RelayError::Full);
-        }
         let shard = self
             .shards
             .iter()
@@ -265,6 +311,7 @@ impl RelayHandle {
             .send(ShardCommand::Offer {
                 peer_id,
                 session: session.into(),
+                access,
                 offer: Box::new(offer),
                 reply,
             })
@@ -320,6 +367,15 @@ impl RelayHandle {
     /// The peers of `session` on this relay.
     pub fn members(&self, session: &str) -> Vec<Member> {
         self.shared.directory.members(session)
+    }
+
+    /// `Ok` when `peer` of `session` is here and belongs to `identity`:
+    /// what a client must show before it may trickle to or close a peer.
+    pub fn check_owner(&self, session: &str, peer: Id, identity: &str) -> Result<(), RelayError> {
+        if *self.member(session, peer)?.identity != *identity {
+            return Err(RelayError::NotOwner);
+        }
+        Ok(())
     }
 
     fn member(&self, session: &str, peer: Id) -> Result<Member, RelayError> {

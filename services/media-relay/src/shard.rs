@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use deltamesh_proto::Id;
 use deltamesh_proto::channel::Channel;
+use deltamesh_proto::{Grants, Id};
 use str0m::change::SdpOffer;
 use str0m::channel::ChannelConfig;
 use str0m::net::{Protocol, Receive};
@@ -21,9 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{SCTP_MAX_MESSAGE_SIZE, SCTP_SEND_BUFFER};
 use crate::demux::{Demux, Route};
-use crate::directory::Member;
+use crate::directory::{Limits, Member, MemberState};
 use crate::peer::Peer;
-use crate::relay::{OfferAnswer, RelayError, Shared};
+use crate::relay::{OfferAnswer, PeerAccess, RelayError, Shared};
 use crate::timers::Timers;
 use crate::wake::{News, ShardWake};
 
@@ -43,6 +43,8 @@ pub enum ShardCommand {
         peer_id: Id,
         /// Its session.
         session: Arc<str>,
+        /// Its identity and grants.
+        access: PeerAccess,
         /// The parsed offer.
         offer: Box<SdpOffer>,
         /// Where the answer goes.
@@ -191,10 +193,18 @@ impl Shard {
             ShardCommand::Offer {
                 peer_id,
                 session,
+                access,
                 offer,
                 reply,
             } => {
-                let _ = reply.send(self.accept_offer(peer_id, session, *offer));
+                let grants = access.grants;
+                let result = self.admit(peer_id, &session, access).and_then(|()| {
+                    self.accept_offer(peer_id, session.clone(), grants, *offer)
+                        .inspect_err(|_| {
+                            self.shared.directory.remove(&session, peer_id, &self.wake)
+                        })
+                });
+                let _ = reply.send(result);
             }
             ShardCommand::Trickle {
                 peer_id,
@@ -235,10 +245,47 @@ impl Shard {
         }
     }
 
+    /// Counts a new peer in the directory, if the relay's limits allow it.
+    fn admit(
+        &mut self,
+        peer_id: Id,
+        session: &Arc<str>,
+        access: PeerAccess,
+    ) -> Result<(), RelayError> {
+        let config = &self.shared.config;
+        let limits = Limits {
+            max_peers: config.max_peers,
+            max_per_session: config.max_peers_per_session,
+            max_pending: config.max_pending,
+        };
+        let member = Member {
+            peer_id,
+            origin: peer_id,
+            state: MemberState::Connecting,
+            joined_at: SystemTime::now(),
+            shard: self.index,
+            ice_ufrag: String::new(),
+            identity: access.identity,
+            grants: access.grants,
+        };
+        self.shared
+            .directory
+            .admit(session, member, &self.wake, limits)
+            .inspect_err(|error| {
+                self.shared.metrics.limit_hit(match error {
+                    RelayError::SessionFull { .. } => "session_full",
+                    RelayError::TooManyPending => "pending",
+                    _ => "relay_full",
+                })
+            })
+    }
+
+    /// Builds the admitted peer's `Rtc` and answers its offer.
     fn accept_offer(
         &mut self,
         peer_id: Id,
         session: Arc<str>,
+        grants: Grants,
         offer: SdpOffer,
     ) -> Result<OfferAnswer, RelayError> {
         let now = Instant::now();
@@ -263,25 +310,24 @@ impl Shard {
         let key = self.next_key;
         self.next_key += 1;
         self.demux.add_peer(key, &ice_ufrag);
-        self.shared.directory.insert(
-            &session,
-            Member {
-                peer_id,
-                origin: peer_id,
-                state: crate::directory::MemberState::Connecting,
-                joined_at: SystemTime::now(),
-                shard: self.index,
-                ice_ufrag: ice_ufrag.clone(),
-            },
-            &self.wake,
-        );
+        self.shared
+            .directory
+            .set_ice_ufrag(&session, peer_id, &ice_ufrag);
         self.shared.log.watch(&session, &self.wake);
         self.sessions
             .entry(Arc::clone(&session))
             .or_default()
             .push(key);
         self.by_id.insert(peer_id, key);
-        let peer = Peer::new(peer_id, session, rtc, ice_ufrag.clone(), channels, now);
+        let peer = Peer::new(
+            peer_id,
+            session,
+            grants,
+            rtc,
+            channels,
+            &self.shared.config,
+            now,
+        );
         self.peers.insert(key, peer);
         self.peer_count.fetch_add(1, Ordering::Relaxed);
         self.shared.metrics.peers.inc();
@@ -399,7 +445,7 @@ impl Shard {
                     &transmit.contents,
                     transmit.destination,
                 ),
-                Ok(Output::Event(event)) => peer.on_event(event, &self.shared),
+                Ok(Output::Event(event)) => peer.on_event(event, &self.shared, now),
                 Ok(Output::Timeout(_)) if peer.is_blocked() && !retried => {
                     // str0m applies acknowledgements while polling, so the
                     // window may have opened just now; the last ack would

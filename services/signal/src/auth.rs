@@ -1,12 +1,21 @@
-//! Who may use the `/v1` API. Today one fixed development token opens every
-//! session; signed tokens naming a session and its grants replace it later,
-//! behind the same [`Authenticator::check`].
+//! Who may use the `/v1` API: a signed token for one session (see
+//! [`token`](crate::token)), or in development mode a fixed token that opens
+//! every session with every grant.
+
+use std::sync::Arc;
 
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
+use deltamesh_proto::Grants;
 
-/// Why a request is not authorized (always a 401).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+use crate::token::{Access, TokenError, TokenVerifier};
+
+/// The identity every development-token connection has.
+pub const DEV_SUBJECT: &str = "dev";
+
+/// Why a request is not authorized: 401 for a missing or refused token,
+/// 403 for a good token used outside what it allows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum AuthError {
     /// No `Authorization` header.
     #[error("this request needs an `Authorization: Bearer <token>` header")]
@@ -15,24 +24,68 @@ pub(crate) enum AuthError {
     #[error("the Authorization header must be `Bearer <token>`")]
     Malformed,
     /// A bearer token that is not accepted.
-    #[error("the bearer token is not accepted")]
-    Rejected,
+    #[error("the bearer token is not accepted: {0}")]
+    Rejected(String),
+    /// The token is for another session: 403.
+    #[error("the token is for another session")]
+    WrongSession,
+}
+
+impl AuthError {
+    /// Whether the token was good but does not reach this resource (403).
+    pub(crate) fn is_forbidden(&self) -> bool {
+        matches!(self, AuthError::WrongSession)
+    }
+}
+
+impl From<TokenError> for AuthError {
+    fn from(error: TokenError) -> Self {
+        AuthError::Rejected(error.to_string())
+    }
+}
+
+/// What an accepted token lets a request do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Caller {
+    /// The peer identity the token names.
+    pub(crate) subject: String,
+    /// The one session it opens, `None` for every session (development).
+    pub(crate) session: Option<String>,
+    /// The connection's grants.
+    pub(crate) grants: Grants,
+    /// The raw token, the key of the per-token rate limit.
+    pub(crate) token: String,
+}
+
+impl Caller {
+    /// `Ok` when the caller may act in `session`.
+    pub(crate) fn may_enter(&self, session: &str) -> Result<(), AuthError> {
+        match &self.session {
+            Some(own) if own != session => Err(AuthError::WrongSession),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Checks the bearer token of a request.
 #[derive(Debug, Clone)]
 pub(crate) struct Authenticator {
     dev_token: String,
+    verifier: Arc<TokenVerifier>,
 }
 
 impl Authenticator {
-    /// Accepts exactly `dev_token` (an empty one accepts nothing).
-    pub(crate) fn new(dev_token: String) -> Self {
-        Authenticator { dev_token }
+    /// Accepts tokens `verifier` verifies, and exactly `dev_token` (an empty
+    /// one accepts nothing) for any session.
+    pub(crate) fn new(dev_token: String, verifier: Arc<TokenVerifier>) -> Self {
+        Authenticator {
+            dev_token,
+            verifier,
+        }
     }
 
-    /// `Ok` when `headers` carry an accepted bearer token.
-    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<(), AuthError> {
+    /// The caller named by the bearer token in `headers`.
+    pub(crate) fn check(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
         let value = headers.get(AUTHORIZATION).ok_or(AuthError::Missing)?;
         let value = value.to_str().map_err(|_| AuthError::Malformed)?;
         let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::Malformed)?;
@@ -40,10 +93,28 @@ impl Authenticator {
         if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
             return Err(AuthError::Malformed);
         }
-        if self.dev_token.is_empty() || !same_bytes(token.as_bytes(), self.dev_token.as_bytes()) {
-            return Err(AuthError::Rejected);
+        if !self.dev_token.is_empty() && same_bytes(token.as_bytes(), self.dev_token.as_bytes()) {
+            return Ok(Caller {
+                subject: DEV_SUBJECT.to_owned(),
+                session: None,
+                grants: Grants::ALL,
+                token: token.to_owned(),
+            });
         }
-        Ok(())
+        if self.verifier.is_empty() {
+            return Err(AuthError::Rejected("no such token".into()));
+        }
+        let Access {
+            subject,
+            session,
+            grants,
+        } = self.verifier.verify(token)?;
+        Ok(Caller {
+            subject,
+            session: Some(session),
+            grants,
+            token: token.to_owned(),
+        })
     }
 }
 
@@ -58,7 +129,7 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
-    fn check(auth: &Authenticator, value: Option<&str>) -> Result<(), AuthError> {
+    fn check(auth: &Authenticator, value: Option<&str>) -> Result<Caller, AuthError> {
         let mut headers = HeaderMap::new();
         if let Some(value) = value {
             headers.insert(AUTHORIZATION, HeaderValue::from_str(value).unwrap());
@@ -66,27 +137,53 @@ mod tests {
         auth.check(&headers)
     }
 
+    fn dev(token: &str) -> Authenticator {
+        Authenticator::new(token.into(), Arc::new(TokenVerifier::default()))
+    }
+
     #[test]
     fn only_the_dev_token_as_a_bearer_token_is_accepted() {
-        let auth = Authenticator::new("s3cret".into());
-        assert_eq!(check(&auth, Some("Bearer s3cret")), Ok(()));
-        assert_eq!(check(&auth, Some("bearer  s3cret ")), Ok(()));
+        let auth = dev("s3cret");
+        let caller = check(&auth, Some("Bearer s3cret")).unwrap();
+        assert_eq!(caller.grants, Grants::ALL);
+        assert_eq!(caller.may_enter("any-session"), Ok(()));
+        assert!(check(&auth, Some("bearer  s3cret ")).is_ok());
         assert_eq!(check(&auth, None), Err(AuthError::Missing));
         assert_eq!(
             check(&auth, Some("Basic s3cret")),
             Err(AuthError::Malformed)
         );
         assert_eq!(check(&auth, Some("Bearer")), Err(AuthError::Malformed));
-        assert_eq!(check(&auth, Some("Bearer s3cre")), Err(AuthError::Rejected));
-        assert_eq!(
+        assert!(matches!(
+            check(&auth, Some("Bearer s3cre")),
+            Err(AuthError::Rejected(_))
+        ));
+        assert!(matches!(
             check(&auth, Some("Bearer s3cret2")),
-            Err(AuthError::Rejected)
-        );
+            Err(AuthError::Rejected(_))
+        ));
     }
 
     #[test]
     fn an_empty_dev_token_accepts_nothing() {
-        let auth = Authenticator::new(String::new());
-        assert_eq!(check(&auth, Some("Bearer x")), Err(AuthError::Rejected));
+        let auth = dev("");
+        assert!(matches!(
+            check(&auth, Some("Bearer x")),
+            Err(AuthError::Rejected(_))
+        ));
+    }
+
+    #[test]
+    fn a_token_opens_its_own_session_only() {
+        let caller = Caller {
+            subject: "alice".into(),
+            session: Some("a".into()),
+            grants: Grants::default(),
+            token: "t".into(),
+        };
+        assert_eq!(caller.may_enter("a"), Ok(()));
+        assert_eq!(caller.may_enter("b"), Err(AuthError::WrongSession));
+        assert!(AuthError::WrongSession.is_forbidden());
+        assert!(!AuthError::Missing.is_forbidden());
     }
 }

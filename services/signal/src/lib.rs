@@ -6,21 +6,25 @@
 //! content type, body size, the shape of the SDP), hands the rest to a
 //! [`Network`] and turns the outcome into HTTP: a success, or an RFC 9457
 //! problem. Its seams are the [`Network`] trait (registry and relays, called
-//! in-process or over gRPC and NATS), the authenticator in `auth` (a fixed
-//! development token for now, signed tokens later) and the shared Prometheus
-//! registry it serves at `/metrics`.
+//! in-process or over gRPC and NATS), the authenticator in `auth` (signed
+//! [`token`]s, and a fixed development token), the rate limits in `limits`
+//! and the shared Prometheus registry it serves at `/metrics`.
 
 mod auth;
 mod config;
 mod etag;
 mod http;
 mod ids;
+mod limits;
 mod metrics;
 pub mod network;
 mod problem;
 mod sdp;
+pub mod token;
 
-pub use config::{BODY_LIMIT, SignalConfig};
+pub use auth::DEV_SUBJECT;
+pub use config::{BODY_LIMIT, DEFAULT_ADDRESS_RATE, DEFAULT_TOKEN_RATE, SignalConfig};
 pub use http::{router, serve};
+pub use limits::RateLimit;
 pub use metrics::SignalMetrics;
 pub use network::{ConnectRequest, Connected, Network, NetworkError, PeerInfo, PeerState};

@@ -31,12 +31,20 @@ struct ReasonLabels {
     reason: String,
 }
 
+/// Labels of `signal_rate_limited_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitLabels {
+    /// What was limited: `client address` or `token`.
+    limit: String,
+}
+
 /// Signal's counters. Clones share the same counters.
 #[derive(Debug, Clone)]
 pub struct SignalMetrics {
     http_requests: Family<RequestLabels, Counter>,
     offers_accepted: Counter,
     offers_failed: Family<ReasonLabels, Counter>,
+    rate_limited: Family<LimitLabels, Counter>,
 }
 
 impl SignalMetrics {
@@ -47,6 +55,7 @@ impl SignalMetrics {
             http_requests: Family::default(),
             offers_accepted: Counter::default(),
             offers_failed: Family::default(),
+            rate_limited: Family::default(),
         };
         let registry = registry.sub_registry_with_prefix("signal");
         registry.register(
@@ -64,7 +73,21 @@ impl SignalMetrics {
             "SDP offers refused or failed, by problem kind",
             metrics.offers_failed.clone(),
         );
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429, by the limit they hit",
+            metrics.rate_limited.clone(),
+        );
         metrics
+    }
+
+    /// Counts one request refused by the `limit` rate.
+    pub(crate) fn rate_limited(&self, limit: &'static str) {
+        self.rate_limited
+            .get_or_create(&LimitLabels {
+                limit: limit.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts one answered request.

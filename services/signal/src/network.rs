@@ -5,13 +5,17 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
-use deltamesh_proto::Id;
+use deltamesh_proto::{Grants, Id};
 
 /// A new peer connection asked for by an HTTP offer.
 #[derive(Debug, Clone)]
 pub struct ConnectRequest {
     /// The session, already checked against the id rules.
     pub session: String,
+    /// The peer's identity: its token's subject.
+    pub identity: String,
+    /// What the connection may do, from its token.
+    pub grants: Grants,
     /// The SDP offer text, already checked to carry an SCTP application m-line.
     pub offer_sdp: String,
     /// The W3C `traceparent` of the request, if any.
@@ -57,6 +61,8 @@ pub struct PeerInfo {
     pub peer_id: Id,
     /// The relay it is connected to.
     pub relay_id: Id,
+    /// Its identity: the subject of the token it connected with.
+    pub identity: String,
     /// Its connection state.
     pub state: PeerState,
     /// When its offer was accepted.
@@ -72,15 +78,29 @@ pub enum NetworkError {
     /// No such peer in that session: 404.
     #[error("unknown peer")]
     UnknownPeer,
+    /// The peer belongs to another identity: 403.
+    #[error("the peer belongs to another identity")]
+    NotOwner,
     /// `If-Match` does not name the peer's current ICE ufrag: 412.
     #[error("ETag does not match the current ICE session")]
     EtagMismatch,
     /// The operation is not supported: 501.
     #[error("not supported: {0}")]
     Unsupported(&'static str),
-    /// No relay has room (full or draining): 503 with `Retry-After`.
-    #[error("no relay has capacity")]
+    /// No relay has room (full, draining, or too many connections still
+    /// being set up): 503 with `Retry-After`.
+    #[error("no relay has capacity: {reason}")]
     NoCapacity {
+        /// Which limit was hit.
+        reason: String,
+        /// How long the client should wait.
+        retry_after: Duration,
+    },
+    /// The session has as many peers as it may: 503 with `Retry-After`.
+    #[error("the session is full ({limit} peers)")]
+    SessionFull {
+        /// The peers-per-session limit.
+        limit: usize,
         /// How long the client should wait.
         retry_after: Duration,
     },
@@ -100,21 +120,24 @@ pub trait Network: Send + Sync + 'static {
         request: ConnectRequest,
     ) -> impl Future<Output = Result<Connected, NetworkError>> + Send;
 
-    /// Adds trickled remote ICE candidates (`a=candidate:` lines) to a peer.
-    /// `if_match` is the ETag the client named, `None` when it named none.
+    /// Adds trickled remote ICE candidates (`a=candidate:` lines) to a peer
+    /// of `identity`. `if_match` is the ETag the client named, `None` when
+    /// it named none.
     fn trickle(
         &self,
         session: &str,
         peer: Id,
+        identity: &str,
         if_match: Option<&str>,
         candidates: Vec<String>,
     ) -> impl Future<Output = Result<(), NetworkError>> + Send;
 
-    /// Closes a peer connection.
+    /// Closes a peer connection of `identity`.
     fn disconnect(
         &self,
         session: &str,
         peer: Id,
+        identity: &str,
     ) -> impl Future<Output = Result<(), NetworkError>> + Send;
 
     /// Lists the peers of a session.

@@ -21,9 +21,18 @@ const PROBLEM_JSON: &str = "application/problem+json";
 /// A request signal refuses or could not serve.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ApiError {
-    /// No accepted bearer token: 401.
+    /// No accepted bearer token (401), or one that does not reach this
+    /// resource (403).
     #[error(transparent)]
     Unauthorized(#[from] AuthError),
+    /// Over a request rate limit: 429 with `Retry-After`.
+    #[error("too many requests from this {scope}; retry in {retry_after:?}")]
+    RateLimited {
+        /// What is limited: `client address` or `token`.
+        scope: &'static str,
+        /// When the next request would be allowed.
+        retry_after: Duration,
+    },
     /// A session or peer id in the path breaks its rules: 400.
     #[error("{0}")]
     InvalidId(String),
@@ -72,7 +81,8 @@ impl ApiError {
     /// `fallback_retry`.
     pub(crate) fn network(error: NetworkError, fallback_retry: Duration) -> Self {
         let retry_after = match &error {
-            NetworkError::NoCapacity { retry_after } => Some(*retry_after),
+            NetworkError::NoCapacity { retry_after, .. }
+            | NetworkError::SessionFull { retry_after, .. } => Some(*retry_after),
             NetworkError::Unavailable(_) => Some(fallback_retry),
             _ => None,
         };
@@ -94,11 +104,17 @@ impl ApiError {
     fn describe(&self) -> (&'static str, StatusCode, &'static str) {
         use StatusCode as S;
         match self {
+            ApiError::Unauthorized(error) if error.is_forbidden() => {
+                ("forbidden", S::FORBIDDEN, "Token does not allow this")
+            }
             ApiError::Unauthorized(_) => (
                 "unauthorized",
                 S::UNAUTHORIZED,
                 "Missing or rejected bearer token",
             ),
+            ApiError::RateLimited { .. } => {
+                ("rate-limited", S::TOO_MANY_REQUESTS, "Too many requests")
+            }
             ApiError::InvalidId(_) => ("invalid-id", S::BAD_REQUEST, "Invalid session or peer id"),
             ApiError::UnsupportedMediaType(_) => (
                 "unsupported-media-type",
@@ -125,6 +141,10 @@ impl ApiError {
             ApiError::Network { error, .. } => match error {
                 NetworkError::BadOffer(_) => ("offer-refused", S::BAD_REQUEST, "Offer refused"),
                 NetworkError::UnknownPeer => ("unknown-peer", S::NOT_FOUND, "Unknown peer"),
+                NetworkError::NotOwner => ("forbidden", S::FORBIDDEN, "Token does not allow this"),
+                NetworkError::SessionFull { .. } => {
+                    ("session-full", S::SERVICE_UNAVAILABLE, "Session is full")
+                }
                 NetworkError::EtagMismatch => (
                     "etag-mismatch",
                     S::PRECONDITION_FAILED,
@@ -182,15 +202,21 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (status, [(CONTENT_TYPE, PROBLEM_JSON)], body).into_response();
         let headers = response.headers_mut();
-        if let ApiError::Network {
-            retry_after: Some(delay),
-            ..
-        } = self
-        {
+        let retry_after = match self {
+            ApiError::Network { retry_after, .. } => retry_after,
+            ApiError::RateLimited { retry_after, .. } => Some(retry_after),
+            _ => None,
+        };
+        if let Some(delay) = retry_after {
             headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(delay)));
         }
         if status == StatusCode::UNAUTHORIZED {
-            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            // RFC 6750 §3: no error code when the request carried no token.
+            let challenge = match self {
+                ApiError::Unauthorized(AuthError::Missing) => "Bearer",
+                _ => "Bearer error=\"invalid_token\"",
+            };
+            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
         response
     }

@@ -4,9 +4,9 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, UNIX_EPOCH};
 
-use deltamesh_proto::Id;
+use deltamesh_proto::{Grants, Id};
 use deltamesh_signal::{
-    BODY_LIMIT, ConnectRequest, Connected, Network, NetworkError, PeerInfo, PeerState,
+    BODY_LIMIT, ConnectRequest, Connected, DEV_SUBJECT, Network, NetworkError, PeerInfo, PeerState,
     SignalConfig, SignalMetrics, router, serve,
 };
 use prometheus_client::registry::Registry;
@@ -41,18 +41,22 @@ const ANSWER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
 enum Call {
     Connect {
         session: String,
+        identity: String,
+        grants: Grants,
         offer_sdp: String,
         traceparent: Option<String>,
     },
     Trickle {
         session: String,
         peer: Id,
+        identity: String,
         if_match: Option<String>,
         candidates: Vec<String>,
     },
     Disconnect {
         session: String,
         peer: Id,
+        identity: String,
     },
     Peers {
         session: String,
@@ -109,6 +113,8 @@ impl Network for FakeNetwork {
     async fn connect(&self, request: ConnectRequest) -> Result<Connected, NetworkError> {
         let mut state = self.record(Call::Connect {
             session: request.session.clone(),
+            identity: request.identity.clone(),
+            grants: request.grants,
             offer_sdp: request.offer_sdp,
             traceparent: request.traceparent,
         })?;
@@ -119,6 +125,7 @@ impl Network for FakeNetwork {
         let info = PeerInfo {
             peer_id,
             relay_id: RELAY,
+            identity: request.identity,
             state: PeerState::Connecting,
             joined_at,
         };
@@ -135,20 +142,25 @@ impl Network for FakeNetwork {
         &self,
         session: &str,
         peer: Id,
+        identity: &str,
         if_match: Option<&str>,
         candidates: Vec<String>,
     ) -> Result<(), NetworkError> {
         let state = self.record(Call::Trickle {
             session: session.to_owned(),
             peer,
+            identity: identity.to_owned(),
             if_match: if_match.map(str::to_owned),
             candidates,
         })?;
-        let (_, _, ufrag) = state
+        let (_, info, ufrag) = state
             .peers
             .iter()
             .find(|(s, info, _)| s == session && info.peer_id == peer)
             .ok_or(NetworkError::UnknownPeer)?;
+        if info.identity != identity {
+            return Err(NetworkError::NotOwner);
+        }
         match if_match {
             Some("*") => Err(NetworkError::Unsupported("ICE restart")),
             Some(tag) if tag == ufrag => Ok(()),
@@ -156,20 +168,27 @@ impl Network for FakeNetwork {
         }
     }
 
-    async fn disconnect(&self, session: &str, peer: Id) -> Result<(), NetworkError> {
+    async fn disconnect(
+        &self,
+        session: &str,
+        peer: Id,
+        identity: &str,
+    ) -> Result<(), NetworkError> {
         let mut state = self.record(Call::Disconnect {
             session: session.to_owned(),
             peer,
+            identity: identity.to_owned(),
         })?;
-        let before = state.peers.len();
-        state
+        let at = state
             .peers
-            .retain(|(s, info, _)| !(s == session && info.peer_id == peer));
-        if state.peers.len() == before {
-            Err(NetworkError::UnknownPeer)
-        } else {
-            Ok(())
+            .iter()
+            .position(|(s, info, _)| s == session && info.peer_id == peer)
+            .ok_or(NetworkError::UnknownPeer)?;
+        if state.peers[at].1.identity != identity {
+            return Err(NetworkError::NotOwner);
         }
+        state.peers.remove(at);
+        Ok(())
     }
 
     async fn peers(&self, session: &str) -> Result<Vec<PeerInfo>, NetworkError> {
@@ -356,6 +375,8 @@ async fn an_offer_is_answered_201_with_location_etag_and_the_sdp_answer() {
         signal.network.calls(),
         [Call::Connect {
             session: "doc-1".to_owned(),
+            identity: DEV_SUBJECT.to_owned(),
+            grants: Grants::ALL,
             offer_sdp: OFFER.to_owned(),
             traceparent: Some(traceparent.to_owned()),
         }]
@@ -599,7 +620,10 @@ async fn a_wrong_or_malformed_token_is_a_401() {
             .send()
             .await
             .unwrap();
-        assert_eq!(header(&response, "www-authenticate"), "Bearer");
+        assert_eq!(
+            header(&response, "www-authenticate"),
+            "Bearer error=\"invalid_token\""
+        );
         problem(response, StatusCode::UNAUTHORIZED).await;
     }
     assert!(signal.network.calls().is_empty());
@@ -642,6 +666,7 @@ async fn trickled_candidates_reach_the_network_and_answer_204() {
         Call::Trickle {
             session: SESSION.to_owned(),
             peer: Id([1; 16]),
+            identity: DEV_SUBJECT.to_owned(),
             if_match: Some("ufrag1".to_owned()),
             candidates: vec![
                 "a=candidate:1 1 UDP 2130706431 192.0.2.1 50000 typ host".to_owned(),
@@ -829,7 +854,8 @@ async fn deleting_a_peer_answers_204_and_a_second_delete_is_a_404() {
         signal.network.calls()[1],
         Call::Disconnect {
             session: SESSION.to_owned(),
-            peer: Id([1; 16])
+            peer: Id([1; 16]),
+            identity: DEV_SUBJECT.to_owned(),
         }
     );
 }
@@ -853,12 +879,14 @@ async fn the_peer_list_is_json_with_uuid_ids_state_and_rfc3339_join_times() {
             {
                 "peer_id": "01010101-0101-0101-0101-010101010101",
                 "relay_id": "eeeeeeee-eeee-eeee-eeee-eeeeeeeeeeee",
+                "identity": "dev",
                 "state": "connecting",
                 "joined_at": "2023-11-14T22:13:20.001Z",
             },
             {
                 "peer_id": "02020202-0202-0202-0202-020202020202",
                 "relay_id": "eeeeeeee-eeee-eeee-eeee-eeeeeeeeeeee",
+                "identity": "dev",
                 "state": "connecting",
                 "joined_at": "2023-11-14T22:13:20.002Z",
             },
@@ -878,6 +906,7 @@ async fn the_peer_list_is_json_with_uuid_ids_state_and_rfc3339_join_times() {
 async fn no_relay_capacity_is_a_503_with_retry_after_rounded_up() {
     let signal = Signal::start().await;
     signal.network.fail_with(NetworkError::NoCapacity {
+        reason: "every relay is full".to_owned(),
         retry_after: Duration::from_millis(2500),
     });
     let response = signal.post_offer(SESSION, OFFER).await;

@@ -10,10 +10,11 @@ mod ops;
 mod peers;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -21,8 +22,9 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tower_http::services::ServeDir;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Caller};
 use crate::config::{BODY_LIMIT, SignalConfig};
+use crate::limits::RateLimits;
 use crate::metrics::SignalMetrics;
 use crate::network::{Network, NetworkError};
 use crate::problem::ApiError;
@@ -31,6 +33,7 @@ use crate::problem::ApiError;
 struct App<N> {
     network: Arc<N>,
     auth: Authenticator,
+    limits: RateLimits,
     config: SignalConfig,
     metrics: SignalMetrics,
     registry: Arc<Registry>,
@@ -40,6 +43,27 @@ impl<N> App<N> {
     /// `error` as an HTTP problem, with the configured `Retry-After` fallback.
     fn network_error(&self, error: NetworkError) -> ApiError {
         ApiError::network(error, self.config.retry_after)
+    }
+
+    /// The caller of a `/v1` request: counted against its address's rate,
+    /// its token checked, then counted against the token's rate.
+    fn admit(&self, request: &Request) -> Result<Caller, ApiError> {
+        // Absent only when the router is driven without a socket (tests).
+        if let Some(ConnectInfo(client)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
+            self.limits
+                .check_address(client.ip())
+                .map_err(|retry_after| self.rate_limited("client address", retry_after))?;
+        }
+        let caller = self.auth.check(request.headers())?;
+        self.limits
+            .check_token(&caller.token)
+            .map_err(|retry_after| self.rate_limited("token", retry_after))?;
+        Ok(caller)
+    }
+
+    fn rate_limited(&self, scope: &'static str, retry_after: std::time::Duration) -> ApiError {
+        self.metrics.rate_limited(scope);
+        ApiError::RateLimited { scope, retry_after }
     }
 }
 
@@ -53,7 +77,8 @@ pub fn router<N: Network>(
 ) -> Router {
     let app = Arc::new(App {
         network,
-        auth: Authenticator::new(config.dev_token.clone()),
+        auth: Authenticator::new(config.dev_token.clone(), Arc::clone(&config.tokens)),
+        limits: RateLimits::new(config.address_rate, config.token_rate),
         config,
         metrics: metrics.clone(),
         registry,
@@ -105,7 +130,8 @@ async fn count_request(
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops
-/// accepting and waits for the requests in flight to finish.
+/// accepting and waits for the requests in flight to finish. Each request
+/// carries its client's address, for the per-address rate limit.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -114,7 +140,10 @@ pub async fn serve(
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "signal listening");
     }
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

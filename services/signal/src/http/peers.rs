@@ -1,7 +1,7 @@
 //! The `/v1` API: one resource per peer connection. Each handler checks what
-//! came from outside in a fixed order (token, path ids, content type,
-//! preconditions, body), asks the network, and answers; a refusal at any step
-//! is a problem, logged at warn.
+//! came from outside in a fixed order (rate and token, path ids and the
+//! token's session, content type, preconditions, body), asks the network,
+//! and answers; a refusal at any step is a problem, logged at warn.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -45,8 +45,9 @@ async fn offer<N: Network>(
     path: PathParams<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    app.auth.check(request.headers())?;
+    let caller = app.admit(&request)?;
     let session = session(path)?;
+    caller.may_enter(&session)?;
     body::require_content_type(request.headers(), SDP)?;
     let traceparent = request
         .headers()
@@ -57,6 +58,8 @@ async fn offer<N: Network>(
     let offer_sdp = sdp::check_offer(&body)?.to_owned();
     let connect = ConnectRequest {
         session: session.clone(),
+        identity: caller.subject,
+        grants: caller.grants,
         offer_sdp,
         traceparent,
     };
@@ -99,14 +102,15 @@ async fn trickle_ice<N: Network>(
     path: PathParams<(String, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    app.auth.check(request.headers())?;
+    let caller = app.admit(&request)?;
     let (session, peer) = session_and_peer(path)?;
+    caller.may_enter(&session)?;
     body::require_content_type(request.headers(), TRICKLE_ICE)?;
     let if_match = etag::if_match(request.headers())?.to_owned();
     let body = body::read(request).await?;
     let candidates = sdp::trickle_candidates(&body)?;
     app.network
-        .trickle(&session, peer, Some(&if_match), candidates)
+        .trickle(&session, peer, &caller.subject, Some(&if_match), candidates)
         .await
         .map_err(|e| app.network_error(e))?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -126,10 +130,11 @@ async fn disconnect<N: Network>(
     path: PathParams<(String, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    app.auth.check(request.headers())?;
+    let caller = app.admit(&request)?;
     let (session, peer) = session_and_peer(path)?;
+    caller.may_enter(&session)?;
     app.network
-        .disconnect(&session, peer)
+        .disconnect(&session, peer, &caller.subject)
         .await
         .map_err(|e| app.network_error(e))?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -149,8 +154,9 @@ async fn list_peers<N: Network>(
     path: PathParams<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    app.auth.check(request.headers())?;
+    let caller = app.admit(&request)?;
     let session = session(path)?;
+    caller.may_enter(&session)?;
     let peers = app
         .network
         .peers(&session)
@@ -164,6 +170,7 @@ async fn list_peers<N: Network>(
 struct PeerJson {
     peer_id: String,
     relay_id: String,
+    identity: String,
     state: &'static str,
     joined_at: String,
 }
@@ -173,6 +180,7 @@ impl From<&PeerInfo> for PeerJson {
         PeerJson {
             peer_id: peer.peer_id.to_string(),
             relay_id: peer.relay_id.to_string(),
+            identity: peer.identity.clone(),
             state: peer.state.as_str(),
             joined_at: rfc3339(peer.joined_at),
         }

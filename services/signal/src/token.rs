@@ -1,0 +1,353 @@
+//! Signed access tokens: JWTs naming a subject (the peer's identity), one
+//! session and the connection's grants. [`TokenVerifier`] checks them with
+//! named keys (the `kid` header picks the key, so several keys are valid at
+//! once while they rotate), HS256 or EdDSA; [`TokenSigner`] mints them for
+//! development, tests and backends.
+//!
+//! A key fixes its algorithm: a token whose `alg` is not its key's is
+//! refused, so an HS256 token cannot be checked against an EdDSA public key
+//! used as an HMAC secret, and `none` is never accepted.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use deltamesh_proto::Grants;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// The shortest HS256 secret accepted: 32 bytes, the HMAC-SHA-256 output.
+pub const HS256_MIN_SECRET: usize = 32;
+/// The clock skew allowed on `exp` and `nbf` by default.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+
+/// The claims of a deltamesh token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Who issued it; checked when the verifier names an issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// The peer's identity.
+    pub sub: String,
+    /// The one session the token opens.
+    pub session: String,
+    /// What the connection may do; a grant left out is not given.
+    #[serde(default)]
+    pub grants: GrantClaims,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Not valid before, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issued at, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+}
+
+/// The `grants` claim: `{"publish": bool, "subscribe": bool, "signal": bool}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantClaims {
+    /// May send deltas.
+    #[serde(default)]
+    pub publish: bool,
+    /// May receive deltas.
+    #[serde(default)]
+    pub subscribe: bool,
+    /// May exchange peer-to-peer signals.
+    #[serde(default)]
+    pub signal: bool,
+}
+
+impl From<GrantClaims> for Grants {
+    fn from(claims: GrantClaims) -> Self {
+        Grants {
+            publish: claims.publish,
+            subscribe: claims.subscribe,
+            signal: claims.signal,
+        }
+    }
+}
+
+impl From<Grants> for GrantClaims {
+    fn from(grants: Grants) -> Self {
+        GrantClaims {
+            publish: grants.publish,
+            subscribe: grants.subscribe,
+            signal: grants.signal,
+        }
+    }
+}
+
+/// What a verified token allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// The peer's identity (`sub`).
+    pub subject: String,
+    /// The session it opens.
+    pub session: String,
+    /// The connection's grants.
+    pub grants: Grants,
+}
+
+/// Why a token is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not a JWT, or its header or claims do not decode.
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    /// The header names no key (`kid`).
+    #[error("the token header has no key id (kid)")]
+    MissingKeyId,
+    /// The header names a key this service does not have.
+    #[error("unknown key id {0:?}")]
+    UnknownKey(String),
+    /// The header's `alg` is not the named key's algorithm.
+    #[error("key {kid:?} is {expected:?}; the token says {found}")]
+    WrongAlgorithm {
+        /// The key id.
+        kid: String,
+        /// The key's algorithm.
+        expected: Algorithm,
+        /// What the header says.
+        found: String,
+    },
+    /// The signature does not verify with the named key.
+    #[error("the signature does not verify")]
+    BadSignature,
+    /// `exp` has passed.
+    #[error("the token has expired")]
+    Expired,
+    /// `nbf` is still ahead.
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// `iss` is not the configured issuer.
+    #[error("the token was not issued by {0:?}")]
+    WrongIssuer(String),
+    /// A required claim is missing or has the wrong type.
+    #[error("invalid claims: {0}")]
+    InvalidClaims(String),
+}
+
+/// Why a key cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// Two keys share a key id.
+    #[error("key id {0:?} is configured twice")]
+    DuplicateKeyId(String),
+    /// An empty key id.
+    #[error("a key id must not be empty")]
+    EmptyKeyId,
+    /// An HS256 secret under [`HS256_MIN_SECRET`] bytes.
+    #[error("the HS256 secret of key {0:?} is shorter than {HS256_MIN_SECRET} bytes")]
+    WeakSecret(String),
+    /// A PEM that is not an Ed25519 key of the expected kind.
+    #[error("key {kid:?}: {detail}")]
+    BadPem {
+        /// The key id.
+        kid: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// Checks tokens against named keys.
+#[derive(Clone)]
+pub struct TokenVerifier {
+    keys: HashMap<String, (Algorithm, DecodingKey)>,
+    issuer: Option<String>,
+    leeway: Duration,
+}
+
+impl fmt::Debug for TokenVerifier {
+    /// Key ids and algorithms only, never key material.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut keys: Vec<_> = self
+            .keys
+            .iter()
+            .map(|(kid, (alg, _))| format!("{kid} ({alg:?})"))
+            .collect();
+        keys.sort();
+        f.debug_struct("TokenVerifier")
+            .field("keys", &keys)
+            .field("issuer", &self.issuer)
+            .field("leeway", &self.leeway)
+            .finish()
+    }
+}
+
+impl Default for TokenVerifier {
+    fn default() -> Self {
+        TokenVerifier {
+            keys: HashMap::new(),
+            issuer: None,
+            leeway: DEFAULT_LEEWAY,
+        }
+    }
+}
+
+impl TokenVerifier {
+    /// Whether no key is configured (then no token verifies).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Requires `iss` to be `issuer`.
+    pub fn require_issuer(&mut self, issuer: impl Into<String>) {
+        self.issuer = Some(issuer.into());
+    }
+
+    /// Sets the clock skew allowed on `exp` and `nbf`.
+    pub fn set_leeway(&mut self, leeway: Duration) {
+        self.leeway = leeway;
+    }
+
+    /// Adds an HS256 key.
+    pub fn add_hs256(&mut self, kid: &str, secret: &[u8]) -> Result<(), KeyError> {
+        if secret.len() < HS256_MIN_SECRET {
+            return Err(KeyError::WeakSecret(kid.to_owned()));
+        }
+        self.add(kid, Algorithm::HS256, DecodingKey::from_secret(secret))
+    }
+
+    /// Adds an EdDSA (Ed25519) public key in PEM (`BEGIN PUBLIC KEY`).
+    pub fn add_eddsa_pem(&mut self, kid: &str, pem: &[u8]) -> Result<(), KeyError> {
+        let key = DecodingKey::from_ed_pem(pem).map_err(|e| KeyError::BadPem {
+            kid: kid.to_owned(),
+            detail: format!("not an Ed25519 public key in PEM: {e}"),
+        })?;
+        self.add(kid, Algorithm::EdDSA, key)
+    }
+
+    fn add(&mut self, kid: &str, alg: Algorithm, key: DecodingKey) -> Result<(), KeyError> {
+        if kid.is_empty() {
+            return Err(KeyError::EmptyKeyId);
+        }
+        if self.keys.contains_key(kid) {
+            return Err(KeyError::DuplicateKeyId(kid.to_owned()));
+        }
+        self.keys.insert(kid.to_owned(), (alg, key));
+        Ok(())
+    }
+
+    /// Verifies `token` and returns what it allows.
+    pub fn verify(&self, token: &str) -> Result<Access, TokenError> {
+        let header = decode_header(token)?;
+        let kid = header.kid.ok_or(TokenError::MissingKeyId)?;
+        let (alg, key) = self
+            .keys
+            .get(&kid)
+            .ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
+        if header.alg != *alg {
+            return Err(TokenError::WrongAlgorithm {
+                kid,
+                expected: *alg,
+                found: format!("{:?}", header.alg),
+            });
+        }
+        let mut validation = Validation::new(*alg);
+        validation.leeway = self.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.required_spec_claims = ["exp", "sub"].map(String::from).into();
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+            validation.required_spec_claims.insert("iss".to_owned());
+        }
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|error| match error
+                .into_kind()
+            {
+                ErrorKind::InvalidSignature => TokenError::BadSignature,
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                ErrorKind::InvalidIssuer => {
+                    TokenError::WrongIssuer(self.issuer.clone().unwrap_or_default())
+                }
+                ErrorKind::MissingRequiredClaim(claim) => {
+                    TokenError::InvalidClaims(format!("missing {claim}"))
+                }
+                ErrorKind::Json(error) => TokenError::InvalidClaims(error.to_string()),
+                other => TokenError::Malformed(format!("{other:?}")),
+            })?;
+        let claims = data.claims;
+        if !deltamesh_proto::session::is_valid_session(&claims.session) {
+            return Err(TokenError::InvalidClaims(
+                "session is not a valid session name".into(),
+            ));
+        }
+        Ok(Access {
+            subject: claims.sub,
+            session: claims.session,
+            grants: claims.grants.into(),
+        })
+    }
+}
+
+/// Decodes the header, naming an unknown `alg` (such as `none`) plainly.
+fn decode_header(token: &str) -> Result<Header, TokenError> {
+    jsonwebtoken::decode_header(token).map_err(|error| match error.into_kind() {
+        ErrorKind::Json(error) if error.to_string().contains("unknown variant") => {
+            TokenError::Malformed(format!("unsupported algorithm: {error}"))
+        }
+        other => TokenError::Malformed(format!("{other:?}")),
+    })
+}
+
+/// Mints tokens with one named key.
+pub struct TokenSigner {
+    kid: String,
+    alg: Algorithm,
+    key: EncodingKey,
+}
+
+impl TokenSigner {
+    /// An HS256 signer.
+    pub fn hs256(kid: &str, secret: &[u8]) -> Result<Self, KeyError> {
+        if secret.len() < HS256_MIN_SECRET {
+            return Err(KeyError::WeakSecret(kid.to_owned()));
+        }
+        Ok(TokenSigner {
+            kid: kid.to_owned(),
+            alg: Algorithm::HS256,
+            key: EncodingKey::from_secret(secret),
+        })
+    }
+
+    /// An EdDSA signer from an Ed25519 private key in PEM (`BEGIN PRIVATE KEY`).
+    pub fn eddsa_pem(kid: &str, pem: &[u8]) -> Result<Self, KeyError> {
+        let key = EncodingKey::from_ed_pem(pem).map_err(|e| KeyError::BadPem {
+            kid: kid.to_owned(),
+            detail: format!("not an Ed25519 private key in PEM: {e}"),
+        })?;
+        let signer = TokenSigner {
+            kid: kid.to_owned(),
+            alg: Algorithm::EdDSA,
+            key,
+        };
+        // The PEM parser checks the shape only; signing once checks the key.
+        jsonwebtoken::encode(&Header::new(signer.alg), &(), &signer.key).map_err(|e| {
+            KeyError::BadPem {
+                kid: kid.to_owned(),
+                detail: format!("unusable Ed25519 private key: {e}"),
+            }
+        })?;
+        Ok(signer)
+    }
+
+    /// Signs `claims`.
+    pub fn sign(&self, claims: &Claims) -> String {
+        let mut header = Header::new(self.alg);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.key)
+            .expect("a checked key signs claims of plain strings and numbers")
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
