@@ -16,6 +16,7 @@ use cdp::{Browser, Page};
 use deltamesh::{RunningStack, StackConfig, start};
 use deltamesh_proto::Id;
 use deltamesh_relay::RelayConfig;
+use deltamesh_signal::SignalConfig;
 use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
 
 const TOKEN: &str = "bench-token";
@@ -37,8 +38,10 @@ async fn main() {
     let stack = start(StackConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         relay: RelayConfig::default(),
-        dev_token: TOKEN.into(),
-        web_dir: Some(web_dir),
+        signal: SignalConfig {
+            web_dir: Some(web_dir),
+            ..SignalConfig::new(TOKEN)
+        },
     })
     .await
     .expect("stack starts");

@@ -1,16 +1,38 @@
-//! `cargo run`: the whole deltamesh stack in one process.
+//! `cargo run`: the whole deltamesh stack in one process; `deltamesh token`
+//! mints a signed token.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::Parser;
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
 use deltamesh::{StackConfig, start};
-use deltamesh_relay::RelayConfig;
+use deltamesh_proto::Grants;
+use deltamesh_relay::{Rate, RelayConfig};
+use deltamesh_signal::token::{Claims, TokenSigner, TokenVerifier, unix_now};
+use deltamesh_signal::{RateLimit, SignalConfig};
 
 /// Runs signal, the registry's placement and one media relay in one process.
 #[derive(Debug, Parser)]
-#[command(version, about)]
-struct Args {
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Prints a signed token for one session (for development, tests and
+    /// backends that have no JWT library at hand).
+    Token(TokenArgs),
+}
+
+/// How the stack runs.
+#[derive(Debug, Args)]
+struct RunArgs {
     /// Address signal's HTTP server binds to.
     #[arg(long, env = "DELTAMESH_HOST", default_value = "127.0.0.1")]
     host: IpAddr,
@@ -33,40 +55,190 @@ struct Args {
     /// Bytes the relay keeps in flight to one peer at most.
     #[arg(long, env = "DELTAMESH_SEND_WINDOW", default_value_t = 16 * 1024)]
     send_window: usize,
-    /// The development token that opens every session.
+    #[command(flatten)]
+    auth: AuthArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// The browser bundle (demo page and wasm) that `scripts/build-web` makes.
+    #[arg(long, env = "DELTAMESH_WEB_DIR", default_value = "target/web")]
+    web_dir: PathBuf,
+}
+
+/// Who may connect.
+#[derive(Debug, Args)]
+struct AuthArgs {
+    /// An HS256 key for signed tokens, as KEY_ID=SECRET (at least 32 bytes).
+    /// Repeat it (or separate with commas) to accept several keys while
+    /// rotating.
+    #[arg(
+        long = "hs256-key",
+        env = "DELTAMESH_HS256_KEYS",
+        value_delimiter = ','
+    )]
+    hs256_keys: Vec<String>,
+    /// An EdDSA key for signed tokens, as KEY_ID=PATH to an Ed25519 public
+    /// key in PEM. Repeatable.
+    #[arg(
+        long = "eddsa-key",
+        env = "DELTAMESH_EDDSA_KEYS",
+        value_delimiter = ','
+    )]
+    eddsa_keys: Vec<String>,
+    /// The issuer (`iss`) every token must name.
+    #[arg(long, env = "DELTAMESH_TOKEN_ISSUER")]
+    token_issuer: Option<String>,
+    /// Refuse to start without token keys, and accept no development token.
+    #[arg(long, env = "DELTAMESH_PRODUCTION")]
+    production: bool,
+    /// The development token that opens every session with every grant.
+    /// Development mode is on when no token key is configured.
     #[arg(
         long,
         env = "DELTAMESH_DEV_TOKEN",
         default_value = "deltamesh-dev-token"
     )]
     dev_token: String,
-    /// The browser bundle (demo page and wasm) that `scripts/build-web` makes.
-    #[arg(long, env = "DELTAMESH_WEB_DIR", default_value = "target/web")]
-    web_dir: PathBuf,
+}
+
+/// What one client, peer and session may use. 0 turns a rate off.
+#[derive(Debug, Args)]
+struct LimitArgs {
+    /// HTTP requests per second per client address (IPv6: per /64).
+    #[arg(long, env = "DELTAMESH_ADDRESS_RATE", default_value_t = deltamesh_signal::DEFAULT_ADDRESS_RATE.per_second)]
+    address_rate: u32,
+    /// HTTP requests in one burst per client address.
+    #[arg(long, env = "DELTAMESH_ADDRESS_BURST", default_value_t = deltamesh_signal::DEFAULT_ADDRESS_RATE.burst)]
+    address_burst: u32,
+    /// HTTP requests per second per token.
+    #[arg(long, env = "DELTAMESH_TOKEN_RATE", default_value_t = deltamesh_signal::DEFAULT_TOKEN_RATE.per_second)]
+    token_rate: u32,
+    /// HTTP requests in one burst per token.
+    #[arg(long, env = "DELTAMESH_TOKEN_BURST", default_value_t = deltamesh_signal::DEFAULT_TOKEN_RATE.burst)]
+    token_burst: u32,
+    /// Peer connections the relay takes.
+    #[arg(long, env = "DELTAMESH_MAX_PEERS", default_value_t = RelayConfig::default().max_peers)]
+    max_peers: usize,
+    /// Peer connections one session may have on the relay.
+    #[arg(long, env = "DELTAMESH_MAX_PEERS_PER_SESSION", default_value_t = RelayConfig::default().max_peers_per_session)]
+    max_peers_per_session: usize,
+    /// Connections being set up (ICE, DTLS, SCTP) at once.
+    #[arg(long, env = "DELTAMESH_MAX_PENDING", default_value_t = RelayConfig::default().max_pending)]
+    max_pending: usize,
+    /// Deltas per second one peer may send.
+    #[arg(long, env = "DELTAMESH_DELTA_RATE", default_value_t = RelayConfig::default().delta_rate.per_second)]
+    delta_rate: u64,
+    /// Deltas one peer may send in one burst.
+    #[arg(long, env = "DELTAMESH_DELTA_BURST", default_value_t = RelayConfig::default().delta_rate.burst)]
+    delta_burst: u64,
+    /// Delta bytes per second one peer may send.
+    #[arg(long, env = "DELTAMESH_BYTE_RATE", default_value_t = RelayConfig::default().byte_rate.per_second)]
+    byte_rate: u64,
+    /// Delta bytes one peer may send in one burst.
+    #[arg(long, env = "DELTAMESH_BYTE_BURST", default_value_t = RelayConfig::default().byte_rate.burst)]
+    byte_burst: u64,
+    /// The largest delta frame, header included.
+    #[arg(long, env = "DELTAMESH_MAX_FRAME_SIZE", default_value_t = RelayConfig::default().max_frame_size)]
+    max_frame_size: usize,
+}
+
+/// What `deltamesh token` puts in the token.
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// The session the token opens.
+    #[arg(long)]
+    session: String,
+    /// The peer's identity (`sub`).
+    #[arg(long)]
+    subject: String,
+    /// Grants, comma-separated: publish, subscribe, signal.
+    #[arg(long, value_delimiter = ',', default_value = "publish,subscribe")]
+    grants: Vec<String>,
+    /// How long the token is valid, e.g. `1h`, `15m`.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// The issuer (`iss`).
+    #[arg(long)]
+    issuer: Option<String>,
+    /// Sign with HS256, as KEY_ID=SECRET.
+    #[arg(
+        long,
+        conflicts_with = "eddsa_private_key",
+        required_unless_present = "eddsa_private_key"
+    )]
+    hs256_key: Option<String>,
+    /// Sign with EdDSA, as KEY_ID=PATH to an Ed25519 private key in PEM.
+    #[arg(long)]
+    eddsa_private_key: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token(args)) => {
+            println!("{}", mint(args)?);
+            Ok(())
+        }
+        None => run(cli.run).await,
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,str0m=warn".into()),
         )
         .init();
-    let args = Args::parse();
+    let limits = &args.limits;
     let relay = RelayConfig {
         bind_ip: args.udp_bind,
         advertised_ip: args.advertise_ip.unwrap_or(args.udp_bind),
         udp_port: args.udp_port,
         shards: args.shards,
         send_window: args.send_window,
+        max_peers: limits.max_peers,
+        max_peers_per_session: limits.max_peers_per_session,
+        max_pending: limits.max_pending,
+        delta_rate: Rate {
+            per_second: limits.delta_rate,
+            burst: limits.delta_burst,
+        },
+        byte_rate: Rate {
+            per_second: limits.byte_rate,
+            burst: limits.byte_burst,
+        },
+        max_frame_size: limits.max_frame_size,
         ..RelayConfig::default()
+    };
+    let verifier = token_verifier(&args.auth)?;
+    let dev_mode = verifier.is_empty();
+    if dev_mode && args.auth.production {
+        bail!(
+            "--production needs token keys: pass --hs256-key KEY_ID=SECRET or --eddsa-key KEY_ID=PEM_PATH"
+        );
+    }
+    let signal = SignalConfig {
+        tokens: std::sync::Arc::new(verifier),
+        address_rate: RateLimit {
+            per_second: limits.address_rate,
+            burst: limits.address_burst,
+        },
+        token_rate: RateLimit {
+            per_second: limits.token_rate,
+            burst: limits.token_burst,
+        },
+        web_dir: Some(args.web_dir.clone()),
+        ..SignalConfig::new(if dev_mode {
+            args.auth.dev_token.clone()
+        } else {
+            String::new()
+        })
     };
     let config = StackConfig {
         listen: SocketAddr::new(args.host, args.port),
         relay,
-        dev_token: args.dev_token,
-        web_dir: Some(args.web_dir.clone()),
+        signal,
     };
     if !args.web_dir.join("index.html").is_file() {
         eprintln!(
@@ -76,16 +248,83 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!(?config, "starting");
     let stack = start(config.clone()).await?;
-    eprintln!(
-        "WARNING: development mode: the token below opens every session. Do not expose this stack."
-    );
-    println!("dev token: {}", config.dev_token);
+    if dev_mode {
+        eprintln!(
+            "WARNING: development mode: the token below opens every session. Do not expose this stack."
+        );
+        println!("dev token: {}", config.signal.dev_token);
+    }
     println!("signal: {}", stack.signal_url());
     println!("demo: {}/?session=demo", stack.signal_url());
     shutdown_signal().await?;
     eprintln!("shutting down");
     stack.shutdown().await?;
     Ok(())
+}
+
+/// The verifier for the configured token keys (empty when there are none).
+fn token_verifier(auth: &AuthArgs) -> anyhow::Result<TokenVerifier> {
+    let mut verifier = TokenVerifier::default();
+    for key in &auth.hs256_keys {
+        let (kid, secret) = named(key, "--hs256-key")?;
+        verifier.add_hs256(kid, secret.as_bytes())?;
+    }
+    for key in &auth.eddsa_keys {
+        let (kid, path) = named(key, "--eddsa-key")?;
+        let pem = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+        verifier.add_eddsa_pem(kid, &pem)?;
+    }
+    if let Some(issuer) = &auth.token_issuer {
+        verifier.require_issuer(issuer.clone());
+    }
+    Ok(verifier)
+}
+
+/// Signs the token `args` describe.
+fn mint(args: TokenArgs) -> anyhow::Result<String> {
+    let signer = match (&args.hs256_key, &args.eddsa_private_key) {
+        (Some(key), _) => {
+            let (kid, secret) = named(key, "--hs256-key")?;
+            TokenSigner::hs256(kid, secret.as_bytes())?
+        }
+        (None, Some(key)) => {
+            let (kid, path) = named(key, "--eddsa-private-key")?;
+            let pem = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+            TokenSigner::eddsa_pem(kid, &pem)?
+        }
+        (None, None) => bail!("pass --hs256-key or --eddsa-private-key"),
+    };
+    if !deltamesh_proto::session::is_valid_session(&args.session) {
+        bail!("{:?} is not a valid session name", args.session);
+    }
+    let mut grants = Grants::default();
+    for grant in &args.grants {
+        match grant.trim() {
+            "publish" => grants.publish = true,
+            "subscribe" => grants.subscribe = true,
+            "signal" => grants.signal = true,
+            "" => {}
+            other => bail!("unknown grant {other:?}: use publish, subscribe or signal"),
+        }
+    }
+    let now = unix_now();
+    Ok(signer.sign(&Claims {
+        iss: args.issuer,
+        sub: args.subject,
+        session: args.session,
+        grants: grants.into(),
+        exp: now + args.ttl.as_secs(),
+        nbf: Some(now),
+        iat: Some(now),
+    }))
+}
+
+/// Splits `KEY_ID=VALUE`.
+fn named<'a>(text: &'a str, flag: &str) -> anyhow::Result<(&'a str, &'a str)> {
+    match text.split_once('=') {
+        Some((kid, value)) if !kid.is_empty() && !value.is_empty() => Ok((kid, value)),
+        _ => bail!("{flag} takes KEY_ID=VALUE"),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

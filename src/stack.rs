@@ -1,7 +1,6 @@
 //! Starting and stopping the one-process stack.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use deltamesh_proto::Id;
@@ -21,10 +20,9 @@ pub struct StackConfig {
     pub listen: SocketAddr,
     /// The relay's configuration.
     pub relay: RelayConfig,
-    /// The development bearer token that opens every session.
-    pub dev_token: String,
-    /// The browser bundle to serve (demo page and wasm), if built.
-    pub web_dir: Option<PathBuf>,
+    /// Signal's configuration: tokens, limits and the web bundle. Its home
+    /// page is replaced by one describing this stack.
+    pub signal: SignalConfig,
 }
 
 /// A running stack; dropping it does not stop it, [`RunningStack::shutdown`] does.
@@ -66,9 +64,8 @@ pub async fn start(mut config: StackConfig) -> std::io::Result<RunningStack> {
     let relay = deltamesh_relay::start(config.relay.clone(), log, relay_metrics).await?;
     let listener = TcpListener::bind(config.listen).await?;
     let signal_addr = listener.local_addr()?;
-    let mut signal_config = SignalConfig::new(config.dev_token.clone());
+    let mut signal_config = config.signal;
     signal_config.home_page = home_page(&relay);
-    signal_config.web_dir = config.web_dir.clone();
     let network = Arc::new(EmbeddedNetwork::new(vec![relay.clone()]));
     let router =
         deltamesh_signal::router(network, signal_config, signal_metrics, Arc::new(registry));

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use deltamesh::{RunningStack, StackConfig, start};
 use deltamesh_relay::RelayConfig;
+use deltamesh_signal::SignalConfig;
 use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
 use serde_json::Value;
 
@@ -38,8 +39,10 @@ pub async fn stack_with(listen: SocketAddr, relay: RelayConfig) -> RunningStack 
     start(StackConfig {
         listen,
         relay,
-        dev_token: TOKEN.into(),
-        web_dir: Some(web_dir()),
+        signal: SignalConfig {
+            web_dir: Some(web_dir()),
+            ..SignalConfig::new(TOKEN)
+        },
     })
     .await
     .expect("stack starts")

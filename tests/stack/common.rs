@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use deltamesh::{RunningStack, StackConfig, start};
 use deltamesh_relay::RelayConfig;
+use deltamesh_signal::SignalConfig;
 use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
 
 /// The development token the test stacks accept.
@@ -17,8 +18,7 @@ pub async fn stack_with(relay: impl FnOnce(&mut RelayConfig)) -> RunningStack {
     start(StackConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         relay: relay_config,
-        dev_token: TOKEN.into(),
-        web_dir: None,
+        signal: SignalConfig::new(TOKEN),
     })
     .await
     .expect("stack starts")

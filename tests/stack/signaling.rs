@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use deltamesh::{StackConfig, start};
 use deltamesh_relay::RelayConfig;
+use deltamesh_signal::SignalConfig;
 use deltamesh_worker::PeerEvent;
 
 use crate::common::{TOKEN, join, next_matching, stack_with};
@@ -77,8 +78,7 @@ async fn a_relay_refuses_to_advertise_an_unspecified_address() {
             advertised_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             ..RelayConfig::default()
         },
-        dev_token: TOKEN.into(),
-        web_dir: None,
+        signal: SignalConfig::new(TOKEN),
     };
     let error = start(config).await.err().expect("refused");
     assert!(error.to_string().contains("concrete"), "{error}");

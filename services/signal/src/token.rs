@@ -351,3 +351,276 @@ pub fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const OTHER_SECRET: &[u8] = b"fedcba9876543210fedcba9876543210";
+    const ED_PRIVATE: &[u8] = include_bytes!("../tests/keys/ed25519-a.pem");
+    const ED_PUBLIC: &[u8] = include_bytes!("../tests/keys/ed25519-a.pub.pem");
+    const OTHER_ED_PRIVATE: &[u8] = include_bytes!("../tests/keys/ed25519-b.pem");
+
+    fn verifier() -> TokenVerifier {
+        let mut verifier = TokenVerifier::default();
+        verifier.add_hs256("hs", SECRET).unwrap();
+        verifier.add_eddsa_pem("ed", ED_PUBLIC).unwrap();
+        verifier
+    }
+
+    fn claims() -> Claims {
+        let now = unix_now();
+        Claims {
+            iss: Some("tests".into()),
+            sub: "alice".into(),
+            session: "doc-1".into(),
+            grants: GrantClaims {
+                publish: false,
+                subscribe: true,
+                signal: false,
+            },
+            exp: now + 60,
+            nbf: Some(now),
+            iat: Some(now),
+        }
+    }
+
+    /// A token with any header, claims and key, for the cases a signer refuses.
+    fn forge(
+        alg: Algorithm,
+        kid: Option<&str>,
+        claims: &impl Serialize,
+        key: &EncodingKey,
+    ) -> String {
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, claims, key).unwrap()
+    }
+
+    #[test]
+    fn hs256_and_eddsa_tokens_verify_with_their_named_keys() {
+        let verifier = verifier();
+        let hs = TokenSigner::hs256("hs", SECRET).unwrap().sign(&claims());
+        let ed = TokenSigner::eddsa_pem("ed", ED_PRIVATE)
+            .unwrap()
+            .sign(&claims());
+        for token in [hs, ed] {
+            let access = verifier.verify(&token).unwrap();
+            assert_eq!(access.subject, "alice");
+            assert_eq!(access.session, "doc-1");
+            assert_eq!(
+                access.grants,
+                Grants {
+                    publish: false,
+                    subscribe: true,
+                    signal: false
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn several_keys_are_valid_at_once_for_rotation() {
+        let mut verifier = verifier();
+        verifier.add_hs256("hs-next", OTHER_SECRET).unwrap();
+        for (kid, secret) in [("hs", SECRET), ("hs-next", OTHER_SECRET)] {
+            let token = TokenSigner::hs256(kid, secret).unwrap().sign(&claims());
+            assert!(verifier.verify(&token).is_ok(), "{kid}");
+        }
+    }
+
+    #[test]
+    fn expired_and_not_yet_valid_tokens_are_refused_beyond_the_leeway() {
+        let verifier = verifier();
+        let signer = TokenSigner::hs256("hs", SECRET).unwrap();
+        let now = unix_now();
+        let leeway = DEFAULT_LEEWAY.as_secs();
+        let expired = Claims {
+            exp: now - leeway - 5,
+            ..claims()
+        };
+        assert_eq!(
+            verifier.verify(&signer.sign(&expired)),
+            Err(TokenError::Expired)
+        );
+        let just_expired = Claims {
+            exp: now - leeway + 5,
+            ..claims()
+        };
+        assert!(verifier.verify(&signer.sign(&just_expired)).is_ok());
+        let early = Claims {
+            nbf: Some(now + leeway + 5),
+            ..claims()
+        };
+        assert_eq!(
+            verifier.verify(&signer.sign(&early)),
+            Err(TokenError::NotYetValid)
+        );
+        let slightly_early = Claims {
+            nbf: Some(now + leeway - 5),
+            ..claims()
+        };
+        assert!(verifier.verify(&signer.sign(&slightly_early)).is_ok());
+    }
+
+    #[test]
+    fn a_token_signed_with_another_key_is_refused() {
+        let verifier = verifier();
+        let wrong_secret = TokenSigner::hs256("hs", OTHER_SECRET)
+            .unwrap()
+            .sign(&claims());
+        assert_eq!(
+            verifier.verify(&wrong_secret),
+            Err(TokenError::BadSignature)
+        );
+        let wrong_ed = TokenSigner::eddsa_pem("ed", OTHER_ED_PRIVATE)
+            .unwrap()
+            .sign(&claims());
+        assert_eq!(verifier.verify(&wrong_ed), Err(TokenError::BadSignature));
+        let unknown = TokenSigner::hs256("nope", SECRET).unwrap().sign(&claims());
+        assert_eq!(
+            verifier.verify(&unknown),
+            Err(TokenError::UnknownKey("nope".into()))
+        );
+        let no_kid = forge(
+            Algorithm::HS256,
+            None,
+            &claims(),
+            &EncodingKey::from_secret(SECRET),
+        );
+        assert_eq!(verifier.verify(&no_kid), Err(TokenError::MissingKeyId));
+    }
+
+    #[test]
+    fn algorithm_confusion_is_refused() {
+        let verifier = verifier();
+        // The EdDSA public key used as an HMAC secret, under the EdDSA key's id.
+        let confused = forge(
+            Algorithm::HS256,
+            Some("ed"),
+            &claims(),
+            &EncodingKey::from_secret(ED_PUBLIC),
+        );
+        assert!(matches!(
+            verifier.verify(&confused),
+            Err(TokenError::WrongAlgorithm { .. })
+        ));
+        // An EdDSA token naming the HS256 key.
+        let ed = TokenSigner::eddsa_pem("hs", ED_PRIVATE)
+            .unwrap()
+            .sign(&claims());
+        assert!(matches!(
+            verifier.verify(&ed),
+            Err(TokenError::WrongAlgorithm { .. })
+        ));
+        // Another HMAC size under the HS256 key.
+        let hs512 = forge(
+            Algorithm::HS512,
+            Some("hs"),
+            &claims(),
+            &EncodingKey::from_secret(SECRET),
+        );
+        assert!(matches!(
+            verifier.verify(&hs512),
+            Err(TokenError::WrongAlgorithm { .. })
+        ));
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        let verifier = verifier();
+        let b64 = |json: &str| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+        };
+        let header = b64(r#"{"alg":"none","kid":"hs","typ":"JWT"}"#);
+        let body = b64(&serde_json::to_string(&claims()).unwrap());
+        for token in [format!("{header}.{body}."), format!("{header}.{body}")] {
+            assert!(
+                matches!(verifier.verify(&token), Err(TokenError::Malformed(_))),
+                "{token}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_tokens_and_claims_are_refused() {
+        let verifier = verifier();
+        for token in [
+            "",
+            "abc",
+            "a.b.c",
+            "....",
+            "eyJhbGciOiJIUzI1NiJ9.e30.",
+            "\u{0}",
+        ] {
+            assert!(verifier.verify(token).is_err(), "{token:?}");
+        }
+        let key = EncodingKey::from_secret(SECRET);
+        let no_session = serde_json::json!({"sub": "a", "exp": unix_now() + 60});
+        let no_sub = serde_json::json!({"session": "s", "exp": unix_now() + 60});
+        let no_exp = serde_json::json!({"sub": "a", "session": "s"});
+        let bad_session = serde_json::json!({"sub": "a", "session": "a/b", "exp": unix_now() + 60});
+        let bad_grants = serde_json::json!({"sub": "a", "session": "s", "exp": unix_now() + 60, "grants": {"admin": true}});
+        for claims in [no_session, no_sub, no_exp, bad_session, bad_grants] {
+            let token = forge(Algorithm::HS256, Some("hs"), &claims, &key);
+            assert!(
+                matches!(verifier.verify(&token), Err(TokenError::InvalidClaims(_))),
+                "{claims}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_configured_issuer_is_required() {
+        let mut verifier = verifier();
+        verifier.require_issuer("tests");
+        let signer = TokenSigner::hs256("hs", SECRET).unwrap();
+        assert!(verifier.verify(&signer.sign(&claims())).is_ok());
+        let other = Claims {
+            iss: Some("someone-else".into()),
+            ..claims()
+        };
+        assert_eq!(
+            verifier.verify(&signer.sign(&other)),
+            Err(TokenError::WrongIssuer("tests".into()))
+        );
+        let none = Claims {
+            iss: None,
+            ..claims()
+        };
+        assert!(verifier.verify(&signer.sign(&none)).is_err());
+    }
+
+    #[test]
+    fn weak_duplicate_and_unparsable_keys_are_refused() {
+        let mut verifier = TokenVerifier::default();
+        assert_eq!(
+            verifier.add_hs256("k", b"short"),
+            Err(KeyError::WeakSecret("k".into()))
+        );
+        verifier.add_hs256("k", SECRET).unwrap();
+        assert_eq!(
+            verifier.add_hs256("k", OTHER_SECRET),
+            Err(KeyError::DuplicateKeyId("k".into()))
+        );
+        assert_eq!(verifier.add_hs256("", SECRET), Err(KeyError::EmptyKeyId));
+        assert!(verifier.add_eddsa_pem("e", b"not a pem").is_err());
+        // A private key where a public one belongs, and the reverse.
+        assert!(verifier.add_eddsa_pem("e", ED_PRIVATE).is_err());
+        assert!(TokenSigner::eddsa_pem("e", ED_PUBLIC).is_err());
+        assert!(TokenSigner::hs256("e", b"short").is_err());
+    }
+
+    #[test]
+    fn the_debug_form_names_keys_but_shows_no_secret() {
+        let printed = format!("{:?}", verifier());
+        assert!(
+            printed.contains("hs (HS256)") && printed.contains("ed (EdDSA)"),
+            "{printed}"
+        );
+        assert!(!printed.contains("0123456789abcdef"), "{printed}");
+    }
+}

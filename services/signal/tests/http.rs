@@ -5,9 +5,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, UNIX_EPOCH};
 
 use deltamesh_proto::{Grants, Id};
+use deltamesh_signal::token::{Claims, TokenSigner, TokenVerifier, unix_now};
 use deltamesh_signal::{
     BODY_LIMIT, ConnectRequest, Connected, DEV_SUBJECT, Network, NetworkError, PeerInfo, PeerState,
-    SignalConfig, SignalMetrics, router, serve,
+    RateLimit, SignalConfig, SignalMetrics, router, serve,
 };
 use prometheus_client::registry::Registry;
 use reqwest::{Method, Response, StatusCode};
@@ -1306,4 +1307,223 @@ async fn an_empty_dev_token_lets_no_one_in() {
         .await
         .unwrap();
     problem(response, StatusCode::UNAUTHORIZED).await;
+}
+
+// ---------------------------------------------------------------- signed tokens and rate limits
+
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+/// A signal service accepting HS256 tokens of key `k1` (and the dev token).
+async fn signal_with_keys(tweak: impl FnOnce(&mut SignalConfig)) -> Signal {
+    let mut verifier = TokenVerifier::default();
+    verifier.add_hs256("k1", SECRET).unwrap();
+    let mut config = SignalConfig::new(TOKEN);
+    config.tokens = Arc::new(verifier);
+    tweak(&mut config);
+    Signal::start_with(config).await
+}
+
+fn signed(subject: &str, session: &str, grants: Grants, exp: u64) -> String {
+    TokenSigner::hs256("k1", SECRET).unwrap().sign(&Claims {
+        iss: None,
+        sub: subject.to_owned(),
+        session: session.to_owned(),
+        grants: grants.into(),
+        exp,
+        nbf: None,
+        iat: None,
+    })
+}
+
+fn in_an_hour() -> u64 {
+    unix_now() + 3600
+}
+
+#[tokio::test]
+async fn a_signed_token_opens_its_session_with_its_identity_and_grants() {
+    let signal = signal_with_keys(|_| {}).await;
+    let grants = Grants {
+        publish: false,
+        subscribe: true,
+        signal: false,
+    };
+    let token = signed("alice", SESSION, grants, in_an_hour());
+    let response = signal
+        .request(Method::POST, &format!("/v1/sessions/{SESSION}/peers"))
+        .bearer_auth(&token)
+        .header("content-type", "application/sdp")
+        .body(OFFER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert!(matches!(
+        &signal.network.calls()[..],
+        [Call::Connect { identity, grants: g, .. }] if identity == "alice" && *g == grants
+    ));
+    let list = signal
+        .request(Method::GET, &format!("/v1/sessions/{SESSION}/peers"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json(list).await[0]["identity"], "alice");
+}
+
+#[tokio::test]
+async fn a_token_for_another_session_is_a_403_on_every_route() {
+    let signal = signal_with_keys(|_| {}).await;
+    let (location, etag) = signal.join().await;
+    let token = signed("alice", "another-session", Grants::ALL, in_an_hour());
+    let requests = [
+        signal
+            .request(Method::POST, &format!("/v1/sessions/{SESSION}/peers"))
+            .header("content-type", "application/sdp")
+            .body(OFFER),
+        signal.request(Method::GET, &format!("/v1/sessions/{SESSION}/peers")),
+        signal.request(Method::DELETE, &location),
+        signal
+            .request(Method::PATCH, &location)
+            .header("content-type", "application/trickle-ice-sdpfrag")
+            .header("if-match", etag.as_str())
+            .body("a=end-of-candidates\r\n"),
+    ];
+    for request in requests {
+        let response = request.bearer_auth(&token).send().await.unwrap();
+        let detail = problem(response, StatusCode::FORBIDDEN).await;
+        assert!(detail.contains("another session"), "{detail}");
+    }
+    assert_eq!(
+        signal.network.calls().len(),
+        1,
+        "only the dev join got through"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_token_is_a_401_that_says_so() {
+    let signal = signal_with_keys(|_| {}).await;
+    let token = signed("alice", SESSION, Grants::ALL, unix_now() - 3600);
+    let response = signal
+        .request(Method::GET, &format!("/v1/sessions/{SESSION}/peers"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&response, "www-authenticate"),
+        "Bearer error=\"invalid_token\""
+    );
+    let detail = problem(response, StatusCode::UNAUTHORIZED).await;
+    assert!(detail.contains("expired"), "{detail}");
+    assert!(signal.network.calls().is_empty());
+}
+
+#[tokio::test]
+async fn only_the_identity_that_made_a_peer_may_trickle_to_or_delete_it() {
+    let signal = signal_with_keys(|_| {}).await;
+    let alice = signed("alice", SESSION, Grants::ALL, in_an_hour());
+    let mallory = signed("mallory", SESSION, Grants::ALL, in_an_hour());
+    let response = signal
+        .request(Method::POST, &format!("/v1/sessions/{SESSION}/peers"))
+        .bearer_auth(&alice)
+        .header("content-type", "application/sdp")
+        .body(OFFER)
+        .send()
+        .await
+        .unwrap();
+    let location = header(&response, "location");
+    let etag = header(&response, "etag");
+    let patch = |token: &str| {
+        signal
+            .request(Method::PATCH, &location)
+            .bearer_auth(token)
+            .header("content-type", "application/trickle-ice-sdpfrag")
+            .header("if-match", etag.as_str())
+            .body("a=end-of-candidates\r\n")
+            .send()
+    };
+    problem(patch(&mallory).await.unwrap(), StatusCode::FORBIDDEN).await;
+    let delete = |token: &str| {
+        signal
+            .request(Method::DELETE, &location)
+            .bearer_auth(token)
+            .send()
+    };
+    problem(delete(&mallory).await.unwrap(), StatusCode::FORBIDDEN).await;
+    assert_eq!(
+        patch(&alice).await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        delete(&alice).await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+}
+
+#[tokio::test]
+async fn the_per_address_limit_trips_exactly_at_its_burst_with_retry_after() {
+    let signal = signal_with_keys(|config| {
+        config.address_rate = RateLimit {
+            per_second: 1,
+            burst: 5,
+        };
+    })
+    .await;
+    let list = || {
+        signal
+            .api(Method::GET, &format!("/v1/sessions/{SESSION}/peers"))
+            .send()
+    };
+    for n in 1..=5 {
+        assert_eq!(
+            list().await.unwrap().status(),
+            StatusCode::OK,
+            "request {n}"
+        );
+    }
+    let refused = list().await.unwrap();
+    assert_eq!(header(&refused, "retry-after"), "1");
+    let detail = problem(refused, StatusCode::TOO_MANY_REQUESTS).await;
+    assert!(detail.contains("client address"), "{detail}");
+    // Requests without a token count too: a flood of bad tokens is limited.
+    let anonymous = signal
+        .request(Method::GET, &format!("/v1/sessions/{SESSION}/peers"))
+        .send()
+        .await
+        .unwrap();
+    problem(anonymous, StatusCode::TOO_MANY_REQUESTS).await;
+    // Health and metrics are not limited.
+    signal.assert_alive().await;
+    let metrics = signal.metrics().await;
+    assert!(
+        metrics.contains("signal_rate_limited_total{limit=\"client address\"} 2"),
+        "{metrics}"
+    );
+    assert_eq!(signal.network.calls().len(), 5);
+}
+
+#[tokio::test]
+async fn the_per_token_limit_counts_each_token_on_its_own() {
+    let signal = signal_with_keys(|config| {
+        config.token_rate = RateLimit {
+            per_second: 1,
+            burst: 3,
+        };
+    })
+    .await;
+    let alice = signed("alice", SESSION, Grants::ALL, in_an_hour());
+    let bob = signed("bob", SESSION, Grants::ALL, in_an_hour());
+    let list = |token: &str| {
+        signal
+            .request(Method::GET, &format!("/v1/sessions/{SESSION}/peers"))
+            .bearer_auth(token)
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(list(&alice).await.unwrap().status(), StatusCode::OK);
+    }
+    let detail = problem(list(&alice).await.unwrap(), StatusCode::TOO_MANY_REQUESTS).await;
+    assert!(detail.contains("token"), "{detail}");
+    assert_eq!(list(&bob).await.unwrap().status(), StatusCode::OK);
 }
