@@ -6,5 +6,6 @@ mod common;
 mod delta_flow;
 mod disconnect;
 mod resume;
+mod security;
 mod signaling;
 mod slow_consumer;
