@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use cdp::{Browser, Page};
 use deltamesh::{RunningStack, StackConfig, start};
 use deltamesh_proto::Id;
-use deltamesh_relay::RelayConfig;
-use deltamesh_signal::SignalConfig;
+use deltamesh_relay::{Rate, RelayConfig};
+use deltamesh_signal::{RateLimit, SignalConfig};
 use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
 
 const TOKEN: &str = "bench-token";
@@ -37,9 +37,16 @@ async fn main() {
     );
     let stack = start(StackConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        relay: RelayConfig::default(),
+        // The benchmark measures the path, not the abuse limits.
+        relay: RelayConfig {
+            delta_rate: Rate::UNLIMITED,
+            byte_rate: Rate::UNLIMITED,
+            ..RelayConfig::default()
+        },
         signal: SignalConfig {
             web_dir: Some(web_dir),
+            address_rate: RateLimit::OFF,
+            token_rate: RateLimit::OFF,
             ..SignalConfig::new(TOKEN)
         },
     })

@@ -154,6 +154,9 @@ impl Relay {
     fn spawn(window: usize) -> Relay {
         let mut child = Command::new(env!("CARGO_BIN_EXE_deltamesh"))
             .args(["--port", "0", "--dev-token", TOKEN])
+            // The benchmark measures the relay, not its abuse limits.
+            .args(["--address-rate", "0", "--token-rate", "0"])
+            .args(["--delta-rate", "0", "--byte-rate", "0"])
             .args(["--send-window", &window.to_string()])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

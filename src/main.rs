@@ -9,7 +9,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use deltamesh::{StackConfig, start};
 use deltamesh_proto::Grants;
-use deltamesh_relay::{Rate, RelayConfig};
+use deltamesh_relay::signing::hex;
+use deltamesh_relay::{DeltaSigner, Rate, RelayConfig};
 use deltamesh_signal::token::{Claims, TokenSigner, TokenVerifier, unix_now};
 use deltamesh_signal::{RateLimit, SignalConfig};
 
@@ -55,6 +56,10 @@ struct RunArgs {
     /// Bytes the relay keeps in flight to one peer at most.
     #[arg(long, env = "DELTAMESH_SEND_WINDOW", default_value_t = 16 * 1024)]
     send_window: usize,
+    /// An Ed25519 private key (PKCS#8 PEM, `openssl genpkey -algorithm
+    /// ed25519`) the relay signs accepted deltas with. Unsigned without it.
+    #[arg(long, env = "DELTAMESH_SIGNING_KEY")]
+    signing_key: Option<PathBuf>,
     #[command(flatten)]
     auth: AuthArgs,
     #[command(flatten)]
@@ -191,7 +196,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         )
         .init();
     let limits = &args.limits;
+    let signer = match &args.signing_key {
+        Some(path) => {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let signer = DeltaSigner::from_pem(&pem)
+                .with_context(|| format!("signing key {}", path.display()))?;
+            Some(std::sync::Arc::new(signer))
+        }
+        None => None,
+    };
     let relay = RelayConfig {
+        signer,
         bind_ip: args.udp_bind,
         advertised_ip: args.advertise_ip.unwrap_or(args.udp_bind),
         udp_port: args.udp_port,
@@ -253,6 +268,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "WARNING: development mode: the token below opens every session. Do not expose this stack."
         );
         println!("dev token: {}", config.signal.dev_token);
+    }
+    for relay in &stack.relays {
+        if let Some(key) = relay.public_key() {
+            println!("relay key: {} {}", relay.id(), hex(&key));
+        }
     }
     println!("signal: {}", stack.signal_url());
     println!("demo: {}/?session=demo", stack.signal_url());

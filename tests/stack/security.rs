@@ -1,7 +1,7 @@
 //! Who may do what, and how much: signed tokens through the whole stack,
 //! grants enforced by the relay, sessions that never leak into each other,
-//! limits that trip exactly where configured, and a flood that leaves
-//! well-behaved peers served.
+//! limits that trip exactly where configured, a flood that leaves
+//! well-behaved peers served, and deltas signed by the relay.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -10,12 +10,16 @@ use std::time::{Duration, Instant};
 
 use deltamesh::{RunningStack, StackConfig, start};
 use deltamesh_proto::channel::Channel;
+use deltamesh_proto::frame::FRAME_HEADER_LEN;
 use deltamesh_proto::pb::{ErrorCode, RejectReason};
+use deltamesh_proto::security::SECURITY_HEADER_LEN;
 use deltamesh_proto::{Grants, Id};
-use deltamesh_relay::{Rate, RelayConfig};
+use deltamesh_relay::{DeltaSigner, Rate, RelayConfig};
 use deltamesh_signal::token::{Claims, TokenSigner, TokenVerifier, unix_now};
 use deltamesh_signal::{RateLimit, SignalConfig};
-use deltamesh_worker::{ConnectError, ConnectOptions, NativePeer, PeerEvent, SendError};
+use deltamesh_worker::{
+    ConnectError, ConnectOptions, NativePeer, PeerEvent, SendError, VerifyError, verify_relayed,
+};
 use futures_util::StreamExt;
 
 use crate::common::{TOKEN, next_matching};
@@ -503,5 +507,79 @@ async fn a_flood_of_offers_and_garbage_leaves_well_behaved_peers_served() {
         .unwrap();
     assert_eq!(next_delta(&mut receiver).await.1, b"after");
     join_as(&stack, "flood", "late", Grants::ALL).await.unwrap();
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_deltas_verify_with_the_relay_key_and_tampered_ones_do_not() {
+    let signer = DeltaSigner::from_pem(include_bytes!(
+        "../../services/signal/tests/keys/ed25519-a.pem"
+    ))
+    .unwrap();
+    let stack = secured_stack(|relay| relay.signer = Some(Arc::new(signer))).await;
+    let relay_key = stack.relays[0].public_key().expect("the relay signs");
+    let sender = join_as(&stack, "signed", "s", Grants::ALL).await.unwrap();
+    let mut receiver = join_as(&stack, "signed", "r", Grants::ALL).await.unwrap();
+    sender
+        .send(7, Id([9; 16]), b"signed payload".to_vec())
+        .await
+        .unwrap();
+    let message = next_matching(&mut receiver, Duration::from_secs(10), |e| match e {
+        PeerEvent::Delta(d) => Some(d.message),
+        _ => None,
+    })
+    .await;
+    assert_eq!(verify_relayed(&message, &relay_key), Ok(()));
+
+    // Another seq under the same signature.
+    let mut renumbered = message.clone();
+    renumbered[8] ^= 1;
+    assert_eq!(
+        verify_relayed(&renumbered, &relay_key),
+        Err(VerifyError::BadSignature)
+    );
+    // Another payload, with its checksum fixed so the frame itself is valid.
+    let mut rewritten = message.clone();
+    let payload_at = SECURITY_HEADER_LEN + FRAME_HEADER_LEN;
+    rewritten[payload_at] ^= 1;
+    let crc = crc32c::crc32c(&rewritten[payload_at..]);
+    rewritten[SECURITY_HEADER_LEN + 48..SECURITY_HEADER_LEN + 52]
+        .copy_from_slice(&crc.to_le_bytes());
+    assert_eq!(
+        verify_relayed(&rewritten, &relay_key),
+        Err(VerifyError::BadSignature)
+    );
+    // Another origin, and another relay's key.
+    let mut reattributed = message.clone();
+    reattributed[16] ^= 1;
+    assert_eq!(
+        verify_relayed(&reattributed, &relay_key),
+        Err(VerifyError::BadSignature)
+    );
+    let other = DeltaSigner::from_pem(include_bytes!(
+        "../../services/signal/tests/keys/ed25519-b.pem"
+    ))
+    .unwrap();
+    assert_eq!(
+        verify_relayed(&message, &other.public_key()),
+        Err(VerifyError::BadSignature)
+    );
+    stack.shutdown().await.unwrap();
+
+    // A relay without a key sends unsigned deltas, which say so.
+    let stack = secured_stack(|_| {}).await;
+    assert_eq!(stack.relays[0].public_key(), None);
+    let sender = join_as(&stack, "plain", "s", Grants::ALL).await.unwrap();
+    let mut receiver = join_as(&stack, "plain", "r", Grants::ALL).await.unwrap();
+    sender.send(1, Id::default(), b"x".to_vec()).await.unwrap();
+    let message = next_matching(&mut receiver, Duration::from_secs(10), |e| match e {
+        PeerEvent::Delta(d) => Some(d.message),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        verify_relayed(&message, &relay_key),
+        Err(VerifyError::Unsigned)
+    );
     stack.shutdown().await.unwrap();
 }

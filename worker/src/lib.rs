@@ -2,7 +2,8 @@
 //! (client_seq, acks, resume, in-order delivery, the command channel) and
 //! [`backoff`] paces reconnects. Two thin drivers run them:
 //! - `native` (not on wasm32) drives the core with str0m over UDP for
-//!   servers, the command-line client and benchmarks;
+//!   servers, the command-line client and benchmarks (with [`verify`] for
+//!   relay signatures);
 //! - `web` (wasm32 only) drives it with `RTCDataChannel`s from a dedicated
 //!   web worker, with the page-side half owning the `RTCPeerConnection`.
 
@@ -10,9 +11,13 @@ pub mod backoff;
 pub mod core;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod verify;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 
 pub use core::{PeerCore, PeerEvent, ReceivedDelta, SendError};
 #[cfg(not(target_arch = "wasm32"))]
 pub use native::{ConnectError, ConnectOptions, NativePeer};
+#[cfg(not(target_arch = "wasm32"))]
+pub use verify::{VerifyError, verify_relayed};

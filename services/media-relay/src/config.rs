@@ -2,17 +2,21 @@
 //! flags and environment.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deltamesh_proto::Id;
 
 use crate::rate::Rate;
+use crate::signing::DeltaSigner;
 
 /// Everything a relay instance is told at start.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     /// This relay instance's id.
     pub relay_id: Id,
+    /// The key the relay signs accepted deltas with; unsigned when `None`.
+    pub signer: Option<Arc<DeltaSigner>>,
     /// Address the UDP sockets bind to.
     pub bind_ip: IpAddr,
     /// Address advertised in ICE host candidates; never unspecified.
@@ -69,6 +73,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
             relay_id: Id::default(),
+            signer: None,
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             advertised_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             udp_port: 0,

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use deltamesh_proto::{DeltaFrame, Id, SecurityFields, SecurityFlags};
 
+use crate::signing::DeltaSigner;
 use crate::store::{ChunkRef, ChunkStore, StoreError, StoredDelta};
 use crate::wake::{News, ShardWake, Watchers};
 
@@ -18,15 +19,18 @@ use crate::wake::{News, ShardWake, Watchers};
 /// resent frame with its original seq.
 const DEDUP_WINDOW: usize = 4096;
 
-/// Who accepted a delta and when; the log adds the seq.
+/// Who accepted a delta and when; the log adds the seq (and the signature,
+/// once the seq is known).
 #[derive(Debug, Clone, Copy)]
-pub struct Acceptance {
+pub struct Acceptance<'a> {
     /// The peer the delta is from.
     pub origin: Id,
     /// The relay that validated it.
     pub validator: Id,
     /// Validation time, microseconds since the Unix epoch.
     pub validated_at_us: u64,
+    /// The validator's key, when it signs what it accepts.
+    pub signer: Option<&'a DeltaSigner>,
 }
 
 /// The result of an append.
@@ -68,7 +72,7 @@ pub trait DeltaLog: Send + Sync + 'static {
     fn append(
         &self,
         session: &Arc<str>,
-        by: Acceptance,
+        by: Acceptance<'_>,
         frame: DeltaFrame<'_>,
     ) -> Result<Appended, LogError>;
 
@@ -157,7 +161,7 @@ impl DeltaLog for MemoryLog {
     fn append(
         &self,
         session: &Arc<str>,
-        by: Acceptance,
+        by: Acceptance<'_>,
         frame: DeltaFrame<'_>,
     ) -> Result<Appended, LogError> {
         let mut sessions = self.sessions();
@@ -174,7 +178,7 @@ impl DeltaLog for MemoryLog {
                 Err(_) => Err(LogError::StaleResend { client_seq }),
             };
         }
-        let fields = SecurityFields {
+        let mut fields = SecurityFields {
             flags: SecurityFlags(
                 SecurityFlags::VALID_DELTA | SecurityFlags::VALID_DATA | SecurityFlags::PROCESSED,
             ),
@@ -184,6 +188,10 @@ impl DeltaLog for MemoryLog {
             validated_at_us: by.validated_at_us,
             signature: [0; 64],
         };
+        if let Some(signer) = by.signer {
+            fields.flags.0 |= SecurityFlags::SIGNED;
+            fields.signature = signer.sign(&fields, frame.as_bytes());
+        }
         let at = self.store.append(&fields, frame)?;
         window.last_client_seq = client_seq;
         window.recent.push_back((client_seq, seq));
@@ -287,8 +295,9 @@ mod tests {
         .unwrap()
     }
 
-    fn by(origin: u8) -> Acceptance {
+    fn by(origin: u8) -> Acceptance<'static> {
         Acceptance {
+            signer: None,
             origin: Id([origin; 16]),
             validator: Id([0; 16]),
             validated_at_us: 0,

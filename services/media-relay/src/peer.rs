@@ -383,6 +383,7 @@ impl Peer {
             origin: self.origin,
             validator: shared.config.relay_id,
             validated_at_us: unix_micros(),
+            signer: shared.config.signer.as_deref(),
         };
         match shared.log.append(&self.session, by, frame) {
             Ok(Appended::Stored(seq) | Appended::Duplicate(seq)) => {

@@ -285,6 +285,11 @@ impl RelayHandle {
             .sum()
     }
 
+    /// The Ed25519 public key deltas accepted here are signed with, if any.
+    pub fn public_key(&self) -> Option<[u8; 32]> {
+        self.shared.config.signer.as_ref().map(|s| s.public_key())
+    }
+
     /// Peers the relay takes at most.
     pub fn capacity(&self) -> usize {
         self.shared.config.max_peers
