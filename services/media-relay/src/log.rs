@@ -18,6 +18,11 @@ use crate::wake::{News, ShardWake, Watchers};
 /// How many recent (client_seq → seq) pairs are kept per origin to answer a
 /// resent frame with its original seq.
 const DEDUP_WINDOW: usize = 4096;
+/// How many origins (connections that sent or may resume) a session keeps;
+/// beyond it the least recently active is forgotten, so reconnecting over
+/// and over cannot grow the log. A forgotten origin can no longer be resumed
+/// (its peer gets `ResumeRefused` and renumbers what it had in flight).
+pub const MAX_ORIGINS_PER_SESSION: usize = 4096;
 
 /// Who accepted a delta and when; the log adds the seq (and the signature,
 /// once the seq is known).
@@ -114,6 +119,8 @@ struct SessionLog {
     first_seq: u64,
     index: VecDeque<ChunkRef>,
     origins: HashMap<Id, OriginWindow>,
+    /// Counts origin activity, to find the least recently active.
+    origin_clock: u64,
     watchers: Watchers,
 }
 
@@ -122,11 +129,32 @@ struct OriginWindow {
     last_client_seq: u64,
     recent: VecDeque<(u64, u64)>,
     resume_token: Option<[u8; 16]>,
+    /// `origin_clock` when it last appended or registered.
+    active_at: u64,
 }
 
 impl SessionLog {
     fn head(&self) -> u64 {
         self.first_seq + self.index.len() as u64 - 1
+    }
+
+    /// `origin`'s window, made (forgetting the least recently active origin
+    /// when the session is at [`MAX_ORIGINS_PER_SESSION`]) and marked active.
+    fn origin(&mut self, origin: Id) -> &mut OriginWindow {
+        if !self.origins.contains_key(&origin) && self.origins.len() >= MAX_ORIGINS_PER_SESSION {
+            let oldest = self
+                .origins
+                .iter()
+                .min_by_key(|(_, window)| window.active_at)
+                .map(|(id, _)| *id);
+            if let Some(oldest) = oldest {
+                self.origins.remove(&oldest);
+            }
+        }
+        self.origin_clock += 1;
+        let window = self.origins.entry(origin).or_default();
+        window.active_at = self.origin_clock;
+        window
     }
 }
 
@@ -170,7 +198,7 @@ impl DeltaLog for MemoryLog {
             .or_insert_with(new_session_log);
         let client_seq = frame.client_seq();
         let seq = log.head() + 1;
-        let window = log.origins.entry(by.origin).or_default();
+        let window = log.origin(by.origin);
         if client_seq <= window.last_client_seq {
             // `recent` is sorted: client_seqs are stored in increasing order.
             return match window.recent.binary_search_by_key(&client_seq, |&(c, _)| c) {
@@ -220,9 +248,7 @@ impl DeltaLog for MemoryLog {
         self.sessions()
             .entry(Arc::clone(session))
             .or_insert_with(new_session_log)
-            .origins
-            .entry(origin)
-            .or_default()
+            .origin(origin)
             .resume_token = Some(resume_token);
     }
 
@@ -302,6 +328,41 @@ mod tests {
             validator: Id([0; 16]),
             validated_at_us: 0,
         }
+    }
+
+    #[test]
+    fn a_session_keeps_a_bounded_number_of_origins_forgetting_the_least_active() {
+        let log = MemoryLog::new(Arc::new(ChunkStore::new(1 << 20, 4)));
+        let session: Arc<str> = "churn".into();
+        let id = |n: usize| Id(uuid::Uuid::from_u128(n as u128).into_bytes());
+        for n in 0..MAX_ORIGINS_PER_SESSION + 10 {
+            log.register_origin(&session, id(n), [n as u8; 16]);
+            if n == 0 {
+                // The first origin stays active: it sends.
+                let f = frame(1);
+                let by = Acceptance {
+                    origin: id(0),
+                    ..by(0)
+                };
+                log.append(&session, by, DeltaFrame::parse(&f).unwrap())
+                    .unwrap();
+            }
+        }
+        // Touch the first origin again, late, so it is not the least active.
+        let f = frame(2);
+        let by0 = Acceptance {
+            origin: id(0),
+            ..by(0)
+        };
+        log.append(&session, by0, DeltaFrame::parse(&f).unwrap())
+            .unwrap();
+        log.register_origin(&session, id(999_999), [1; 16]);
+        let sessions = log.sessions();
+        let origins = &sessions[&session].origins;
+        assert_eq!(origins.len(), MAX_ORIGINS_PER_SESSION);
+        assert!(origins.contains_key(&id(0)), "the active origin is kept");
+        assert!(origins.contains_key(&id(999_999)));
+        assert!(!origins.contains_key(&id(1)), "the least active went first");
     }
 
     #[test]
