@@ -1,5 +1,6 @@
-//! The fuzzers' seed corpus (`fuzz/corpus/<target>/seed-*`): a few valid
-//! inputs per target, generated here from the crate's own builders.
+//! The proto fuzzers' seed corpus (`proto/fuzz/corpus/<target>/seed-*`,
+//! which `scripts/fuzz` starts from): a few valid inputs per target,
+//! generated here from the crate's own builders.
 //!
 //! Regenerate after a wire change with
 //! `UPDATE_SEEDS=1 cargo test -p deltamesh-proto --test seed_corpus`.
