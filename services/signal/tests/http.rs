@@ -1102,6 +1102,10 @@ async fn the_web_bundle_is_served_with_the_dev_token_and_nothing_outside_pkg() {
         .await
         .unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    // A name too long for the file system (found by the fuzzer: it was a 500).
+    let too_long = format!("/pkg/{}", "a".repeat(256));
+    let response = signal.request(Method::GET, &too_long).send().await.unwrap();
+    problem(response, StatusCode::NOT_FOUND).await;
     for path in [
         "/pkg/../secret.txt",
         "/pkg/..%2fsecret.txt",

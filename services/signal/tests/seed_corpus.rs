@@ -9,20 +9,15 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use deltamesh_proto::Id;
-use deltamesh_signal::{
-    ConnectRequest, Connected, Network, NetworkError, PeerInfo, SignalConfig, SignalMetrics,
-    router, serve,
-};
-use prometheus_client::registry::Registry;
+use deltamesh_proto::Grants;
+use deltamesh_signal::serve;
+use deltamesh_signal::token::{Claims, TokenSigner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The development token of the fuzz target's signal (`TOKEN` in
-/// `fuzz/fuzz_targets/signal_request.rs`).
-const TOKEN: &str = "dev-token";
+#[path = "../fuzz/fuzzed_signal.rs"]
+mod fuzzed_signal;
 
 const SESSION: &str = "/v1/sessions/doc-1/peers";
 const PEER: &str = "/v1/sessions/doc-1/peers/01010101-0101-0101-0101-010101010101";
@@ -76,8 +71,42 @@ fn seed(
     }
 }
 
+/// `Bearer <token>` for a signed token of the fuzz key opening `session`
+/// until 2100 (HS256 is deterministic, so the seed is stable).
+fn signed_bearer(session: &str) -> String {
+    let signer = TokenSigner::hs256(fuzzed_signal::KEY_ID, fuzzed_signal::SECRET).unwrap();
+    let token = signer.sign(&Claims {
+        iss: None,
+        sub: "fuzzer".to_owned(),
+        session: session.to_owned(),
+        grants: Grants::ALL.into(),
+        exp: 4_102_444_800,
+        nbf: None,
+        iat: None,
+    });
+    format!("Bearer {token}")
+}
+
 fn seeds() -> Vec<Seed> {
+    let signed = signed_bearer("doc-1");
+    let other_session = signed_bearer("doc-2");
     vec![
+        seed(
+            "seed-offer-signed-token",
+            201,
+            "POST",
+            SESSION,
+            &[("Authorization", &signed), SDP],
+            OFFER,
+        ),
+        seed(
+            "seed-list-token-of-another-session",
+            403,
+            "GET",
+            SESSION,
+            &[("Authorization", &other_session)],
+            "",
+        ),
         seed(
             "seed-offer",
             201,
@@ -169,42 +198,6 @@ fn corpus_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/signal_request")
 }
 
-/// A network that takes every request, as the fuzz target's does.
-struct AcceptingNetwork;
-
-impl Network for AcceptingNetwork {
-    async fn connect(&self, _: ConnectRequest) -> Result<Connected, NetworkError> {
-        Ok(Connected {
-            peer_id: Id([1; 16]),
-            relay_id: Id([2; 16]),
-            answer_sdp: "v=0\r\n".to_owned(),
-            ice_ufrag: "fuzz".to_owned(),
-        })
-    }
-
-    async fn trickle(
-        &self,
-        _: &str,
-        _: Id,
-        _: Option<&str>,
-        _: Vec<String>,
-    ) -> Result<(), NetworkError> {
-        Ok(())
-    }
-
-    async fn disconnect(&self, _: &str, _: Id) -> Result<(), NetworkError> {
-        Ok(())
-    }
-
-    async fn peers(&self, _: &str) -> Result<Vec<PeerInfo>, NetworkError> {
-        Ok(Vec::new())
-    }
-
-    fn readiness(&self) -> Result<(), String> {
-        Ok(())
-    }
-}
-
 /// The status line's code of the answer to `request`, sent alone on a new
 /// connection to `address`.
 async fn status_of(address: std::net::SocketAddr, request: &[u8]) -> u16 {
@@ -226,16 +219,8 @@ async fn status_of(address: std::net::SocketAddr, request: &[u8]) -> u16 {
 
 #[tokio::test]
 async fn every_seed_gets_its_status_from_a_real_server() {
-    let mut config = SignalConfig::new(TOKEN);
-    config.web_dir = Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/web"));
-    let mut registry = Registry::default();
-    let metrics = SignalMetrics::register(&mut registry);
-    let app = router(
-        Arc::new(AcceptingNetwork),
-        config,
-        metrics,
-        Arc::new(registry),
-    );
+    let fuzz_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let app = fuzzed_signal::signal(&fuzz_dir);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(serve(listener, app, std::future::pending()));

@@ -14,79 +14,19 @@
 
 #![no_main]
 
-use std::path::PathBuf;
-use std::sync::{Arc, LazyLock};
+use std::path::Path;
+use std::sync::LazyLock;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use axum::http::{HeaderName, HeaderValue, Method, Request, Uri};
-use deltamesh_proto::Id;
-use deltamesh_signal::{
-    ConnectRequest, Connected, Network, NetworkError, PeerInfo, SignalConfig, SignalMetrics, router,
-};
 use libfuzzer_sys::fuzz_target;
-use prometheus_client::registry::Registry;
 use tokio::runtime::Runtime;
 use tower::ServiceExt;
 
-// ---- how signal is built: the one place to adapt when its config or the
-// `Network` trait change.
-
-/// The development token; the seeds carry it.
-const TOKEN: &str = "dev-token";
-
-/// A network that takes every request: a fixed peer for every offer, no peers
-/// in any session, always ready.
-struct AcceptingNetwork;
-
-impl Network for AcceptingNetwork {
-    async fn connect(&self, _: ConnectRequest) -> Result<Connected, NetworkError> {
-        Ok(Connected {
-            peer_id: Id([1; 16]),
-            relay_id: Id([2; 16]),
-            answer_sdp: "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n".to_owned(),
-            ice_ufrag: "fuzz".to_owned(),
-        })
-    }
-
-    async fn trickle(
-        &self,
-        _: &str,
-        _: Id,
-        _: Option<&str>,
-        _: Vec<String>,
-    ) -> Result<(), NetworkError> {
-        Ok(())
-    }
-
-    async fn disconnect(&self, _: &str, _: Id) -> Result<(), NetworkError> {
-        Ok(())
-    }
-
-    async fn peers(&self, _: &str) -> Result<Vec<PeerInfo>, NetworkError> {
-        Ok(Vec::new())
-    }
-
-    fn readiness(&self) -> Result<(), String> {
-        Ok(())
-    }
-}
-
-/// Signal's router over [`AcceptingNetwork`], serving the small web bundle in
-/// `web/` (its `index.html` holds [`OUTSIDE_PKG`]).
-fn signal() -> Router {
-    let mut config = SignalConfig::new(TOKEN);
-    config.web_dir = Some(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/web")));
-    let mut registry = Registry::default();
-    let metrics = SignalMetrics::register(&mut registry);
-    router(
-        Arc::new(AcceptingNetwork),
-        config,
-        metrics,
-        Arc::new(registry),
-    )
-}
+#[path = "../fuzzed_signal.rs"]
+mod fuzzed_signal;
 
 // ---- the target
 
@@ -99,7 +39,8 @@ static SIGNAL: LazyLock<(Runtime, Router)> = LazyLock::new(|| {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    (runtime, signal())
+    let fuzz_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    (runtime, fuzzed_signal::signal(fuzz_dir))
 });
 
 fuzz_target!(|data: &[u8]| {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -86,7 +86,10 @@ pub fn router<N: Network>(
     let web_bundle = app.config.web_dir.as_ref().map(|dir| dir.join("pkg"));
     let mut router = Router::new();
     if let Some(pkg) = web_bundle {
-        router = router.nest_service("/pkg", ServeDir::new(pkg));
+        let files = Router::new()
+            .fallback_service(ServeDir::new(pkg))
+            .layer(middleware::from_fn(unservable_is_not_found));
+        router = router.nest_service("/pkg", files);
     }
     router
         .route("/", get(ops::home::<N>))
@@ -111,6 +114,18 @@ pub fn router<N: Network>(
         .layer(middleware::map_response(cors::expose))
         .layer(middleware::from_fn_with_state(metrics, count_request))
         .with_state(app)
+}
+
+/// A bundle file that cannot be opened at all (a name too long for the file
+/// system, say) is a 404 problem, not the 500 `ServeDir` makes of it.
+async fn unservable_is_not_found(request: Request, next: Next) -> Response {
+    let path = format!("/pkg{}", request.uri().path());
+    let response = next.run(request).await;
+    if response.status().is_server_error() {
+        tracing::warn!(path, status = %response.status(), "web bundle file not served");
+        return ApiError::NotFound(path).into_response();
+    }
+    response
 }
 
 /// Counts every answered request by method, matched route and status.
