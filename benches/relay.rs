@@ -1,6 +1,7 @@
 //! The relay benchmark: raw str0m as the baseline, then the real relay
 //! (the `deltamesh` binary, its own process) with native peers over
-//! loopback UDP, printed side by side with ratios.
+//! loopback UDP, printed side by side with ratios; then what security
+//! costs: signing deltas (against the unsigned relay) and token checks.
 //!
 //! Run: `cargo bench --bench relay` (add `-- --quick` for a short run).
 
@@ -133,6 +134,77 @@ fn main() {
         (after.saturating_sub(before)) as f64 / 1024.0 / peers.len() as f64
     );
     drop(peers);
+
+    println!(
+        "\n4. signing every accepted delta (Ed25519): fan-out, 100 B frames, 1 sender, {} receivers",
+        sizes.receivers
+    );
+    let signing_key = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/services/signal/tests/keys/ed25519-a.pem"
+    );
+    let mut results = Vec::new();
+    for extra in [&[][..], &["--signing-key", signing_key][..]] {
+        let relay = Relay::spawn_with(window, extra);
+        let (delivered, elapsed, relay_cpu) =
+            runtime.block_on(fan_out(&relay, 100, sizes.deltas, sizes.receivers));
+        results.push((
+            delivered as f64 / elapsed.as_secs_f64(),
+            relay_cpu.as_secs_f64() * 1e6 / delivered as f64,
+        ));
+    }
+    let [(plain_rate, plain_us), (signed_rate, signed_us)] = results[..] else {
+        unreachable!("two runs")
+    };
+    println!(
+        "   unsigned {plain_rate:>9.0} deltas/s, {plain_us:.2} us relay CPU each | signed {signed_rate:>9.0} deltas/s, \
+         {signed_us:.2} us each | ratio {:.2} (rate), {:.2} (CPU)",
+        signed_rate / plain_rate,
+        signed_us / plain_us
+    );
+
+    println!("\n5. token checks in signal (per request)");
+    let hs = token_checks(false);
+    let ed = token_checks(true);
+    println!(
+        "   HS256 {:.1} us | EdDSA {:.1} us | ratio {:.2}",
+        hs.as_secs_f64() * 1e6,
+        ed.as_secs_f64() * 1e6,
+        ed.as_secs_f64() / hs.as_secs_f64()
+    );
+}
+
+/// Time to verify one token, HS256 or EdDSA, averaged over many.
+fn token_checks(eddsa: bool) -> Duration {
+    use deltamesh_signal::token::{Claims, TokenSigner, TokenVerifier, unix_now};
+    const CHECKS: u32 = 20_000;
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/services/signal/tests/keys/");
+    let read = |name: &str| std::fs::read(format!("{keys}{name}")).expect("test key");
+    let mut verifier = TokenVerifier::default();
+    let signer = if eddsa {
+        verifier
+            .add_eddsa_pem("k", &read("ed25519-a.pub.pem"))
+            .unwrap();
+        TokenSigner::eddsa_pem("k", &read("ed25519-a.pem")).unwrap()
+    } else {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        verifier.add_hs256("k", secret).unwrap();
+        TokenSigner::hs256("k", secret).unwrap()
+    };
+    let token = signer.sign(&Claims {
+        iss: None,
+        sub: "bench".into(),
+        session: "bench".into(),
+        grants: Default::default(),
+        exp: unix_now() + 3600,
+        nbf: None,
+        iat: None,
+    });
+    let started = Instant::now();
+    for _ in 0..CHECKS {
+        verifier.verify(&token).expect("a good token");
+    }
+    started.elapsed() / CHECKS
 }
 
 fn ms(d: Duration) -> f64 {
@@ -152,11 +224,17 @@ struct Relay {
 
 impl Relay {
     fn spawn(window: usize) -> Relay {
+        Relay::spawn_with(window, &[])
+    }
+
+    /// The relay with `extra` command-line arguments.
+    fn spawn_with(window: usize, extra: &[&str]) -> Relay {
         let mut child = Command::new(env!("CARGO_BIN_EXE_deltamesh"))
             .args(["--port", "0", "--dev-token", TOKEN])
             // The benchmark measures the relay, not its abuse limits.
             .args(["--address-rate", "0", "--token-rate", "0"])
             .args(["--delta-rate", "0", "--byte-rate", "0"])
+            .args(extra)
             .args(["--send-window", &window.to_string()])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
