@@ -248,6 +248,16 @@ async fn the_delta_rate_trips_exactly_at_its_burst() {
         [None, None, None, None, None, rate, rate, rate],
         "five pass, the rest are over the rate"
     );
+    let metrics = reqwest::get(format!("{}/metrics", stack.signal_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("relay_limit_hits_total{limit=\"delta_rate\"} 3"),
+        "{metrics}"
+    );
     stack.shutdown().await.unwrap();
 }
 
@@ -325,6 +335,25 @@ async fn a_full_session_is_a_503_with_retry_after() {
     join_as(&stack, "other", "three", Grants::ALL)
         .await
         .unwrap();
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_relay_is_a_503_with_retry_after() {
+    let stack = secured_stack(|relay| relay.max_peers = 1).await;
+    let _only = join_as(&stack, "any", "one", Grants::ALL).await.unwrap();
+    let refused = reqwest::Client::new()
+        .post(format!("{}/v1/sessions/other/peers", stack.signal_url()))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/sdp")
+        .body(offer_sdp())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "2");
+    let body = refused.text().await.unwrap();
+    assert!(body.contains("no-capacity"), "{body}");
     stack.shutdown().await.unwrap();
 }
 
