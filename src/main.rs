@@ -267,19 +267,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         eprintln!(
             "WARNING: development mode: the token below opens every session. Do not expose this stack."
         );
-        println!("dev token: {}", config.signal.dev_token);
+        announce(format_args!("dev token: {}", config.signal.dev_token));
     }
     for relay in &stack.relays {
         if let Some(key) = relay.public_key() {
-            println!("relay key: {} {}", relay.id(), hex(&key));
+            announce(format_args!("relay key: {} {}", relay.id(), hex(&key)));
         }
     }
-    println!("signal: {}", stack.signal_url());
-    println!("demo: {}/?session=demo", stack.signal_url());
+    announce(format_args!("signal: {}", stack.signal_url()));
+    announce(format_args!("demo: {}/?session=demo", stack.signal_url()));
     shutdown_signal().await?;
     eprintln!("shutting down");
     stack.shutdown().await?;
     Ok(())
+}
+
+/// Prints one line of start-up facts on stdout. A closed stdout (a reader
+/// that took what it needed) must not stop the stack, so errors are ignored.
+fn announce(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 /// The verifier for the configured token keys (empty when there are none).
