@@ -157,7 +157,6 @@ impl Network for EmbeddedNetwork {
                 relay.members(session).into_iter().map(|m| PeerInfo {
                     peer_id: m.peer_id,
                     relay_id: relay.id(),
-                    identity: m.identity.to_string(),
                     state: match m.state {
                         MemberState::Connecting => PeerState::Connecting,
                         MemberState::Connected => PeerState::Connected,

@@ -363,3 +363,51 @@ async fn shutdown_signal() -> std::io::Result<()> {
         _ = terminate.recv() => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_flags_need_a_key_id_and_a_value() {
+        assert_eq!(named("k1=s=cret", "--x").unwrap(), ("k1", "s=cret"));
+        for bad in ["k1", "=secret", "k1=", ""] {
+            let error = named(bad, "--hs256-key").unwrap_err().to_string();
+            assert!(
+                error.contains("--hs256-key takes KEY_ID=VALUE"),
+                "{bad}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn minting_refuses_unknown_grants_bad_sessions_and_weak_secrets() {
+        let args = |session: &str, grants: &[&str], secret: &str| TokenArgs {
+            session: session.into(),
+            subject: "alice".into(),
+            grants: grants.iter().map(|g| g.to_string()).collect(),
+            ttl: Duration::from_secs(60),
+            issuer: None,
+            hs256_key: Some(format!("k={secret}")),
+            eddsa_private_key: None,
+        };
+        let secret = "0123456789abcdef0123456789abcdef";
+        let token = mint(args("doc-1", &["publish"], secret)).unwrap();
+        let mut verifier = TokenVerifier::default();
+        verifier.add_hs256("k", secret.as_bytes()).unwrap();
+        let access = verifier.verify(&token).unwrap();
+        assert!(access.grants.publish && !access.grants.subscribe);
+        let error = mint(args("doc-1", &["admin"], secret))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown grant"), "{error}");
+        let error = mint(args("a/b", &["publish"], secret))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not a valid session name"), "{error}");
+        let error = mint(args("doc-1", &["publish"], "short"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("shorter than 32 bytes"), "{error}");
+    }
+}

@@ -342,14 +342,8 @@ async fn a_full_session_is_a_503_with_retry_after() {
 async fn a_full_relay_is_a_503_with_retry_after() {
     let stack = secured_stack(|relay| relay.max_peers = 1).await;
     let _only = join_as(&stack, "any", "one", Grants::ALL).await.unwrap();
-    let refused = reqwest::Client::new()
-        .post(format!("{}/v1/sessions/other/peers", stack.signal_url()))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/sdp")
-        .body(offer_sdp())
-        .send()
-        .await
-        .unwrap();
+    let client = reqwest::Client::new();
+    let refused = post_offer(&client, &stack.signal_url(), "other", &offer_sdp()).await;
     assert_eq!(refused.status(), 503);
     assert_eq!(refused.headers()["retry-after"], "2");
     let body = refused.text().await.unwrap();
@@ -366,13 +360,15 @@ fn offer_sdp() -> String {
     offer.to_sdp_string()
 }
 
+/// POSTs `sdp` to `session` of the signal at `signal_url` with the dev token.
 async fn post_offer(
     client: &reqwest::Client,
-    stack: &RunningStack,
+    signal_url: &str,
+    session: &str,
     sdp: &str,
 ) -> reqwest::Response {
     client
-        .post(format!("{}/v1/sessions/flood/peers", stack.signal_url()))
+        .post(format!("{signal_url}/v1/sessions/{session}/peers"))
         .bearer_auth(TOKEN)
         .header("content-type", "application/sdp")
         .body(sdp.to_owned())
@@ -391,9 +387,14 @@ async fn half_open_connections_are_limited_and_reaped() {
     let client = reqwest::Client::new();
     let sdp = offer_sdp();
     for _ in 0..3 {
-        assert_eq!(post_offer(&client, &stack, &sdp).await.status(), 201);
+        assert_eq!(
+            post_offer(&client, &stack.signal_url(), "flood", &sdp)
+                .await
+                .status(),
+            201
+        );
     }
-    let refused = post_offer(&client, &stack, &sdp).await;
+    let refused = post_offer(&client, &stack.signal_url(), "flood", &sdp).await;
     assert_eq!(refused.status(), 503);
     assert_eq!(refused.headers()["retry-after"], "1");
     let body = refused.text().await.unwrap();
@@ -443,19 +444,12 @@ async fn a_flood_of_offers_and_garbage_leaves_well_behaved_peers_served() {
     let sdp = offer_sdp();
     let client = reqwest::Client::new();
     let offers = tokio::spawn({
-        let url = format!("{}/v1/sessions/flood/peers", stack.signal_url());
+        let signal_url = stack.signal_url();
         async move {
             futures_util::stream::iter(0..OFFERS)
-                .map(|_| {
-                    client
-                        .post(&url)
-                        .bearer_auth(TOKEN)
-                        .header("content-type", "application/sdp")
-                        .body(sdp.clone())
-                        .send()
-                })
+                .map(|_| post_offer(&client, &signal_url, "flood", &sdp))
                 .buffer_unordered(200)
-                .map(|response| response.expect("signal answers").status().as_u16())
+                .map(|response| response.status().as_u16())
                 .collect::<Vec<u16>>()
                 .await
         }

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use deltamesh_proto::{Grants, Id};
+use deltamesh_proto::Id;
 
 use crate::relay::RelayError;
 use crate::wake::{News, ShardWake, Watchers};
@@ -41,8 +41,6 @@ pub struct Member {
     pub ice_ufrag: String,
     /// Its identity: the subject of its token.
     pub identity: Arc<str>,
-    /// What it may do.
-    pub grants: Grants,
 }
 
 /// The admission limits [`Directory::admit`] enforces.
@@ -124,12 +122,6 @@ impl Directory {
         {
             member.ice_ufrag = ice_ufrag.to_owned();
         }
-    }
-
-    /// Peers on the relay, and how many of them are still connecting.
-    pub fn counts(&self) -> (usize, usize) {
-        let sessions = self.sessions();
-        (sessions.total, sessions.pending)
     }
 
     /// Marks a peer connected and wakes the session's shards.

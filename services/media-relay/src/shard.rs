@@ -266,7 +266,6 @@ impl Shard {
             shard: self.index,
             ice_ufrag: String::new(),
             identity: access.identity,
-            grants: access.grants,
         };
         self.shared
             .directory
@@ -306,7 +305,16 @@ impl Shard {
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| RelayError::BadOffer(format!("offer not acceptable: {e}")))?;
-        let ice_ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        let peer = Peer::new(
+            peer_id,
+            Arc::clone(&session),
+            grants,
+            rtc,
+            channels,
+            &self.shared.config,
+            now,
+        );
+        let ice_ufrag = peer.ice_ufrag.clone();
         let key = self.next_key;
         self.next_key += 1;
         self.demux.add_peer(key, &ice_ufrag);
@@ -314,20 +322,8 @@ impl Shard {
             .directory
             .set_ice_ufrag(&session, peer_id, &ice_ufrag);
         self.shared.log.watch(&session, &self.wake);
-        self.sessions
-            .entry(Arc::clone(&session))
-            .or_default()
-            .push(key);
+        self.sessions.entry(session).or_default().push(key);
         self.by_id.insert(peer_id, key);
-        let peer = Peer::new(
-            peer_id,
-            session,
-            grants,
-            rtc,
-            channels,
-            &self.shared.config,
-            now,
-        );
         self.peers.insert(key, peer);
         self.peer_count.fetch_add(1, Ordering::Relaxed);
         self.shared.metrics.peers.inc();

@@ -68,3 +68,25 @@ impl DeltaSigner {
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PRIVATE: &[u8] = include_bytes!("../../signal/tests/keys/ed25519-a.pem");
+    const PUBLIC: &[u8] = include_bytes!("../../signal/tests/keys/ed25519-a.pub.pem");
+
+    #[test]
+    fn only_an_ed25519_private_key_in_pem_is_a_signing_key() {
+        let signer = DeltaSigner::from_pem(PRIVATE).unwrap();
+        assert!(format!("{signer:?}").contains(&hex(&signer.public_key())));
+        assert!(matches!(
+            DeltaSigner::from_pem(b"not pem at all"),
+            Err(SigningKeyError::NotPem(_))
+        ));
+        assert!(matches!(
+            DeltaSigner::from_pem(PUBLIC),
+            Err(SigningKeyError::NotEd25519(_))
+        ));
+    }
+}

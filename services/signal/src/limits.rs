@@ -4,19 +4,21 @@
 //!
 //! IPv6 clients are counted per /64, the block one subscriber usually has.
 //! The tables forget a key once its bucket is full again; they are swept
-//! whenever they pass [`SWEEP_AT`] keys, so they hold about as many keys as
-//! were active within one burst period.
+//! when they pass [`SWEEP_AT`] keys, and then only again once they have
+//! doubled, so a table holds about as many keys as were active within one
+//! burst period and a sweep costs O(1) per request however many are.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
-/// Key count above which a table drops the keys it no longer needs.
+/// Key count above which a table first drops the keys it no longer needs.
 pub const SWEEP_AT: usize = 65_536;
 
 /// One rate: requests per second, and how many may come at once.
@@ -46,6 +48,8 @@ impl RateLimit {
 struct Table<K: Clone + std::hash::Hash + Eq> {
     limiter: DefaultKeyedRateLimiter<K>,
     clock: DefaultClock,
+    /// Key count at which the next sweep runs.
+    sweep_at: AtomicUsize,
 }
 
 impl<K: Clone + std::hash::Hash + Eq> Table<K> {
@@ -53,14 +57,17 @@ impl<K: Clone + std::hash::Hash + Eq> Table<K> {
         Some(Table {
             limiter: DefaultKeyedRateLimiter::hashmap(limit.quota()?),
             clock: DefaultClock::default(),
+            sweep_at: AtomicUsize::new(SWEEP_AT),
         })
     }
 
     /// `Err(wait)` when `key` is over its rate.
     fn check(&self, key: &K) -> Result<(), Duration> {
-        if self.limiter.len() > SWEEP_AT {
+        if self.limiter.len() > self.sweep_at.load(Ordering::Relaxed) {
             self.limiter.retain_recent();
             self.limiter.shrink_to_fit();
+            let next = (self.limiter.len() * 2).max(SWEEP_AT);
+            self.sweep_at.store(next, Ordering::Relaxed);
         }
         self.limiter
             .check_key(key)
@@ -151,6 +158,24 @@ mod tests {
         assert_eq!(limits.check_token("a"), Ok(()));
         assert!(limits.check_token("a").is_err());
         assert_eq!(limits.check_token("b"), Ok(()));
+    }
+
+    #[test]
+    fn a_table_of_active_keys_is_swept_again_only_once_it_has_doubled() {
+        let table = Table::<u128>::new(RateLimit {
+            per_second: 1,
+            burst: 1,
+        })
+        .unwrap();
+        for key in 0..=SWEEP_AT as u128 {
+            assert_eq!(table.check(&key), Ok(()));
+        }
+        // The sweep on the next request keeps every (recently used) key.
+        assert_eq!(table.check(&u128::MAX), Ok(()));
+        let next = table.sweep_at.load(Ordering::Relaxed);
+        assert!(next >= 2 * SWEEP_AT, "next sweep at {next}");
+        // Each key is still limited: nothing was forgotten too early.
+        assert!(table.check(&0).is_err());
     }
 
     #[test]

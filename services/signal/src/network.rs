@@ -61,8 +61,6 @@ pub struct PeerInfo {
     pub peer_id: Id,
     /// The relay it is connected to.
     pub relay_id: Id,
-    /// Its identity: the subject of the token it connected with.
-    pub identity: String,
     /// Its connection state.
     pub state: PeerState,
     /// When its offer was accepted.

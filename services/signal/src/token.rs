@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 /// The shortest HS256 secret accepted: 32 bytes, the HMAC-SHA-256 output.
 pub const HS256_MIN_SECRET: usize = 32;
-/// The clock skew allowed on `exp` and `nbf` by default.
-pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+/// The clock skew allowed on `exp` and `nbf`.
+pub const LEEWAY: Duration = Duration::from_secs(30);
 
 /// The claims of a deltamesh token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,12 +152,11 @@ pub enum KeyError {
     },
 }
 
-/// Checks tokens against named keys.
-#[derive(Clone)]
+/// Checks tokens against named keys, allowing [`LEEWAY`] of clock skew.
+#[derive(Clone, Default)]
 pub struct TokenVerifier {
     keys: HashMap<String, (Algorithm, DecodingKey)>,
     issuer: Option<String>,
-    leeway: Duration,
 }
 
 impl fmt::Debug for TokenVerifier {
@@ -172,18 +171,7 @@ impl fmt::Debug for TokenVerifier {
         f.debug_struct("TokenVerifier")
             .field("keys", &keys)
             .field("issuer", &self.issuer)
-            .field("leeway", &self.leeway)
             .finish()
-    }
-}
-
-impl Default for TokenVerifier {
-    fn default() -> Self {
-        TokenVerifier {
-            keys: HashMap::new(),
-            issuer: None,
-            leeway: DEFAULT_LEEWAY,
-        }
     }
 }
 
@@ -196,11 +184,6 @@ impl TokenVerifier {
     /// Requires `iss` to be `issuer`.
     pub fn require_issuer(&mut self, issuer: impl Into<String>) {
         self.issuer = Some(issuer.into());
-    }
-
-    /// Sets the clock skew allowed on `exp` and `nbf`.
-    pub fn set_leeway(&mut self, leeway: Duration) {
-        self.leeway = leeway;
     }
 
     /// Adds an HS256 key.
@@ -247,7 +230,7 @@ impl TokenVerifier {
             });
         }
         let mut validation = Validation::new(*alg);
-        validation.leeway = self.leeway.as_secs();
+        validation.leeway = LEEWAY.as_secs();
         validation.validate_nbf = true;
         validation.validate_aud = false;
         validation.required_spec_claims = ["exp", "sub"].map(String::from).into();
@@ -436,7 +419,7 @@ mod tests {
         let verifier = verifier();
         let signer = TokenSigner::hs256("hs", SECRET).unwrap();
         let now = unix_now();
-        let leeway = DEFAULT_LEEWAY.as_secs();
+        let leeway = LEEWAY.as_secs();
         let expired = Claims {
             exp: now - leeway - 5,
             ..claims()

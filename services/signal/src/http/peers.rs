@@ -170,7 +170,6 @@ async fn list_peers<N: Network>(
 struct PeerJson {
     peer_id: String,
     relay_id: String,
-    identity: String,
     state: &'static str,
     joined_at: String,
 }
@@ -180,7 +179,6 @@ impl From<&PeerInfo> for PeerJson {
         PeerJson {
             peer_id: peer.peer_id.to_string(),
             relay_id: peer.relay_id.to_string(),
-            identity: peer.identity.clone(),
             state: peer.state.as_str(),
             joined_at: rfc3339(peer.joined_at),
         }
