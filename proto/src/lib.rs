@@ -14,6 +14,7 @@
 
 pub mod channel;
 pub mod command;
+pub mod fleet;
 pub mod frame;
 pub mod grants;
 pub mod id;
