@@ -1,9 +1,10 @@
 //! The whole deltamesh stack in one process: signal, the registry's
-//! placement and relays, wired directly (in-process bus, in-memory log).
-//! The same product code runs as separate services in a fleet; only these
-//! adapters differ.
+//! placement and relays, wired directly (in-process bus, in-memory log);
+//! and the services of a fleet started on their own against NATS
+//! ([`fleet`]). The product code is the same; only these adapters differ.
 
 pub mod embedded;
+pub mod fleet;
 pub mod stack;
 
 pub use embedded::EmbeddedNetwork;

@@ -1,5 +1,6 @@
-//! `cargo run`: the whole deltamesh stack in one process; `deltamesh token`
-//! mints a signed token.
+//! `cargo run`: the whole deltamesh stack in one process (in-memory, or on
+//! NATS with `--nats`); `deltamesh registry|relay|signal` run one service of
+//! a fleet each; `deltamesh token` mints a signed token.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -7,14 +8,19 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use deltamesh::fleet::{connect_nats, start_registry, start_relay, start_signal};
 use deltamesh::{StackConfig, start};
 use deltamesh_proto::Grants;
+use deltamesh_registry::RegistryConfig;
+use deltamesh_relay::RelayMetrics;
+use deltamesh_relay::fleet::StreamLimits;
 use deltamesh_relay::signing::hex;
 use deltamesh_relay::{DeltaSigner, Rate, RelayConfig};
 use deltamesh_signal::token::{Claims, TokenSigner, TokenVerifier, unix_now};
 use deltamesh_signal::{RateLimit, SignalConfig};
 
-/// Runs signal, the registry's placement and one media relay in one process.
+/// Runs signal, the registry and one media relay in one process, or one
+/// service of a fleet.
 #[derive(Debug, Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -29,17 +35,110 @@ enum Command {
     /// Prints a signed token for one session (for development, tests and
     /// backends that have no JWT library at hand).
     Token(TokenArgs),
+    /// Runs the registry service (gRPC) of a fleet.
+    Registry(RegistryArgs),
+    /// Runs one media relay of a fleet.
+    Relay(RelayServiceArgs),
+    /// Runs one signal instance (HTTP) of a fleet.
+    Signal(SignalServiceArgs),
 }
 
-/// How the stack runs.
+/// How the whole stack runs in one process.
 #[derive(Debug, Args)]
 struct RunArgs {
+    #[command(flatten)]
+    signal: SignalArgs,
+    #[command(flatten)]
+    relay: RelayArgs,
+    /// Run on NATS/JetStream at this URL (registry, relay and signal as in
+    /// a fleet, all in this process) instead of in memory.
+    #[arg(long, env = "NATS_URL")]
+    nats: Option<String>,
+    /// Where the registry's gRPC server listens with `--nats`.
+    #[arg(long, env = "DELTAMESH_REGISTRY_LISTEN", default_value = "127.0.0.1:0")]
+    registry_listen: SocketAddr,
+}
+
+/// Where a fleet service finds NATS and the registry.
+#[derive(Debug, Args)]
+struct FleetArgs {
+    /// The NATS server (JetStream enabled).
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// The registry's gRPC URL.
+    #[arg(
+        long,
+        env = "DELTAMESH_REGISTRY_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    registry: String,
+}
+
+/// `deltamesh registry`.
+#[derive(Debug, Args)]
+struct RegistryArgs {
+    /// The NATS server (JetStream enabled).
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// Where the gRPC server listens.
+    #[arg(
+        long,
+        env = "DELTAMESH_REGISTRY_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
+    listen: SocketAddr,
+    /// How long a relay that stops heartbeating stays placeable.
+    #[arg(long, env = "DELTAMESH_RELAY_TTL", default_value = "3s", value_parser = humantime::parse_duration)]
+    relay_ttl: Duration,
+}
+
+/// `deltamesh relay`.
+#[derive(Debug, Args)]
+struct RelayServiceArgs {
+    #[command(flatten)]
+    fleet: FleetArgs,
+    #[command(flatten)]
+    relay: RelayArgs,
+    /// How long a draining relay (SIGTERM) waits for its peers to move
+    /// before closing the rest.
+    #[arg(long, env = "DELTAMESH_DRAIN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    drain_grace: Duration,
+}
+
+/// `deltamesh signal`.
+#[derive(Debug, Args)]
+struct SignalServiceArgs {
+    #[command(flatten)]
+    fleet: FleetArgs,
+    #[command(flatten)]
+    signal: SignalArgs,
+    /// Development mode without token keys (the development token opens
+    /// every session). Without it, signal refuses to start keyless.
+    #[arg(long, env = "DELTAMESH_DEV")]
+    dev: bool,
+}
+
+/// Signal's HTTP side.
+#[derive(Debug, Args)]
+struct SignalArgs {
     /// Address signal's HTTP server binds to.
     #[arg(long, env = "DELTAMESH_HOST", default_value = "127.0.0.1")]
     host: IpAddr,
     /// Port signal's HTTP server listens on.
     #[arg(long, short, env = "PORT", default_value_t = 8080)]
     port: u16,
+    #[command(flatten)]
+    auth: AuthArgs,
+    #[command(flatten)]
+    limits: HttpLimitArgs,
+    /// The browser bundle (demo page and wasm) that `scripts/build-web` makes.
+    #[arg(long, env = "DELTAMESH_WEB_DIR", default_value = "target/web")]
+    web_dir: PathBuf,
+}
+
+/// A relay's side.
+#[derive(Debug, Args)]
+struct RelayArgs {
     /// Address the relay's UDP sockets bind to.
     #[arg(long, env = "DELTAMESH_UDP_BIND", default_value = "127.0.0.1")]
     udp_bind: IpAddr,
@@ -61,12 +160,7 @@ struct RunArgs {
     #[arg(long, env = "DELTAMESH_SIGNING_KEY")]
     signing_key: Option<PathBuf>,
     #[command(flatten)]
-    auth: AuthArgs,
-    #[command(flatten)]
-    limits: LimitArgs,
-    /// The browser bundle (demo page and wasm) that `scripts/build-web` makes.
-    #[arg(long, env = "DELTAMESH_WEB_DIR", default_value = "target/web")]
-    web_dir: PathBuf,
+    limits: RelayLimitArgs,
 }
 
 /// Who may connect.
@@ -105,9 +199,9 @@ struct AuthArgs {
     dev_token: String,
 }
 
-/// What one client, peer and session may use. 0 turns a rate off.
+/// What one HTTP client and token may use. 0 turns a rate off.
 #[derive(Debug, Args)]
-struct LimitArgs {
+struct HttpLimitArgs {
     /// HTTP requests per second per client address (IPv6: per /64).
     #[arg(long, env = "DELTAMESH_ADDRESS_RATE", default_value_t = deltamesh_signal::DEFAULT_ADDRESS_RATE.per_second)]
     address_rate: u32,
@@ -120,6 +214,11 @@ struct LimitArgs {
     /// HTTP requests in one burst per token.
     #[arg(long, env = "DELTAMESH_TOKEN_BURST", default_value_t = deltamesh_signal::DEFAULT_TOKEN_RATE.burst)]
     token_burst: u32,
+}
+
+/// What one relay, peer and session may use. 0 turns a rate off.
+#[derive(Debug, Args)]
+struct RelayLimitArgs {
     /// Peer connections the relay takes.
     #[arg(long, env = "DELTAMESH_MAX_PEERS", default_value_t = RelayConfig::default().max_peers)]
     max_peers: usize,
@@ -179,22 +278,160 @@ struct TokenArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {
-        Some(Command::Token(args)) => {
-            println!("{}", mint(args)?);
-            Ok(())
-        }
-        None => run(cli.run).await,
+    if let Some(Command::Token(args)) = cli.command {
+        println!("{}", mint(args)?);
+        return Ok(());
     }
-}
-
-async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,str0m=warn".into()),
         )
         .init();
+    match cli.command {
+        Some(Command::Registry(args)) => run_registry(args).await,
+        Some(Command::Relay(args)) => run_relay(args).await,
+        Some(Command::Signal(args)) => run_signal(args).await,
+        Some(Command::Token(_)) | None => run(cli.run).await,
+    }
+}
+
+/// The whole stack in this process: in memory, or on NATS with `--nats`.
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let relay = relay_config(&args.relay)?;
+    let (signal, dev_mode) = signal_config(&args.signal, true)?;
+    if let Some(url) = &args.nats {
+        return run_on_nats(
+            url,
+            args.registry_listen,
+            &args.signal,
+            relay,
+            signal,
+            dev_mode,
+        )
+        .await;
+    }
+    let config = StackConfig {
+        listen: SocketAddr::new(args.signal.host, args.signal.port),
+        relay,
+        signal,
+    };
+    tracing::info!(?config, "starting");
+    let stack = start(config.clone()).await?;
+    if dev_mode {
+        announce_dev_token(&config.signal.dev_token);
+    }
+    for relay in &stack.relays {
+        announce_relay(relay);
+    }
+    announce(format_args!("signal: {}", stack.signal_url()));
+    announce(format_args!("demo: {}/?session=demo", stack.signal_url()));
+    shutdown_signal().await?;
+    eprintln!("shutting down");
+    stack.shutdown().await?;
+    Ok(())
+}
+
+/// Registry, relay and signal in this process, coordinating over NATS.
+async fn run_on_nats(
+    url: &str,
+    registry_listen: SocketAddr,
+    args: &SignalArgs,
+    relay: RelayConfig,
+    signal: SignalConfig,
+    dev_mode: bool,
+) -> anyhow::Result<()> {
+    let nats = connect_nats(url).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|&s| s).await;
+    };
+    let (registry_addr, registry) = start_registry(
+        nats.clone(),
+        registry_listen,
+        RegistryConfig::default(),
+        until_stopped(stopped.clone()),
+    )
+    .await?;
+    let registry_url = format!("http://{registry_addr}");
+    announce(format_args!("registry: {registry_url}"));
+    let fleet_relay = start_relay(
+        nats.clone(),
+        &registry_url,
+        relay,
+        StreamLimits::default(),
+        RelayMetrics::default(),
+    )
+    .await?;
+    announce_relay(&fleet_relay.handle);
+    let listen = SocketAddr::new(args.host, args.port);
+    let (signal_addr, server) =
+        start_signal(nats, registry_url, listen, signal, until_stopped(stopped)).await?;
+    if dev_mode {
+        announce_dev_token(&args.auth.dev_token);
+    }
+    announce(format_args!("signal: http://{signal_addr}"));
+    announce(format_args!("demo: http://{signal_addr}/?session=demo"));
+    shutdown_signal().await?;
+    eprintln!("shutting down: draining the relay");
+    fleet_relay.drain(Duration::from_secs(5)).await;
+    let _ = stop.send(true);
+    server.await??;
+    registry.await??;
+    Ok(())
+}
+
+/// `deltamesh registry`: serves until SIGTERM or Ctrl-C.
+async fn run_registry(args: RegistryArgs) -> anyhow::Result<()> {
+    let nats = connect_nats(&args.nats).await?;
+    let config = RegistryConfig {
+        relay_ttl: args.relay_ttl,
+        ..RegistryConfig::default()
+    };
+    let (addr, server) = start_registry(nats, args.listen, config, async {
+        let _ = shutdown_signal().await;
+    })
+    .await?;
+    announce(format_args!("registry: http://{addr}"));
+    server.await?
+}
+
+/// `deltamesh relay`: serves until SIGTERM or Ctrl-C, then drains.
+async fn run_relay(args: RelayServiceArgs) -> anyhow::Result<()> {
+    let nats = connect_nats(&args.fleet.nats).await?;
+    let relay = start_relay(
+        nats,
+        &args.fleet.registry,
+        relay_config(&args.relay)?,
+        StreamLimits::default(),
+        RelayMetrics::default(),
+    )
+    .await?;
+    announce_relay(&relay.handle);
+    shutdown_signal().await?;
+    eprintln!("draining");
+    relay.drain(args.drain_grace).await;
+    Ok(())
+}
+
+/// `deltamesh signal`: serves until SIGTERM or Ctrl-C.
+async fn run_signal(args: SignalServiceArgs) -> anyhow::Result<()> {
+    let (config, dev_mode) = signal_config(&args.signal, args.dev)?;
+    let nats = connect_nats(&args.fleet.nats).await?;
+    let listen = SocketAddr::new(args.signal.host, args.signal.port);
+    let (addr, server) = start_signal(nats, args.fleet.registry, listen, config, async {
+        let _ = shutdown_signal().await;
+    })
+    .await?;
+    if dev_mode {
+        announce_dev_token(&args.signal.auth.dev_token);
+    }
+    announce(format_args!("signal: http://{addr}"));
+    Ok(server.await??)
+}
+
+/// The relay's configuration from its flags.
+fn relay_config(args: &RelayArgs) -> anyhow::Result<RelayConfig> {
     let limits = &args.limits;
     let signer = match &args.signing_key {
         Some(path) => {
@@ -205,7 +442,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let relay = RelayConfig {
+    Ok(RelayConfig {
         signer,
         bind_ip: args.udp_bind,
         advertised_ip: args.advertise_ip.unwrap_or(args.udp_bind),
@@ -225,7 +462,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         max_frame_size: limits.max_frame_size,
         ..RelayConfig::default()
-    };
+    })
+}
+
+/// Signal's configuration from its flags, and whether it runs in
+/// development mode (no token keys; only when `dev_allowed`).
+fn signal_config(args: &SignalArgs, dev_allowed: bool) -> anyhow::Result<(SignalConfig, bool)> {
+    let limits = &args.limits;
     let verifier = token_verifier(&args.auth)?;
     let dev_mode = verifier.is_empty();
     if dev_mode && args.auth.production {
@@ -233,7 +476,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "--production needs token keys: pass --hs256-key KEY_ID=SECRET or --eddsa-key KEY_ID=PEM_PATH"
         );
     }
-    let signal = SignalConfig {
+    if dev_mode && !dev_allowed {
+        bail!(
+            "no token keys: pass --hs256-key KEY_ID=SECRET or --eddsa-key KEY_ID=PEM_PATH, or --dev for development mode"
+        );
+    }
+    if !args.web_dir.join("index.html").is_file() {
+        eprintln!(
+            "note: no demo bundle in {}; run scripts/build-web (scripts/run does it for you)",
+            args.web_dir.display()
+        );
+    }
+    let config = SignalConfig {
         tokens: std::sync::Arc::new(verifier),
         address_rate: RateLimit {
             per_second: limits.address_rate,
@@ -250,36 +504,24 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             String::new()
         })
     };
-    let config = StackConfig {
-        listen: SocketAddr::new(args.host, args.port),
-        relay,
-        signal,
-    };
-    if !args.web_dir.join("index.html").is_file() {
-        eprintln!(
-            "note: no demo bundle in {}; run scripts/build-web (scripts/run does it for you)",
-            args.web_dir.display()
-        );
+    Ok((config, dev_mode))
+}
+
+/// Warns loudly and prints the development token.
+fn announce_dev_token(token: &str) {
+    eprintln!(
+        "WARNING: development mode: the token below opens every session. Do not expose this stack."
+    );
+    announce(format_args!("dev token: {token}"));
+}
+
+/// Prints a relay's id, UDP addresses and signing key.
+fn announce_relay(relay: &deltamesh_relay::RelayHandle) {
+    let addrs: Vec<String> = relay.udp_addrs().iter().map(ToString::to_string).collect();
+    announce(format_args!("relay: {} {}", relay.id(), addrs.join(",")));
+    if let Some(key) = relay.public_key() {
+        announce(format_args!("relay key: {} {}", relay.id(), hex(&key)));
     }
-    tracing::info!(?config, "starting");
-    let stack = start(config.clone()).await?;
-    if dev_mode {
-        eprintln!(
-            "WARNING: development mode: the token below opens every session. Do not expose this stack."
-        );
-        announce(format_args!("dev token: {}", config.signal.dev_token));
-    }
-    for relay in &stack.relays {
-        if let Some(key) = relay.public_key() {
-            announce(format_args!("relay key: {} {}", relay.id(), hex(&key)));
-        }
-    }
-    announce(format_args!("signal: {}", stack.signal_url()));
-    announce(format_args!("demo: {}/?session=demo", stack.signal_url()));
-    shutdown_signal().await?;
-    eprintln!("shutting down");
-    stack.shutdown().await?;
-    Ok(())
 }
 
 /// Prints one line of start-up facts on stdout. A closed stdout (a reader

@@ -82,7 +82,7 @@ pub async fn start(mut config: StackConfig) -> std::io::Result<RunningStack> {
 }
 
 /// A random (version 4) UUID for this process's relay.
-fn random_uuid_v4() -> Id {
+pub fn random_uuid_v4() -> Id {
     let mut bytes = [0u8; 16];
     fastrand::fill(&mut bytes);
     bytes[6] = (bytes[6] & 0x0f) | 0x40;

@@ -102,6 +102,9 @@ mod tests {
             }
         }
         assert_ne!(deltas_stream("a.b"), deltas_stream("a_b"));
-        assert_eq!(peer_key("a.b", Id([0; 16])), "a=b.00000000-0000-0000-0000-000000000000");
+        assert_eq!(
+            peer_key("a.b", Id([0; 16])),
+            "a=b.00000000-0000-0000-0000-000000000000"
+        );
     }
 }

@@ -18,6 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::backoff::Backoff;
 use crate::core::{PeerCore, PeerEvent, SendError};
 
+/// The bit that marks a ping nonce as the driver's own keepalive.
+const KEEPALIVE_NONCE: u64 = 1 << 63;
 /// SCTP send buffer: room for the largest message the relay accepts.
 const SCTP_SEND_BUFFER: usize = 1 << 20;
 
@@ -40,6 +42,12 @@ pub struct ConnectOptions {
     pub send_window: usize,
     /// Time allowed from offer to `Welcome`.
     pub connect_timeout: Duration,
+    /// A ping goes out after this long without a datagram from the relay.
+    pub keepalive: Duration,
+    /// The relay counts as gone (and the peer reconnects elsewhere) after
+    /// this long without a datagram, pings unanswered: a crashed relay
+    /// sends nothing, not even a close.
+    pub silence_timeout: Duration,
 }
 
 impl ConnectOptions {
@@ -53,6 +61,8 @@ impl ConnectOptions {
             max_unacked: 65_536,
             send_window: 16 * 1024,
             connect_timeout: Duration::from_secs(10),
+            keepalive: Duration::from_millis(500),
+            silence_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -173,7 +183,9 @@ impl NativePeer {
         result.await.unwrap_or(Err(SendError::Closed))
     }
 
-    /// Sends a ping; the pong arrives as [`PeerEvent::Pong`].
+    /// Sends a ping; the pong arrives as [`PeerEvent::Pong`]. Nonces with
+    /// the top bit set are the peer's own keepalives, whose pongs are not
+    /// passed on.
     pub async fn ping(&self, nonce: u64) {
         let _ = self.requests.send(Request::Ping(nonce)).await;
     }
@@ -352,6 +364,9 @@ impl Link {
 enum Ended {
     /// The connection dropped: reconnect.
     Lost(String),
+    /// The relay is draining: close this connection and reconnect (signal
+    /// places the peer on another relay).
+    Moved(String),
     /// The application closed the peer (or dropped it).
     Closed,
 }
@@ -370,6 +385,11 @@ impl Driver {
             let reason = match self.serve(&mut requests).await {
                 Ended::Closed => return,
                 Ended::Lost(reason) => reason,
+                Ended::Moved(reason) => {
+                    let _ = self.link.rtc.close();
+                    let _ = self.drive().await;
+                    reason
+                }
             };
             self.core.connection_lost();
             if self
@@ -391,11 +411,27 @@ impl Driver {
     async fn serve(&mut self, requests: &mut mpsc::Receiver<Request>) -> Ended {
         let socket = Arc::clone(&self.link.socket);
         let mut buf = vec![0u8; 2048];
+        let mut last_rx = Instant::now();
+        let mut pinged_at = last_rx;
+        let mut nonce = 0u64;
         loop {
             let timeout = match self.drive().await {
                 Ok(timeout) => timeout,
                 Err(ended) => return ended,
             };
+            let now = Instant::now();
+            let silent = now.duration_since(last_rx);
+            if silent >= self.options.silence_timeout {
+                return Ended::Lost(format!("nothing from the relay for {silent:?}"));
+            }
+            let keepalive = self.options.keepalive;
+            if silent >= keepalive && now.duration_since(pinged_at) >= keepalive {
+                nonce += 1;
+                self.core.ping(KEEPALIVE_NONCE | nonce);
+                pinged_at = now;
+                continue;
+            }
+            let check_at = (last_rx + keepalive).max(pinged_at + keepalive);
             tokio::select! {
                 request = requests.recv() => match request {
                     Some(Request::Close { leave, done }) => {
@@ -417,10 +453,11 @@ impl Driver {
                 },
                 received = socket.recv_from(&mut buf) => {
                     if let Ok((len, source)) = received {
+                        last_rx = Instant::now();
                         self.receive(source, &buf[..len]);
                     }
                 }
-                _ = tokio::time::sleep_until(timeout.into()) => {
+                _ = tokio::time::sleep_until(timeout.min(check_at).into()) => {
                     if let Err(error) = self.link.rtc.handle_input(Input::Timeout(Instant::now())) {
                         return Ended::Lost(format!("webrtc: {error}"));
                     }
@@ -519,7 +556,17 @@ impl Driver {
                 }
                 Output::Timeout(at) => {
                     while let Some(event) = self.core.poll_event() {
+                        let moved = match &event {
+                            PeerEvent::Drain(drain) => {
+                                Some(format!("the relay drains: {}", drain.reason))
+                            }
+                            PeerEvent::Pong(nonce) if nonce & KEEPALIVE_NONCE != 0 => continue,
+                            _ => None,
+                        };
                         self.events.send(event).await.map_err(|_| Ended::Closed)?;
+                        if let Some(reason) = moved {
+                            return Err(Ended::Moved(reason));
+                        }
                     }
                     if !self.link.rtc.is_alive() {
                         return Err(Ended::Lost("connection closed".into()));

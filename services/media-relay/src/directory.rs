@@ -3,12 +3,17 @@
 //! sent events; they are woken and compare each local peer's known members
 //! with the current ones, so a burst of changes costs nothing per change and
 //! nothing can be lost or reordered.
+//!
+//! In a fleet, the directory also holds the session's peers on other relays
+//! ([`Directory::set_remote`]) and reports its own changes to whoever
+//! [`observe`](Directory::observe)s them, so they can be published.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use deltamesh_proto::Id;
+use tokio::sync::mpsc;
 
 use crate::relay::RelayError;
 use crate::wake::{News, ShardWake, Watchers};
@@ -54,9 +59,22 @@ pub struct Limits {
     pub max_pending: usize,
 }
 
+/// A change to a local member, as reported to the directory's observer.
+#[derive(Debug, Clone)]
+pub struct MemberChange {
+    /// The member's session.
+    pub session: Arc<str>,
+    /// The member as it is now (as it was last, when removed).
+    pub member: Member,
+    /// It left.
+    pub removed: bool,
+}
+
 #[derive(Default)]
 struct SessionMembers {
     members: HashMap<Id, Member>,
+    /// Connected peers of the session on other relays.
+    remote: HashSet<Id>,
     watchers: Watchers,
 }
 
@@ -73,11 +91,54 @@ struct Sessions {
 #[derive(Default)]
 pub struct Directory {
     sessions: Mutex<Sessions>,
+    observer: OnceLock<mpsc::UnboundedSender<MemberChange>>,
 }
 
 impl Directory {
     fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reports every later change to a local member, in order; `None` if
+    /// someone observes already.
+    pub fn observe(&self) -> Option<mpsc::UnboundedReceiver<MemberChange>> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.observer.set(sender).ok()?;
+        Some(receiver)
+    }
+
+    /// Reports a change, called with the sessions lock held so reports keep
+    /// the order of the changes.
+    fn report(&self, session: &Arc<str>, member: &Member, removed: bool) {
+        if let Some(observer) = self.observer.get() {
+            let _ = observer.send(MemberChange {
+                session: Arc::clone(session),
+                member: member.clone(),
+                removed,
+            });
+        }
+    }
+
+    /// Records whether `peer`, on another relay, is a connected member of
+    /// `session`, and wakes the session's shards when that changes. Ignored
+    /// for a session without local members.
+    pub fn set_remote(&self, session: &Arc<str>, peer: Id, connected: bool) {
+        let mut sessions = self.sessions();
+        if let Some(entry) = sessions.by_name.get_mut(session) {
+            let changed = if connected {
+                entry.remote.insert(peer)
+            } else {
+                entry.remote.remove(&peer)
+            };
+            if changed {
+                entry.watchers.wake_all(session, News::MEMBERS);
+            }
+        }
+    }
+
+    /// How many sessions have peers on this relay.
+    pub fn session_count(&self) -> usize {
+        self.sessions().by_name.len()
     }
 
     /// Adds a connecting peer hosted by `wake`'s shard if the relay, the
@@ -108,6 +169,7 @@ impl Directory {
         sessions.pending += 1;
         let entry = sessions.by_name.entry(Arc::clone(session)).or_default();
         entry.watchers.add(wake);
+        self.report(session, &member, false);
         entry.members.insert(member.peer_id, member);
         Ok(())
     }
@@ -137,6 +199,7 @@ impl Directory {
             member.state = MemberState::Connected;
             *pending -= 1;
             entry.watchers.wake_all(session, News::MEMBERS);
+            self.report(session, member, false);
         }
     }
 
@@ -149,6 +212,7 @@ impl Directory {
         let Some(member) = entry.members.remove(&peer) else {
             return;
         };
+        self.report(session, &member, true);
         entry.watchers.remove(wake);
         entry.watchers.wake_all(session, News::MEMBERS);
         if entry.members.is_empty() {
@@ -193,6 +257,20 @@ impl Directory {
             .cloned()
     }
 
+    /// Every local member of every session, with its session.
+    pub fn all_members(&self) -> Vec<(Arc<str>, Member)> {
+        self.sessions()
+            .by_name
+            .iter()
+            .flat_map(|(session, entry)| {
+                entry
+                    .members
+                    .values()
+                    .map(|member| (Arc::clone(session), member.clone()))
+            })
+            .collect()
+    }
+
     /// Every member of a session.
     pub fn members(&self, session: &str) -> Vec<Member> {
         self.sessions()
@@ -213,6 +291,7 @@ impl Directory {
                     .filter(|m| m.state == MemberState::Connected)
                     .map(|m| m.peer_id),
             );
+            out.extend(entry.remote.iter().copied());
         }
     }
 }

@@ -2,9 +2,11 @@
 //! (gap-free, from 1), makes it durable, de-duplicates resends by origin and
 //! client_seq, and wakes the shards whose peers must receive it.
 //!
-//! [`DeltaLog`] is the seam: [`MemoryLog`] serves one process; a JetStream
-//! adapter serves a fleet of relays. Both keep the bytes in the relay's
-//! [`ChunkStore`], so fan-out reads the same way whichever log is in use.
+//! [`DeltaLog`] is the seam: [`MemoryLog`] serves one process; the
+//! JetStream log ([`crate::fleet::JetStreamLog`]) serves a fleet of relays,
+//! keeping a `MemoryLog` as its local replica. Both keep the bytes in the
+//! relay's [`ChunkStore`], so fan-out reads the same way whichever log is in
+//! use.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -14,6 +16,16 @@ use deltamesh_proto::{DeltaFrame, Id, SecurityFields, SecurityFlags};
 use crate::signing::DeltaSigner;
 use crate::store::{ChunkRef, ChunkStore, StoreError, StoredDelta};
 use crate::wake::{News, ShardWake, Watchers};
+
+/// Where the verdict on a [`Appended::Pending`] delta goes: the sending
+/// connection, on its shard.
+#[derive(Clone)]
+pub struct AckTo {
+    /// The shard hosting the connection.
+    pub shard: Arc<ShardWake>,
+    /// The connection.
+    pub peer: Id,
+}
 
 /// How many recent (client_seq → seq) pairs are kept per origin to answer a
 /// resent frame with its original seq.
@@ -45,6 +57,9 @@ pub enum Appended {
     Stored(u64),
     /// This origin already stored this client_seq under this seq.
     Duplicate(u64),
+    /// Handed on to be made durable; the verdict reaches the sender's shard
+    /// later as a [`LogAck`](crate::wake::LogAck).
+    Pending,
 }
 
 /// Why the log could not append or read.
@@ -61,6 +76,17 @@ pub enum LogError {
         /// The resent client_seq.
         client_seq: u64,
     },
+    /// The log cannot take deltas now.
+    #[error("the delta log is unavailable: {0}")]
+    Unavailable(String),
+    /// A replica was handed a seq beyond its head.
+    #[error("expected seq {expected}, got {got}")]
+    Gap {
+        /// The seq that must come next.
+        expected: u64,
+        /// The seq that came.
+        got: u64,
+    },
     /// The requested seq is no longer retained.
     #[error("seq {requested} is no longer retained; the oldest kept is {oldest}")]
     Evicted {
@@ -73,19 +99,29 @@ pub enum LogError {
 
 /// Sequencing, durability and change notification for session deltas.
 pub trait DeltaLog: Send + Sync + 'static {
-    /// Appends a validated frame from `by.origin` to `session`.
+    /// Appends a validated frame from `by.origin` to `session`. A log that
+    /// answers [`Appended::Pending`] sends its verdict to `ack_to` later.
     fn append(
         &self,
         session: &Arc<str>,
         by: Acceptance<'_>,
         frame: DeltaFrame<'_>,
+        ack_to: &AckTo,
     ) -> Result<Appended, LogError>;
 
     /// The session's highest seq (0 when it has none).
     fn head(&self, session: &str) -> u64;
 
-    /// Remembers the secret that lets a later connection continue `origin`.
-    fn register_origin(&self, session: &Arc<str>, origin: Id, resume_token: [u8; 16]);
+    /// Whether this log has every delta the session had when it was first
+    /// watched here: until then, `head` and resume answers may be behind,
+    /// so peers are not welcomed yet. Always true for a log that is the
+    /// source of truth itself.
+    fn is_current(&self, _session: &str) -> bool {
+        true
+    }
+
+    /// A new secret that lets a later connection continue `origin`.
+    fn issue_resume_token(&self, session: &Arc<str>, origin: Id) -> [u8; 16];
 
     /// If `resume_token` is `origin`'s, the highest client_seq stored from
     /// it (0 for none); `None` for an unknown origin or a wrong token.
@@ -138,6 +174,22 @@ impl SessionLog {
         self.first_seq + self.index.len() as u64 - 1
     }
 
+    /// `Some` when `client_seq` is not above `origin`'s last stored one: the
+    /// seq it was stored under, or why that is unknown.
+    fn resend(&mut self, origin: Id, client_seq: u64) -> Option<Result<u64, LogError>> {
+        let window = self.origin(origin);
+        if client_seq > window.last_client_seq {
+            return None;
+        }
+        // `recent` is sorted: client_seqs are stored in increasing order.
+        Some(
+            match window.recent.binary_search_by_key(&client_seq, |&(c, _)| c) {
+                Ok(i) => Ok(window.recent[i].1),
+                Err(_) => Err(LogError::StaleResend { client_seq }),
+            },
+        )
+    }
+
     /// `origin`'s window, made (forgetting the least recently active origin
     /// when the session is at [`MAX_ORIGINS_PER_SESSION`]) and marked active.
     fn origin(&mut self, origin: Id) -> &mut OriginWindow {
@@ -167,14 +219,126 @@ impl MemoryLog {
         }
     }
 
+    /// What a resend of `client_seq` from `origin` was stored as: `None`
+    /// when it is new (above the origin's last stored client_seq).
+    pub fn resend(
+        &self,
+        session: &str,
+        origin: Id,
+        client_seq: u64,
+    ) -> Option<Result<u64, LogError>> {
+        self.sessions().get_mut(session)?.resend(origin, client_seq)
+    }
+
+    /// The highest client_seq stored from `origin`, if the session knows it.
+    pub fn last_client_seq(&self, session: &str, origin: Id) -> Option<u64> {
+        let sessions = self.sessions();
+        Some(sessions.get(session)?.origins.get(&origin)?.last_client_seq)
+    }
+
+    /// Wakes the shards watching `session`, as if it had news.
+    pub fn wake_watchers(&self, session: &Arc<str>) {
+        if let Some(log) = self.sessions().get(session) {
+            log.watchers.wake_all(session, News::DELTAS);
+        }
+    }
+
+    /// Stores a delta sequenced elsewhere (a replica's feed), under
+    /// `fields.seq`, which must follow the session's head: an older seq is
+    /// already here and ignored; a later one would leave a gap and is refused.
+    pub fn insert(
+        &self,
+        session: &Arc<str>,
+        fields: &SecurityFields,
+        frame: DeltaFrame<'_>,
+    ) -> Result<(), LogError> {
+        let mut sessions = self.sessions();
+        let log = sessions
+            .entry(Arc::clone(session))
+            .or_insert_with(new_session_log);
+        if log.index.is_empty() && log.head() < fields.seq {
+            // The first delta this replica sees: history before it is
+            // beyond the source's retention or not wanted here.
+            log.first_seq = fields.seq;
+        }
+        let head = log.head();
+        if fields.seq <= head {
+            return Ok(());
+        }
+        if fields.seq > head + 1 {
+            return Err(LogError::Gap {
+                expected: head + 1,
+                got: fields.seq,
+            });
+        }
+        self.store_at(session, log, fields, frame)
+    }
+
+    /// Appends a stamped delta at the session's head and wakes its watchers.
+    fn store_at(
+        &self,
+        session: &Arc<str>,
+        log: &mut SessionLog,
+        fields: &SecurityFields,
+        frame: DeltaFrame<'_>,
+    ) -> Result<(), LogError> {
+        let at = self.store.append(fields, frame)?;
+        let client_seq = frame.client_seq();
+        let window = log.origin(fields.origin);
+        if client_seq > window.last_client_seq {
+            window.last_client_seq = client_seq;
+            window.recent.push_back((client_seq, fields.seq));
+        } else {
+            // Sequenced elsewhere out of client order (a retried publish):
+            // `recent` stays sorted by client_seq.
+            let at = window.recent.partition_point(|&(c, _)| c < client_seq);
+            window.recent.insert(at, (client_seq, fields.seq));
+        }
+        if window.recent.len() > DEDUP_WINDOW {
+            window.recent.pop_front();
+        }
+        log.index.push_back(at);
+        // Forget deltas whose chunks the store has released, so the index
+        // stays as long as what is retained.
+        while let Some(&oldest) = log.index.front() {
+            if self.store.is_retained(oldest) {
+                break;
+            }
+            log.index.pop_front();
+            log.first_seq += 1;
+        }
+        log.watchers.wake_all(session, News::DELTAS);
+        Ok(())
+    }
+
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, SessionLog>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
+/// The security fields of a delta accepted `by` a relay under `seq`, signed
+/// when the relay signs.
+pub fn stamp(seq: u64, by: Acceptance<'_>, frame: DeltaFrame<'_>) -> SecurityFields {
+    let mut fields = SecurityFields {
+        flags: SecurityFlags(
+            SecurityFlags::VALID_DELTA | SecurityFlags::VALID_DATA | SecurityFlags::PROCESSED,
+        ),
+        seq,
+        origin: by.origin,
+        validator: by.validator,
+        validated_at_us: by.validated_at_us,
+        signature: [0; 64],
+    };
+    if let Some(signer) = by.signer {
+        fields.flags.0 |= SecurityFlags::SIGNED;
+        fields.signature = signer.sign(&fields, frame.as_bytes());
+    }
+    fields
+}
+
 /// Compares secrets without an early exit, so timing does not reveal how
 /// much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -191,52 +355,18 @@ impl DeltaLog for MemoryLog {
         session: &Arc<str>,
         by: Acceptance<'_>,
         frame: DeltaFrame<'_>,
+        _ack_to: &AckTo,
     ) -> Result<Appended, LogError> {
         let mut sessions = self.sessions();
         let log = sessions
             .entry(Arc::clone(session))
             .or_insert_with(new_session_log);
-        let client_seq = frame.client_seq();
+        if let Some(known) = log.resend(by.origin, frame.client_seq()) {
+            return known.map(Appended::Duplicate);
+        }
         let seq = log.head() + 1;
-        let window = log.origin(by.origin);
-        if client_seq <= window.last_client_seq {
-            // `recent` is sorted: client_seqs are stored in increasing order.
-            return match window.recent.binary_search_by_key(&client_seq, |&(c, _)| c) {
-                Ok(i) => Ok(Appended::Duplicate(window.recent[i].1)),
-                Err(_) => Err(LogError::StaleResend { client_seq }),
-            };
-        }
-        let mut fields = SecurityFields {
-            flags: SecurityFlags(
-                SecurityFlags::VALID_DELTA | SecurityFlags::VALID_DATA | SecurityFlags::PROCESSED,
-            ),
-            seq,
-            origin: by.origin,
-            validator: by.validator,
-            validated_at_us: by.validated_at_us,
-            signature: [0; 64],
-        };
-        if let Some(signer) = by.signer {
-            fields.flags.0 |= SecurityFlags::SIGNED;
-            fields.signature = signer.sign(&fields, frame.as_bytes());
-        }
-        let at = self.store.append(&fields, frame)?;
-        window.last_client_seq = client_seq;
-        window.recent.push_back((client_seq, seq));
-        if window.recent.len() > DEDUP_WINDOW {
-            window.recent.pop_front();
-        }
-        log.index.push_back(at);
-        // Forget deltas whose chunks the store has released, so the index
-        // stays as long as what is retained.
-        while let Some(&oldest) = log.index.front() {
-            if self.store.is_retained(oldest) {
-                break;
-            }
-            log.index.pop_front();
-            log.first_seq += 1;
-        }
-        log.watchers.wake_all(session, News::DELTAS);
+        let fields = stamp(seq, by, frame);
+        self.store_at(session, log, &fields, frame)?;
         Ok(Appended::Stored(seq))
     }
 
@@ -244,12 +374,14 @@ impl DeltaLog for MemoryLog {
         self.sessions().get(session).map_or(0, SessionLog::head)
     }
 
-    fn register_origin(&self, session: &Arc<str>, origin: Id, resume_token: [u8; 16]) {
+    fn issue_resume_token(&self, session: &Arc<str>, origin: Id) -> [u8; 16] {
+        let token = *uuid::Uuid::new_v4().as_bytes();
         self.sessions()
             .entry(Arc::clone(session))
             .or_insert_with(new_session_log)
             .origin(origin)
-            .resume_token = Some(resume_token);
+            .resume_token = Some(token);
+        token
     }
 
     fn claim_origin(&self, session: &str, origin: Id, resume_token: &[u8]) -> Option<u64> {
@@ -321,6 +453,13 @@ mod tests {
         .unwrap()
     }
 
+    fn ack_to() -> AckTo {
+        AckTo {
+            shard: Arc::new(ShardWake::default()),
+            peer: Id::default(),
+        }
+    }
+
     fn by(origin: u8) -> Acceptance<'static> {
         Acceptance {
             signer: None,
@@ -336,7 +475,7 @@ mod tests {
         let session: Arc<str> = "churn".into();
         let id = |n: usize| Id(uuid::Uuid::from_u128(n as u128).into_bytes());
         for n in 0..MAX_ORIGINS_PER_SESSION + 10 {
-            log.register_origin(&session, id(n), [n as u8; 16]);
+            log.issue_resume_token(&session, id(n));
             if n == 0 {
                 // The first origin stays active: it sends.
                 let f = frame(1);
@@ -344,7 +483,7 @@ mod tests {
                     origin: id(0),
                     ..by(0)
                 };
-                log.append(&session, by, DeltaFrame::parse(&f).unwrap())
+                log.append(&session, by, DeltaFrame::parse(&f).unwrap(), &ack_to())
                     .unwrap();
             }
         }
@@ -354,9 +493,9 @@ mod tests {
             origin: id(0),
             ..by(0)
         };
-        log.append(&session, by0, DeltaFrame::parse(&f).unwrap())
+        log.append(&session, by0, DeltaFrame::parse(&f).unwrap(), &ack_to())
             .unwrap();
-        log.register_origin(&session, id(999_999), [1; 16]);
+        log.issue_resume_token(&session, id(999_999));
         let sessions = log.sessions();
         let origins = &sessions[&session].origins;
         assert_eq!(origins.len(), MAX_ORIGINS_PER_SESSION);
@@ -377,7 +516,7 @@ mod tests {
             }
             .encode(&payload)
             .unwrap();
-            log.append(&session, by(1), DeltaFrame::parse(&f).unwrap())
+            log.append(&session, by(1), DeltaFrame::parse(&f).unwrap(), &ack_to())
                 .unwrap();
         }
         assert_eq!(log.head("s"), 20, "seqs keep counting");
@@ -407,32 +546,34 @@ mod tests {
         for client_seq in 1..=3 {
             let f = frame(client_seq);
             let got = log
-                .append(&a, by(1), DeltaFrame::parse(&f).unwrap())
+                .append(&a, by(1), DeltaFrame::parse(&f).unwrap(), &ack_to())
                 .unwrap();
             assert_eq!(got, Appended::Stored(client_seq));
         }
         let f = frame(1);
         assert_eq!(
-            log.append(&b, by(1), DeltaFrame::parse(&f).unwrap())
+            log.append(&b, by(1), DeltaFrame::parse(&f).unwrap(), &ack_to())
                 .unwrap(),
             Appended::Stored(1)
         );
         let f = frame(2);
         assert_eq!(
-            log.append(&a, by(1), DeltaFrame::parse(&f).unwrap())
+            log.append(&a, by(1), DeltaFrame::parse(&f).unwrap(), &ack_to())
                 .unwrap(),
             Appended::Duplicate(2)
         );
         assert_eq!(log.head("a"), 3);
-        log.register_origin(&a, Id([1; 16]), [9; 16]);
-        assert_eq!(log.claim_origin("a", Id([1; 16]), &[9; 16]), Some(3));
+        let token = log.issue_resume_token(&a, Id([1; 16]));
+        assert_eq!(log.claim_origin("a", Id([1; 16]), &token), Some(3));
+        let mut wrong = token;
+        wrong[0] ^= 1;
         assert_eq!(
-            log.claim_origin("a", Id([1; 16]), &[8; 16]),
+            log.claim_origin("a", Id([1; 16]), &wrong),
             None,
             "wrong token"
         );
         assert_eq!(
-            log.claim_origin("a", Id([2; 16]), &[9; 16]),
+            log.claim_origin("a", Id([2; 16]), &token),
             None,
             "unknown origin"
         );

@@ -22,10 +22,11 @@ use str0m::channel::ChannelId;
 use str0m::{Event, IceConnectionState, Rtc};
 
 use crate::config::RelayConfig;
-use crate::log::{Acceptance, Appended, LogError};
+use crate::log::{Acceptance, AckTo, Appended, LogError};
 use crate::rate::{self, TokenBucket};
 use crate::relay::Shared;
 use crate::store::StoredDelta;
+use crate::wake::LogAck;
 
 /// Deltas read from the log per batch when catching a peer up.
 const READ_BATCH: usize = 64;
@@ -69,6 +70,10 @@ pub struct Peer {
     channels: [Option<ChannelId>; 3],
     open: [bool; 3],
     welcomed: bool,
+    /// Channels are open, but the log is still catching up with the session.
+    awaiting_current: bool,
+    /// Where the log sends late verdicts on this connection's deltas.
+    ack_to: AckTo,
     next_client_seq: u64,
     /// Next session seq to deliver on `receive`.
     cursor: u64,
@@ -85,9 +90,10 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// A peer whose `rtc` has accepted the offer, with its channel ids.
+    /// A peer whose `rtc` has accepted the offer, with its channel ids;
+    /// `ack_to` names it (`ack_to.peer` is its id) and its shard.
     pub fn new(
-        id: Id,
+        ack_to: AckTo,
         session: Arc<str>,
         grants: Grants,
         mut rtc: Rtc,
@@ -95,6 +101,7 @@ impl Peer {
         config: &RelayConfig,
         now: Instant,
     ) -> Self {
+        let id = ack_to.peer;
         let ice_ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         Peer {
             id,
@@ -116,6 +123,8 @@ impl Peer {
             channels: channels.map(Some),
             open: [false; 3],
             welcomed: false,
+            awaiting_current: false,
+            ack_to,
             next_client_seq: 1,
             cursor: 1,
             echo: false,
@@ -156,7 +165,7 @@ impl Peer {
                     }
                 }
                 if !self.welcomed && self.open.iter().all(|&o| o) {
-                    self.welcome(shared);
+                    self.try_welcome(shared);
                 }
             }
             Event::ChannelData(data) => match self.channel_of(data.id) {
@@ -193,6 +202,14 @@ impl Peer {
             .find(|c| self.channels[c.stream_id() as usize] == Some(id))
     }
 
+    /// Welcomes the peer once the log is current with its session.
+    fn try_welcome(&mut self, shared: &Shared) {
+        self.awaiting_current = !shared.log.is_current(&self.session);
+        if !self.awaiting_current {
+            self.welcome(shared);
+        }
+    }
+
     fn welcome(&mut self, shared: &Shared) {
         self.welcomed = true;
         let last_seq = shared.log.head(&self.session);
@@ -202,10 +219,7 @@ impl Peer {
         members.remove(&self.id);
         self.known_members = members.clone();
         shared.directory.set_connected(&self.session, self.id);
-        let resume_token = *uuid::Uuid::new_v4().as_bytes();
-        shared
-            .log
-            .register_origin(&self.session, self.id, resume_token);
+        let resume_token = shared.log.issue_resume_token(&self.session, self.id);
         self.send_command(
             Body::Welcome(pb::Welcome {
                 peer_id: self.id.0.to_vec(),
@@ -385,11 +399,12 @@ impl Peer {
             validated_at_us: unix_micros(),
             signer: shared.config.signer.as_deref(),
         };
-        match shared.log.append(&self.session, by, frame) {
+        match shared.log.append(&self.session, by, frame, &self.ack_to) {
             Ok(Appended::Stored(seq) | Appended::Duplicate(seq)) => {
                 shared.metrics.deltas_in.inc();
                 self.send_command(Body::Ack(pb::Ack { client_seq, seq }), shared)
             }
+            Ok(Appended::Pending) => {}
             Err(LogError::StaleResend { .. }) => self.reject(
                 client_seq,
                 pb::RejectReason::SequenceGap,
@@ -400,6 +415,39 @@ impl Peer {
                 client_seq,
                 pb::RejectReason::Unavailable,
                 error.to_string(),
+                shared,
+            ),
+        }
+    }
+
+    /// Tells the peer this relay is going away.
+    pub fn drain(&mut self, reconnect_after: std::time::Duration, reason: &str, shared: &Shared) {
+        self.send_command(
+            Body::Drain(pb::Drain {
+                reconnect_after_ms: u32::try_from(reconnect_after.as_millis()).unwrap_or(u32::MAX),
+                reason: reason.to_owned(),
+            }),
+            shared,
+        );
+    }
+
+    /// Sends the log's late verdict on one of this connection's deltas.
+    pub fn on_log_ack(&mut self, ack: LogAck, shared: &Shared) {
+        match ack.outcome {
+            Ok(seq) => {
+                shared.metrics.deltas_in.inc();
+                self.send_command(
+                    Body::Ack(pb::Ack {
+                        client_seq: ack.client_seq,
+                        seq,
+                    }),
+                    shared,
+                )
+            }
+            Err(detail) => self.reject(
+                ack.client_seq,
+                pb::RejectReason::Unavailable,
+                detail,
                 shared,
             ),
         }
@@ -499,6 +547,9 @@ impl Peer {
     /// Writes queued commands, then deltas from the cursor, until the
     /// channels' send buffer is full.
     pub fn flush(&mut self, shared: &Shared) {
+        if self.awaiting_current {
+            self.try_welcome(shared);
+        }
         if self.write_commands() && self.welcomed {
             self.deliver(shared);
         }

@@ -4,8 +4,9 @@
 //! closes peer connections.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use deltamesh_proto::{Grants, Id};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -19,7 +20,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::RelayConfig;
-use crate::directory::{Directory, Member};
+use crate::directory::{Directory, Member, MemberChange};
 use crate::log::DeltaLog;
 use crate::shard::{Shard, ShardCommand};
 
@@ -33,6 +34,8 @@ pub struct Shared {
     pub directory: Directory,
     /// Counters exported on `/metrics`.
     pub metrics: RelayMetrics,
+    /// Set once the relay drains: it takes no new peers.
+    draining: AtomicBool,
     /// Each shard's command queue, set once the shards run. Weak, so the
     /// shards (which own `Shared`) still stop when every handle is gone.
     shards: OnceLock<Vec<mpsc::WeakSender<ShardCommand>>>,
@@ -213,6 +216,7 @@ pub async fn start(
         log,
         directory: Directory::default(),
         metrics,
+        draining: AtomicBool::new(false),
         shards: OnceLock::new(),
     });
     let mut links = Vec::new();
@@ -295,6 +299,62 @@ impl RelayHandle {
         self.shared.config.max_peers
     }
 
+    /// Sessions with peers on the relay now.
+    pub fn session_count(&self) -> usize {
+        self.shared.directory.session_count()
+    }
+
+    /// Whether the relay is draining (takes no new peers).
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts draining: new offers are refused, and every peer is told to
+    /// reconnect elsewhere after `reconnect_after`. Peers that stay are
+    /// closed by [`RelayHandle::close_all`] (or when the relay stops).
+    pub async fn drain(&self, reconnect_after: Duration, reason: &str) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        for link in self.shards.iter() {
+            let _ = link
+                .commands
+                .send(ShardCommand::Drain {
+                    reconnect_after,
+                    reason: reason.to_owned(),
+                })
+                .await;
+        }
+    }
+
+    /// Closes every peer connection with `reason`.
+    pub async fn close_all(&self, reason: &str) {
+        for (_, member) in self.shared.directory.all_members() {
+            let _ = self
+                .ask(member.shard, |reply| ShardCommand::Close {
+                    peer_id: member.peer_id,
+                    reason: reason.to_owned(),
+                    reply,
+                })
+                .await;
+        }
+    }
+
+    /// Every peer on the relay, with its session.
+    pub fn all_members(&self) -> Vec<(std::sync::Arc<str>, Member)> {
+        self.shared.directory.all_members()
+    }
+
+    /// Reports every later change to a local member (once: `None` if
+    /// someone observes already). A fleet publishes them.
+    pub fn observe_members(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<MemberChange>> {
+        self.shared.directory.observe()
+    }
+
+    /// Records whether `peer`, on another relay, is a connected member of
+    /// `session`; local peers of the session hear of the change.
+    pub fn set_remote_member(&self, session: &std::sync::Arc<str>, peer: Id, connected: bool) {
+        self.shared.directory.set_remote(session, peer, connected);
+    }
+
     /// Accepts an SDP offer for a peer of `session` and answers it.
     pub async fn offer(
         &self,
@@ -302,6 +362,9 @@ impl RelayHandle {
         offer_sdp: &str,
         access: PeerAccess,
     ) -> Result<OfferAnswer, RelayError> {
+        if self.is_draining() {
+            return Err(RelayError::ShuttingDown);
+        }
         let offer = SdpOffer::from_sdp_string(offer_sdp)
             .map_err(|e| RelayError::BadOffer(format!("malformed SDP offer: {e}")))?;
         let shard = self

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{SCTP_MAX_MESSAGE_SIZE, SCTP_SEND_BUFFER};
 use crate::demux::{Demux, Route};
 use crate::directory::{Limits, Member, MemberState};
+use crate::log::AckTo;
 use crate::peer::Peer;
 use crate::relay::{OfferAnswer, PeerAccess, RelayError, Shared};
 use crate::timers::Timers;
@@ -58,6 +59,13 @@ pub enum ShardCommand {
         candidates: Vec<Candidate>,
         /// Done.
         reply: oneshot::Sender<Result<(), RelayError>>,
+    },
+    /// Tell every peer to reconnect elsewhere.
+    Drain {
+        /// How long peers should wait before reconnecting.
+        reconnect_after: Duration,
+        /// Why.
+        reason: String,
     },
     /// Close a peer connection.
     Close {
@@ -177,6 +185,7 @@ impl Shard {
             for (session, news) in self.wake.take() {
                 self.refresh(&session, news);
             }
+            self.on_log_acks();
             self.reap();
         }
         for key in self.peers.keys().copied().collect::<Vec<_>>() {
@@ -224,6 +233,19 @@ impl Shard {
                     None => Err(RelayError::UnknownPeer),
                 };
                 let _ = reply.send(result);
+            }
+            ShardCommand::Drain {
+                reconnect_after,
+                reason,
+            } => {
+                let now = Instant::now();
+                let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+                for key in keys {
+                    if let Some(peer) = self.peers.get_mut(&key) {
+                        peer.drain(reconnect_after, &reason, &self.shared);
+                    }
+                    self.drive(key, now);
+                }
             }
             ShardCommand::Close {
                 peer_id,
@@ -305,8 +327,12 @@ impl Shard {
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| RelayError::BadOffer(format!("offer not acceptable: {e}")))?;
+        let ack_to = AckTo {
+            shard: Arc::clone(&self.wake),
+            peer: peer_id,
+        };
         let peer = Peer::new(
-            peer_id,
+            ack_to,
             Arc::clone(&session),
             grants,
             rtc,
@@ -407,6 +433,19 @@ impl Shard {
             self.drive(key, now);
         }
         self.due_scratch = due;
+    }
+
+    /// Hands the log's late verdicts to the peers that sent the deltas.
+    fn on_log_acks(&mut self) {
+        let now = Instant::now();
+        for ack in self.wake.take_acks() {
+            if let Some(&key) = self.by_id.get(&ack.peer) {
+                if let Some(peer) = self.peers.get_mut(&key) {
+                    peer.on_log_ack(ack, &self.shared);
+                }
+                self.drive(key, now);
+            }
+        }
     }
 
     /// Brings every local peer of `session` up to date with `news`.

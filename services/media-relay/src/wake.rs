@@ -1,10 +1,13 @@
 //! How shared state tells a shard that one of its sessions changed: a set of
 //! dirty session names plus a wake-up. Marking is cheap and coalesces, so a
-//! burst of deltas costs one wake-up, and nothing is queued per delta.
+//! burst of deltas costs one wake-up, and nothing is queued per delta. A log
+//! that makes deltas durable asynchronously (JetStream) hands its verdicts
+//! back the same way, as [`LogAck`]s.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use deltamesh_proto::Id;
 use tokio::sync::Notify;
 
 /// What changed in a session.
@@ -29,10 +32,23 @@ impl News {
     };
 }
 
+/// The late verdict on a delta the log took as
+/// [`Appended::Pending`](crate::log::Appended::Pending).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogAck {
+    /// The connection that sent it.
+    pub peer: Id,
+    /// Its client_seq.
+    pub client_seq: u64,
+    /// Its session seq once durable, or why it could not be stored.
+    pub outcome: Result<u64, String>,
+}
+
 /// The wake-up handle of one shard.
 #[derive(Default)]
 pub struct ShardWake {
     dirty: Mutex<HashMap<Arc<str>, News>>,
+    acks: Mutex<Vec<LogAck>>,
     notify: Notify,
 }
 
@@ -50,6 +66,20 @@ impl ShardWake {
         if first {
             self.notify.notify_one();
         }
+    }
+
+    /// Hands the shard a verdict on a pending delta and wakes it.
+    pub fn push_ack(&self, ack: LogAck) {
+        self.acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(ack);
+        self.notify.notify_one();
+    }
+
+    /// Takes the verdicts pushed since the last call.
+    pub fn take_acks(&self) -> Vec<LogAck> {
+        std::mem::take(&mut *self.acks.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Takes the sessions marked since the last call, with what changed.

@@ -1,8 +1,92 @@
 //! The deltamesh network registry: which relays exist, how loaded they are,
-//! and where a new peer goes. This crate holds the placement rule as plain
-//! logic; the one-process stack calls it directly, and a gRPC service with
-//! durable state wraps it for a fleet.
+//! which peers are where, and where a new peer goes.
+//!
+//! All state lives in two NATS JetStream key-value buckets ([`buckets`]), so
+//! any number of registry instances can serve the same fleet and a restart
+//! loses nothing:
+//!
+//! - `relays`: one `RelayInfo` per relay. Relays register and heartbeat over
+//!   gRPC; the bucket's `max_age` is the lease, so a relay that stops
+//!   heartbeating disappears by itself.
+//! - `peers`: one `PeerRecord` per peer connection, written by the relay that
+//!   hosts it ([`membership`]). The [`janitor`] removes the peers of relays
+//!   that are gone, so a killed relay's peers leave their sessions.
+//!
+//! [`service`] answers the `Registry` gRPC API over both buckets, and
+//! [`placement`] is the rule that picks a relay for a new peer.
 
+pub mod buckets;
+pub mod janitor;
+pub mod membership;
 pub mod placement;
+mod relays;
+pub mod service;
+
+use std::future::Future;
+use std::time::Duration;
+
+use deltamesh_proto::fleet::pb::registry_server::RegistryServer;
+use futures_util::FutureExt;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 pub use placement::{PlacementError, RelayLoad, place};
+pub use service::RegistryService;
+
+/// The largest request the gRPC server decodes; bigger ones are refused.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Timing of the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// How often relays must heartbeat (told to them on register).
+    pub heartbeat_interval: Duration,
+    /// A relay not heard from for this long is gone (its lease).
+    pub relay_ttl: Duration,
+    /// How often the janitor removes the peers of relays that are gone.
+    pub janitor_interval: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            heartbeat_interval: Duration::from_secs(1),
+            relay_ttl: Duration::from_secs(3),
+            janitor_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why the registry stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A key-value bucket could not be created or opened.
+    #[error("cannot open a registry bucket: {0}")]
+    Bucket(#[from] async_nats::jetstream::context::CreateKeyValueError),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Opens the buckets, runs the janitor and serves the `Registry` gRPC API on
+/// `listener` until `shutdown` completes.
+pub async fn serve(
+    nats: async_nats::Client,
+    config: RegistryConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RegistryError> {
+    let js = async_nats::jetstream::new(nats);
+    let relays = buckets::relays(&js, config.relay_ttl).await?;
+    let peers = buckets::peers(&js).await?;
+    let janitor = tokio::spawn(janitor::run(relays.clone(), peers.clone(), config));
+    let shutdown = shutdown.boxed().shared();
+    let service = RegistryService::new(relays, peers, config, shutdown.clone());
+    let service = RegistryServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let served = Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await;
+    janitor.abort();
+    Ok(served?)
+}

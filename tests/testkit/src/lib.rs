@@ -60,6 +60,15 @@ impl NatsServer {
         }
     }
 
+    /// Stops the server gracefully (SIGTERM: JetStream flushes its store)
+    /// and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&child);
+            let _ = child.wait();
+        }
+    }
+
     /// Starts the server again on the same port and store (killing a
     /// running one first) and waits until it accepts connections.
     pub fn restart(&mut self) {
@@ -67,7 +76,14 @@ impl NatsServer {
         let binary =
             std::env::var("DELTAMESH_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
         let child = Command::new(&binary)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(&self.store)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -95,6 +111,16 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+/// Sends SIGTERM to a child process.
+pub fn terminate(child: &Child) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) has no memory effects; the pid is our own child's.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
     }
 }
 

@@ -1,0 +1,391 @@
+//! The fleet benchmark: a registry, relays and signal as separate
+//! `deltamesh` processes on a real nats-server with JetStream, native peers
+//! over loopback UDP. Baselines measured in the same run: raw NATS
+//! publish → subscribe, and JetStream publish → ordered consumer (the hop
+//! every cross-relay delta takes), both at the same rates.
+//!
+//! Run: `cargo bench --bench fleet` (add `-- --quick` for a short run).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use deltamesh_proto::Id;
+use deltamesh_testkit::{NatsServer, free_port};
+use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
+use futures_util::{FutureExt, StreamExt};
+
+const TOKEN: &str = "bench-token";
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let seconds = if quick { 1.0 } else { 3.0 };
+    let sustained = if quick { 2_000 } else { 10_000 };
+    println!(
+        "deltamesh fleet benchmark ({} run)\n",
+        if quick { "quick" } else { "full" }
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let nats = NatsServer::start();
+        let client = async_nats::connect(nats.url()).await.expect("NATS");
+        for rate in [1_000u32, 10_000] {
+            let raw = nats_latency(&client, rate, seconds).await;
+            let js = jetstream_latency(&client, rate, seconds).await;
+            let fleet = Fleet::start(&nats, 2, 1).await;
+            let cross = cross_relay_latency(&fleet, rate, seconds).await;
+            drop(fleet);
+            for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+                println!(
+                    "latency at {rate:>6}/s {name}  NATS pub→sub {:>7.3} ms  JetStream pub→consumer {:>7.3} ms  cross-relay peer→peer {:>7.3} ms  {:>5.2}× NATS",
+                    ms(percentile(&raw, p)),
+                    ms(percentile(&js, p)),
+                    ms(percentile(&cross, p)),
+                    ms(percentile(&cross, p)) / ms(percentile(&raw, p)).max(1e-6),
+                );
+            }
+        }
+        let raw = jetstream_throughput(&client, sustained * 6).await;
+        let fleet = Fleet::start(&nats, 3, 2).await;
+        let (accepted, delivered) = spread_throughput(&fleet, sustained).await;
+        println!(
+            "sustained, one session over 3 relays (6 peers)  accepted {accepted:>8.0} deltas/s  delivered {delivered:>8.0} deltas/s  JetStream publish alone {raw:>8.0}/s  {:>5.2}×",
+            accepted / raw
+        );
+    });
+}
+
+/// Nanoseconds since the first call, as the clock every party of
+/// this process shares.
+fn now_ns() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn latency_of(payload: &[u8]) -> Duration {
+    let sent = u64::from_le_bytes(payload[..8].try_into().expect("8-byte stamp"));
+    Duration::from_nanos(now_ns().saturating_sub(sent))
+}
+
+/// Sends `rate` messages per second for `seconds`, in 1 ms ticks.
+async fn paced(rate: u32, seconds: f64, mut send: impl AsyncFnMut(Vec<u8>)) {
+    let total = (f64::from(rate) * seconds) as u64;
+    let per_tick = (u64::from(rate) / 1000).max(1);
+    let tick = Duration::from_micros(1_000_000 * per_tick / u64::from(rate));
+    let mut ticker = tokio::time::interval(tick);
+    let mut sent = 0;
+    while sent < total {
+        ticker.tick().await;
+        for _ in 0..per_tick.min(total - sent) {
+            let mut payload = now_ns().to_le_bytes().to_vec();
+            payload.resize(100, 0);
+            send(payload).await;
+            sent += 1;
+        }
+    }
+}
+
+async fn nats_latency(client: &async_nats::Client, rate: u32, seconds: f64) -> Vec<Duration> {
+    let subject = format!("bench.raw.{rate}");
+    let mut subscriber = client.subscribe(subject.clone()).await.expect("subscribe");
+    client.flush().await.expect("flush");
+    let expected = (f64::from(rate) * seconds) as usize;
+    let collect = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(expected);
+        while latencies.len() < expected {
+            match tokio::time::timeout(Duration::from_secs(5), subscriber.next()).await {
+                Ok(Some(message)) => latencies.push(latency_of(&message.payload)),
+                _ => break,
+            }
+        }
+        latencies
+    });
+    paced(rate, seconds, async |payload| {
+        client
+            .publish(subject.clone(), payload.into())
+            .await
+            .expect("publish");
+        client.flush().await.expect("flush");
+    })
+    .await;
+    sorted(collect.await.expect("collector"))
+}
+
+async fn jetstream_latency(client: &async_nats::Client, rate: u32, seconds: f64) -> Vec<Duration> {
+    let js = jetstream::new(client.clone());
+    let name = format!("BENCH_LATENCY_{rate}");
+    let subject = format!("bench.js.{rate}");
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name,
+            subjects: vec![subject.clone()],
+            storage: stream::StorageType::File,
+            ..stream::Config::default()
+        })
+        .await
+        .expect("stream");
+    let mut messages = stream
+        .create_consumer(consumer::pull::OrderedConfig::default())
+        .await
+        .expect("consumer")
+        .messages()
+        .await
+        .expect("messages");
+    let expected = (f64::from(rate) * seconds) as usize;
+    let collect = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(expected);
+        while latencies.len() < expected {
+            match tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
+                Ok(Some(Ok(message))) => latencies.push(latency_of(&message.payload)),
+                _ => break,
+            }
+        }
+        latencies
+    });
+    let (acks, mut pending) = tokio::sync::mpsc::unbounded_channel();
+    let waiter = tokio::spawn(async move {
+        while let Some(ack) = pending.recv().await {
+            let ack: jetstream::context::PublishAckFuture = ack;
+            ack.await.expect("stored");
+        }
+    });
+    paced(rate, seconds, async |payload| {
+        let ack = js
+            .publish(subject.clone(), payload.into())
+            .await
+            .expect("publish");
+        let _ = acks.send(ack);
+    })
+    .await;
+    drop(acks);
+    waiter.await.expect("acks");
+    sorted(collect.await.expect("collector"))
+}
+
+async fn jetstream_throughput(client: &async_nats::Client, count: usize) -> f64 {
+    let js = jetstream::new(client.clone());
+    js.get_or_create_stream(stream::Config {
+        name: "BENCH_THROUGHPUT".into(),
+        subjects: vec!["bench.throughput".into()],
+        storage: stream::StorageType::File,
+        ..stream::Config::default()
+    })
+    .await
+    .expect("stream");
+    let started = Instant::now();
+    let mut acks = futures_util::stream::FuturesUnordered::new();
+    for n in 0..count {
+        let mut payload = (n as u64).to_le_bytes().to_vec();
+        payload.resize(100, 0);
+        acks.push(
+            js.publish("bench.throughput", payload.into())
+                .await
+                .expect("publish")
+                .into_future(),
+        );
+        while acks.len() > 4096 {
+            acks.next().await.expect("ack").expect("stored");
+        }
+    }
+    while let Some(ack) = acks.next().await {
+        ack.expect("stored");
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// A registry, relays and one signal, each its own process.
+struct Fleet {
+    processes: Vec<Child>,
+    signal_url: String,
+}
+
+impl Fleet {
+    /// `relays` relays taking `per_relay` peers each, so a session's peers
+    /// spread over all of them.
+    async fn start(nats: &NatsServer, relays: usize, per_relay: usize) -> Fleet {
+        let mut processes = Vec::new();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let (registry, url) = spawn(
+            &["registry", "--nats", &nats.url(), "--listen", &listen],
+            "registry: ",
+        );
+        processes.push(registry);
+        for _ in 0..relays {
+            let per_relay = per_relay.to_string();
+            let (relay, _) = spawn(
+                &[
+                    "relay",
+                    "--nats",
+                    &nats.url(),
+                    "--registry",
+                    &url,
+                    "--max-peers",
+                    &per_relay,
+                    "--delta-rate",
+                    "0",
+                    "--byte-rate",
+                    "0",
+                ],
+                "relay: ",
+            );
+            processes.push(relay);
+        }
+        let (signal, signal_url) = spawn(
+            &[
+                "signal",
+                "--nats",
+                &nats.url(),
+                "--registry",
+                &url,
+                "--dev",
+                "--dev-token",
+                TOKEN,
+                "--port",
+                "0",
+                "--address-rate",
+                "0",
+                "--token-rate",
+                "0",
+            ],
+            "signal: ",
+        );
+        processes.push(signal);
+        // Registration is a heartbeat away from the start-up line.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        Fleet {
+            processes,
+            signal_url,
+        }
+    }
+
+    async fn join(&self, session: &str) -> NativePeer {
+        let mut options = ConnectOptions::new(&self.signal_url, session, TOKEN);
+        options.echo = true;
+        NativePeer::connect(options).await.expect("peer connects")
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for process in &mut self.processes {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+}
+
+fn spawn(args: &[&str], ready: &str) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_deltamesh"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("deltamesh starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let value = loop {
+        let line = lines
+            .next()
+            .expect("start-up line")
+            .expect("readable stdout");
+        if let Some(value) = line.strip_prefix(ready) {
+            break value.trim().to_owned();
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, value)
+}
+
+async fn cross_relay_latency(fleet: &Fleet, rate: u32, seconds: f64) -> Vec<Duration> {
+    let session = format!("latency-{rate}");
+    let sender = fleet.join(&session).await;
+    let mut receiver = fleet.join(&session).await;
+    assert_ne!(
+        sender.welcome().relay_id,
+        receiver.welcome().relay_id,
+        "the two peers are on different relays"
+    );
+    let expected = (f64::from(rate) * seconds) as usize;
+    let collect = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(expected);
+        while latencies.len() < expected {
+            match tokio::time::timeout(Duration::from_secs(10), receiver.next_event()).await {
+                Ok(Some(PeerEvent::Delta(delta))) => latencies.push(latency_of(delta.payload())),
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        latencies
+    });
+    let mut sender = sender;
+    paced(rate, seconds, async |payload| {
+        sender.send(1, Id::default(), payload).await.expect("send");
+        // Acks and echoes are not measured, only taken.
+        while let Some(Some(_)) = sender.next_event().now_or_never() {}
+    })
+    .await;
+    let latencies = collect.await.expect("collector");
+    assert_eq!(latencies.len(), expected, "every delta crossed");
+    sorted(latencies)
+}
+
+async fn spread_throughput(fleet: &Fleet, per_peer: usize) -> (f64, f64) {
+    let mut peers = Vec::new();
+    for _ in 0..6 {
+        peers.push(fleet.join("sustained").await);
+    }
+    let total = per_peer * peers.len();
+    let started = Instant::now();
+    let tasks: Vec<_> = peers
+        .into_iter()
+        .map(|mut peer| {
+            tokio::spawn(async move {
+                let mut received = 0;
+                for _ in 0..per_peer {
+                    peer.send(1, Id::default(), vec![0; 100])
+                        .await
+                        .expect("send");
+                    while let Some(Some(event)) = peer.next_event().now_or_never() {
+                        received += usize::from(matches!(event, PeerEvent::Delta(_)));
+                    }
+                }
+                while received < total {
+                    match tokio::time::timeout(Duration::from_secs(30), peer.next_event()).await {
+                        Ok(Some(PeerEvent::Delta(_))) => received += 1,
+                        Ok(Some(_)) => {}
+                        _ => panic!("{received} of {total} deltas arrived"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("peer");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    (total as f64 / seconds, (total * 6) as f64 / seconds)
+}
+
+fn sorted(mut latencies: Vec<Duration>) -> Vec<Duration> {
+    latencies.sort();
+    latencies
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}

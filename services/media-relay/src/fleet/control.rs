@@ -1,0 +1,165 @@
+//! A relay's control subject: signal's offers, trickles and disconnects
+//! arrive over NATS request/reply as `RelayRequest`s and are answered with
+//! `RelayReply`s. Every request is checked before it reaches the relay; a
+//! malformed one gets `BAD_REQUEST`, never silence.
+
+use deltamesh_proto::fleet::pb;
+use deltamesh_proto::session::is_valid_session;
+use deltamesh_proto::{Grants, Id};
+use futures_util::StreamExt;
+use prost::Message;
+
+use crate::relay::{PeerAccess, RelayError, RelayHandle};
+
+/// Longest identity accepted in a request (token subjects are short).
+const MAX_IDENTITY: usize = 1024;
+/// Most trickled candidates in one request.
+const MAX_CANDIDATES: usize = 64;
+
+/// Answers the control requests arriving on `requests` (the relay's
+/// control subject) until the subscription ends.
+pub async fn answer(
+    nats: async_nats::Client,
+    relay: RelayHandle,
+    mut requests: async_nats::Subscriber,
+) {
+    while let Some(request) = requests.next().await {
+        let Some(reply_to) = request.reply.clone() else {
+            continue;
+        };
+        let (nats, relay) = (nats.clone(), relay.clone());
+        tokio::spawn(async move {
+            let reply = handle(&relay, &request.payload).await;
+            if let Err(error) = nats.publish(reply_to, reply.encode_to_vec().into()).await {
+                tracing::warn!(%error, "cannot answer a control request");
+            }
+        });
+    }
+}
+
+/// The answer to one encoded `RelayRequest`.
+pub async fn handle(relay: &RelayHandle, bytes: &[u8]) -> pb::RelayReply {
+    let outcome = match pb::RelayRequest::decode(bytes) {
+        Ok(pb::RelayRequest {
+            request: Some(request),
+        }) => run(relay, request).await,
+        Ok(_) => Err(bad_request("empty request")),
+        Err(error) => Err(bad_request(&format!("undecodable request: {error}"))),
+    };
+    pb::RelayReply {
+        reply: Some(outcome.unwrap_or_else(pb::relay_reply::Reply::Failure)),
+    }
+}
+
+async fn run(
+    relay: &RelayHandle,
+    request: pb::relay_request::Request,
+) -> Result<pb::relay_reply::Reply, pb::RelayFailure> {
+    use pb::relay_request::Request;
+    match request {
+        Request::Offer(offer) => {
+            check_session(&offer.session)?;
+            check_identity(&offer.identity)?;
+            let access = PeerAccess {
+                identity: offer.identity.into(),
+                grants: offer.grants.map(Grants::from).unwrap_or_default(),
+            };
+            let answer = relay
+                .offer(&offer.session, &offer.offer_sdp, access)
+                .await
+                .map_err(failure)?;
+            Ok(pb::relay_reply::Reply::Answer(pb::OfferAnswer {
+                peer_id: answer.peer_id.0.to_vec(),
+                answer_sdp: answer.answer_sdp,
+                ice_ufrag: answer.ice_ufrag,
+            }))
+        }
+        Request::Trickle(trickle) => {
+            let peer = check_peer(&trickle.session, &trickle.peer_id, &trickle.identity)?;
+            if trickle.candidates.len() > MAX_CANDIDATES {
+                return Err(bad_request("too many candidates"));
+            }
+            relay
+                .check_owner(&trickle.session, peer, &trickle.identity)
+                .map_err(failure)?;
+            relay
+                .trickle(
+                    &trickle.session,
+                    peer,
+                    trickle.if_match.as_deref(),
+                    &trickle.candidates,
+                )
+                .await
+                .map_err(failure)?;
+            Ok(pb::relay_reply::Reply::Done(pb::Done {}))
+        }
+        Request::Disconnect(disconnect) => {
+            let peer = check_peer(
+                &disconnect.session,
+                &disconnect.peer_id,
+                &disconnect.identity,
+            )?;
+            relay
+                .check_owner(&disconnect.session, peer, &disconnect.identity)
+                .map_err(failure)?;
+            relay
+                .disconnect(&disconnect.session, peer, "deleted by client")
+                .await
+                .map_err(failure)?;
+            Ok(pb::relay_reply::Reply::Done(pb::Done {}))
+        }
+    }
+}
+
+fn check_session(session: &str) -> Result<(), pb::RelayFailure> {
+    if is_valid_session(session) {
+        Ok(())
+    } else {
+        Err(bad_request("invalid session name"))
+    }
+}
+
+fn check_identity(identity: &str) -> Result<(), pb::RelayFailure> {
+    if identity.is_empty() || identity.len() > MAX_IDENTITY {
+        Err(bad_request("identity must be 1 to 1024 bytes"))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_peer(session: &str, peer: &[u8], identity: &str) -> Result<Id, pb::RelayFailure> {
+    check_session(session)?;
+    check_identity(identity)?;
+    Id::from_slice(peer).map_err(|error| bad_request(&error.to_string()))
+}
+
+fn bad_request(detail: &str) -> pb::RelayFailure {
+    pb::RelayFailure {
+        code: pb::RelayFailureCode::BadRequest.into(),
+        detail: detail.to_owned(),
+        limit: 0,
+    }
+}
+
+/// A relay's refusal as it travels back to signal.
+pub fn failure(error: RelayError) -> pb::RelayFailure {
+    use pb::RelayFailureCode as Code;
+    let detail = error.to_string();
+    let (code, limit) = match error {
+        RelayError::BadOffer(_) | RelayError::BadCandidate(_) => (Code::BadOffer, 0),
+        RelayError::Full => (Code::Full, 0),
+        RelayError::SessionFull { limit } => {
+            (Code::SessionFull, u32::try_from(limit).unwrap_or(u32::MAX))
+        }
+        RelayError::TooManyPending => (Code::TooManyPending, 0),
+        RelayError::UnknownPeer => (Code::UnknownPeer, 0),
+        RelayError::NotOwner => (Code::NotOwner, 0),
+        RelayError::EtagMismatch => (Code::EtagMismatch, 0),
+        RelayError::ShuttingDown => (Code::ShuttingDown, 0),
+    };
+    pb::RelayFailure {
+        code: code.into(),
+        detail,
+        limit,
+    }
+}

@@ -1,0 +1,459 @@
+//! The multi-process [`Network`]: signal asks the registry (gRPC) where a
+//! peer goes or lives, then asks that relay over NATS request/reply.
+//!
+//! An offer is placed with `PlacePeer` and sent to the chosen relay's control
+//! subject ([`relay_control_subject`]) as a `RelayRequest`; the relay's
+//! `RelayReply` carries the answer or a failure. A relay that is still listed
+//! but gone (killed before its lease expired) has no NATS responders: it is
+//! excluded and the peer placed again, at most [`MAX_PLACEMENTS`] times, so a
+//! client is never sent to a dead relay. Trickle and delete find the peer's
+//! relay with `LookupPeer`, check its owner and ask that relay, which checks
+//! the owner again.
+//!
+//! When every placed relay turns out to be gone the offer fails with
+//! [`NetworkError::Unavailable`] (503 with signal's default `Retry-After`):
+//! the registry did find room, so it is not a capacity problem but a fleet
+//! whose listing is out of date until the dead relays' leases expire. When
+//! the registry itself has no relay left it answers `RESOURCE_EXHAUSTED`,
+//! which is [`NetworkError::NoCapacity`] as for any placement.
+
+use std::future::Future;
+use std::time::{Duration, UNIX_EPOCH};
+
+use async_nats::connection::State;
+use async_nats::{HeaderMap, RequestErrorKind};
+use deltamesh_proto::Id;
+use deltamesh_proto::fleet::pb::registry_client::RegistryClient;
+use deltamesh_proto::fleet::pb::{
+    self, RelayFailureCode, RelayReply, RelayRequest, relay_reply, relay_request,
+};
+use deltamesh_proto::fleet::relay_control_subject;
+use prost::Message as _;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::network::{ConnectRequest, Connected, Network, NetworkError, PeerInfo, PeerState};
+
+/// How many relays an offer is placed on at most before giving up, when the
+/// placed ones turn out to be gone.
+pub const MAX_PLACEMENTS: usize = 3;
+/// What a full relay (or a registry with no relay left) asks clients to wait.
+const FULL_RETRY_AFTER: Duration = Duration::from_secs(2);
+/// What a relay busy setting up connections asks clients to wait.
+const PENDING_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// The NATS header carrying the W3C trace context to the relay.
+const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// How long each hop may take before signal answers 504.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetTimeouts {
+    /// One registry call, connecting included (default 2 s).
+    pub registry: Duration,
+    /// One relay's reply over NATS (default 5 s).
+    pub relay: Duration,
+}
+
+impl Default for FleetTimeouts {
+    fn default() -> Self {
+        FleetTimeouts {
+            registry: Duration::from_secs(2),
+            relay: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The registry URL given to [`FleetNetwork::new`] is not a valid gRPC endpoint.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid registry URL {url:?}: {source}")]
+pub struct RegistryUrlError {
+    /// The URL as given.
+    pub url: String,
+    /// Why tonic refused it.
+    #[source]
+    pub source: tonic::transport::Error,
+}
+
+/// Signal's view of a deployment: the registry over gRPC, relays over NATS.
+#[derive(Debug, Clone)]
+pub struct FleetNetwork {
+    nats: async_nats::Client,
+    registry: RegistryClient<Channel>,
+    timeouts: FleetTimeouts,
+}
+
+/// What came of one request to a relay.
+enum Asked {
+    /// The relay replied.
+    Reply(relay_reply::Reply),
+    /// Nobody listens on the relay's control subject: it is gone.
+    NoResponders,
+}
+
+impl FleetNetwork {
+    /// A network reaching relays through `nats` and the registry at
+    /// `registry_url` (`http://host:port`). The registry connection is made
+    /// lazily, on the first call (and again after it drops), so signal
+    /// starts while the registry is down. Must be called within a Tokio
+    /// runtime.
+    pub fn new(
+        nats: async_nats::Client,
+        registry_url: String,
+        timeouts: FleetTimeouts,
+    ) -> Result<Self, RegistryUrlError> {
+        let endpoint = Endpoint::from_shared(registry_url.clone())
+            .map_err(|source| RegistryUrlError {
+                url: registry_url,
+                source,
+            })?
+            .connect_timeout(timeouts.registry);
+        Ok(FleetNetwork {
+            nats,
+            registry: RegistryClient::new(endpoint.connect_lazy()),
+            timeouts,
+        })
+    }
+
+    /// A registry request carrying our deadline, so the registry knows it too.
+    fn registry_request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.timeouts.registry);
+        request
+    }
+
+    /// Runs one registry call within the registry timeout; running out of
+    /// time is `DEADLINE_EXCEEDED`, as if the registry had said so.
+    async fn registry_call<T>(
+        &self,
+        call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, Status> {
+        match tokio::time::timeout(self.timeouts.registry, call).await {
+            Ok(result) => result.map(tonic::Response::into_inner),
+            Err(_) => Err(Status::deadline_exceeded("no answer from the registry")),
+        }
+    }
+
+    /// Asks the registry for a relay for a new peer of `session`, not one of
+    /// `exclude`.
+    async fn place(&self, session: &str, exclude: &[Id]) -> Result<Id, NetworkError> {
+        let request = self.registry_request(pb::PlacePeerRequest {
+            session: session.to_owned(),
+            exclude_relays: exclude.iter().map(|id| id.as_bytes().to_vec()).collect(),
+        });
+        let mut client = self.registry.clone();
+        let placed = self
+            .registry_call(client.place_peer(request))
+            .await
+            .map_err(registry_error)?;
+        placed
+            .relay
+            .and_then(|relay| Id::from_slice(&relay.relay_id).ok())
+            .ok_or_else(|| NetworkError::Unavailable("the registry placed no valid relay".into()))
+    }
+
+    /// The relay hosting `peer` of `session`, once the registry's record
+    /// shows it belongs to `identity`.
+    async fn hosting(&self, session: &str, peer: Id, identity: &str) -> Result<Id, NetworkError> {
+        let request = self.registry_request(pb::LookupPeerRequest {
+            session: session.to_owned(),
+            peer_id: peer.as_bytes().to_vec(),
+        });
+        let mut client = self.registry.clone();
+        let record = self
+            .registry_call(client.lookup_peer(request))
+            .await
+            .map_err(|status| match status.code() {
+                Code::NotFound => NetworkError::UnknownPeer,
+                _ => registry_error(status),
+            })?;
+        if record.identity != identity {
+            return Err(NetworkError::NotOwner);
+        }
+        Id::from_slice(&record.relay_id).map_err(|_| {
+            NetworkError::Unavailable("the registry's record names no valid relay".into())
+        })
+    }
+
+    /// Sends `request` to `relay` and waits for its reply. `waiting_for`
+    /// names the hop in a timeout.
+    async fn ask(
+        &self,
+        relay: Id,
+        request: relay_request::Request,
+        traceparent: Option<&str>,
+        waiting_for: &'static str,
+    ) -> Result<Asked, NetworkError> {
+        let payload = RelayRequest {
+            request: Some(request),
+        }
+        .encode_to_vec();
+        // Our own timeout covers the whole request, publishing included.
+        let mut nats_request = async_nats::Request::new()
+            .payload(payload.into())
+            .timeout(None);
+        if let Some(traceparent) = traceparent {
+            let mut headers = HeaderMap::new();
+            headers.insert(TRACEPARENT_HEADER, traceparent);
+            nats_request = nats_request.headers(headers);
+        }
+        let sent = self
+            .nats
+            .send_request(relay_control_subject(relay), nats_request);
+        let message = match tokio::time::timeout(self.timeouts.relay, sent).await {
+            Err(_) => return Err(NetworkError::Timeout(waiting_for)),
+            Ok(Err(error)) => {
+                return match error.kind() {
+                    RequestErrorKind::NoResponders => Ok(Asked::NoResponders),
+                    RequestErrorKind::TimedOut => Err(NetworkError::Timeout(waiting_for)),
+                    _ => Err(NetworkError::Unavailable(format!(
+                        "request to relay {relay} failed: {error}"
+                    ))),
+                };
+            }
+            Ok(Ok(message)) => message,
+        };
+        let reply = RelayReply::decode(message.payload).map_err(|error| {
+            NetworkError::Unavailable(format!("undecodable reply from relay {relay}: {error}"))
+        })?;
+        reply
+            .reply
+            .map(Asked::Reply)
+            .ok_or_else(|| NetworkError::Unavailable(format!("empty reply from relay {relay}")))
+    }
+
+    /// Sends a trickle or disconnect to the relay hosting `peer`; a relay
+    /// that is gone no longer hosts it.
+    async fn ask_host(
+        &self,
+        session: &str,
+        peer: Id,
+        identity: &str,
+        request: relay_request::Request,
+    ) -> Result<(), NetworkError> {
+        let relay = self.hosting(session, peer, identity).await?;
+        match self.ask(relay, request, None, "the relay").await? {
+            Asked::NoResponders => Err(NetworkError::UnknownPeer),
+            Asked::Reply(relay_reply::Reply::Done(_)) => Ok(()),
+            Asked::Reply(relay_reply::Reply::Failure(failure)) => Err(relay_failure(failure)),
+            Asked::Reply(relay_reply::Reply::Answer(_)) => Err(NetworkError::Unavailable(format!(
+                "relay {relay} answered a request that was not an offer"
+            ))),
+        }
+    }
+}
+
+/// The [`NetworkError`] a failed registry call stands for.
+fn registry_error(status: Status) -> NetworkError {
+    match status.code() {
+        Code::ResourceExhausted => NetworkError::NoCapacity {
+            reason: if status.message().is_empty() {
+                "every relay is full or draining".to_owned()
+            } else {
+                status.message().to_owned()
+            },
+            retry_after: FULL_RETRY_AFTER,
+        },
+        // A tonic server answers CANCELLED when the deadline we sent it
+        // (`grpc-timeout`) runs out, which may come just before our own.
+        Code::DeadlineExceeded | Code::Cancelled => NetworkError::Timeout("the registry"),
+        Code::Unavailable => {
+            NetworkError::Unavailable(format!("registry unreachable: {}", status.message()))
+        }
+        code => NetworkError::Unavailable(format!(
+            "registry failed ({}): {}",
+            code.description(),
+            status.message()
+        )),
+    }
+}
+
+/// The [`NetworkError`] a relay's failure reply stands for; the same mapping
+/// as the in-process network's.
+fn relay_failure(failure: pb::RelayFailure) -> NetworkError {
+    match RelayFailureCode::try_from(failure.code) {
+        Ok(RelayFailureCode::BadOffer) => NetworkError::BadOffer(failure.detail),
+        Ok(RelayFailureCode::Full) => NetworkError::NoCapacity {
+            reason: "the relay is full".into(),
+            retry_after: FULL_RETRY_AFTER,
+        },
+        Ok(RelayFailureCode::TooManyPending) => NetworkError::NoCapacity {
+            reason: "too many connections are being set up".into(),
+            retry_after: PENDING_RETRY_AFTER,
+        },
+        Ok(RelayFailureCode::SessionFull) => NetworkError::SessionFull {
+            limit: failure.limit as usize,
+            retry_after: FULL_RETRY_AFTER,
+        },
+        Ok(RelayFailureCode::UnknownPeer) => NetworkError::UnknownPeer,
+        Ok(RelayFailureCode::NotOwner) => NetworkError::NotOwner,
+        Ok(RelayFailureCode::EtagMismatch) => NetworkError::EtagMismatch,
+        Ok(RelayFailureCode::ShuttingDown) => {
+            NetworkError::Unavailable("relay is shutting down".into())
+        }
+        Ok(RelayFailureCode::BadRequest) => NetworkError::Unavailable(format!(
+            "the relay could not decode the request: {}",
+            failure.detail
+        )),
+        Ok(RelayFailureCode::Unspecified) | Err(_) => NetworkError::Unavailable(format!(
+            "the relay failed (code {}): {}",
+            failure.code, failure.detail
+        )),
+    }
+}
+
+/// A registry record as a listed peer; `None` when it is malformed.
+fn peer_info(record: &pb::PeerRecord) -> Option<PeerInfo> {
+    let state = match record.state() {
+        pb::PeerState::Connecting => PeerState::Connecting,
+        pb::PeerState::Connected => PeerState::Connected,
+        pb::PeerState::Unspecified => return None,
+    };
+    Some(PeerInfo {
+        peer_id: Id::from_slice(&record.peer_id).ok()?,
+        relay_id: Id::from_slice(&record.relay_id).ok()?,
+        state,
+        joined_at: UNIX_EPOCH.checked_add(Duration::from_millis(record.joined_at_ms))?,
+    })
+}
+
+/// Whether a relay refused an offer for lack of room (full, the session
+/// full there, too many connections being set up, draining): another relay
+/// may take it.
+fn is_out_of_room(failure: &pb::RelayFailure) -> bool {
+    use pb::RelayFailureCode as Code;
+    matches!(
+        Code::try_from(failure.code),
+        Ok(Code::Full | Code::SessionFull | Code::TooManyPending | Code::ShuttingDown)
+    )
+}
+
+impl Network for FleetNetwork {
+    async fn connect(&self, request: ConnectRequest) -> Result<Connected, NetworkError> {
+        let offer = relay_request::Request::Offer(pb::OfferRequest {
+            session: request.session.clone(),
+            identity: request.identity,
+            grants: Some(request.grants.into()),
+            offer_sdp: request.offer_sdp,
+        });
+        let mut gone = Vec::new();
+        // A relay may refuse for room the registry thought it had (its load
+        // is a heartbeat old): the peer is placed again elsewhere, and the
+        // last refusal is the answer if no relay takes it.
+        let mut refused = None;
+        for _ in 0..MAX_PLACEMENTS {
+            let relay_id = match self.place(&request.session, &gone).await {
+                Ok(relay_id) => relay_id,
+                Err(error) => return Err(refused.unwrap_or(error)),
+            };
+            let asked = self
+                .ask(
+                    relay_id,
+                    offer.clone(),
+                    request.traceparent.as_deref(),
+                    "the relay's answer",
+                )
+                .await?;
+            let reply = match asked {
+                Asked::Reply(reply) => reply,
+                Asked::NoResponders => {
+                    tracing::warn!(relay = %relay_id, "placed relay has no responders; placing again");
+                    gone.push(relay_id);
+                    continue;
+                }
+            };
+            return match reply {
+                relay_reply::Reply::Answer(answer) => Ok(Connected {
+                    peer_id: Id::from_slice(&answer.peer_id).map_err(|_| {
+                        NetworkError::Unavailable(format!(
+                            "relay {relay_id} answered with an invalid peer id"
+                        ))
+                    })?,
+                    relay_id,
+                    answer_sdp: answer.answer_sdp,
+                    ice_ufrag: answer.ice_ufrag,
+                }),
+                relay_reply::Reply::Failure(failure) if is_out_of_room(&failure) => {
+                    tracing::info!(relay = %relay_id, detail = %failure.detail, "placed relay has no room; placing again");
+                    gone.push(relay_id);
+                    refused = Some(relay_failure(failure));
+                    continue;
+                }
+                relay_reply::Reply::Failure(failure) => Err(relay_failure(failure)),
+                relay_reply::Reply::Done(_) => Err(NetworkError::Unavailable(format!(
+                    "relay {relay_id} did not answer the offer"
+                ))),
+            };
+        }
+        Err(refused.unwrap_or_else(|| {
+            NetworkError::Unavailable(format!(
+                "none of the {} relays placed on is reachable",
+                gone.len()
+            ))
+        }))
+    }
+
+    async fn trickle(
+        &self,
+        session: &str,
+        peer: Id,
+        identity: &str,
+        if_match: Option<&str>,
+        candidates: Vec<String>,
+    ) -> Result<(), NetworkError> {
+        if if_match == Some("*") {
+            return Err(NetworkError::Unsupported(
+                "ICE restart; reconnect with a new offer",
+            ));
+        }
+        let request = relay_request::Request::Trickle(pb::TrickleRequest {
+            session: session.to_owned(),
+            peer_id: peer.as_bytes().to_vec(),
+            identity: identity.to_owned(),
+            if_match: if_match.map(str::to_owned),
+            candidates,
+        });
+        self.ask_host(session, peer, identity, request).await
+    }
+
+    async fn disconnect(
+        &self,
+        session: &str,
+        peer: Id,
+        identity: &str,
+    ) -> Result<(), NetworkError> {
+        let request = relay_request::Request::Disconnect(pb::DisconnectRequest {
+            session: session.to_owned(),
+            peer_id: peer.as_bytes().to_vec(),
+            identity: identity.to_owned(),
+        });
+        self.ask_host(session, peer, identity, request).await
+    }
+
+    async fn peers(&self, session: &str) -> Result<Vec<PeerInfo>, NetworkError> {
+        let request = self.registry_request(pb::ListPeersRequest {
+            session: session.to_owned(),
+        });
+        let mut client = self.registry.clone();
+        let listed = self
+            .registry_call(client.list_peers(request))
+            .await
+            .map_err(registry_error)?;
+        Ok(listed
+            .peers
+            .iter()
+            .filter_map(|record| {
+                let info = peer_info(record);
+                if info.is_none() {
+                    tracing::warn!(session, "skipping a malformed peer record");
+                }
+                info
+            })
+            .collect())
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        match self.nats.connection_state() {
+            State::Connected => Ok(()),
+            State::Pending | State::Disconnected => Err("NATS is unreachable".into()),
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The fleet as separate processes: registries, relays and signals on a
+//! real nats-server with JetStream, native peers over real WebRTC. A
+//! session's peers spread over several relays still see one order with
+//! nothing lost, through relay crashes and restarts of NATS and the registry.
+
+mod common;
+mod failures;
+mod spread;
