@@ -265,9 +265,10 @@ impl Fleet {
         }
     }
 
-    async fn join(&self, session: &str) -> NativePeer {
+    /// A peer of `session`; with `echo` it receives its own deltas too.
+    async fn join(&self, session: &str, echo: bool) -> NativePeer {
         let mut options = ConnectOptions::new(&self.signal_url, session, TOKEN);
-        options.echo = true;
+        options.echo = echo;
         NativePeer::connect(options).await.expect("peer connects")
     }
 }
@@ -306,8 +307,8 @@ fn spawn(args: &[&str], ready: &str) -> (Child, String) {
 
 async fn cross_relay_latency(fleet: &Fleet, rate: u32, seconds: f64) -> Vec<Duration> {
     let session = format!("latency-{rate}");
-    let sender = fleet.join(&session).await;
-    let mut receiver = fleet.join(&session).await;
+    let sender = fleet.join(&session, false).await;
+    let mut receiver = fleet.join(&session, false).await;
     assert_ne!(
         sender.welcome().relay_id,
         receiver.welcome().relay_id,
@@ -340,7 +341,7 @@ async fn cross_relay_latency(fleet: &Fleet, rate: u32, seconds: f64) -> Vec<Dura
 async fn spread_throughput(fleet: &Fleet, per_peer: usize) -> (f64, f64) {
     let mut peers = Vec::new();
     for _ in 0..6 {
-        peers.push(fleet.join("sustained").await);
+        peers.push(fleet.join("sustained", true).await);
     }
     let total = per_peer * peers.len();
     let started = Instant::now();

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use deltamesh::fleet::{connect_nats, start_registry, start_relay, start_signal};
+use deltamesh::fleet::{
+    NatsSecurity, connect_nats, read_text, start_registry, start_relay, start_signal,
+};
 use deltamesh::{StackConfig, start};
 use deltamesh_proto::Grants;
 use deltamesh_registry::RegistryConfig;
@@ -18,6 +20,7 @@ use deltamesh_relay::signing::hex;
 use deltamesh_relay::{DeltaSigner, Rate, RelayConfig};
 use deltamesh_signal::token::{Claims, TokenSigner, TokenVerifier, unix_now};
 use deltamesh_signal::{RateLimit, SignalConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 /// Runs signal, the registry and one media relay in one process, or one
 /// service of a fleet.
@@ -54,7 +57,10 @@ struct RunArgs {
     /// a fleet, all in this process) instead of in memory.
     #[arg(long, env = "NATS_URL")]
     nats: Option<String>,
-    /// Where the registry's gRPC server listens with `--nats`.
+    #[command(flatten)]
+    nats_security: NatsSecurity,
+    /// Where the registry's gRPC server listens with `--nats` (plaintext:
+    /// `--production` keeps it on loopback).
     #[arg(long, env = "DELTAMESH_REGISTRY_LISTEN", default_value = "127.0.0.1:0")]
     registry_listen: SocketAddr,
 }
@@ -65,13 +71,19 @@ struct FleetArgs {
     /// The NATS server (JetStream enabled).
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats: String,
-    /// The registry's gRPC URL.
+    #[command(flatten)]
+    nats_security: NatsSecurity,
+    /// The registry's gRPC URL (`https://` with `--registry-ca`).
     #[arg(
         long,
         env = "DELTAMESH_REGISTRY_URL",
         default_value = "http://127.0.0.1:50051"
     )]
     registry: String,
+    /// The CA certificate (PEM) the registry's TLS certificate must chain
+    /// to; the registry URL must then be `https://`.
+    #[arg(long, env = "DELTAMESH_REGISTRY_CA")]
+    registry_ca: Option<PathBuf>,
 }
 
 /// `deltamesh registry`.
@@ -80,6 +92,8 @@ struct RegistryArgs {
     /// The NATS server (JetStream enabled).
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats: String,
+    #[command(flatten)]
+    nats_security: NatsSecurity,
     /// Where the gRPC server listens.
     #[arg(
         long,
@@ -90,6 +104,15 @@ struct RegistryArgs {
     /// How long a relay that stops heartbeating stays placeable.
     #[arg(long, env = "DELTAMESH_RELAY_TTL", default_value = "3s", value_parser = humantime::parse_duration)]
     relay_ttl: Duration,
+    /// The gRPC server's TLS certificate chain (PEM); plaintext without it.
+    #[arg(long, env = "DELTAMESH_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    grpc_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--grpc-tls-cert`.
+    #[arg(long, env = "DELTAMESH_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    grpc_tls_key: Option<PathBuf>,
+    /// Refuse to start without NATS security and gRPC TLS.
+    #[arg(long, env = "DELTAMESH_PRODUCTION")]
+    production: bool,
 }
 
 /// `deltamesh relay`.
@@ -103,6 +126,9 @@ struct RelayServiceArgs {
     /// before closing the rest.
     #[arg(long, env = "DELTAMESH_DRAIN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     drain_grace: Duration,
+    /// Refuse to start without a signing key, NATS security and registry TLS.
+    #[arg(long, env = "DELTAMESH_PRODUCTION")]
+    production: bool,
 }
 
 /// `deltamesh signal`.
@@ -186,7 +212,8 @@ struct AuthArgs {
     /// The issuer (`iss`) every token must name.
     #[arg(long, env = "DELTAMESH_TOKEN_ISSUER")]
     token_issuer: Option<String>,
-    /// Refuse to start without token keys, and accept no development token.
+    /// Refuse to start without token keys (and, in a fleet, without NATS
+    /// security and registry TLS), and accept no development token.
     #[arg(long, env = "DELTAMESH_PRODUCTION")]
     production: bool,
     /// The development token that opens every session with every grant.
@@ -298,18 +325,11 @@ async fn main() -> anyhow::Result<()> {
 
 /// The whole stack in this process: in memory, or on NATS with `--nats`.
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    check_run(&args)?;
     let relay = relay_config(&args.relay)?;
     let (signal, dev_mode) = signal_config(&args.signal, true)?;
     if let Some(url) = &args.nats {
-        return run_on_nats(
-            url,
-            args.registry_listen,
-            &args.signal,
-            relay,
-            signal,
-            dev_mode,
-        )
-        .await;
+        return run_on_nats(url, &args, relay, signal, dev_mode).await;
     }
     let config = StackConfig {
         listen: SocketAddr::new(args.signal.host, args.signal.port),
@@ -335,21 +355,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// Registry, relay and signal in this process, coordinating over NATS.
 async fn run_on_nats(
     url: &str,
-    registry_listen: SocketAddr,
-    args: &SignalArgs,
+    run: &RunArgs,
     relay: RelayConfig,
     signal: SignalConfig,
     dev_mode: bool,
 ) -> anyhow::Result<()> {
-    let nats = connect_nats(url).await?;
+    let args = &run.signal;
+    let nats = connect_nats(url, &run.nats_security).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|&s| s).await;
     };
     let (registry_addr, registry) = start_registry(
         nats.clone(),
-        registry_listen,
+        run.registry_listen,
         RegistryConfig::default(),
+        None,
         until_stopped(stopped.clone()),
     )
     .await?;
@@ -358,6 +379,7 @@ async fn run_on_nats(
     let fleet_relay = start_relay(
         nats.clone(),
         &registry_url,
+        None,
         relay,
         StreamLimits::default(),
         RelayMetrics::default(),
@@ -365,8 +387,15 @@ async fn run_on_nats(
     .await?;
     announce_relay(&fleet_relay.handle);
     let listen = SocketAddr::new(args.host, args.port);
-    let (signal_addr, server) =
-        start_signal(nats, registry_url, listen, signal, until_stopped(stopped)).await?;
+    let (signal_addr, server) = start_signal(
+        nats,
+        &registry_url,
+        None,
+        listen,
+        signal,
+        until_stopped(stopped),
+    )
+    .await?;
     if dev_mode {
         announce_dev_token(&args.auth.dev_token);
     }
@@ -383,26 +412,33 @@ async fn run_on_nats(
 
 /// `deltamesh registry`: serves until SIGTERM or Ctrl-C.
 async fn run_registry(args: RegistryArgs) -> anyhow::Result<()> {
-    let nats = connect_nats(&args.nats).await?;
+    check_registry(&args)?;
+    let tls = registry_server_tls(&args)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let nats = connect_nats(&args.nats, &args.nats_security).await?;
     let config = RegistryConfig {
         relay_ttl: args.relay_ttl,
         ..RegistryConfig::default()
     };
-    let (addr, server) = start_registry(nats, args.listen, config, async {
+    let (addr, server) = start_registry(nats, args.listen, config, tls, async {
         let _ = shutdown_signal().await;
     })
     .await?;
-    announce(format_args!("registry: http://{addr}"));
+    announce(format_args!("registry: {scheme}://{addr}"));
     server.await?
 }
 
 /// `deltamesh relay`: serves until SIGTERM or Ctrl-C, then drains.
 async fn run_relay(args: RelayServiceArgs) -> anyhow::Result<()> {
-    let nats = connect_nats(&args.fleet.nats).await?;
+    check_relay(&args)?;
+    let config = relay_config(&args.relay)?;
+    let registry_tls = registry_tls(&args.fleet)?;
+    let nats = connect_nats(&args.fleet.nats, &args.fleet.nats_security).await?;
     let relay = start_relay(
         nats,
         &args.fleet.registry,
-        relay_config(&args.relay)?,
+        registry_tls,
+        config,
         StreamLimits::default(),
         RelayMetrics::default(),
     )
@@ -416,18 +452,118 @@ async fn run_relay(args: RelayServiceArgs) -> anyhow::Result<()> {
 
 /// `deltamesh signal`: serves until SIGTERM or Ctrl-C.
 async fn run_signal(args: SignalServiceArgs) -> anyhow::Result<()> {
+    check_signal(&args)?;
     let (config, dev_mode) = signal_config(&args.signal, args.dev)?;
-    let nats = connect_nats(&args.fleet.nats).await?;
+    let registry_tls = registry_tls(&args.fleet)?;
+    let nats = connect_nats(&args.fleet.nats, &args.fleet.nats_security).await?;
     let listen = SocketAddr::new(args.signal.host, args.signal.port);
-    let (addr, server) = start_signal(nats, args.fleet.registry, listen, config, async {
-        let _ = shutdown_signal().await;
-    })
+    let (addr, server) = start_signal(
+        nats,
+        &args.fleet.registry,
+        registry_tls,
+        listen,
+        config,
+        async {
+            let _ = shutdown_signal().await;
+        },
+    )
     .await?;
     if dev_mode {
         announce_dev_token(&args.signal.auth.dev_token);
     }
     announce(format_args!("signal: http://{addr}"));
     Ok(server.await??)
+}
+
+/// `deltamesh --production`: with `--nats`, NATS must be secured, and the
+/// registry (plaintext gRPC in this mode) must listen on loopback only.
+fn check_run(args: &RunArgs) -> anyhow::Result<()> {
+    let Some(url) = args.nats.as_deref().filter(|_| args.signal.auth.production) else {
+        return Ok(());
+    };
+    require_secure_nats(url, &args.nats_security)?;
+    if !args.registry_listen.ip().is_loopback() {
+        bail!(
+            "--production needs a loopback --registry-listen (the in-process registry has no TLS)"
+        );
+    }
+    Ok(())
+}
+
+/// `deltamesh registry --production`: NATS secured, gRPC over TLS.
+fn check_registry(args: &RegistryArgs) -> anyhow::Result<()> {
+    if !args.production {
+        return Ok(());
+    }
+    require_secure_nats(&args.nats, &args.nats_security)?;
+    if args.grpc_tls_cert.is_none() {
+        bail!("--production needs --grpc-tls-cert and --grpc-tls-key");
+    }
+    Ok(())
+}
+
+/// `deltamesh relay --production`: deltas signed, NATS secured, the
+/// registry over TLS.
+fn check_relay(args: &RelayServiceArgs) -> anyhow::Result<()> {
+    if !args.production {
+        return Ok(());
+    }
+    if args.relay.signing_key.is_none() {
+        bail!("--production needs --signing-key");
+    }
+    require_secure_fleet(&args.fleet)
+}
+
+/// `deltamesh signal --production`: NATS secured, the registry over TLS
+/// (token keys are checked with the rest of signal's configuration).
+fn check_signal(args: &SignalServiceArgs) -> anyhow::Result<()> {
+    if !args.signal.auth.production {
+        return Ok(());
+    }
+    require_secure_fleet(&args.fleet)
+}
+
+/// In production, a fleet client secures NATS and verifies the registry.
+fn require_secure_fleet(fleet: &FleetArgs) -> anyhow::Result<()> {
+    require_secure_nats(&fleet.nats, &fleet.nats_security)?;
+    if fleet.registry_ca.is_none() {
+        bail!("--production needs --registry-ca");
+    }
+    if !fleet.registry.starts_with("https://") {
+        bail!("--production needs an https:// --registry URL");
+    }
+    Ok(())
+}
+
+/// In production, NATS is authenticated or verified over TLS.
+fn require_secure_nats(url: &str, security: &NatsSecurity) -> anyhow::Result<()> {
+    if !security.is_secured(url) {
+        bail!(
+            "--production needs NATS security: pass --nats-creds, --nats-nkey-seed or --nats-tls-ca"
+        );
+    }
+    Ok(())
+}
+
+/// The registry server's TLS from `--grpc-tls-cert` and `--grpc-tls-key`.
+fn registry_server_tls(args: &RegistryArgs) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&args.grpc_tls_cert, &args.grpc_tls_key) else {
+        return Ok(None);
+    };
+    let identity = Identity::from_pem(
+        read_text(cert, "--grpc-tls-cert")?,
+        read_text(key, "--grpc-tls-key")?,
+    );
+    Ok(Some(ServerTlsConfig::new().identity(identity)))
+}
+
+/// The registry client's TLS, trusting `--registry-ca`.
+fn registry_tls(fleet: &FleetArgs) -> anyhow::Result<Option<ClientTlsConfig>> {
+    let Some(path) = &fleet.registry_ca else {
+        return Ok(None);
+    };
+    let ca = Certificate::from_pem(read_text(path, "--registry-ca")?);
+    Ok(Some(ClientTlsConfig::new().ca_certificate(ca)))
 }
 
 /// The relay's configuration from its flags.
@@ -609,6 +745,121 @@ async fn shutdown_signal() -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the production check of the service `args` start refuses ("" if nothing).
+    fn refusal(args: &[&str]) -> String {
+        let cli =
+            Cli::try_parse_from(std::iter::once("deltamesh").chain(args.iter().copied())).unwrap();
+        let checked = match cli.command {
+            Some(Command::Registry(args)) => check_registry(&args),
+            Some(Command::Relay(args)) => check_relay(&args),
+            Some(Command::Signal(args)) => check_signal(&args),
+            Some(Command::Token(_)) => unreachable!("not a service"),
+            None => check_run(&cli.run),
+        };
+        checked.err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn production_refuses_to_start_insecure_services() {
+        let registry = ["registry", "--production"];
+        assert!(refusal(&registry).contains("--nats-creds"));
+        let registry = [&registry[..], &["--nats-nkey-seed", "seed"]].concat();
+        assert_eq!(
+            refusal(&registry),
+            "--production needs --grpc-tls-cert and --grpc-tls-key"
+        );
+        let registry = [
+            &registry[..],
+            &["--grpc-tls-cert", "c", "--grpc-tls-key", "k"],
+        ]
+        .concat();
+        assert_eq!(refusal(&registry), "");
+
+        let relay = ["relay", "--production"];
+        assert_eq!(refusal(&relay), "--production needs --signing-key");
+        let relay = [&relay[..], &["--signing-key", "relay.pem"]].concat();
+        assert!(refusal(&relay).contains("NATS security"));
+        let relay = [&relay[..], &["--nats-tls-ca", "ca.pem"]].concat();
+        assert_eq!(refusal(&relay), "--production needs --registry-ca");
+        let relay = [&relay[..], &["--registry-ca", "ca.pem"]].concat();
+        assert_eq!(
+            refusal(&relay),
+            "--production needs an https:// --registry URL"
+        );
+        let relay = [&relay[..], &["--registry", "https://registry:50051"]].concat();
+        assert_eq!(refusal(&relay), "");
+
+        let signal = ["signal", "--production", "--nats", "tls://nats:4222"];
+        assert_eq!(refusal(&signal), "--production needs --registry-ca");
+        let signal = [
+            &signal[..],
+            &["--registry-ca", "ca.pem", "--registry", "https://r:1"],
+        ]
+        .concat();
+        assert_eq!(refusal(&signal), "");
+
+        let one_process = ["--production", "--nats", "nats://nats:4222"];
+        assert!(refusal(&one_process).contains("NATS security"));
+        let one_process = [&one_process[..], &["--nats-creds", "user.creds"]].concat();
+        assert_eq!(refusal(&one_process), "");
+        let one_process = [&one_process[..], &["--registry-listen", "0.0.0.0:50051"]].concat();
+        assert!(refusal(&one_process).contains("loopback --registry-listen"));
+
+        // Without --production, anything goes.
+        for service in [&["registry"][..], &["relay"], &["signal"], &["--nats", "x"]] {
+            assert_eq!(refusal(service), "");
+        }
+    }
+
+    #[test]
+    fn tls_and_credential_flags_come_in_valid_combinations() {
+        let parses = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("deltamesh").chain(args.iter().copied())).is_ok()
+        };
+        assert!(parses(&[
+            "relay",
+            "--nats-tls-cert",
+            "c",
+            "--nats-tls-key",
+            "k"
+        ]));
+        assert!(!parses(&["relay", "--nats-tls-cert", "c"]));
+        assert!(!parses(&[
+            "signal",
+            "--nats-creds",
+            "c",
+            "--nats-nkey-seed",
+            "s"
+        ]));
+        assert!(!parses(&["registry", "--grpc-tls-key", "k"]));
+    }
+
+    #[tokio::test]
+    async fn unreadable_security_files_are_named() {
+        let missing = PathBuf::from("/nonexistent/deltamesh-test.pem");
+        let security = NatsSecurity {
+            nats_tls_ca: Some(missing.clone()),
+            ..NatsSecurity::default()
+        };
+        let error = connect_nats("nats://127.0.0.1:1", &security)
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("--nats-tls-ca: reading /nonexistent"),
+            "{error:#}"
+        );
+        let cli = Cli::try_parse_from(["deltamesh", "relay", "--registry-ca", "/nonexistent/ca"])
+            .unwrap();
+        let Some(Command::Relay(args)) = cli.command else {
+            unreachable!()
+        };
+        let error = registry_tls(&args.fleet).unwrap_err().to_string();
+        assert!(
+            error.contains("--registry-ca: reading /nonexistent/ca"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn key_flags_need_a_key_id_and_a_value() {

@@ -88,9 +88,70 @@ impl From<pb::Grants> for Grants {
     }
 }
 
+/// Why [`registry_endpoint`] refused a registry URL.
+#[cfg(feature = "grpc")]
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryEndpointError {
+    /// Not a valid gRPC URL.
+    #[error("invalid registry URL {url:?}: {source}")]
+    Url {
+        /// The URL as given.
+        url: String,
+        /// Why tonic refused it.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// TLS with an `http://` URL (tonic would connect in plaintext), or an
+    /// `https://` URL without TLS.
+    #[error("registry URL {0:?}: use https:// with TLS (the registry's CA) and http:// without")]
+    Scheme(String),
+    /// The TLS configuration is unusable (e.g. an unreadable CA certificate).
+    #[error("registry TLS: {0}")]
+    Tls(#[source] tonic::transport::Error),
+}
+
+/// The registry's gRPC endpoint at `url`: `https://` verified with `tls`,
+/// or plaintext `http://` without it.
+#[cfg(feature = "grpc")]
+pub fn registry_endpoint(
+    url: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<tonic::transport::Endpoint, RegistryEndpointError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(|source| {
+        RegistryEndpointError::Url {
+            url: url.to_owned(),
+            source,
+        }
+    })?;
+    let https = endpoint.uri().scheme_str() == Some("https");
+    match tls {
+        Some(tls) if https => endpoint.tls_config(tls).map_err(RegistryEndpointError::Tls),
+        None if !https => Ok(endpoint),
+        _ => Err(RegistryEndpointError::Scheme(url.to_owned())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "grpc")]
+    #[test]
+    fn registry_endpoints_use_tls_exactly_for_https() {
+        use tonic::transport::ClientTlsConfig;
+        let tls = || Some(ClientTlsConfig::new());
+        assert!(registry_endpoint("http://127.0.0.1:1", None).is_ok());
+        assert!(registry_endpoint("https://127.0.0.1:1", tls()).is_ok());
+        for (url, tls) in [("http://127.0.0.1:1", tls()), ("https://127.0.0.1:1", None)] {
+            let error = registry_endpoint(url, tls).unwrap_err();
+            assert!(matches!(error, RegistryEndpointError::Scheme(_)), "{error}");
+        }
+        let error = registry_endpoint("not a url", None).unwrap_err();
+        assert!(
+            matches!(error, RegistryEndpointError::Url { .. }),
+            "{error}"
+        );
+    }
 
     #[test]
     fn session_tokens_are_one_to_one_and_one_token() {

@@ -272,7 +272,8 @@ impl Fleet {
     }
 }
 
-fn strings(args: &[&str]) -> Vec<String> {
+/// Owned copies of `args`.
+pub fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| (*a).to_owned()).collect()
 }
 

@@ -5,4 +5,6 @@
 
 mod common;
 mod failures;
+mod local_stack;
+mod security;
 mod spread;

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use deltamesh_proto::fleet::pb::registry_server::RegistryServer;
 use futures_util::FutureExt;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
 
 pub use placement::{PlacementError, RelayLoad, place};
 pub use service::RegistryService;
@@ -69,13 +69,19 @@ pub enum RegistryError {
 }
 
 /// Opens the buckets, runs the janitor and serves the `Registry` gRPC API on
-/// `listener` until `shutdown` completes.
+/// `listener` (over TLS with `tls`, plaintext without) until `shutdown`
+/// completes.
 pub async fn serve(
     nats: async_nats::Client,
     config: RegistryConfig,
     listener: tokio::net::TcpListener,
+    tls: Option<ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RegistryError> {
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
     let js = async_nats::jetstream::new(nats);
     let relays = buckets::relays(&js, config.relay_ttl).await?;
     let peers = buckets::peers(&js).await?;
@@ -83,7 +89,7 @@ pub async fn serve(
     let shutdown = shutdown.boxed().shared();
     let service = RegistryService::new(relays, peers, config, shutdown.clone());
     let service = RegistryServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
-    let served = Server::builder()
+    let served = server
         .add_service(service)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await;

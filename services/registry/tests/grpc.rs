@@ -11,12 +11,13 @@ use deltamesh_proto::fleet::pb::{
     HeartbeatRequest, ListPeersRequest, ListRelaysRequest, LookupPeerRequest, MembershipEvent,
     PeerRecord, PlacePeerRequest, RegisterRelayRequest, RelayInfo, RelayLoad, WatchSessionRequest,
 };
+use deltamesh_proto::fleet::registry_endpoint;
 use deltamesh_registry::{RegistryConfig, RegistryError, buckets, membership, serve};
 use deltamesh_testkit::NatsServer;
 use prost::bytes::{Buf, BufMut};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder, Streaming};
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, ServerTlsConfig};
 use tonic::{Code, Request, Status};
 
 /// How long anything awaited may take before the test fails.
@@ -36,6 +37,11 @@ const STEADY: RegistryConfig = RegistryConfig {
     janitor_interval: Duration::from_millis(100),
 };
 
+/// The self-signed test certificate for 127.0.0.1 and localhost, and its
+/// key (tests/keys/README.md).
+const TEST_CERT: &str = include_str!("../../../tests/keys/localhost.crt");
+const TEST_KEY: &str = include_str!("../../../tests/keys/localhost.key");
+
 /// One running registry instance and a client of it.
 struct Registry {
     client: RegistryClient<Channel>,
@@ -50,7 +56,7 @@ impl Registry {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(serve(client, config, listener, async {
+        let task = tokio::spawn(serve(client, config, listener, None, async {
             let _ = stopped.await;
         }));
         let channel = Channel::from_shared(url.clone())
@@ -243,6 +249,46 @@ async fn relays_register_heartbeat_and_expire_without_heartbeats() {
     register(client, relay(1, 10)).await.unwrap();
     heartbeat(client, 1, 5, false).await.unwrap();
     registry.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_only_clients_trusting_the_certificate_get_through() {
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let tls = ServerTlsConfig::new().identity(Identity::from_pem(TEST_CERT, TEST_KEY));
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(serve(client, STEADY, listener, Some(tls), async {
+        let _ = stopped.await;
+    }));
+    let client = |url: String, tls: Option<ClientTlsConfig>| {
+        RegistryClient::new(registry_endpoint(&url, tls).unwrap().connect_lazy())
+    };
+    let trusting = || Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(TEST_CERT)));
+
+    let mut by_ip = client(format!("https://127.0.0.1:{port}"), trusting());
+    register(&mut by_ip, relay(1, 10)).await.unwrap();
+    assert_eq!(relay_ids(&mut by_ip).await, [1]);
+    let mut by_name = client(format!("https://localhost:{port}"), trusting());
+    assert_eq!(relay_ids(&mut by_name).await, [1]);
+
+    // Not trusting the certificate, or not speaking TLS, gets nothing.
+    let mut untrusting = client(
+        format!("https://127.0.0.1:{port}"),
+        Some(ClientTlsConfig::new()),
+    );
+    let listed = untrusting.list_relays(ListRelaysRequest {}).await;
+    let status = listed.expect_err("a client not trusting the certificate is refused");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().contains("UnknownIssuer"), "{status}");
+    let mut plaintext = client(format!("http://127.0.0.1:{port}"), None);
+    let listed = tokio::time::timeout(PATIENCE, plaintext.list_relays(ListRelaysRequest {}))
+        .await
+        .expect("a plaintext client is refused promptly");
+    assert!(listed.is_err());
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

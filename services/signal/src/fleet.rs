@@ -27,9 +27,9 @@ use deltamesh_proto::fleet::pb::registry_client::RegistryClient;
 use deltamesh_proto::fleet::pb::{
     self, RelayFailureCode, RelayReply, RelayRequest, relay_reply, relay_request,
 };
-use deltamesh_proto::fleet::relay_control_subject;
+use deltamesh_proto::fleet::{RegistryEndpointError, registry_endpoint, relay_control_subject};
 use prost::Message as _;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::{Code, Status};
 
 use crate::network::{ConnectRequest, Connected, Network, NetworkError, PeerInfo, PeerState};
@@ -62,17 +62,6 @@ impl Default for FleetTimeouts {
     }
 }
 
-/// The registry URL given to [`FleetNetwork::new`] is not a valid gRPC endpoint.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid registry URL {url:?}: {source}")]
-pub struct RegistryUrlError {
-    /// The URL as given.
-    pub url: String,
-    /// Why tonic refused it.
-    #[source]
-    pub source: tonic::transport::Error,
-}
-
 /// Signal's view of a deployment: the registry over gRPC, relays over NATS.
 #[derive(Debug, Clone)]
 pub struct FleetNetwork {
@@ -91,21 +80,19 @@ enum Asked {
 
 impl FleetNetwork {
     /// A network reaching relays through `nats` and the registry at
-    /// `registry_url` (`http://host:port`). The registry connection is made
-    /// lazily, on the first call (and again after it drops), so signal
+    /// `registry_url`: `http://host:port`, or `https://host:port` with
+    /// `registry_tls` ([`registry_endpoint`]). The registry connection is
+    /// made lazily, on the first call (and again after it drops), so signal
     /// starts while the registry is down. Must be called within a Tokio
     /// runtime.
     pub fn new(
         nats: async_nats::Client,
-        registry_url: String,
+        registry_url: &str,
+        registry_tls: Option<ClientTlsConfig>,
         timeouts: FleetTimeouts,
-    ) -> Result<Self, RegistryUrlError> {
-        let endpoint = Endpoint::from_shared(registry_url.clone())
-            .map_err(|source| RegistryUrlError {
-                url: registry_url,
-                source,
-            })?
-            .connect_timeout(timeouts.registry);
+    ) -> Result<Self, RegistryEndpointError> {
+        let endpoint =
+            registry_endpoint(registry_url, registry_tls)?.connect_timeout(timeouts.registry);
         Ok(FleetNetwork {
             nats,
             registry: RegistryClient::new(endpoint.connect_lazy()),

@@ -376,7 +376,7 @@ impl Fleet {
         let nats = async_nats::connect(nats_server.url()).await.unwrap();
         let signal_nats = async_nats::connect(nats_server.url()).await.unwrap();
         let network = Arc::new(
-            FleetNetwork::new(signal_nats, format!("http://{address}"), timeouts).unwrap(),
+            FleetNetwork::new(signal_nats, &format!("http://{address}"), None, timeouts).unwrap(),
         );
         let mut metrics = Metrics::default();
         let signal_metrics = SignalMetrics::register(&mut metrics);

@@ -19,12 +19,19 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: PathBuf,
+    args: Vec<String>,
 }
 
 impl NatsServer {
     /// Starts nats-server (`$DELTAMESH_NATS_SERVER` or `nats-server` on
     /// `PATH`) with JetStream on a free loopback port.
     pub fn start() -> NatsServer {
+        NatsServer::start_with_args(&[])
+    }
+
+    /// Starts nats-server as [`start`](Self::start) does, with `args` added
+    /// (e.g. `--tls --tlscert FILE --tlskey FILE`), on restarts too.
+    pub fn start_with_args(args: &[&str]) -> NatsServer {
         static COUNT: AtomicUsize = AtomicUsize::new(0);
         let store = std::env::temp_dir().join(format!(
             "deltamesh-nats-{}-{}",
@@ -36,6 +43,7 @@ impl NatsServer {
             child: None,
             port: free_port(),
             store,
+            args: args.iter().map(|arg| (*arg).to_owned()).collect(),
         };
         server.restart();
         server
@@ -85,6 +93,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(&self.store)
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

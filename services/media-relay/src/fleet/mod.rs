@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use deltamesh_proto::fleet::pb::{self, registry_client::RegistryClient};
+use deltamesh_proto::fleet::registry_endpoint;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 
 pub use jetstream_log::{JetStreamLog, StreamLimits};
 
@@ -115,13 +116,18 @@ impl Fleet {
 
 /// Joins `relay` (running on `log`) to the fleet: answers its control
 /// subject, publishes its members, follows its sessions' membership, and
-/// registers with the registry at `registry_url` (then heartbeats).
+/// registers with the registry at `registry_url` (then heartbeats). With
+/// `registry_tls` the registry is reached over TLS and the URL must be
+/// `https://` ([`registry_endpoint`]).
 pub async fn join(
     relay: RelayHandle,
     log: Arc<JetStreamLog>,
     nats: async_nats::Client,
     registry_url: &str,
+    registry_tls: Option<ClientTlsConfig>,
 ) -> Result<Fleet, FleetError> {
+    let endpoint = registry_endpoint(registry_url, registry_tls)
+        .map_err(|e| FleetError::Registry(e.to_string()))?;
     let js = jetstream::new(nats.clone());
     let peers = deltamesh_registry::buckets::peers(&js)
         .await
@@ -129,11 +135,7 @@ pub async fn join(
     let changes = relay
         .observe_members()
         .ok_or_else(|| FleetError::Nats("the relay is already in a fleet".into()))?;
-    let registry = RegistryClient::new(
-        tonic::transport::Endpoint::from_shared(registry_url.to_owned())
-            .map_err(|e| FleetError::Registry(e.to_string()))?
-            .connect_lazy(),
-    );
+    let registry = RegistryClient::new(endpoint.connect_lazy());
     // Subscribed before registering: a placed peer's offer is answered.
     let subscription = nats
         .subscribe(deltamesh_proto::fleet::relay_control_subject(relay.id()))
