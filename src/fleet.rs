@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use deltamesh_registry::RegistryConfig;
-use deltamesh_relay::fleet::{self as relay_fleet, Fleet, StreamLimits};
+use deltamesh_registry::{RegistryConfig, RegistryMetrics};
+use deltamesh_relay::fleet::{self as relay_fleet, Fleet, JetStreamLog, StreamLimits};
 use deltamesh_relay::{ChunkStore, RelayConfig, RelayHandle, RelayMetrics};
 use deltamesh_signal::fleet::{FleetNetwork, FleetTimeouts};
 use deltamesh_signal::{SignalConfig, SignalMetrics};
@@ -109,12 +109,14 @@ pub async fn connect_nats(
         .with_context(|| format!("connecting to NATS at {url}"))
 }
 
-/// A registry serving gRPC on `listen` (over TLS with `tls`) until
-/// `shutdown`. Returns the bound address and the server task.
+/// A registry serving gRPC on `listen` (over TLS with `tls`) and counting
+/// into `metrics` until `shutdown`. Returns the bound address and the server
+/// task.
 pub async fn start_registry(
     nats: async_nats::Client,
     listen: SocketAddr,
     config: RegistryConfig,
+    metrics: RegistryMetrics,
     tls: Option<ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
@@ -123,7 +125,8 @@ pub async fn start_registry(
         .with_context(|| format!("binding the registry to {listen}"))?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(async move {
-        deltamesh_registry::serve(nats, config, listener, tls, shutdown).await?;
+        deltamesh_registry::serve_with_metrics(nats, config, metrics, listener, tls, shutdown)
+            .await?;
         Ok(())
     });
     Ok((addr, server))
@@ -134,6 +137,8 @@ pub async fn start_registry(
 pub struct FleetRelay {
     /// The running relay.
     pub handle: RelayHandle,
+    /// Its JetStream log (see [`JetStreamLog::pending`]).
+    pub log: Arc<JetStreamLog>,
     fleet: Fleet,
 }
 
@@ -173,8 +178,15 @@ pub async fn start_relay(
     let log =
         relay_fleet::open_log(&nats, store, config.relay_id, config.signer.clone(), limits).await?;
     let handle = deltamesh_relay::start(config, log.clone(), metrics).await?;
-    let fleet = relay_fleet::join(handle.clone(), log, nats, registry_url, registry_tls).await?;
-    Ok(FleetRelay { handle, fleet })
+    let fleet = relay_fleet::join(
+        handle.clone(),
+        log.clone(),
+        nats,
+        registry_url,
+        registry_tls,
+    )
+    .await?;
+    Ok(FleetRelay { handle, log, fleet })
 }
 
 /// Signal serving HTTP on `listen`, placing peers through the registry at

@@ -5,6 +5,7 @@
 
 pub mod embedded;
 pub mod fleet;
+pub mod ops;
 pub mod stack;
 
 pub use embedded::EmbeddedNetwork;

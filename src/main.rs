@@ -2,8 +2,10 @@
 //! NATS with `--nats`); `deltamesh registry|relay|signal` run one service of
 //! a fleet each; `deltamesh token` mints a signed token.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -11,15 +13,18 @@ use clap::{Args, Parser, Subcommand};
 use deltamesh::fleet::{
     NatsSecurity, connect_nats, read_text, start_registry, start_relay, start_signal,
 };
+use deltamesh::ops::{FnGauge, nats_ready, serve_ops};
+use deltamesh::stack::random_uuid_v4;
 use deltamesh::{StackConfig, start};
 use deltamesh_proto::Grants;
-use deltamesh_registry::RegistryConfig;
+use deltamesh_registry::{RegistryConfig, RegistryMetrics};
 use deltamesh_relay::RelayMetrics;
 use deltamesh_relay::fleet::StreamLimits;
 use deltamesh_relay::signing::hex;
 use deltamesh_relay::{DeltaSigner, Rate, RelayConfig};
 use deltamesh_signal::token::{Claims, TokenSigner, TokenVerifier, unix_now};
 use deltamesh_signal::{RateLimit, SignalConfig};
+use prometheus_client::registry::Registry;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 /// Runs signal, the registry and one media relay in one process, or one
@@ -113,6 +118,9 @@ struct RegistryArgs {
     /// Refuse to start without NATS security and gRPC TLS.
     #[arg(long, env = "DELTAMESH_PRODUCTION")]
     production: bool,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (plain HTTP).
+    #[arg(long, env = "DELTAMESH_OPS_LISTEN", default_value = "127.0.0.1:0")]
+    ops_listen: SocketAddr,
 }
 
 /// `deltamesh relay`.
@@ -129,6 +137,9 @@ struct RelayServiceArgs {
     /// Refuse to start without a signing key, NATS security and registry TLS.
     #[arg(long, env = "DELTAMESH_PRODUCTION")]
     production: bool,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (plain HTTP).
+    #[arg(long, env = "DELTAMESH_OPS_LISTEN", default_value = "127.0.0.1:0")]
+    ops_listen: SocketAddr,
 }
 
 /// `deltamesh signal`.
@@ -370,6 +381,7 @@ async fn run_on_nats(
         nats.clone(),
         run.registry_listen,
         RegistryConfig::default(),
+        RegistryMetrics::default(),
         None,
         until_stopped(stopped.clone()),
     )
@@ -420,30 +432,84 @@ async fn run_registry(args: RegistryArgs) -> anyhow::Result<()> {
         relay_ttl: args.relay_ttl,
         ..RegistryConfig::default()
     };
-    let (addr, server) = start_registry(nats, args.listen, config, tls, async {
+    let mut registry = service_metrics("registry", args.listen.to_string());
+    let metrics = RegistryMetrics::register(&mut registry);
+    let (addr, server) = start_registry(nats.clone(), args.listen, config, metrics, tls, async {
         let _ = shutdown_signal().await;
     })
     .await?;
     announce(format_args!("registry: {scheme}://{addr}"));
+    let ready = move || nats_ready(&nats);
+    let (ops, _) = serve_ops(
+        args.ops_listen,
+        Arc::new(registry),
+        ready,
+        std::future::pending(),
+    )
+    .await?;
+    announce(format_args!("ops: http://{ops}"));
     server.await?
+}
+
+/// A Prometheus registry whose every metric carries `service` and
+/// `instance` labels.
+fn service_metrics(service: &'static str, instance: String) -> Registry {
+    Registry::with_labels(
+        [
+            (Cow::Borrowed("service"), Cow::Borrowed(service)),
+            (Cow::Borrowed("instance"), Cow::Owned(instance)),
+        ]
+        .into_iter(),
+    )
 }
 
 /// `deltamesh relay`: serves until SIGTERM or Ctrl-C, then drains.
 async fn run_relay(args: RelayServiceArgs) -> anyhow::Result<()> {
     check_relay(&args)?;
-    let config = relay_config(&args.relay)?;
+    let mut config = relay_config(&args.relay)?;
+    config.relay_id = random_uuid_v4();
     let registry_tls = registry_tls(&args.fleet)?;
     let nats = connect_nats(&args.fleet.nats, &args.fleet.nats_security).await?;
+    let mut registry = service_metrics("relay", config.relay_id.to_string());
+    let metrics = RelayMetrics::register(&mut registry);
     let relay = start_relay(
-        nats,
+        nats.clone(),
         &args.fleet.registry,
         registry_tls,
         config,
         StreamLimits::default(),
-        RelayMetrics::default(),
+        metrics,
     )
     .await?;
     announce_relay(&relay.handle);
+    let gauges = registry.sub_registry_with_prefix("relay");
+    let log = relay.log.clone();
+    gauges.register(
+        "jetstream_pending",
+        "Deltas waiting for JetStream to store them",
+        FnGauge(move || i64::try_from(log.pending()).unwrap_or(i64::MAX)),
+    );
+    let handle = relay.handle.clone();
+    gauges.register(
+        "draining",
+        "1 while the relay drains, else 0",
+        FnGauge(move || i64::from(handle.is_draining())),
+    );
+    let handle = relay.handle.clone();
+    let ready = move || {
+        if handle.is_draining() {
+            return Err("the relay is draining".to_owned());
+        }
+        nats_ready(&nats)
+    };
+    let (ops, _) = serve_ops(
+        args.ops_listen,
+        Arc::new(registry),
+        ready,
+        std::future::pending(),
+    )
+    .await?;
+    announce(format_args!("ops: http://{ops}"));
     shutdown_signal().await?;
     eprintln!("draining");
     relay.drain(args.drain_grace).await;

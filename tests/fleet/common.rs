@@ -63,7 +63,7 @@ impl Service {
     }
 
     /// The rest of the next stdout line starting with `prefix`.
-    fn wait_line(&mut self, prefix: &str) -> String {
+    pub fn wait_line(&mut self, prefix: &str) -> String {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -87,10 +87,15 @@ impl Service {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGTERM without waiting.
+    pub fn sigterm(&self) {
+        terminate(&self.child);
+    }
+
     /// Sends SIGTERM and waits (up to `wait`) for the process to exit; true
     /// if it exited by itself.
     pub fn terminate(&mut self, wait: Duration) -> bool {
-        terminate(&self.child);
+        self.sigterm();
         let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {

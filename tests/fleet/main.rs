@@ -6,5 +6,6 @@
 mod common;
 mod failures;
 mod local_stack;
+mod ops;
 mod security;
 mod spread;

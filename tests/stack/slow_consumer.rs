@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{join, next_matching, stack_with};
+use crate::common::{TOKEN, join, next_matching, stack_with};
 use deltamesh_proto::Id;
-use deltamesh_worker::PeerEvent;
+use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_peer_is_disconnected_and_never_stalls_the_others() {
@@ -58,21 +58,35 @@ async fn a_frozen_peer_is_disconnected_and_never_stalls_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_resumes_further_behind_than_the_limit_catches_up_instead_of_being_dropped() {
     let stack = stack_with(|relay| relay.slow_consumer_limit = 1_000).await;
-    let sender = join(&stack, "backlog").await;
-    let mut reader = join(&stack, "backlog").await;
+    let mut sender = join(&stack, "backlog").await;
+    // The reader stays away for 3 s (± 20%) after it is dropped, long
+    // after the burst below is stored, so it comes back to the whole
+    // backlog at once rather than racing a burst still under way.
+    let mut options = ConnectOptions::new(&stack.signal_url(), "backlog", TOKEN);
+    options.reconnect_after = Duration::from_secs(3);
+    let mut reader = NativePeer::connect(options).await.unwrap();
     stack.relays[0]
         .disconnect("backlog", reader.peer_id(), "test")
         .await
         .unwrap();
-    // While the reader is away the session moves 3 limits ahead. (The
-    // reader may come back while the sender is still at it; the limit is
-    // far above how far a live reader lags behind a burst, ~150 here.)
+    // While the reader is away the session moves 3 limits ahead.
+    let burst = Instant::now();
     for i in 0..3_000u32 {
         sender
             .send(1, Id::default(), i.to_le_bytes().to_vec())
             .await
             .unwrap();
     }
+    next_matching(&mut sender, Duration::from_secs(15), |e| match e {
+        PeerEvent::Acked { seq: 3_000, .. } => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(
+        burst.elapsed() < Duration::from_millis(2_400),
+        "the burst was stored before the reader could return ({:?})",
+        burst.elapsed()
+    );
     let mut seqs = Vec::new();
     while seqs.len() < 3_000 {
         match next_matching(&mut reader, Duration::from_secs(15), Some).await {

@@ -42,6 +42,9 @@ pub struct ConnectOptions {
     pub send_window: usize,
     /// Time allowed from offer to `Welcome`.
     pub connect_timeout: Duration,
+    /// The first wait before reconnecting after a drop; it doubles (with
+    /// jitter) on each failed attempt, up to 5 s.
+    pub reconnect_after: Duration,
     /// A ping goes out after this long without a datagram from the relay.
     pub keepalive: Duration,
     /// The relay counts as gone (and the peer reconnects elsewhere) after
@@ -61,6 +64,7 @@ impl ConnectOptions {
             max_unacked: 65_536,
             send_window: 16 * 1024,
             connect_timeout: Duration::from_secs(10),
+            reconnect_after: Duration::from_millis(100),
             keepalive: Duration::from_millis(500),
             silence_timeout: Duration::from_secs(2),
         }
@@ -484,10 +488,12 @@ impl Driver {
         }
     }
 
-    /// Connects again with exponential backoff (100 ms doubling to 5 s, with
-    /// jitter), still taking the application's requests. `None` once closed.
+    /// Connects again with exponential backoff (`reconnect_after` doubling
+    /// to 5 s, with jitter), still taking the application's requests. `None`
+    /// once closed.
     async fn reconnect(&mut self, requests: &mut mpsc::Receiver<Request>) -> Option<Link> {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let first = self.options.reconnect_after;
+        let mut backoff = Backoff::new(first, Duration::from_secs(5).max(first));
         loop {
             let sleep = tokio::time::sleep(backoff.next_delay(fastrand::f64()));
             tokio::pin!(sleep);

@@ -31,7 +31,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 
 pub use placement::{PlacementError, RelayLoad, place};
-pub use service::RegistryService;
+pub use service::{RegistryMetrics, RegistryService};
 
 /// The largest request the gRPC server decodes; bigger ones are refused.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -70,10 +70,30 @@ pub enum RegistryError {
 
 /// Opens the buckets, runs the janitor and serves the `Registry` gRPC API on
 /// `listener` (over TLS with `tls`, plaintext without) until `shutdown`
-/// completes.
+/// completes. Its counters go nowhere; see [`serve_with_metrics`].
 pub async fn serve(
     nats: async_nats::Client,
     config: RegistryConfig,
+    listener: tokio::net::TcpListener,
+    tls: Option<ServerTlsConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RegistryError> {
+    serve_with_metrics(
+        nats,
+        config,
+        RegistryMetrics::default(),
+        listener,
+        tls,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`], counting into `metrics`.
+pub async fn serve_with_metrics(
+    nats: async_nats::Client,
+    config: RegistryConfig,
+    metrics: RegistryMetrics,
     listener: tokio::net::TcpListener,
     tls: Option<ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -87,7 +107,8 @@ pub async fn serve(
     let peers = buckets::peers(&js).await?;
     let janitor = tokio::spawn(janitor::run(relays.clone(), peers.clone(), config));
     let shutdown = shutdown.boxed().shared();
-    let service = RegistryService::new(relays, peers, config, shutdown.clone());
+    let service =
+        RegistryService::new(relays, peers, config, shutdown.clone()).with_metrics(metrics);
     let service = RegistryServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
     let served = server
         .add_service(service)

@@ -17,6 +17,10 @@ use deltamesh_proto::fleet::pb::{
 use deltamesh_proto::session::is_valid_session;
 use futures_util::future::{BoxFuture, Shared};
 use futures_util::{FutureExt, Stream, StreamExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry as MetricsRegistry;
 use tonic::{Request, Response, Status};
 
 use crate::placement::{self, RelayLoad};
@@ -27,6 +31,41 @@ const MAX_UDP_ADDRS: usize = 16;
 /// Most relays a placement may exclude.
 const MAX_EXCLUDED: usize = 64;
 
+/// Labels of `registry_placements_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabels {
+    /// `placed` or `no_capacity`.
+    outcome: &'static str,
+}
+
+/// What the registry counts. Clones share the same counters; the default
+/// ones are registered nowhere.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryMetrics {
+    placements: Family<OutcomeLabels, Counter>,
+}
+
+impl RegistryMetrics {
+    /// Creates the counters and registers them in `registry` under
+    /// `registry_`.
+    pub fn register(registry: &mut MetricsRegistry) -> Self {
+        let metrics = RegistryMetrics::default();
+        registry.sub_registry_with_prefix("registry").register(
+            "placements",
+            "Peer placements answered, by outcome (placed, no_capacity)",
+            metrics.placements.clone(),
+        );
+        metrics
+    }
+
+    /// Counts one placement that ended in `outcome`.
+    fn placement(&self, outcome: &'static str) {
+        self.placements
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+}
+
 /// The `Registry` gRPC service; cheap to clone, state lives in NATS.
 #[derive(Clone)]
 pub struct RegistryService {
@@ -34,6 +73,7 @@ pub struct RegistryService {
     peers: kv::Store,
     config: RegistryConfig,
     closing: Shared<BoxFuture<'static, ()>>,
+    metrics: RegistryMetrics,
 }
 
 impl RegistryService {
@@ -50,7 +90,14 @@ impl RegistryService {
             peers,
             config,
             closing: closing.boxed().shared(),
+            metrics: RegistryMetrics::default(),
         }
+    }
+
+    /// This service, counting into `metrics`.
+    pub fn with_metrics(mut self, metrics: RegistryMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -154,8 +201,11 @@ impl Registry for RegistryService {
                 hosts_session: hosts.contains(relay.relay_id.as_slice()),
             })
             .collect();
-        let chosen = placement::place(&loads, |n| fastrand::usize(..n))
-            .map_err(|_| Status::resource_exhausted("every relay is full, draining or gone"))?;
+        let chosen = placement::place(&loads, |n| fastrand::usize(..n)).map_err(|_| {
+            self.metrics.placement("no_capacity");
+            Status::resource_exhausted("every relay is full, draining or gone")
+        })?;
+        self.metrics.placement("placed");
         let relay = candidates
             .into_iter()
             .find_map(|(id, relay)| (id == chosen).then_some(relay));

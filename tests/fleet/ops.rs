@@ -1,0 +1,141 @@
+//! The operators' endpoints of the relay and the registry: `/metrics` in
+//! Prometheus text with each service's labels, `/healthz`, and `/readyz`
+//! turning 503 while a relay drains.
+
+use std::time::{Duration, Instant};
+
+use deltamesh_proto::Id;
+
+use crate::common::{Fleet, TestPeer};
+
+/// The status and body of `GET {base}{path}`, or `None` if nothing answers.
+async fn get(base: &str, path: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(format!("{base}{path}")).await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+/// `/metrics` of the service at `base`, checked to be Prometheus text:
+/// every line a comment or `name{labels} value`. Returns the samples as
+/// (name, labels, value).
+async fn scrape(base: &str) -> Vec<(String, String, f64)> {
+    let (status, text) = get(base, "/metrics").await.expect("/metrics answers");
+    assert_eq!(status, 200, "{text}");
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').expect("`series value`");
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("value of {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => (
+                name,
+                labels
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("labels of {line:?}")),
+            ),
+            None => (series, ""),
+        };
+        let valid_name = name.chars().enumerate().all(|(i, c)| {
+            c == '_' || c == ':' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit())
+        });
+        assert!(!name.is_empty() && valid_name, "metric name of {line:?}");
+        for label in labels.split(',').filter(|l| !l.is_empty()) {
+            let (key, value) = label.split_once('=').expect("label=value");
+            assert!(!key.is_empty(), "label of {line:?}");
+            assert!(
+                value.len() >= 2 && value.starts_with('"') && value.ends_with('"'),
+                "label value of {line:?}"
+            );
+        }
+        samples.push((name.to_owned(), labels.to_owned(), value));
+    }
+    assert!(!samples.is_empty(), "no samples in {text}");
+    samples
+}
+
+/// The value of the sample `name` whose labels contain `label`.
+fn sample(samples: &[(String, String, f64)], name: &str, label: &str) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, labels, _)| n == name && labels.contains(label))
+        .map(|(_, _, value)| *value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_and_registry_serve_metrics_health_and_readiness() {
+    let mut fleet = Fleet::start(1, 1, 10, 1).await;
+    let relay_ops = fleet.relays[0].service.wait_line("ops: ");
+    let registry_ops = fleet.registries[0].0.wait_line("ops: ");
+    let relay_id: Id = fleet.relays[0].id;
+
+    for base in [&relay_ops, &registry_ops] {
+        assert_eq!(get(base, "/healthz").await.expect("healthz").0, 200);
+        let (status, reason) = get(base, "/readyz").await.expect("readyz");
+        assert_eq!(status, 200, "{base}: {reason}");
+    }
+
+    let samples = scrape(&relay_ops).await;
+    let instance = format!("instance=\"{relay_id}\"");
+    assert!(
+        samples.iter().all(
+            |(_, labels, _)| labels.contains("service=\"relay\"") && labels.contains(&instance)
+        ),
+        "every relay metric carries service and instance: {samples:?}"
+    );
+    assert_eq!(sample(&samples, "relay_jetstream_pending", ""), Some(0.0));
+    assert_eq!(sample(&samples, "relay_draining", ""), Some(0.0));
+    let before = sample(&samples, "relay_deltas_in_total", "").expect("relay_deltas_in");
+
+    let mut peer = TestPeer::join(&fleet.signals[0].1, "ops").await;
+    peer.peer
+        .send(1, Id::default(), b"counted".to_vec())
+        .await
+        .expect("send queued");
+    assert!(
+        peer.pump_until(Duration::from_secs(10), |p| p.acked.len() == 1)
+            .await,
+        "the delta was acknowledged"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let samples = scrape(&relay_ops).await;
+        let after = sample(&samples, "relay_deltas_in_total", "").expect("relay_deltas_in");
+        if after > before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "relay_deltas_in stayed {after}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let samples = scrape(&registry_ops).await;
+    assert!(
+        samples
+            .iter()
+            .all(|(_, labels, _)| labels.contains("service=\"registry\"")),
+        "every registry metric carries service: {samples:?}"
+    );
+    let placed = sample(&samples, "registry_placements_total", "outcome=\"placed\"");
+    assert!(placed >= Some(1.0), "placements: {samples:?}");
+
+    // SIGTERM: the relay drains (its peer keeps it draining for up to the
+    // drain grace), /readyz says so, then the process exits.
+    fleet.relays[0].service.sigterm();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match get(&relay_ops, "/readyz").await {
+            Some((503, reason)) => {
+                assert!(reason.contains("draining"), "{reason}");
+                break;
+            }
+            Some((200, _)) if Instant::now() < deadline => {}
+            other => panic!("no 503 while draining: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        fleet.relays[0].service.terminate(Duration::from_secs(15)),
+        "the relay exits after draining"
+    );
+    drop(peer);
+}
