@@ -13,6 +13,7 @@
 mod auth;
 mod config;
 mod etag;
+#[cfg(feature = "fleet")]
 pub mod fleet;
 mod http;
 mod ids;
@@ -25,6 +26,7 @@ pub mod token;
 
 pub use auth::DEV_SUBJECT;
 pub use config::{BODY_LIMIT, DEFAULT_ADDRESS_RATE, DEFAULT_TOKEN_RATE, SignalConfig};
+#[cfg(feature = "fleet")]
 pub use fleet::{FleetNetwork, FleetTimeouts};
 pub use http::{router, serve};
 pub use limits::RateLimit;
