@@ -125,8 +125,7 @@ pub async fn start_registry(
         .with_context(|| format!("binding the registry to {listen}"))?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(async move {
-        deltamesh_registry::serve_with_metrics(nats, config, metrics, listener, tls, shutdown)
-            .await?;
+        deltamesh_registry::serve(nats, config, metrics, listener, tls, shutdown).await?;
         Ok(())
     });
     Ok((addr, server))
@@ -155,8 +154,6 @@ impl FleetRelay {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.handle.close_all("relay shutting down").await;
-        // Give the heartbeat a moment to report the drain before leaving.
-        tokio::time::sleep(Duration::from_millis(100)).await;
         self.fleet.leave().await;
     }
 }

@@ -577,7 +577,7 @@ mod tests {
             None,
             "unknown origin"
         );
-        assert_eq!(wake.take().get("a"), Some(&News::DELTAS));
+        assert_eq!(wake.take().sessions.get("a"), Some(&News::DELTAS));
         let mut out = Vec::new();
         log.read("a", 2, 10, &mut out).unwrap();
         let seqs: Vec<u64> = out.iter().map(|d| d.view().seq()).collect();

@@ -26,7 +26,7 @@ use crate::log::AckTo;
 use crate::peer::Peer;
 use crate::relay::{OfferAnswer, PeerAccess, RelayError, Shared};
 use crate::timers::Timers;
-use crate::wake::{News, ShardWake};
+use crate::wake::{LogAck, News, ShardWake};
 
 /// Longest a peer goes without a timer, so idle and connect deadlines are checked.
 const MAX_TIMER: Duration = Duration::from_millis(500);
@@ -182,10 +182,11 @@ impl Shard {
                 _ = wake.notified() => {}
             }
             self.on_timers(Instant::now());
-            for (session, news) in self.wake.take() {
+            let woken = self.wake.take();
+            for (session, news) in woken.sessions {
                 self.refresh(&session, news);
             }
-            self.on_log_acks();
+            self.on_log_acks(woken.acks);
             self.reap();
         }
         for key in self.peers.keys().copied().collect::<Vec<_>>() {
@@ -436,9 +437,9 @@ impl Shard {
     }
 
     /// Hands the log's late verdicts to the peers that sent the deltas.
-    fn on_log_acks(&mut self) {
+    fn on_log_acks(&mut self, acks: Vec<LogAck>) {
         let now = Instant::now();
-        for ack in self.wake.take_acks() {
+        for ack in acks {
             if let Some(&key) = self.by_id.get(&ack.peer) {
                 if let Some(peer) = self.peers.get_mut(&key) {
                     peer.on_log_ack(ack, &self.shared);

@@ -44,23 +44,50 @@ pub struct LogAck {
     pub outcome: Result<u64, String>,
 }
 
+/// What a shard was woken for since it last looked.
+#[derive(Default)]
+pub struct Woken {
+    /// The sessions marked, with what changed.
+    pub sessions: HashMap<Arc<str>, News>,
+    /// The log's verdicts on pending deltas.
+    pub acks: Vec<LogAck>,
+}
+
+impl Woken {
+    fn is_empty(&self) -> bool {
+        self.sessions.is_empty() && self.acks.is_empty()
+    }
+}
+
 /// The wake-up handle of one shard.
 #[derive(Default)]
 pub struct ShardWake {
-    dirty: Mutex<HashMap<Arc<str>, News>>,
-    acks: Mutex<Vec<LogAck>>,
+    woken: Mutex<Woken>,
     notify: Notify,
 }
 
 impl ShardWake {
     /// Records that `session` has `news` and wakes the shard.
     pub fn mark(&self, session: &Arc<str>, news: News) {
-        let first = {
-            let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
-            let was_empty = dirty.is_empty();
-            let entry = dirty.entry(Arc::clone(session)).or_default();
+        self.add(|woken| {
+            let entry = woken.sessions.entry(Arc::clone(session)).or_default();
             entry.deltas |= news.deltas;
             entry.members |= news.members;
+        });
+    }
+
+    /// Hands the shard a verdict on a pending delta and wakes it.
+    pub fn push_ack(&self, ack: LogAck) {
+        self.add(|woken| woken.acks.push(ack));
+    }
+
+    /// Applies `change` and wakes the shard if it had nothing waiting (a
+    /// waiting shard is already woken: marks coalesce).
+    fn add(&self, change: impl FnOnce(&mut Woken)) {
+        let first = {
+            let mut woken = self.woken.lock().unwrap_or_else(|e| e.into_inner());
+            let was_empty = woken.is_empty();
+            change(&mut woken);
             was_empty
         };
         if first {
@@ -68,23 +95,9 @@ impl ShardWake {
         }
     }
 
-    /// Hands the shard a verdict on a pending delta and wakes it.
-    pub fn push_ack(&self, ack: LogAck) {
-        self.acks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(ack);
-        self.notify.notify_one();
-    }
-
-    /// Takes the verdicts pushed since the last call.
-    pub fn take_acks(&self) -> Vec<LogAck> {
-        std::mem::take(&mut *self.acks.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Takes the sessions marked since the last call, with what changed.
-    pub fn take(&self) -> HashMap<Arc<str>, News> {
-        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()))
+    /// Takes everything marked and pushed since the last call.
+    pub fn take(&self) -> Woken {
+        std::mem::take(&mut *self.woken.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Resolves once something was marked (immediately if a mark is pending).

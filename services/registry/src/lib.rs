@@ -69,28 +69,9 @@ pub enum RegistryError {
 }
 
 /// Opens the buckets, runs the janitor and serves the `Registry` gRPC API on
-/// `listener` (over TLS with `tls`, plaintext without) until `shutdown`
-/// completes. Its counters go nowhere; see [`serve_with_metrics`].
+/// `listener` (over TLS with `tls`, plaintext without), counting into
+/// `metrics`, until `shutdown` completes.
 pub async fn serve(
-    nats: async_nats::Client,
-    config: RegistryConfig,
-    listener: tokio::net::TcpListener,
-    tls: Option<ServerTlsConfig>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), RegistryError> {
-    serve_with_metrics(
-        nats,
-        config,
-        RegistryMetrics::default(),
-        listener,
-        tls,
-        shutdown,
-    )
-    .await
-}
-
-/// [`serve`], counting into `metrics`.
-pub async fn serve_with_metrics(
     nats: async_nats::Client,
     config: RegistryConfig,
     metrics: RegistryMetrics,

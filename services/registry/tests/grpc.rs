@@ -12,7 +12,9 @@ use deltamesh_proto::fleet::pb::{
     PeerRecord, PlacePeerRequest, RegisterRelayRequest, RelayInfo, RelayLoad, WatchSessionRequest,
 };
 use deltamesh_proto::fleet::registry_endpoint;
-use deltamesh_registry::{RegistryConfig, RegistryError, buckets, membership, serve};
+use deltamesh_registry::{
+    RegistryConfig, RegistryError, RegistryMetrics, buckets, membership, serve,
+};
 use deltamesh_testkit::NatsServer;
 use prost::bytes::{Buf, BufMut};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder, Streaming};
@@ -56,9 +58,16 @@ impl Registry {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(serve(client, config, listener, None, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(serve(
+            client,
+            config,
+            RegistryMetrics::default(),
+            listener,
+            None,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let channel = Channel::from_shared(url.clone())
             .unwrap()
             .connect()
@@ -259,9 +268,16 @@ async fn over_tls_only_clients_trusting_the_certificate_get_through() {
     let port = listener.local_addr().unwrap().port();
     let tls = ServerTlsConfig::new().identity(Identity::from_pem(TEST_CERT, TEST_KEY));
     let (stop, stopped) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(serve(client, STEADY, listener, Some(tls), async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(serve(
+        client,
+        STEADY,
+        RegistryMetrics::default(),
+        listener,
+        Some(tls),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let client = |url: String, tls: Option<ClientTlsConfig>| {
         RegistryClient::new(registry_endpoint(&url, tls).unwrap().connect_lazy())
     };

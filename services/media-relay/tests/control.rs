@@ -1,0 +1,123 @@
+//! The relay's control requests (what signal sends over NATS) with bad
+//! input: each gets a failure with a code and a reason, never silence, and
+//! the relay keeps serving.
+
+use std::sync::Arc;
+
+use deltamesh_proto::fleet::pb::{
+    self, DisconnectRequest, OfferRequest, RelayFailureCode, RelayRequest, TrickleRequest,
+    relay_reply::Reply, relay_request::Request,
+};
+use deltamesh_relay::fleet::control::handle;
+use deltamesh_relay::{ChunkStore, MemoryLog, RelayConfig, RelayHandle, RelayMetrics};
+use prost::Message;
+
+async fn relay() -> RelayHandle {
+    let log = Arc::new(MemoryLog::new(Arc::new(ChunkStore::new(1 << 16, 4))));
+    deltamesh_relay::start(RelayConfig::default(), log, RelayMetrics::default())
+        .await
+        .expect("relay starts")
+}
+
+async fn failure(relay: &RelayHandle, bytes: &[u8]) -> pb::RelayFailure {
+    match handle(relay, bytes).await.reply {
+        Some(Reply::Failure(failure)) => failure,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+fn request(request: Request) -> Vec<u8> {
+    RelayRequest {
+        request: Some(request),
+    }
+    .encode_to_vec()
+}
+
+fn offer(session: &str, identity: &str, sdp: &str) -> Vec<u8> {
+    request(Request::Offer(OfferRequest {
+        session: session.into(),
+        identity: identity.into(),
+        grants: None,
+        offer_sdp: sdp.into(),
+    }))
+}
+
+#[tokio::test]
+async fn malformed_control_requests_are_refused_with_a_reason() {
+    let relay = relay().await;
+    let cases: Vec<(Vec<u8>, RelayFailureCode, &str)> = vec![
+        (
+            vec![0xff, 0xff, 0xff],
+            RelayFailureCode::BadRequest,
+            "undecodable",
+        ),
+        (Vec::new(), RelayFailureCode::BadRequest, "empty request"),
+        (
+            offer("a/b", "alice", "v=0"),
+            RelayFailureCode::BadRequest,
+            "session",
+        ),
+        (
+            offer("doc", "", "v=0"),
+            RelayFailureCode::BadRequest,
+            "identity",
+        ),
+        (
+            offer("doc", &"x".repeat(2000), "v=0"),
+            RelayFailureCode::BadRequest,
+            "identity",
+        ),
+        (
+            offer("doc", "alice", "not sdp"),
+            RelayFailureCode::BadOffer,
+            "SDP",
+        ),
+        (
+            request(Request::Trickle(TrickleRequest {
+                session: "doc".into(),
+                peer_id: vec![1, 2, 3],
+                identity: "alice".into(),
+                if_match: None,
+                candidates: Vec::new(),
+            })),
+            RelayFailureCode::BadRequest,
+            "16 bytes",
+        ),
+        (
+            request(Request::Trickle(TrickleRequest {
+                session: "doc".into(),
+                peer_id: vec![7; 16],
+                identity: "alice".into(),
+                if_match: None,
+                candidates: vec!["a=candidate:1 1 udp 1 127.0.0.1 9 typ host".into(); 65],
+            })),
+            RelayFailureCode::BadRequest,
+            "too many candidates",
+        ),
+        (
+            request(Request::Disconnect(DisconnectRequest {
+                session: "doc".into(),
+                peer_id: vec![7; 16],
+                identity: "alice".into(),
+            })),
+            RelayFailureCode::UnknownPeer,
+            "unknown peer",
+        ),
+    ];
+    for (bytes, code, detail) in cases {
+        let failure = failure(&relay, &bytes).await;
+        assert_eq!(failure.code(), code, "{failure:?}");
+        assert!(failure.detail.contains(detail), "{detail}: {failure:?}");
+    }
+    assert_eq!(relay.peer_count(), 0, "nothing was admitted");
+}
+
+#[tokio::test]
+async fn a_draining_relay_refuses_offers_as_shutting_down() {
+    let relay = relay().await;
+    relay
+        .drain(std::time::Duration::from_millis(100), "test")
+        .await;
+    let failure = failure(&relay, &offer("doc", "alice", "v=0")).await;
+    assert_eq!(failure.code(), RelayFailureCode::ShuttingDown);
+}
