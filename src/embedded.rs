@@ -105,6 +105,7 @@ impl Network for EmbeddedNetwork {
                     identity: request.identity.into(),
                     grants: request.grants,
                 },
+                &request.trace,
             ),
         )
         .await

@@ -7,6 +7,7 @@ pub mod embedded;
 pub mod fleet;
 pub mod ops;
 pub mod stack;
+pub mod telemetry;
 
 pub use embedded::EmbeddedNetwork;
 pub use stack::{RunningStack, StackConfig, start};

@@ -15,6 +15,7 @@ use deltamesh::fleet::{
 };
 use deltamesh::ops::{FnGauge, nats_ready, serve_ops};
 use deltamesh::stack::random_uuid_v4;
+use deltamesh::telemetry::{LogFormat, Telemetry};
 use deltamesh::{StackConfig, start};
 use deltamesh_proto::Grants;
 use deltamesh_registry::{RegistryConfig, RegistryMetrics};
@@ -36,6 +37,16 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     run: RunArgs,
+    /// Log lines (on stderr) as text or JSON. Traces are configured by the
+    /// standard OTEL_* variables, OTEL_EXPORTER_OTLP_ENDPOINT first.
+    #[arg(
+        long,
+        global = true,
+        env = "DELTAMESH_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -320,18 +331,21 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", mint(args)?);
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,str0m=warn".into()),
-        )
-        .init();
-    match cli.command {
+    let service = match cli.command {
+        Some(Command::Registry(_)) => "deltamesh-registry",
+        Some(Command::Relay(_)) => "deltamesh-relay",
+        Some(Command::Signal(_)) => "deltamesh-signal",
+        Some(Command::Token(_)) | None => "deltamesh",
+    };
+    let telemetry = Telemetry::init(service, cli.log_format)?;
+    let result = match cli.command {
         Some(Command::Registry(args)) => run_registry(args).await,
         Some(Command::Relay(args)) => run_relay(args).await,
         Some(Command::Signal(args)) => run_signal(args).await,
         Some(Command::Token(_)) | None => run(cli.run).await,
-    }
+    };
+    telemetry.shutdown();
+    result
 }
 
 /// The whole stack in this process: in memory, or on NATS with `--nats`.

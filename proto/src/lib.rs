@@ -8,6 +8,7 @@
 //! - [`channel`]: the three pre-negotiated data channels.
 //! - [`grants`]: what a peer connection may do.
 //! - [`id`] and [`session`]: peer, relay and document ids; session names.
+//! - [`trace`]: the W3C trace context a connection's trace travels in.
 //!
 //! This crate knows nothing of sockets, runtimes or WebRTC stacks, so the
 //! browser build and every service can share it.
@@ -20,6 +21,7 @@ pub mod grants;
 pub mod id;
 pub mod security;
 pub mod session;
+pub mod trace;
 
 /// Protobuf types generated from `proto/deltamesh/v1/*.proto`.
 #[allow(missing_docs, clippy::all)]

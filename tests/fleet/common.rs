@@ -32,10 +32,20 @@ impl Service {
     /// Starts `deltamesh ARGS` and waits for a stdout line starting with
     /// `ready` (returned without the prefix).
     pub fn start(args: &[String], ready: &str) -> (Service, String) {
+        Service::start_with_env(args, ready, &[])
+    }
+
+    /// [`Service::start`] with extra environment variables.
+    pub fn start_with_env(
+        args: &[String],
+        ready: &str,
+        env: &[(String, String)],
+    ) -> (Service, String) {
         let logs = std::env::var_os("DELTAMESH_TEST_LOGS").is_some();
         let mut child = Command::new(env!("CARGO_BIN_EXE_deltamesh"))
             .args(args)
             .env("RUST_LOG", "info,str0m=warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(if logs {
                 Stdio::inherit()
@@ -132,6 +142,8 @@ pub struct Fleet {
     pub relays: Vec<RelayProcess>,
     /// Signal processes, with their base URLs.
     pub signals: Vec<(Service, String)>,
+    /// Environment variables every service gets.
+    env: Vec<(String, String)>,
 }
 
 impl Fleet {
@@ -145,12 +157,27 @@ impl Fleet {
         max_peers: usize,
         signals: usize,
     ) -> Fleet {
+        Fleet::start_with_env(registries, relays, max_peers, signals, &[]).await
+    }
+
+    /// [`Fleet::start`], with `env` set for every service.
+    pub async fn start_with_env(
+        registries: usize,
+        relays: usize,
+        max_peers: usize,
+        signals: usize,
+        env: &[(&str, &str)],
+    ) -> Fleet {
         let nats = NatsServer::start();
         let mut fleet = Fleet {
             nats,
             registries: Vec::new(),
             relays: Vec::new(),
             signals: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         for _ in 0..registries {
             let port = free_port();
@@ -177,7 +204,7 @@ impl Fleet {
                 "--token-rate",
                 "0",
             ];
-            let (service, url) = Service::start(&strings(&args), "signal: ");
+            let (service, url) = Service::start_with_env(&strings(&args), "signal: ", &fleet.env);
             fleet.signals.push((service, url));
         }
         fleet.wait_for_relays(relays).await;
@@ -196,7 +223,7 @@ impl Fleet {
             "--relay-ttl",
             "2s",
         ];
-        let (service, url) = Service::start(&strings(&args), "registry: ");
+        let (service, url) = Service::start_with_env(&strings(&args), "registry: ", &self.env);
         self.registries.push((service, url));
         self.registries.len() - 1
     }
@@ -212,7 +239,7 @@ impl Fleet {
             "--max-peers",
             &max_peers.to_string(),
         ];
-        let (service, line) = Service::start(&strings(&args), "relay: ");
+        let (service, line) = Service::start_with_env(&strings(&args), "relay: ", &self.env);
         let id: Id = line
             .split(' ')
             .next()

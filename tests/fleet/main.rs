@@ -9,3 +9,4 @@ mod local_stack;
 mod ops;
 mod security;
 mod spread;
+mod traces;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use deltamesh_proto::channel::Channel;
+use deltamesh_proto::trace::{TRACEPARENT, new_traceparent};
 use deltamesh_proto::{Id, pb};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId};
@@ -126,6 +127,7 @@ pub struct NativePeer {
     requests: mpsc::Sender<Request>,
     events: mpsc::Receiver<PeerEvent>,
     welcome: pb::Welcome,
+    traceparent: String,
 }
 
 impl NativePeer {
@@ -133,6 +135,7 @@ impl NativePeer {
     pub async fn connect(options: ConnectOptions) -> Result<NativePeer, ConnectError> {
         let http = shared_http_client();
         let link = Link::establish(&options, &http).await?;
+        let traceparent = link.traceparent.clone();
         let (requests, request_rx) = mpsc::channel(1024);
         let (event_tx, mut events) = mpsc::channel(65_536);
         let core = PeerCore::new(options.max_unacked, options.echo);
@@ -159,7 +162,14 @@ impl NativePeer {
             requests,
             events,
             welcome,
+            traceparent,
         })
+    }
+
+    /// The `traceparent` the first connection's offer carried: each
+    /// connection is one trace, which the services continue.
+    pub fn traceparent(&self) -> &str {
+        &self.traceparent
     }
 
     /// The relay's first welcome: peer id, relay id, session head, peers present.
@@ -292,6 +302,8 @@ struct Link {
     channels: [ChannelId; 3],
     /// The peer resource's URL, for `DELETE`.
     resource: String,
+    /// The trace this connection is (sent with its offer).
+    traceparent: String,
 }
 
 impl Link {
@@ -326,9 +338,14 @@ impl Link {
             "{}/v1/sessions/{}/peers",
             options.signal_url, options.session
         );
+        let traceparent = new_traceparent(
+            fastrand::u128(1..).to_be_bytes(),
+            fastrand::u64(1..).to_be_bytes(),
+        );
         let response = http
             .post(&url)
             .header("content-type", "application/sdp")
+            .header(TRACEPARENT, &traceparent)
             .bearer_auth(&options.token)
             .body(offer.to_sdp_string())
             .send()
@@ -354,6 +371,7 @@ impl Link {
             local_addr,
             channels,
             resource: format!("{}{}", options.signal_url, location),
+            traceparent,
         })
     }
 

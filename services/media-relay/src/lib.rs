@@ -19,6 +19,7 @@ pub mod relay;
 pub mod shard;
 pub mod signing;
 pub mod store;
+pub mod timeline;
 pub mod timers;
 pub mod wake;
 

@@ -26,6 +26,7 @@ use crate::log::{Acceptance, AckTo, Appended, LogError};
 use crate::rate::{self, TokenBucket};
 use crate::relay::Shared;
 use crate::store::StoredDelta;
+use crate::timeline::{Phase, Timeline};
 use crate::wake::LogAck;
 
 /// Deltas read from the log per batch when catching a peer up.
@@ -57,6 +58,8 @@ pub struct Peer {
     last_progress: Instant,
     /// Set once the connection must go; the shard then removes it.
     pub closing: Option<CloseReason>,
+    /// Its span and milestones.
+    pub timeline: Timeline,
     /// The id deltas are stamped with (an earlier connection's when resumed).
     origin: Id,
     /// What this connection may do.
@@ -91,17 +94,19 @@ pub struct Peer {
 
 impl Peer {
     /// A peer whose `rtc` has accepted the offer, with its channel ids;
-    /// `ack_to` names it (`ack_to.peer` is its id) and its shard.
+    /// `ack_to` names it (`ack_to.peer` is its id) and its shard, and its
+    /// `timeline` starts when the offer was accepted.
     pub fn new(
         ack_to: AckTo,
         session: Arc<str>,
         grants: Grants,
         mut rtc: Rtc,
         channels: [ChannelId; 3],
+        timeline: Timeline,
         config: &RelayConfig,
-        now: Instant,
     ) -> Self {
         let id = ack_to.peer;
+        let now = timeline.started();
         let ice_ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         Peer {
             id,
@@ -113,6 +118,7 @@ impl Peer {
             created: now,
             last_progress: now,
             closing: None,
+            timeline,
             origin: id,
             grants,
             delta_budget: TokenBucket::new(config.delta_rate, now),
@@ -165,6 +171,7 @@ impl Peer {
                     }
                 }
                 if !self.welcomed && self.open.iter().all(|&o| o) {
+                    self.timeline.reached(Phase::Channels, now, &shared.metrics);
                     self.try_welcome(shared);
                 }
             }
@@ -188,6 +195,10 @@ impl Peer {
             },
             Event::ChannelBufferedAmountLow(_) => self.flush(shared),
             Event::ChannelClose(_) => self.close("channel closed"),
+            Event::IceConnectionStateChange(
+                IceConnectionState::Connected | IceConnectionState::Completed,
+            ) => self.timeline.reached(Phase::Ice, now, &shared.metrics),
+            Event::Connected => self.timeline.reached(Phase::Dtls, now, &shared.metrics),
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.close("ice disconnected")
             }
@@ -232,7 +243,14 @@ impl Peer {
             }),
             shared,
         );
-        tracing::info!(peer = %self.id, session = %self.session, last_seq, "peer welcomed");
+        self.timeline.welcomed(last_seq, &shared.metrics);
+        tracing::info!(
+            peer = %self.id,
+            session = %self.session,
+            last_seq,
+            trace_id = %self.timeline.trace_id(),
+            "peer welcomed"
+        );
     }
 
     fn on_command(&mut self, bytes: &[u8], shared: &Shared) {
@@ -318,6 +336,7 @@ impl Peer {
         let head = shared.log.head(&self.session);
         self.cursor = resume.last_seq.min(head) + 1;
         self.best_lag = head - resume.last_seq.min(head);
+        self.timeline.resumed(self.cursor, continued);
         tracing::info!(peer = %self.id, from = self.cursor, continued, "peer resumes");
         self.send_command(
             Body::Resumed(pb::Resumed {
@@ -336,6 +355,7 @@ impl Peer {
         // Every message counts against the rates, garbage included; the
         // rates are checked first so a flood costs no parsing.
         let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+        shared.metrics.bytes_in.inc_by(size);
         let over = if !rate::take(&mut self.delta_budget, 1, now) {
             Some(("delta_rate", "deltas per second"))
         } else if !rate::take(&mut self.byte_budget, size, now) {
@@ -393,6 +413,7 @@ impl Peer {
             );
         }
         self.advance_client_seq(peeked);
+        self.timeline.first_delta(client_seq);
         let by = Acceptance {
             origin: self.origin,
             validator: shared.config.relay_id,
@@ -654,6 +675,7 @@ impl Peer {
                         in_flight += relayed.len();
                         self.last_progress = now;
                         shared.metrics.deltas_out.inc();
+                        shared.metrics.bytes_out.inc_by(relayed.len() as u64);
                     }
                     Write::Full => {
                         self.blocked = true;
@@ -673,7 +695,10 @@ impl Peer {
         if !self.welcomed || self.closing.is_some() || !self.grants.subscribe {
             return;
         }
-        if self.cursor > shared.log.head(&self.session) {
+        let head = shared.log.head(&self.session);
+        let queued = head.saturating_sub(self.cursor.saturating_sub(1));
+        shared.metrics.peer_queue_depth.observe(queued as f64);
+        if self.cursor > head {
             self.last_progress = now;
         } else if now.duration_since(self.last_progress) > shared.config.stall_timeout {
             let stalled = now.duration_since(self.last_progress);

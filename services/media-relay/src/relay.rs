@@ -8,12 +8,18 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use deltamesh_proto::trace::attribute;
 use deltamesh_proto::{Grants, Id};
+use opentelemetry::KeyValue;
+use opentelemetry::global::{self, BoxedSpan};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use prometheus_client::registry::Unit;
 use str0m::Candidate;
 use str0m::change::SdpOffer;
 use tokio::net::UdpSocket;
@@ -69,9 +75,44 @@ pub struct LimitLabels {
     pub limit: &'static str,
 }
 
+/// Labels of `relay_connections`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct StateLabels {
+    /// `connecting` (offer answered, not welcomed yet) or `connected`.
+    pub state: &'static str,
+}
+
+/// Labels of `relay_connect_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// `ice`, `dtls` or `channels`: each timed from the accepted offer.
+    pub phase: &'static str,
+}
+
+/// A histogram family whose histograms all have the same buckets.
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Buckets for connect phases: 5 ms to 20 s.
+fn connect_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 13))
+}
+
 /// The relay's Prometheus metrics.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct RelayMetrics {
+    /// Peer connections by state.
+    pub connections: Family<StateLabels, Gauge>,
+    /// Time from the accepted offer to each connect phase.
+    pub connect_seconds: HistogramFamily<PhaseLabels>,
+    /// Bytes of deltas received from peers (every message on `send`).
+    pub bytes_in: Counter,
+    /// Bytes of relayed deltas written to peers.
+    pub bytes_out: Counter,
+    /// How many deltas a peer is behind the session head, sampled on each
+    /// of its timer ticks.
+    pub peer_queue_depth: Histogram,
+    /// Time from publishing a delta to JetStream to its ack (fleet relays).
+    pub jetstream_publish_seconds: Histogram,
     /// Offers, deltas and commands refused by a configured limit, and peers
     /// disconnected for abuse.
     pub limit_hits: Family<LimitLabels, Counter>,
@@ -87,11 +128,64 @@ pub struct RelayMetrics {
     pub peers_closed: Counter,
 }
 
+impl Default for RelayMetrics {
+    fn default() -> Self {
+        RelayMetrics {
+            connections: Family::default(),
+            connect_seconds: Family::new_with_constructor(connect_buckets),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            peer_queue_depth: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+            jetstream_publish_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            limit_hits: Family::default(),
+            deltas_in: Counter::default(),
+            deltas_out: Counter::default(),
+            deltas_rejected: Counter::default(),
+            peers: Gauge::default(),
+            peers_closed: Counter::default(),
+        }
+    }
+}
+
 impl RelayMetrics {
     /// Creates the metrics and registers them under `relay_`.
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = RelayMetrics::default();
         let relay = registry.sub_registry_with_prefix("relay");
+        relay.register(
+            "connections",
+            "Peer connections on this relay by state (connecting, connected)",
+            metrics.connections.clone(),
+        );
+        relay.register_with_unit(
+            "connect",
+            "Time from the accepted offer to each connect phase (ice, dtls, channels)",
+            Unit::Seconds,
+            metrics.connect_seconds.clone(),
+        );
+        relay.register_with_unit(
+            "delta_in",
+            "Bytes of deltas received from peers",
+            Unit::Bytes,
+            metrics.bytes_in.clone(),
+        );
+        relay.register_with_unit(
+            "delta_out",
+            "Bytes of relayed deltas written to peers",
+            Unit::Bytes,
+            metrics.bytes_out.clone(),
+        );
+        relay.register(
+            "peer_queue_depth",
+            "Deltas a peer is behind the session head, sampled on its timer ticks",
+            metrics.peer_queue_depth.clone(),
+        );
+        relay.register_with_unit(
+            "jetstream_publish",
+            "Time from publishing a delta to JetStream to its ack",
+            Unit::Seconds,
+            metrics.jetstream_publish_seconds.clone(),
+        );
         relay.register(
             "deltas_in",
             "Deltas accepted from peers",
@@ -123,6 +217,20 @@ impl RelayMetrics {
             metrics.peers_closed.clone(),
         );
         metrics
+    }
+
+    /// The gauge of connections in `state`.
+    pub fn connection_state(&self, state: &'static str) -> Gauge {
+        self.connections
+            .get_or_create(&StateLabels { state })
+            .clone()
+    }
+
+    /// The histogram of time to reach connect `phase`.
+    pub fn connect_time(&self, phase: &'static str) -> Histogram {
+        self.connect_seconds
+            .get_or_create(&PhaseLabels { phase })
+            .clone()
     }
 
     /// Counts one hit of `limit`.
@@ -355,12 +463,50 @@ impl RelayHandle {
         self.shared.directory.set_remote(session, peer, connected);
     }
 
-    /// Accepts an SDP offer for a peer of `session` and answers it.
+    /// Accepts an SDP offer for a peer of `session` and answers it. The
+    /// offer's span and then the connection's continue `trace`.
     pub async fn offer(
         &self,
         session: &str,
         offer_sdp: &str,
         access: PeerAccess,
+        trace: &opentelemetry::Context,
+    ) -> Result<OfferAnswer, RelayError> {
+        let tracer = global::tracer("deltamesh-relay");
+        let peer_id = Id(*uuid::Uuid::new_v4().as_bytes());
+        let attributes = vec![
+            KeyValue::new(attribute::SESSION, session.to_owned()),
+            KeyValue::new(attribute::PEER_ID, peer_id.to_string()),
+            KeyValue::new(attribute::RELAY_ID, self.id().to_string()),
+        ];
+        let span = tracer
+            .span_builder("relay offer")
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes.clone())
+            .start_with_context(&tracer, trace);
+        let offer_trace = trace.with_span(span);
+        let connection = tracer
+            .span_builder("peer connection")
+            .with_attributes(attributes)
+            .start_with_context(&tracer, &offer_trace);
+        let answered = self
+            .place_offer(peer_id, session, offer_sdp, access, connection)
+            .await;
+        if let Err(error) = &answered {
+            offer_trace
+                .span()
+                .set_status(Status::error(error.to_string()));
+        }
+        answered
+    }
+
+    async fn place_offer(
+        &self,
+        peer_id: Id,
+        session: &str,
+        offer_sdp: &str,
+        access: PeerAccess,
+        connection: BoxedSpan,
     ) -> Result<OfferAnswer, RelayError> {
         if self.is_draining() {
             return Err(RelayError::ShuttingDown);
@@ -373,7 +519,6 @@ impl RelayHandle {
             .min_by_key(|s| s.peers.load(Ordering::Relaxed))
             .ok_or(RelayError::ShuttingDown)?;
         let (reply, answer) = oneshot::channel();
-        let peer_id = Id(*uuid::Uuid::new_v4().as_bytes());
         shard
             .commands
             .send(ShardCommand::Offer {
@@ -381,6 +526,7 @@ impl RelayHandle {
                 session: session.into(),
                 access,
                 offer: Box::new(offer),
+                connection: Box::new(connection),
                 reply,
             })
             .await

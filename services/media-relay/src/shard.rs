@@ -12,6 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use deltamesh_proto::channel::Channel;
 use deltamesh_proto::{Grants, Id};
+use opentelemetry::global::BoxedSpan;
+use opentelemetry::trace::{Span, Status};
 use str0m::change::SdpOffer;
 use str0m::channel::ChannelConfig;
 use str0m::net::{Protocol, Receive};
@@ -25,6 +27,7 @@ use crate::directory::{Limits, Member, MemberState};
 use crate::log::AckTo;
 use crate::peer::Peer;
 use crate::relay::{OfferAnswer, PeerAccess, RelayError, Shared};
+use crate::timeline::Timeline;
 use crate::timers::Timers;
 use crate::wake::{LogAck, News, ShardWake};
 
@@ -48,6 +51,8 @@ pub enum ShardCommand {
         access: PeerAccess,
         /// The parsed offer.
         offer: Box<SdpOffer>,
+        /// The span of the connection's life, started with the offer.
+        connection: Box<BoxedSpan>,
         /// Where the answer goes.
         reply: oneshot::Sender<Result<OfferAnswer, RelayError>>,
     },
@@ -205,15 +210,21 @@ impl Shard {
                 session,
                 access,
                 offer,
+                connection,
                 reply,
             } => {
                 let grants = access.grants;
+                let mut connection = Some(*connection);
                 let result = self.admit(peer_id, &session, access).and_then(|()| {
-                    self.accept_offer(peer_id, session.clone(), grants, *offer)
+                    self.accept_offer(peer_id, session.clone(), grants, *offer, &mut connection)
                         .inspect_err(|_| {
                             self.shared.directory.remove(&session, peer_id, &self.wake)
                         })
                 });
+                if let (Err(error), Some(mut refused)) = (&result, connection) {
+                    refused.set_status(Status::error(error.to_string()));
+                    refused.end();
+                }
                 let _ = reply.send(result);
             }
             ShardCommand::Trickle {
@@ -309,6 +320,7 @@ impl Shard {
         session: Arc<str>,
         grants: Grants,
         offer: SdpOffer,
+        connection: &mut Option<BoxedSpan>,
     ) -> Result<OfferAnswer, RelayError> {
         let now = Instant::now();
         let mut rtc = self.rtc_config.clone().build(now);
@@ -332,14 +344,18 @@ impl Shard {
             shard: Arc::clone(&self.wake),
             peer: peer_id,
         };
+        let Some(span) = connection.take() else {
+            return Err(RelayError::ShuttingDown);
+        };
+        let timeline = Timeline::new(span, now, &self.shared.metrics);
         let peer = Peer::new(
             ack_to,
             Arc::clone(&session),
             grants,
             rtc,
             channels,
+            timeline,
             &self.shared.config,
-            now,
         );
         let ice_ufrag = peer.ice_ufrag.clone();
         let key = self.next_key;
@@ -543,8 +559,14 @@ impl Shard {
                     }
                 }
             }
-            let reason = peer.closing.map(|r| r.0).unwrap_or_default();
-            tracing::info!(peer = %peer.id, session = %peer.session, %reason, "peer closed");
+            let reason = peer.closing.take().map(|r| r.0).unwrap_or_default();
+            tracing::info!(
+                peer = %peer.id,
+                session = %peer.session,
+                trace_id = %peer.timeline.trace_id(),
+                %reason,
+                "peer closed"
+            );
             self.demux.remove_peer(key, &peer.ice_ufrag);
             self.by_id.remove(&peer.id);
             if let Some(keys) = self.sessions.get_mut(&peer.session) {
@@ -560,6 +582,7 @@ impl Shard {
             self.peer_count.fetch_sub(1, Ordering::Relaxed);
             self.shared.metrics.peers.dec();
             self.shared.metrics.peers_closed.inc();
+            peer.timeline.closed(&reason, &self.shared.metrics);
         }
     }
 }

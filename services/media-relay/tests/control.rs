@@ -20,7 +20,10 @@ async fn relay() -> RelayHandle {
 }
 
 async fn failure(relay: &RelayHandle, bytes: &[u8]) -> pb::RelayFailure {
-    match handle(relay, bytes).await.reply {
+    match handle(relay, bytes, &opentelemetry::Context::new())
+        .await
+        .reply
+    {
         Some(Reply::Failure(failure)) => failure,
         other => panic!("expected a failure, got {other:?}"),
     }

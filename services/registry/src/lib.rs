@@ -26,7 +26,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use deltamesh_proto::fleet::pb::registry_server::RegistryServer;
+use deltamesh_proto::trace;
 use futures_util::FutureExt;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 
@@ -35,6 +37,15 @@ pub use service::{RegistryMetrics, RegistryService};
 
 /// The largest request the gRPC server decodes; bigger ones are refused.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Puts the trace context of a request's `traceparent` and `tracestate`
+/// metadata in its extensions, for the handler's span to continue.
+fn continue_trace(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    let metadata = request.metadata();
+    let trace = trace::extract(|name| metadata.get(name)?.to_str().ok());
+    request.extensions_mut().insert(trace);
+    Ok(request)
+}
 
 /// Timing of the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +101,10 @@ pub async fn serve(
     let shutdown = shutdown.boxed().shared();
     let service =
         RegistryService::new(relays, peers, config, shutdown.clone()).with_metrics(metrics);
-    let service = RegistryServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let service = InterceptedService::new(
+        RegistryServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
+        continue_trace,
+    );
     let served = server
         .add_service(service)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)

@@ -15,13 +15,16 @@ use deltamesh_proto::fleet::pb::{
     RegisterRelayResponse, RelayInfo, WatchSessionRequest, registry_server::Registry,
 };
 use deltamesh_proto::session::is_valid_session;
+use deltamesh_proto::trace::attribute;
 use futures_util::future::{BoxFuture, Shared};
 use futures_util::{FutureExt, Stream, StreamExt};
+use opentelemetry::trace::{Span, SpanKind, Tracer};
+use opentelemetry::{Context, KeyValue, global};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry as MetricsRegistry;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use crate::placement::{self, RelayLoad};
 use crate::{RegistryConfig, membership, relays};
@@ -34,7 +37,8 @@ const MAX_EXCLUDED: usize = 64;
 /// Labels of `registry_placements_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OutcomeLabels {
-    /// `placed` or `no_capacity`.
+    /// `placed`, `no_capacity`, `invalid` (a malformed request) or
+    /// `unavailable` (the registry's storage failed).
     outcome: &'static str,
 }
 
@@ -52,7 +56,7 @@ impl RegistryMetrics {
         let metrics = RegistryMetrics::default();
         registry.sub_registry_with_prefix("registry").register(
             "placements",
-            "Peer placements answered, by outcome (placed, no_capacity)",
+            "Peer placements answered, by outcome (placed, no_capacity, invalid, unavailable)",
             metrics.placements.clone(),
         );
         metrics
@@ -165,51 +169,43 @@ impl Registry for RegistryService {
         &self,
         request: Request<PlacePeerRequest>,
     ) -> Result<Response<PlacePeerResponse>, Status> {
+        let parent = request
+            .extensions()
+            .get::<Context>()
+            .cloned()
+            .unwrap_or_default();
         let request = request.into_inner();
-        check_session(&request.session)?;
-        if request.exclude_relays.len() > MAX_EXCLUDED {
-            return Err(Status::invalid_argument(format!(
-                "at most {MAX_EXCLUDED} exclude_relays, got {}",
-                request.exclude_relays.len()
-            )));
-        }
-        let excluded = request
-            .exclude_relays
-            .iter()
-            .map(|id| parse_id("exclude_relays", id))
-            .collect::<Result<HashSet<Id>, Status>>()?;
-        let hosts: HashSet<Vec<u8>> = membership::list_peers(&self.peers, &request.session)
-            .await
-            .map_err(unavailable)?
-            .into_iter()
-            .map(|peer| peer.relay_id)
-            .collect();
-        let candidates: Vec<(Id, RelayInfo)> = relays::live(&self.relays, self.config.relay_ttl)
-            .await
-            .map_err(unavailable)?
-            .into_iter()
-            .filter_map(|relay| Some((Id::from_slice(&relay.relay_id).ok()?, relay)))
-            .filter(|(id, _)| !excluded.contains(id))
-            .collect();
-        let loads: Vec<RelayLoad> = candidates
-            .iter()
-            .map(|(id, relay)| RelayLoad {
-                id: *id,
-                peers: relay.load.map_or(0, |load| load.peers as usize),
-                capacity: relay.capacity as usize,
-                draining: relay.draining,
-                hosts_session: hosts.contains(relay.relay_id.as_slice()),
-            })
-            .collect();
-        let chosen = placement::place(&loads, |n| fastrand::usize(..n)).map_err(|_| {
-            self.metrics.placement("no_capacity");
-            Status::resource_exhausted("every relay is full, draining or gone")
-        })?;
-        self.metrics.placement("placed");
-        let relay = candidates
-            .into_iter()
-            .find_map(|(id, relay)| (id == chosen).then_some(relay));
-        Ok(Response::new(PlacePeerResponse { relay }))
+        let tracer = global::tracer("deltamesh-registry");
+        let mut span = tracer
+            .span_builder("deltamesh.fleet.v1.Registry/PlacePeer")
+            .with_kind(SpanKind::Server)
+            .with_attributes([KeyValue::new(attribute::SESSION, request.session.clone())])
+            .start_with_context(&tracer, &parent);
+        let placed = self.place(request).await;
+        let outcome = match &placed {
+            Ok(relay) => {
+                if let Some(relay) = relay
+                    .as_ref()
+                    .and_then(|r| Id::from_slice(&r.relay_id).ok())
+                {
+                    span.set_attribute(KeyValue::new(attribute::RELAY_ID, relay.to_string()));
+                }
+                "placed"
+            }
+            Err(status) => {
+                span.set_status(opentelemetry::trace::Status::error(
+                    status.message().to_owned(),
+                ));
+                match status.code() {
+                    Code::ResourceExhausted => "no_capacity",
+                    Code::InvalidArgument => "invalid",
+                    _ => "unavailable",
+                }
+            }
+        };
+        self.metrics.placement(outcome);
+        span.end();
+        placed.map(|relay| Response::new(PlacePeerResponse { relay }))
     }
 
     async fn lookup_peer(
@@ -323,4 +319,50 @@ fn millis(duration: std::time::Duration) -> u32 {
 fn unavailable(error: async_nats::Error) -> Status {
     tracing::warn!(%error, "NATS request failed");
     Status::unavailable(format!("registry storage unavailable: {error}"))
+}
+
+impl RegistryService {
+    /// Where a new peer of `request.session` goes: the placement itself.
+    async fn place(&self, request: PlacePeerRequest) -> Result<Option<RelayInfo>, Status> {
+        check_session(&request.session)?;
+        if request.exclude_relays.len() > MAX_EXCLUDED {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_EXCLUDED} exclude_relays, got {}",
+                request.exclude_relays.len()
+            )));
+        }
+        let excluded = request
+            .exclude_relays
+            .iter()
+            .map(|id| parse_id("exclude_relays", id))
+            .collect::<Result<HashSet<Id>, Status>>()?;
+        let hosts: HashSet<Vec<u8>> = membership::list_peers(&self.peers, &request.session)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .map(|peer| peer.relay_id)
+            .collect();
+        let candidates: Vec<(Id, RelayInfo)> = relays::live(&self.relays, self.config.relay_ttl)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .filter_map(|relay| Some((Id::from_slice(&relay.relay_id).ok()?, relay)))
+            .filter(|(id, _)| !excluded.contains(id))
+            .collect();
+        let loads: Vec<RelayLoad> = candidates
+            .iter()
+            .map(|(id, relay)| RelayLoad {
+                id: *id,
+                peers: relay.load.map_or(0, |load| load.peers as usize),
+                capacity: relay.capacity as usize,
+                draining: relay.draining,
+                hosts_session: hosts.contains(relay.relay_id.as_slice()),
+            })
+            .collect();
+        let chosen = placement::place(&loads, |n| fastrand::usize(..n))
+            .map_err(|_| Status::resource_exhausted("every relay is full, draining or gone"))?;
+        Ok(candidates
+            .into_iter()
+            .find_map(|(id, relay)| (id == chosen).then_some(relay)))
+    }
 }

@@ -28,6 +28,8 @@ use deltamesh_proto::fleet::pb::{
     self, RelayFailureCode, RelayReply, RelayRequest, relay_reply, relay_request,
 };
 use deltamesh_proto::fleet::{RegistryEndpointError, registry_endpoint, relay_control_subject};
+use deltamesh_proto::trace;
+use opentelemetry::Context;
 use prost::Message as _;
 use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::{Code, Status};
@@ -41,8 +43,6 @@ pub const MAX_PLACEMENTS: usize = 3;
 const FULL_RETRY_AFTER: Duration = Duration::from_secs(2);
 /// What a relay busy setting up connections asks clients to wait.
 const PENDING_RETRY_AFTER: Duration = Duration::from_secs(1);
-/// The NATS header carrying the W3C trace context to the relay.
-const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// How long each hop may take before signal answers 504.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,10 +100,16 @@ impl FleetNetwork {
         })
     }
 
-    /// A registry request carrying our deadline, so the registry knows it too.
-    fn registry_request<T>(&self, message: T) -> tonic::Request<T> {
+    /// A registry request carrying our deadline, so the registry knows it
+    /// too, and the trace it is part of in its metadata.
+    fn registry_request<T>(&self, message: T, trace: &Context) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.timeouts.registry);
+        for (name, value) in trace::inject(trace) {
+            if let Ok(value) = value.parse() {
+                request.metadata_mut().insert(name, value);
+            }
+        }
         request
     }
 
@@ -121,11 +127,19 @@ impl FleetNetwork {
 
     /// Asks the registry for a relay for a new peer of `session`, not one of
     /// `exclude`.
-    async fn place(&self, session: &str, exclude: &[Id]) -> Result<Id, NetworkError> {
-        let request = self.registry_request(pb::PlacePeerRequest {
-            session: session.to_owned(),
-            exclude_relays: exclude.iter().map(|id| id.as_bytes().to_vec()).collect(),
-        });
+    async fn place(
+        &self,
+        session: &str,
+        exclude: &[Id],
+        trace: &Context,
+    ) -> Result<Id, NetworkError> {
+        let request = self.registry_request(
+            pb::PlacePeerRequest {
+                session: session.to_owned(),
+                exclude_relays: exclude.iter().map(|id| id.as_bytes().to_vec()).collect(),
+            },
+            trace,
+        );
         let mut client = self.registry.clone();
         let placed = self
             .registry_call(client.place_peer(request))
@@ -140,10 +154,13 @@ impl FleetNetwork {
     /// The relay hosting `peer` of `session`, once the registry's record
     /// shows it belongs to `identity`.
     async fn hosting(&self, session: &str, peer: Id, identity: &str) -> Result<Id, NetworkError> {
-        let request = self.registry_request(pb::LookupPeerRequest {
-            session: session.to_owned(),
-            peer_id: peer.as_bytes().to_vec(),
-        });
+        let request = self.registry_request(
+            pb::LookupPeerRequest {
+                session: session.to_owned(),
+                peer_id: peer.as_bytes().to_vec(),
+            },
+            &Context::new(),
+        );
         let mut client = self.registry.clone();
         let record = self
             .registry_call(client.lookup_peer(request))
@@ -166,7 +183,7 @@ impl FleetNetwork {
         &self,
         relay: Id,
         request: relay_request::Request,
-        traceparent: Option<&str>,
+        trace: &Context,
         waiting_for: &'static str,
     ) -> Result<Asked, NetworkError> {
         let payload = RelayRequest {
@@ -177,9 +194,12 @@ impl FleetNetwork {
         let mut nats_request = async_nats::Request::new()
             .payload(payload.into())
             .timeout(None);
-        if let Some(traceparent) = traceparent {
+        let trace_headers = trace::inject(trace);
+        if !trace_headers.is_empty() {
             let mut headers = HeaderMap::new();
-            headers.insert(TRACEPARENT_HEADER, traceparent);
+            for (name, value) in trace_headers {
+                headers.insert(name, value.as_str());
+            }
             nats_request = nats_request.headers(headers);
         }
         let sent = self
@@ -217,7 +237,10 @@ impl FleetNetwork {
         request: relay_request::Request,
     ) -> Result<(), NetworkError> {
         let relay = self.hosting(session, peer, identity).await?;
-        match self.ask(relay, request, None, "the relay").await? {
+        match self
+            .ask(relay, request, &Context::new(), "the relay")
+            .await?
+        {
             Asked::NoResponders => Err(NetworkError::UnknownPeer),
             Asked::Reply(relay_reply::Reply::Done(_)) => Ok(()),
             Asked::Reply(relay_reply::Reply::Failure(failure)) => Err(relay_failure(failure)),
@@ -327,7 +350,7 @@ impl Network for FleetNetwork {
         // last refusal is the answer if no relay takes it.
         let mut refused = None;
         for _ in 0..MAX_PLACEMENTS {
-            let relay_id = match self.place(&request.session, &gone).await {
+            let relay_id = match self.place(&request.session, &gone, &request.trace).await {
                 Ok(relay_id) => relay_id,
                 Err(error) => return Err(refused.unwrap_or(error)),
             };
@@ -335,7 +358,7 @@ impl Network for FleetNetwork {
                 .ask(
                     relay_id,
                     offer.clone(),
-                    request.traceparent.as_deref(),
+                    &request.trace,
                     "the relay's answer",
                 )
                 .await?;
@@ -416,9 +439,12 @@ impl Network for FleetNetwork {
     }
 
     async fn peers(&self, session: &str) -> Result<Vec<PeerInfo>, NetworkError> {
-        let request = self.registry_request(pb::ListPeersRequest {
-            session: session.to_owned(),
-        });
+        let request = self.registry_request(
+            pb::ListPeersRequest {
+                session: session.to_owned(),
+            },
+            &Context::new(),
+        );
         let mut client = self.registry.clone();
         let listed = self
             .registry_call(client.list_peers(request))

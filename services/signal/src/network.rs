@@ -18,8 +18,10 @@ pub struct ConnectRequest {
     pub grants: Grants,
     /// The SDP offer text, already checked to carry an SCTP application m-line.
     pub offer_sdp: String,
-    /// The W3C `traceparent` of the request, if any.
-    pub traceparent: Option<String>,
+    /// The trace the connection is part of: signal's span for the offer,
+    /// continuing the client's `traceparent` (only that, untouched, when
+    /// tracing is off).
+    pub trace: opentelemetry::Context,
 }
 
 /// A peer connection a relay accepted.

@@ -519,7 +519,7 @@ async fn connect_returns_the_relay_and_sends_no_traceparent_when_there_is_none()
             identity: "alice".to_owned(),
             grants: Grants::ALL,
             offer_sdp: OFFER.to_owned(),
-            traceparent: None,
+            trace: opentelemetry::Context::new(),
         })
         .await
         .unwrap();

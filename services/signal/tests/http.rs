@@ -117,7 +117,9 @@ impl Network for FakeNetwork {
             identity: request.identity.clone(),
             grants: request.grants,
             offer_sdp: request.offer_sdp,
-            traceparent: request.traceparent,
+            traceparent: deltamesh_proto::trace::inject(&request.trace)
+                .into_iter()
+                .find_map(|(name, value)| (name == "traceparent").then_some(value)),
         })?;
         let n = state.peers.len() as u8 + 1;
         let peer_id = Id([n; 16]);
@@ -999,7 +1001,7 @@ async fn preflight_options_answer_204_with_cors_and_accept_post() {
         assert_eq!(header(&response, "access-control-allow-methods"), methods);
         assert_eq!(
             header(&response, "access-control-allow-headers"),
-            "Authorization, Content-Type, If-Match, traceparent"
+            "Authorization, Content-Type, If-Match, traceparent, tracestate"
         );
         assert_eq!(
             header(&response, "access-control-expose-headers"),

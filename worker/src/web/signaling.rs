@@ -6,6 +6,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use deltamesh_proto::trace::{TRACEPARENT, new_traceparent};
 use js_sys::JSON;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
@@ -133,6 +134,11 @@ pub async fn delete(resource: &str, token: &str) {
     }
 }
 
+/// `N` bytes from `Math.random` (trace ids need no stronger randomness).
+fn random_bytes<const N: usize>() -> [u8; N] {
+    std::array::from_fn(|_| (js_sys::Math::random() * 256.0) as u8)
+}
+
 async fn fetch(
     method: &str,
     url: &str,
@@ -150,6 +156,12 @@ async fn fetch(
     if let Some(sdp) = sdp {
         headers
             .set("content-type", "application/sdp")
+            .map_err(unreachable)?;
+        // Each connection is one trace, which the services continue.
+        let traceparent = new_traceparent(random_bytes(), random_bytes());
+        tracing::info!(%traceparent, "posting the offer");
+        headers
+            .set(TRACEPARENT, &traceparent)
             .map_err(unreachable)?;
         init.set_body(&JsValue::from_str(sdp));
     }

@@ -1,12 +1,15 @@
 //! A relay's control subject: signal's offers, trickles and disconnects
 //! arrive over NATS request/reply as `RelayRequest`s and are answered with
 //! `RelayReply`s. Every request is checked before it reaches the relay; a
-//! malformed one gets `BAD_REQUEST`, never silence.
+//! malformed one gets `BAD_REQUEST`, never silence. An offer's trace
+//! arrives in the message's `traceparent` and `tracestate` headers.
 
 use deltamesh_proto::fleet::pb;
 use deltamesh_proto::session::is_valid_session;
+use deltamesh_proto::trace;
 use deltamesh_proto::{Grants, Id};
 use futures_util::StreamExt;
+use opentelemetry::Context;
 use prost::Message;
 
 use crate::relay::{PeerAccess, RelayError, RelayHandle};
@@ -28,8 +31,10 @@ pub async fn answer(
             continue;
         };
         let (nats, relay) = (nats.clone(), relay.clone());
+        let headers = request.headers.as_ref();
+        let trace = trace::extract(|name| Some(headers?.get(name)?.as_str()));
         tokio::spawn(async move {
-            let reply = handle(&relay, &request.payload).await;
+            let reply = handle(&relay, &request.payload, &trace).await;
             if let Err(error) = nats.publish(reply_to, reply.encode_to_vec().into()).await {
                 tracing::warn!(%error, "cannot answer a control request");
             }
@@ -37,12 +42,12 @@ pub async fn answer(
     }
 }
 
-/// The answer to one encoded `RelayRequest`.
-pub async fn handle(relay: &RelayHandle, bytes: &[u8]) -> pb::RelayReply {
+/// The answer to one encoded `RelayRequest`, part of `trace`.
+pub async fn handle(relay: &RelayHandle, bytes: &[u8], trace: &Context) -> pb::RelayReply {
     let outcome = match pb::RelayRequest::decode(bytes) {
         Ok(pb::RelayRequest {
             request: Some(request),
-        }) => run(relay, request).await,
+        }) => run(relay, request, trace).await,
         Ok(_) => Err(bad_request("empty request")),
         Err(error) => Err(bad_request(&format!("undecodable request: {error}"))),
     };
@@ -54,6 +59,7 @@ pub async fn handle(relay: &RelayHandle, bytes: &[u8]) -> pb::RelayReply {
 async fn run(
     relay: &RelayHandle,
     request: pb::relay_request::Request,
+    trace: &Context,
 ) -> Result<pb::relay_reply::Reply, pb::RelayFailure> {
     use pb::relay_request::Request;
     match request {
@@ -65,7 +71,7 @@ async fn run(
                 grants: offer.grants.map(Grants::from).unwrap_or_default(),
             };
             let answer = relay
-                .offer(&offer.session, &offer.offer_sdp, access)
+                .offer(&offer.session, &offer.offer_sdp, access, trace)
                 .await
                 .map_err(failure)?;
             Ok(pb::relay_reply::Reply::Answer(pb::OfferAnswer {

@@ -26,7 +26,7 @@ pub(super) fn preflight(methods: &'static str) -> Response {
         (ACCESS_CONTROL_ALLOW_METHODS, methods),
         (
             ACCESS_CONTROL_ALLOW_HEADERS,
-            "Authorization, Content-Type, If-Match, traceparent",
+            "Authorization, Content-Type, If-Match, traceparent, tracestate",
         ),
         (ACCESS_CONTROL_MAX_AGE, "86400"),
         (ACCEPT_POST, SDP),

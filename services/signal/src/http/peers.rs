@@ -13,6 +13,9 @@ use axum::http::header::{CONTENT_TYPE, ETAG, LOCATION};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use deltamesh_proto::Id;
+use deltamesh_proto::trace::{self, attribute};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::{KeyValue, global};
 use serde::Serialize;
 
 use super::App;
@@ -32,28 +35,44 @@ pub(super) async fn create<N: Network>(
     path: PathParams<String>,
     request: Request,
 ) -> Response {
-    let result = offer(&app, path, request).await;
+    let headers = request.headers();
+    let parent = trace::extract(|name| headers.get(name).and_then(|v| v.to_str().ok()));
+    let tracer = global::tracer("deltamesh-signal");
+    let span = tracer
+        .span_builder("POST /v1/sessions/{session}/peers")
+        .with_kind(SpanKind::Server)
+        .start_with_context(&tracer, &parent);
+    let trace = parent.with_span(span);
+    let result = offer(&app, path, request, &trace).await;
+    let span = trace.span();
     match &result {
         Ok(_) => app.metrics.offer_accepted(),
-        Err(error) => app.metrics.offer_failed(error.kind()),
+        Err(error) => {
+            app.metrics.offer_failed(error.kind());
+            span.set_status(Status::error(error.to_string()));
+        }
     }
-    answer("offer", result)
+    let response = answer("offer", result);
+    span.set_attribute(KeyValue::new(
+        "http.response.status_code",
+        i64::from(response.status().as_u16()),
+    ));
+    response
 }
 
 async fn offer<N: Network>(
     app: &App<N>,
     path: PathParams<String>,
     request: Request,
+    trace: &opentelemetry::Context,
 ) -> Result<Response, ApiError> {
     let caller = app.admit(&request)?;
     let session = session(path)?;
+    trace
+        .span()
+        .set_attribute(KeyValue::new(attribute::SESSION, session.clone()));
     caller.may_enter(&session)?;
     body::require_content_type(request.headers(), SDP)?;
-    let traceparent = request
-        .headers()
-        .get("traceparent")
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned);
     let body = body::read(request).await?;
     let offer_sdp = sdp::check_offer(&body)?.to_owned();
     let connect = ConnectRequest {
@@ -61,7 +80,7 @@ async fn offer<N: Network>(
         identity: caller.subject,
         grants: caller.grants,
         offer_sdp,
-        traceparent,
+        trace: trace.clone(),
     };
     let connected = app
         .network
@@ -73,10 +92,15 @@ async fn offer<N: Network>(
     let location = format!("/v1/sessions/{session}/peers/{}", connected.peer_id);
     let location = HeaderValue::try_from(location)
         .map_err(|_| ApiError::Internal("the Location header could not be built".to_owned()))?;
+    trace.span().set_attributes([
+        KeyValue::new(attribute::PEER_ID, connected.peer_id.to_string()),
+        KeyValue::new(attribute::RELAY_ID, connected.relay_id.to_string()),
+    ]);
     tracing::info!(
         session,
         peer = %connected.peer_id,
         relay = %connected.relay_id,
+        trace_id = %trace::trace_id(trace),
         "offer accepted"
     );
     let headers = [

@@ -1,0 +1,233 @@
+//! One connection is one trace: a native peer's `traceparent` is the root,
+//! and signal (HTTP), the registry (gRPC metadata) and the relay (NATS
+//! headers) each continue it. Spans are exported over OTLP/gRPC to a
+//! collector in this test, as they would be to Jaeger.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deltamesh_proto::Id;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+
+use crate::common::{Fleet, TestPeer};
+
+const SESSION: &str = "traced";
+
+/// An OTLP trace receiver keeping every span with its `service.name`.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<(String, Span)>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for resource_spans in request.into_inner().resource_spans {
+            let service = resource_spans
+                .resource
+                .as_ref()
+                .and_then(|r| text(&r.attributes, "service.name"))
+                .unwrap_or_default();
+            for scope_spans in resource_spans.scope_spans {
+                for span in scope_spans.spans {
+                    spans.push((service.clone(), span));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl Collector {
+    /// Serves OTLP/gRPC on a free local port; returns its endpoint URL.
+    async fn start(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = TraceServiceServer::new(self.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        format!("http://{addr}")
+    }
+
+    /// The spans of `trace_id` once one named `last` has arrived.
+    async fn trace(&self, trace_id: &[u8], last: &str) -> Vec<(String, Span)> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let spans: Vec<(String, Span)> = self
+                .spans
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, span)| span.trace_id == trace_id)
+                .cloned()
+                .collect();
+            if spans.iter().any(|(_, span)| span.name == last) {
+                return spans;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {last:?} span arrived; got {:?}",
+                spans.iter().map(|(_, s)| &s.name).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The string attribute `key`.
+fn text(attributes: &[KeyValue], key: &str) -> Option<String> {
+    attributes.iter().find(|a| a.key == key).and_then(|a| {
+        match a.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        }
+    })
+}
+
+/// The one span named `name`, checked to come from `service`.
+fn one<'a>(spans: &'a [(String, Span)], name: &str, service: &str) -> &'a Span {
+    let found: Vec<&(String, Span)> = spans.iter().filter(|(_, s)| s.name == name).collect();
+    assert_eq!(found.len(), 1, "spans named {name:?}");
+    assert_eq!(found[0].0, service, "service of {name:?}");
+    &found[0].1
+}
+
+fn hex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_connection_is_one_trace_through_signal_registry_and_relay() {
+    let collector = Collector::default();
+    let endpoint = collector.start().await;
+    let fleet = Fleet::start_with_env(
+        1,
+        1,
+        8,
+        1,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    let relay = fleet.relays[0].id;
+
+    let mut peer = TestPeer::join(&fleet.signals[0].1, SESSION).await;
+    let peer_id = peer.peer.peer_id();
+    let traceparent = peer.peer.traceparent().to_owned();
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    let (trace_id, root) = (hex(parts[1]), hex(parts[2]));
+    peer.peer
+        .send(1, Id([7; 16]), b"traced delta".to_vec())
+        .await
+        .unwrap();
+    assert!(
+        peer.pump_until(Duration::from_secs(10), |p| p.acked.contains(&1))
+            .await,
+        "the delta is acknowledged"
+    );
+    peer.peer.close().await;
+
+    let spans = collector.trace(&trace_id, "peer connection").await;
+    let signal = one(
+        &spans,
+        "POST /v1/sessions/{session}/peers",
+        "deltamesh-signal",
+    );
+    let placement = one(
+        &spans,
+        "deltamesh.fleet.v1.Registry/PlacePeer",
+        "deltamesh-registry",
+    );
+    let offer = one(&spans, "relay offer", "deltamesh-relay");
+    let connection = one(&spans, "peer connection", "deltamesh-relay");
+
+    // The peer's span is the root; each hop is a child of the one before.
+    assert_eq!(signal.parent_span_id, root, "signal continues the peer");
+    assert_eq!(signal.kind, SpanKind::Server as i32);
+    assert_eq!(placement.parent_span_id, signal.span_id);
+    assert_eq!(offer.parent_span_id, signal.span_id);
+    assert_eq!(connection.parent_span_id, offer.span_id);
+    for (_, span) in &spans {
+        assert!(
+            span.span_id != root,
+            "{} reuses the peer's span id",
+            span.name
+        );
+    }
+
+    for span in [signal, offer, connection] {
+        assert_eq!(
+            text(&span.attributes, "deltamesh.session").as_deref(),
+            Some(SESSION),
+            "{}",
+            span.name
+        );
+        assert_eq!(
+            text(&span.attributes, "deltamesh.peer_id"),
+            Some(peer_id.to_string()),
+            "{}",
+            span.name
+        );
+        assert_eq!(
+            text(&span.attributes, "deltamesh.relay_id"),
+            Some(relay.to_string()),
+            "{}",
+            span.name
+        );
+    }
+    assert_eq!(
+        text(&placement.attributes, "deltamesh.relay_id"),
+        Some(relay.to_string())
+    );
+
+    let events: Vec<&str> = connection.events.iter().map(|e| e.name.as_str()).collect();
+    for expected in [
+        "ice connected",
+        "dtls connected",
+        "channels open",
+        "welcomed",
+        "first delta",
+        "closed",
+    ] {
+        assert!(events.contains(&expected), "{expected:?} in {events:?}");
+    }
+    let position = |name: &str| events.iter().position(|e| *e == name).unwrap();
+    assert!(position("ice connected") < position("channels open"));
+    assert!(position("channels open") < position("first delta"));
+    assert_eq!(events.last(), Some(&"closed"));
+    let closed = connection.events.last().unwrap();
+    assert_eq!(
+        text(&closed.attributes, "reason").as_deref(),
+        Some("deleted by client")
+    );
+    assert!(connection.end_time_unix_nano >= connection.start_time_unix_nano);
+
+    // Only the spans above (and nothing from another connection) are in
+    // the trace.
+    let names: HashMap<&str, usize> = spans.iter().fold(HashMap::new(), |mut n, (_, s)| {
+        *n.entry(s.name.as_str()).or_default() += 1;
+        n
+    });
+    assert_eq!(names.len(), 4, "{names:?}");
+}
