@@ -11,15 +11,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use deltamesh_registry::{RegistryConfig, RegistryMetrics};
-use deltamesh_relay::fleet::{self as relay_fleet, Fleet, JetStreamLog, StreamLimits};
+use deltamesh_relay::fleet::{
+    self as relay_fleet, Fleet, JetStreamLog, LogTelemetry, StreamLimits,
+};
 use deltamesh_relay::{ChunkStore, RelayConfig, RelayHandle, RelayMetrics};
-use deltamesh_signal::fleet::{FleetNetwork, FleetTimeouts};
+use deltamesh_signal::fleet::{FleetMetrics, FleetNetwork, FleetTimeouts};
 use deltamesh_signal::{SignalConfig, SignalMetrics};
-use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::transport::{ClientTlsConfig, ServerTlsConfig};
 
+use crate::ops::service_metrics;
 use crate::stack::random_uuid_v4;
 
 /// How a service authenticates to NATS and checks the server's certificate.
@@ -159,7 +161,8 @@ impl FleetRelay {
 }
 
 /// Starts a relay against NATS and registers it with the registry at
-/// `registry_url` (over TLS with `registry_tls`).
+/// `registry_url` (over TLS with `registry_tls`). One delta in
+/// `trace_delta_every` is traced across relays (0: none).
 pub async fn start_relay(
     nats: async_nats::Client,
     registry_url: &str,
@@ -167,13 +170,25 @@ pub async fn start_relay(
     mut config: RelayConfig,
     limits: StreamLimits,
     metrics: RelayMetrics,
+    trace_delta_every: u64,
 ) -> anyhow::Result<FleetRelay> {
     if config.relay_id == deltamesh_proto::Id::default() {
         config.relay_id = random_uuid_v4();
     }
     let store = Arc::new(ChunkStore::new(config.chunk_size, config.max_chunks));
-    let log =
-        relay_fleet::open_log(&nats, store, config.relay_id, config.signer.clone(), limits).await?;
+    let telemetry = LogTelemetry {
+        publish_seconds: metrics.jetstream_publish_seconds.clone(),
+        trace_every: trace_delta_every,
+    };
+    let log = relay_fleet::open_log(
+        &nats,
+        store,
+        config.relay_id,
+        config.signer.clone(),
+        limits,
+        telemetry,
+    )
+    .await?;
     let handle = deltamesh_relay::start(config, log.clone(), metrics).await?;
     let fleet = relay_fleet::join(
         handle.clone(),
@@ -197,14 +212,15 @@ pub async fn start_signal(
     config: SignalConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<std::io::Result<()>>)> {
-    let mut registry = Registry::default();
-    let metrics = SignalMetrics::register(&mut registry);
-    let network = FleetNetwork::new(nats, registry_url, registry_tls, FleetTimeouts::default())?;
-    let router = deltamesh_signal::router(Arc::new(network), config, metrics, Arc::new(registry));
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding signal to {listen}"))?;
     let addr = listener.local_addr()?;
+    let mut registry = service_metrics("signal", addr.to_string());
+    let metrics = SignalMetrics::register(&mut registry);
+    let network = FleetNetwork::new(nats, registry_url, registry_tls, FleetTimeouts::default())?
+        .with_metrics(FleetMetrics::register(&mut registry));
+    let router = deltamesh_signal::router(Arc::new(network), config, metrics, Arc::new(registry));
     let server = tokio::spawn(deltamesh_signal::serve(listener, router, shutdown));
     Ok((addr, server))
 }

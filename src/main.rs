@@ -2,7 +2,6 @@
 //! NATS with `--nats`); `deltamesh registry|relay|signal` run one service of
 //! a fleet each; `deltamesh token` mints a signed token.
 
-use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use deltamesh::fleet::{
     NatsSecurity, connect_nats, read_text, start_registry, start_relay, start_signal,
 };
-use deltamesh::ops::{FnGauge, nats_ready, serve_ops};
+use deltamesh::ops::{FnGauge, nats_ready, serve_ops, service_metrics};
 use deltamesh::stack::random_uuid_v4;
 use deltamesh::telemetry::{LogFormat, Telemetry};
 use deltamesh::{StackConfig, start};
@@ -25,7 +24,6 @@ use deltamesh_relay::signing::hex;
 use deltamesh_relay::{DeltaSigner, Rate, RelayConfig};
 use deltamesh_signal::token::{Claims, TokenSigner, TokenVerifier, unix_now};
 use deltamesh_signal::{RateLimit, SignalConfig};
-use prometheus_client::registry::Registry;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 /// Runs signal, the registry and one media relay in one process, or one
@@ -151,7 +149,15 @@ struct RelayServiceArgs {
     /// Where `/metrics`, `/healthz` and `/readyz` are served (plain HTTP).
     #[arg(long, env = "DELTAMESH_OPS_LISTEN", default_value = "127.0.0.1:0")]
     ops_listen: SocketAddr,
+    /// With tracing on, one published delta in this many is traced across
+    /// relays: a span for its publish and one per relay replicating it
+    /// (0: none).
+    #[arg(long, env = "DELTAMESH_TRACE_DELTA_EVERY", default_value_t = DEFAULT_TRACE_DELTA_EVERY)]
+    trace_delta_every: u64,
 }
+
+/// One published delta in this many is traced across relays, by default.
+const DEFAULT_TRACE_DELTA_EVERY: u64 = 1000;
 
 /// `deltamesh signal`.
 #[derive(Debug, Args)]
@@ -409,6 +415,7 @@ async fn run_on_nats(
         relay,
         StreamLimits::default(),
         RelayMetrics::default(),
+        DEFAULT_TRACE_DELTA_EVERY,
     )
     .await?;
     announce_relay(&fleet_relay.handle);
@@ -465,18 +472,6 @@ async fn run_registry(args: RegistryArgs) -> anyhow::Result<()> {
     server.await?
 }
 
-/// A Prometheus registry whose every metric carries `service` and
-/// `instance` labels.
-fn service_metrics(service: &'static str, instance: String) -> Registry {
-    Registry::with_labels(
-        [
-            (Cow::Borrowed("service"), Cow::Borrowed(service)),
-            (Cow::Borrowed("instance"), Cow::Owned(instance)),
-        ]
-        .into_iter(),
-    )
-}
-
 /// `deltamesh relay`: serves until SIGTERM or Ctrl-C, then drains.
 async fn run_relay(args: RelayServiceArgs) -> anyhow::Result<()> {
     check_relay(&args)?;
@@ -493,6 +488,7 @@ async fn run_relay(args: RelayServiceArgs) -> anyhow::Result<()> {
         config,
         StreamLimits::default(),
         metrics,
+        args.trace_delta_every,
     )
     .await?;
     announce_relay(&relay.handle);

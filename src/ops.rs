@@ -2,6 +2,7 @@
 //! service's Prometheus registry as OpenMetrics text, as signal serves it),
 //! `GET /healthz` and `GET /readyz`.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -101,4 +102,16 @@ pub fn nats_ready(nats: &async_nats::Client) -> Result<(), String> {
         async_nats::connection::State::Connected => Ok(()),
         state => Err(format!("NATS is not connected ({state})")),
     }
+}
+
+/// A Prometheus registry whose every metric carries `service` and
+/// `instance` labels.
+pub fn service_metrics(service: &'static str, instance: String) -> Registry {
+    Registry::with_labels(
+        [
+            (Cow::Borrowed("service"), Cow::Borrowed(service)),
+            (Cow::Borrowed("instance"), Cow::Owned(instance)),
+        ]
+        .into_iter(),
+    )
 }

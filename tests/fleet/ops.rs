@@ -107,6 +107,41 @@ async fn relay_and_registry_serve_metrics_health_and_readiness() {
         assert!(Instant::now() < deadline, "relay_deltas_in stayed {after}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let samples = scrape(&relay_ops).await;
+    let value = |name: &str, label: &str| {
+        sample(&samples, name, label).unwrap_or_else(|| panic!("{name}{{{label}}}: {samples:?}"))
+    };
+    assert_eq!(value("relay_connections", "state=\"connected\""), 1.0);
+    assert_eq!(value("relay_connections", "state=\"connecting\""), 0.0);
+    for phase in ["ice", "dtls", "channels"] {
+        let label = format!("phase=\"{phase}\"");
+        assert_eq!(value("relay_connect_seconds_count", &label), 1.0, "{phase}");
+        assert!(value("relay_connect_seconds_sum", &label) > 0.0, "{phase}");
+    }
+    // The peer echoes its own delta: bytes in and out both moved.
+    assert!(value("relay_delta_in_bytes_total", "") >= 7.0);
+    assert!(value("relay_delta_out_bytes_total", "") >= 7.0);
+    assert!(value("relay_jetstream_publish_seconds_count", "") >= 1.0);
+    assert!(value("relay_peer_queue_depth_count", "") >= 1.0);
+
+    let signal = &fleet.signals[0].1;
+    let samples = scrape(signal).await;
+    assert!(
+        samples
+            .iter()
+            .all(|(_, labels, _)| labels.contains("service=\"signal\"")
+                && labels.contains("instance=")),
+        "every signal metric carries service and instance: {samples:?}"
+    );
+    for target in ["registry", "relay"] {
+        let label = format!("target=\"{target}\",outcome=\"ok\"");
+        let label = label.as_str();
+        let count = samples
+            .iter()
+            .find(|(n, l, _)| n == "signal_fleet_request_seconds_count" && l.contains(label))
+            .map(|(_, _, v)| *v);
+        assert!(count >= Some(1.0), "{target} requests: {samples:?}");
+    }
 
     let samples = scrape(&registry_ops).await;
     assert!(

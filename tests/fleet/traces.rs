@@ -1,7 +1,8 @@
 //! One connection is one trace: a native peer's `traceparent` is the root,
 //! and signal (HTTP), the registry (gRPC metadata) and the relay (NATS
 //! headers) each continue it. Spans are exported over OTLP/gRPC to a
-//! collector in this test, as they would be to Jaeger.
+//! collector in this test, as they would be to Jaeger. Sampled deltas are
+//! traced from their publish on one relay to their replication on each.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -119,20 +120,24 @@ fn hex(text: &str) -> Vec<u8> {
 async fn a_connection_is_one_trace_through_signal_registry_and_relay() {
     let collector = Collector::default();
     let endpoint = collector.start().await;
+    // One peer per relay, so the two peers are on different relays.
     let fleet = Fleet::start_with_env(
         1,
+        2,
         1,
-        8,
         1,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("DELTAMESH_TRACE_DELTA_EVERY", "1"),
         ],
     )
     .await;
-    let relay = fleet.relays[0].id;
 
     let mut peer = TestPeer::join(&fleet.signals[0].1, SESSION).await;
+    let mut other = TestPeer::join(&fleet.signals[0].1, SESSION).await;
+    assert_ne!(peer.relay, other.relay);
+    let relay = peer.relay;
     let peer_id = peer.peer.peer_id();
     let traceparent = peer.peer.traceparent().to_owned();
     let parts: Vec<&str> = traceparent.split('-').collect();
@@ -145,6 +150,12 @@ async fn a_connection_is_one_trace_through_signal_registry_and_relay() {
         peer.pump_until(Duration::from_secs(10), |p| p.acked.contains(&1))
             .await,
         "the delta is acknowledged"
+    );
+    assert!(
+        other
+            .pump_until(Duration::from_secs(10), |p| p.received.len() == 1)
+            .await,
+        "the delta reaches the other relay's peer"
     );
     peer.peer.close().await;
 
@@ -230,4 +241,47 @@ async fn a_connection_is_one_trace_through_signal_registry_and_relay() {
         n
     });
     assert_eq!(names.len(), 4, "{names:?}");
+
+    // The delta's own trace: published by the sender's relay, replicated
+    // by both.
+    let published: Vec<Span> = collector
+        .spans
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, s)| s.name == "publish delta")
+        .map(|(_, s)| s.clone())
+        .collect();
+    assert_eq!(published.len(), 1, "one delta, one publish span");
+    let publish = &published[0];
+    assert_eq!(publish.kind, SpanKind::Producer as i32);
+    assert_eq!(
+        text(&publish.attributes, "deltamesh.relay_id"),
+        Some(relay.to_string())
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let replicated = loop {
+        let spans = collector.trace(&publish.trace_id, "replicate delta").await;
+        let replicated: Vec<Span> = spans
+            .into_iter()
+            .map(|(_, s)| s)
+            .filter(|s| s.name == "replicate delta")
+            .collect();
+        if replicated.len() == 2 || Instant::now() > deadline {
+            break replicated;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut relays: Vec<String> = replicated
+        .iter()
+        .map(|s| {
+            assert_eq!(s.parent_span_id, publish.span_id);
+            assert_eq!(s.kind, SpanKind::Consumer as i32);
+            text(&s.attributes, "deltamesh.relay_id").unwrap()
+        })
+        .collect();
+    relays.sort();
+    let mut expected = vec![relay.to_string(), other.relay.to_string()];
+    expected.sort();
+    assert_eq!(relays, expected, "each relay replicates the delta once");
 }

@@ -605,6 +605,7 @@ impl Peer {
             return;
         }
         let lag = head.saturating_sub(self.cursor.saturating_sub(1));
+        shared.metrics.peer_queue_depth.observe(lag as f64);
         self.best_lag = self.best_lag.min(lag);
         // How far the peer has fallen behind its best since it joined.
         let fallen = lag - self.best_lag;
@@ -695,10 +696,7 @@ impl Peer {
         if !self.welcomed || self.closing.is_some() || !self.grants.subscribe {
             return;
         }
-        let head = shared.log.head(&self.session);
-        let queued = head.saturating_sub(self.cursor.saturating_sub(1));
-        shared.metrics.peer_queue_depth.observe(queued as f64);
-        if self.cursor > head {
+        if self.cursor > shared.log.head(&self.session) {
             self.last_progress = now;
         } else if now.duration_since(self.last_progress) > shared.config.stall_timeout {
             let stalled = now.duration_since(self.last_progress);

@@ -108,8 +108,8 @@ pub struct RelayMetrics {
     pub bytes_in: Counter,
     /// Bytes of relayed deltas written to peers.
     pub bytes_out: Counter,
-    /// How many deltas a peer is behind the session head, sampled on each
-    /// of its timer ticks.
+    /// How many deltas a peer is behind the session head, sampled each
+    /// time the relay writes to it.
     pub peer_queue_depth: Histogram,
     /// Time from publishing a delta to JetStream to its ack (fleet relays).
     pub jetstream_publish_seconds: Histogram,
@@ -177,7 +177,7 @@ impl RelayMetrics {
         );
         relay.register(
             "peer_queue_depth",
-            "Deltas a peer is behind the session head, sampled on its timer ticks",
+            "Deltas a peer is behind the session head, sampled on each write to it",
             metrics.peer_queue_depth.clone(),
         );
         relay.register_with_unit(

@@ -18,7 +18,7 @@
 //! which is [`NetworkError::NoCapacity`] as for any placement.
 
 use std::future::Future;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use async_nats::connection::State;
 use async_nats::{HeaderMap, RequestErrorKind};
@@ -30,6 +30,10 @@ use deltamesh_proto::fleet::pb::{
 use deltamesh_proto::fleet::{RegistryEndpointError, registry_endpoint, relay_control_subject};
 use deltamesh_proto::trace;
 use opentelemetry::Context;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
 use prost::Message as _;
 use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::{Code, Status};
@@ -62,12 +66,63 @@ impl Default for FleetTimeouts {
     }
 }
 
+/// Labels of `signal_fleet_request_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    /// `registry` (gRPC) or `relay` (NATS request/reply).
+    target: &'static str,
+    /// `ok`, `timeout` or `error` (the relay's own refusals are `ok`:
+    /// the request itself worked).
+    outcome: &'static str,
+}
+
+/// How long signal's requests to the registry and relays take, and how
+/// they end. Clones share the same histograms; the default ones are
+/// registered nowhere.
+#[derive(Debug, Clone)]
+pub struct FleetMetrics {
+    requests: Family<RequestLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for FleetMetrics {
+    fn default() -> Self {
+        FleetMetrics {
+            requests: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+            }),
+        }
+    }
+}
+
+impl FleetMetrics {
+    /// Creates the histograms and registers them in `registry` under `signal_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = FleetMetrics::default();
+        registry
+            .sub_registry_with_prefix("signal")
+            .register_with_unit(
+                "fleet_request",
+                "Requests to the registry (gRPC) and relays (NATS), by target and outcome",
+                Unit::Seconds,
+                metrics.requests.clone(),
+            );
+        metrics
+    }
+
+    fn observe(&self, target: &'static str, outcome: &'static str, started: Instant) {
+        self.requests
+            .get_or_create(&RequestLabels { target, outcome })
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
 /// Signal's view of a deployment: the registry over gRPC, relays over NATS.
 #[derive(Debug, Clone)]
 pub struct FleetNetwork {
     nats: async_nats::Client,
     registry: RegistryClient<Channel>,
     timeouts: FleetTimeouts,
+    metrics: FleetMetrics,
 }
 
 /// What came of one request to a relay.
@@ -97,7 +152,14 @@ impl FleetNetwork {
             nats,
             registry: RegistryClient::new(endpoint.connect_lazy()),
             timeouts,
+            metrics: FleetMetrics::default(),
         })
+    }
+
+    /// The network, counting its requests in `metrics`.
+    pub fn with_metrics(mut self, metrics: FleetMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// A registry request carrying our deadline, so the registry knows it
@@ -119,10 +181,18 @@ impl FleetNetwork {
         &self,
         call: impl Future<Output = Result<tonic::Response<T>, Status>>,
     ) -> Result<T, Status> {
-        match tokio::time::timeout(self.timeouts.registry, call).await {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.timeouts.registry, call).await {
             Ok(result) => result.map(tonic::Response::into_inner),
             Err(_) => Err(Status::deadline_exceeded("no answer from the registry")),
-        }
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(status) if status.code() == Code::DeadlineExceeded => "timeout",
+            Err(_) => "error",
+        };
+        self.metrics.observe("registry", outcome, started);
+        result
     }
 
     /// Asks the registry for a relay for a new peer of `session`, not one of
@@ -205,7 +275,16 @@ impl FleetNetwork {
         let sent = self
             .nats
             .send_request(relay_control_subject(relay), nats_request);
-        let message = match tokio::time::timeout(self.timeouts.relay, sent).await {
+        let started = Instant::now();
+        let answered = tokio::time::timeout(self.timeouts.relay, sent).await;
+        let outcome = match &answered {
+            Ok(Ok(_)) => "ok",
+            Err(_) => "timeout",
+            Ok(Err(error)) if error.kind() == RequestErrorKind::TimedOut => "timeout",
+            Ok(Err(_)) => "error",
+        };
+        self.metrics.observe("relay", outcome, started);
+        let message = match answered {
             Err(_) => return Err(NetworkError::Timeout(waiting_for)),
             Ok(Err(error)) => {
                 return match error.kind() {

@@ -27,7 +27,7 @@ pub mod token;
 pub use auth::DEV_SUBJECT;
 pub use config::{BODY_LIMIT, DEFAULT_ADDRESS_RATE, DEFAULT_TOKEN_RATE, SignalConfig};
 #[cfg(feature = "fleet")]
-pub use fleet::{FleetNetwork, FleetTimeouts};
+pub use fleet::{FleetMetrics, FleetNetwork, FleetTimeouts};
 pub use http::{router, serve};
 pub use limits::RateLimit;
 pub use metrics::SignalMetrics;

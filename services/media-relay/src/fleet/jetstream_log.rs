@@ -17,16 +17,21 @@
 //!   last comes from the replica, which is caught up before peers are welcomed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
 use aws_lc_rs::hmac;
 use bytes::Bytes;
+use deltamesh_proto::trace::{self, attribute};
 use deltamesh_proto::{DeltaFrame, Id, fleet};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use opentelemetry::global::{self, BoxedSpan};
+use opentelemetry::trace::{Span, SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -72,6 +77,17 @@ impl Default for StreamLimits {
     }
 }
 
+/// How the log reports on the deltas it publishes.
+#[derive(Debug, Clone)]
+pub struct LogTelemetry {
+    /// Observes the time from publishing a delta to JetStream's ack,
+    /// retries included.
+    pub publish_seconds: Histogram,
+    /// One published delta in this many gets a trace: a span for its
+    /// publish and one on every relay replicating it (0: none).
+    pub trace_every: u64,
+}
+
 /// A delta on its way to JetStream.
 struct Publish {
     subject: String,
@@ -97,6 +113,9 @@ struct Inner {
     relay_id: Id,
     signer: Option<Arc<DeltaSigner>>,
     limits: StreamLimits,
+    telemetry: LogTelemetry,
+    /// Deltas published, for sampling their traces.
+    published: AtomicU64,
 }
 
 /// The JetStream-backed [`DeltaLog`]. Create it inside a Tokio runtime.
@@ -119,6 +138,7 @@ impl JetStreamLog {
         signer: Option<Arc<DeltaSigner>>,
         resume_secret: &[u8],
         limits: StreamLimits,
+        telemetry: LogTelemetry,
     ) -> Self {
         let inner = Arc::new(Inner {
             replica: MemoryLog::new(store),
@@ -126,6 +146,8 @@ impl JetStreamLog {
             relay_id,
             signer,
             limits,
+            telemetry,
+            published: AtomicU64::new(0),
         });
         let (publishes, queue) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(0));
@@ -333,12 +355,15 @@ fn ingest(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let frame = DeltaFrame::parse(&message.payload)
         .map_err(|error| format!("seq {seq} of {session} is not a valid frame: {error}"))?;
-    let origin = message
+    let headers = message
         .headers
         .as_ref()
-        .and_then(|headers| headers.get(fleet::ORIGIN_HEADER))
+        .ok_or_else(|| format!("seq {seq} of {session} has no headers"))?;
+    let origin = headers
+        .get(fleet::ORIGIN_HEADER)
         .and_then(|value| value.as_str().parse::<Id>().ok())
         .ok_or_else(|| format!("seq {seq} of {session} names no origin"))?;
+    trace_replication(inner, session, seq, headers);
     let by = Acceptance {
         origin,
         validator: inner.relay_id,
@@ -376,13 +401,25 @@ async fn publisher(
 /// acknowledges it or `retry_for` runs out, and hands the verdict to the
 /// sender's shard.
 async fn publish_until_stored(inner: &Inner, publish: Publish) {
-    let deadline = Instant::now() + inner.limits.retry_for;
+    let started = Instant::now();
+    let deadline = started + inner.limits.retry_for;
     let mut backoff = FIRST_BACKOFF;
+    let mut span = sampled_span(inner, &publish);
+    let trace_headers = span
+        .as_ref()
+        .map(|span| {
+            let context = span.span_context().clone();
+            trace::inject(&Context::new().with_remote_span_context(context))
+        })
+        .unwrap_or_default();
     let outcome = loop {
-        let message = PublishMessage::build()
+        let mut message = PublishMessage::build()
             .message_id(&publish.msg_id)
-            .header(fleet::ORIGIN_HEADER, publish.origin.to_string().as_str())
-            .payload(publish.frame.clone());
+            .header(fleet::ORIGIN_HEADER, publish.origin.to_string().as_str());
+        for (name, value) in &trace_headers {
+            message = message.header(*name, value.as_str());
+        }
+        let message = message.payload(publish.frame.clone());
         let attempt = async {
             inner
                 .js
@@ -400,9 +437,68 @@ async fn publish_until_stored(inner: &Inner, publish: Publish) {
             Err(error) => break Err(format!("the delta store is unavailable: {error}")),
         }
     };
+    match &outcome {
+        Ok(seq) => {
+            let took = started.elapsed().as_secs_f64();
+            inner.telemetry.publish_seconds.observe(took);
+            if let Some(span) = &mut span {
+                let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
+                span.set_attribute(KeyValue::new("deltamesh.seq", seq));
+            }
+        }
+        Err(error) => {
+            if let Some(span) = &mut span {
+                span.set_status(Status::error(error.clone()));
+            }
+        }
+    }
     publish.ack_to.shard.push_ack(LogAck {
         peer: publish.ack_to.peer,
         client_seq: publish.client_seq,
         outcome,
     });
+}
+
+/// A span for publishing this delta, if it is one of the sampled ones.
+fn sampled_span(inner: &Inner, publish: &Publish) -> Option<BoxedSpan> {
+    let every = inner.telemetry.trace_every;
+    if every == 0
+        || !inner
+            .published
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(every)
+    {
+        return None;
+    }
+    let tracer = global::tracer("deltamesh-relay");
+    let span = tracer
+        .span_builder("publish delta")
+        .with_kind(SpanKind::Producer)
+        .with_attributes([
+            KeyValue::new("messaging.destination.name", publish.subject.clone()),
+            KeyValue::new(attribute::PEER_ID, publish.origin.to_string()),
+            KeyValue::new(attribute::RELAY_ID, inner.relay_id.to_string()),
+        ])
+        .start(&tracer);
+    Some(span)
+}
+
+/// A span for replicating a delta whose publish was traced (its message
+/// carries trace headers); ended at once.
+fn trace_replication(inner: &Inner, session: &str, seq: u64, headers: &async_nats::HeaderMap) {
+    if headers.get(trace::TRACEPARENT).is_none() {
+        return;
+    }
+    let parent = trace::extract(|name| Some(headers.get(name)?.as_str()));
+    let tracer = global::tracer("deltamesh-relay");
+    tracer
+        .span_builder("replicate delta")
+        .with_kind(SpanKind::Consumer)
+        .with_attributes([
+            KeyValue::new(attribute::SESSION, session.to_owned()),
+            KeyValue::new(attribute::RELAY_ID, inner.relay_id.to_string()),
+            KeyValue::new("deltamesh.seq", i64::try_from(seq).unwrap_or(i64::MAX)),
+        ])
+        .start_with_context(&tracer, &parent)
+        .end();
 }

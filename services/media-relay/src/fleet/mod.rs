@@ -20,7 +20,7 @@ use deltamesh_proto::fleet::registry_endpoint;
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, ClientTlsConfig};
 
-pub use jetstream_log::{JetStreamLog, StreamLimits};
+pub use jetstream_log::{JetStreamLog, LogTelemetry, StreamLimits};
 
 use crate::relay::RelayHandle;
 use crate::signing::DeltaSigner;
@@ -76,11 +76,12 @@ pub async fn open_log(
     relay_id: deltamesh_proto::Id,
     signer: Option<Arc<DeltaSigner>>,
     limits: StreamLimits,
+    telemetry: LogTelemetry,
 ) -> Result<Arc<JetStreamLog>, FleetError> {
     let js = jetstream::new(nats.clone());
     let secret = resume_secret(&js).await?;
     Ok(Arc::new(JetStreamLog::new(
-        js, store, relay_id, signer, &secret, limits,
+        js, store, relay_id, signer, &secret, limits, telemetry,
     )))
 }
 
