@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use deltamesh::fleet::{
     NatsSecurity, connect_nats, read_text, start_registry, start_relay, start_signal,
 };
-use deltamesh::ops::{FnGauge, nats_ready, serve_ops, service_metrics};
+use deltamesh::ops::{FnGauge, OpsListen, nats_ready, serve_ops, service_metrics};
 use deltamesh::stack::random_uuid_v4;
 use deltamesh::telemetry::{LogFormat, Telemetry};
 use deltamesh::{StackConfig, start};
@@ -127,9 +127,10 @@ struct RegistryArgs {
     /// Refuse to start without NATS security and gRPC TLS.
     #[arg(long, env = "DELTAMESH_PRODUCTION")]
     production: bool,
-    /// Where `/metrics`, `/healthz` and `/readyz` are served (plain HTTP).
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (plain HTTP):
+    /// IP:PORT, or IP:FIRST-LAST for the first free port of a range.
     #[arg(long, env = "DELTAMESH_OPS_LISTEN", default_value = "127.0.0.1:0")]
-    ops_listen: SocketAddr,
+    ops_listen: OpsListen,
 }
 
 /// `deltamesh relay`.
@@ -146,9 +147,10 @@ struct RelayServiceArgs {
     /// Refuse to start without a signing key, NATS security and registry TLS.
     #[arg(long, env = "DELTAMESH_PRODUCTION")]
     production: bool,
-    /// Where `/metrics`, `/healthz` and `/readyz` are served (plain HTTP).
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (plain HTTP):
+    /// IP:PORT, or IP:FIRST-LAST for the first free port of a range.
     #[arg(long, env = "DELTAMESH_OPS_LISTEN", default_value = "127.0.0.1:0")]
-    ops_listen: SocketAddr,
+    ops_listen: OpsListen,
     /// With tracing on, one published delta in this many is traced across
     /// relays: a span for its publish and one per relay replicating it
     /// (0: none).

@@ -3,7 +3,9 @@
 //! `GET /healthz` and `GET /readyz`.
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -40,11 +42,63 @@ impl<F: Fn() -> i64> EncodeMetric for FnGauge<F> {
     }
 }
 
+/// Where the operators' endpoints listen: `IP:PORT`, or `IP:FIRST-LAST`
+/// for the first free port of a range (so replicas sharing a host, such
+/// as relays on a host network, each find one at a predictable place).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpsListen {
+    /// The address to bind.
+    pub ip: IpAddr,
+    /// The ports to try, in order.
+    pub ports: RangeInclusive<u16>,
+}
+
+impl FromStr for OpsListen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (host, ports) = text
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{text:?} is not IP:PORT or IP:FIRST-LAST"))?;
+        let ip = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .map_err(|e| format!("{host:?}: {e}"))?;
+        let port = |p: &str| p.parse::<u16>().map_err(|e| format!("port {p:?}: {e}"));
+        let ports = match ports.split_once('-') {
+            Some((first, last)) => port(first)?..=port(last)?,
+            None => port(ports)?..=port(ports)?,
+        };
+        if ports.is_empty() {
+            return Err(format!("the port range of {text:?} is empty"));
+        }
+        Ok(OpsListen { ip, ports })
+    }
+}
+
+impl OpsListen {
+    /// Binds the first port of the range that is free.
+    async fn bind(&self) -> anyhow::Result<TcpListener> {
+        for port in self.ports.clone() {
+            match TcpListener::bind((self.ip, port)).await {
+                Ok(listener) => return Ok(listener),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && port < *self.ports.end() => {
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("binding --ops-listen to {self:?}"));
+                }
+            }
+        }
+        anyhow::bail!("no free port for --ops-listen in {self:?}")
+    }
+}
+
 /// Serves `/metrics` from `registry`, `/healthz` (200 while the process
 /// runs) and `/readyz` (200, or 503 with the reason `ready` gives) on
 /// `listen` until `shutdown`. Returns the bound address and the server task.
 pub async fn serve_ops(
-    listen: SocketAddr,
+    listen: OpsListen,
     registry: Arc<Registry>,
     ready: impl Fn() -> Result<(), String> + Send + Sync + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -71,9 +125,7 @@ pub async fn serve_ops(
                 }
             }),
         );
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding --ops-listen to {listen}"))?;
+    let listener = listen.bind().await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(async move {
         axum::serve(listener, router)
@@ -114,4 +166,41 @@ pub fn service_metrics(service: &'static str, instance: String) -> Registry {
         ]
         .into_iter(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OpsListen;
+
+    #[test]
+    fn ops_listen_is_a_port_or_a_range_of_ports() {
+        let one: OpsListen = "127.0.0.1:9090".parse().unwrap();
+        assert_eq!(one.ports, 9090..=9090);
+        let range: OpsListen = "[::]:9100-9199".parse().unwrap();
+        assert_eq!(range.ip.to_string(), "::");
+        assert_eq!(range.ports, 9100..=9199);
+        for bad in [
+            "9090",
+            "localhost:9090",
+            "0.0.0.0:x",
+            "0.0.0.0:9199-9100",
+            "0.0.0.0:1-70000",
+        ] {
+            assert!(bad.parse::<OpsListen>().is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_range_binds_its_first_free_port() {
+        let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = taken.local_addr().unwrap().port();
+        // Ephemeral ports stay well below 65515 on Linux (60999 by default).
+        let last = port.saturating_add(20);
+        let listen: OpsListen = format!("127.0.0.1:{port}-{last}").parse().unwrap();
+        let bound = listen.bind().await.unwrap();
+        let bound = bound.local_addr().unwrap().port();
+        assert!(bound > port && bound <= last, "{bound}");
+        let single: OpsListen = format!("127.0.0.1:{port}").parse().unwrap();
+        assert!(single.bind().await.is_err());
+    }
 }

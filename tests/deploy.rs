@@ -369,3 +369,123 @@ fn local_stack_passes_only_flags_the_binary_accepts() {
         assert!(mode & 0o111 != 0, "local-stack is executable");
     }
 }
+
+/// The port of an `IP:PORT` or the range of an `IP:FIRST-LAST` listen value.
+fn listen_ports(listen: &str) -> std::ops::RangeInclusive<u16> {
+    let ports = listen.rsplit_once(':').expect("IP:PORT").1;
+    let (first, last) = ports.split_once('-').unwrap_or((ports, ports));
+    first.parse().expect("port")..=last.parse().expect("port")
+}
+
+#[test]
+fn prometheus_scrapes_each_service_where_it_serves_metrics() {
+    let compose = compose();
+    let config: Value =
+        serde_norway::from_str(&read("prometheus.yml")).expect("prometheus.yml is YAML");
+    let targets = |job: &str| -> Vec<String> {
+        let job = config["scrape_configs"]
+            .as_sequence()
+            .expect("scrape_configs")
+            .iter()
+            .find(|c| c["job_name"].as_str() == Some(job))
+            .unwrap_or_else(|| panic!("prometheus.yml has no job {job}"));
+        job["static_configs"]
+            .as_sequence()
+            .expect("static_configs")
+            .iter()
+            .flat_map(|c| words(&c["targets"]))
+            .collect()
+    };
+    let signal_port = &environment(service(&compose, "signal"))["PORT"];
+    assert_eq!(targets("signal"), [format!("signal:{signal_port}")]);
+    let registry_ops =
+        listen_ports(&environment(service(&compose, "registry"))["DELTAMESH_OPS_LISTEN"]);
+    assert_eq!(
+        targets("registry"),
+        [format!("registry:{}", registry_ops.start())]
+    );
+    // Relays on the host network: Prometheus reaches the host's ports, the
+    // first of the range included, none outside it.
+    let relay_ops =
+        listen_ports(&environment(service(&compose, "media-relay"))["DELTAMESH_OPS_LISTEN"]);
+    let relay_targets = targets("media-relay");
+    assert!(relay_targets.contains(&format!("host.docker.internal:{}", relay_ops.start())));
+    for target in &relay_targets {
+        let port: u16 = target
+            .strip_prefix("host.docker.internal:")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("relay target {target} is a host port"));
+        assert!(
+            relay_ops.contains(&port),
+            "{target} is outside {relay_ops:?}"
+        );
+    }
+    let prometheus = service(&compose, "prometheus");
+    assert!(
+        words(&prometheus["extra_hosts"]).contains(&"host.docker.internal:host-gateway".to_owned())
+    );
+    assert!(
+        words(&prometheus["volumes"])
+            .iter()
+            .any(|v| v.starts_with("./prometheus.yml:/etc/prometheus/prometheus.yml"))
+    );
+}
+
+#[test]
+fn grafana_loads_the_dashboard_from_prometheus() {
+    let compose = compose();
+    let grafana = service(&compose, "grafana");
+    let volumes = words(&grafana["volumes"]);
+    for volume in &volumes {
+        let source = volume.split(':').next().unwrap_or_default();
+        let path = deploy_dir().join(source);
+        assert!(
+            path.exists(),
+            "grafana mounts {} which does not exist",
+            path.display()
+        );
+    }
+    let mounted = |source: &str| {
+        volumes
+            .iter()
+            .find(|v| v.starts_with(&format!("{source}:")))
+            .and_then(|v| v.split(':').nth(1))
+            .unwrap_or_else(|| panic!("grafana mounts no {source}: {volumes:?}"))
+            .to_owned()
+    };
+    assert_eq!(
+        mounted("./grafana/provisioning"),
+        "/etc/grafana/provisioning"
+    );
+    let dashboard_path = mounted("./grafana/deltamesh.json");
+    let provider: Value =
+        serde_norway::from_str(&read("grafana/provisioning/dashboards/deltamesh.yml"))
+            .expect("dashboard provider YAML");
+    let folder = provider["providers"][0]["options"]["path"]
+        .as_str()
+        .expect("provider path");
+    assert_eq!(dashboard_path, format!("{folder}/deltamesh.json"));
+    let source: Value =
+        serde_norway::from_str(&read("grafana/provisioning/datasources/prometheus.yml"))
+            .expect("datasource YAML");
+    assert_eq!(
+        source["datasources"][0]["url"].as_str(),
+        Some("http://prometheus:9090")
+    );
+    assert!(words(&service(&compose, "prometheus")["ports"]).contains(&"9090:9090".to_owned()));
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("grafana/deltamesh.json")).expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let queries = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .count();
+    assert!(queries >= 20, "{queries} queries");
+    for panel in panels.iter().filter(|p| p["type"] != "row") {
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "panel {} reads the chosen Prometheus",
+            panel["title"]
+        );
+    }
+}

@@ -2,11 +2,12 @@
 //! Prometheus text with each service's labels, `/healthz`, and `/readyz`
 //! turning 503 while a relay drains.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use deltamesh_proto::Id;
 
-use crate::common::{Fleet, TestPeer};
+use crate::common::{Fleet, TOKEN, TestPeer};
 
 /// The status and body of `GET {base}{path}`, or `None` if nothing answers.
 async fn get(base: &str, path: &str) -> Option<(u16, String)> {
@@ -52,6 +53,43 @@ async fn scrape(base: &str) -> Vec<(String, String, f64)> {
     }
     assert!(!samples.is_empty(), "no samples in {text}");
     samples
+}
+
+/// The metric families `/metrics` of the service at `base` declares (its
+/// `# TYPE` lines), whether or not they have samples yet.
+async fn families(base: &str) -> BTreeSet<String> {
+    let (_, text) = get(base, "/metrics").await.expect("/metrics answers");
+    text.lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The deltamesh metric families the Grafana dashboard's queries read.
+fn dashboard_families() -> BTreeSet<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/deltamesh.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    let mut found = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("expr");
+            let words = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+            for word in words.filter(|w| {
+                ["relay_", "registry_", "signal_"]
+                    .iter()
+                    .any(|p| w.starts_with(p))
+            }) {
+                let family = ["_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|suffix| word.strip_suffix(suffix))
+                    .unwrap_or(word);
+                found.insert(family.strip_suffix("_total").unwrap_or(family).to_owned());
+            }
+        }
+    }
+    found
 }
 
 /// The value of the sample `name` whose labels contain `label`.
@@ -125,7 +163,22 @@ async fn relay_and_registry_serve_metrics_health_and_readiness() {
     assert!(value("relay_peer_queue_depth_count", "") >= 1.0);
 
     let signal = &fleet.signals[0].1;
+    let refused = reqwest::Client::new()
+        .post(format!("{signal}/v1/sessions/ops/peers"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/sdp")
+        .body("not an offer")
+        .send()
+        .await
+        .expect("signal answers");
+    assert_eq!(refused.status(), 400);
     let samples = scrape(signal).await;
+    assert!(
+        samples
+            .iter()
+            .any(|(name, _, value)| name == "signal_offers_failed_total" && *value >= 1.0),
+        "the refused offer is counted: {samples:?}"
+    );
     assert!(
         samples
             .iter()
@@ -133,6 +186,17 @@ async fn relay_and_registry_serve_metrics_health_and_readiness() {
                 && labels.contains("instance=")),
         "every signal metric carries service and instance: {samples:?}"
     );
+    let mut served = families(&relay_ops).await;
+    served.extend(families(&registry_ops).await);
+    served.extend(families(signal).await);
+    let dashboard = dashboard_families();
+    assert!(dashboard.len() >= 15, "{dashboard:?}");
+    let missing: Vec<&String> = dashboard.difference(&served).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard reads metrics no service serves: {missing:?}"
+    );
+
     for target in ["registry", "relay"] {
         let label = format!("target=\"{target}\",outcome=\"ok\"");
         let label = label.as_str();

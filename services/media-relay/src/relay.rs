@@ -67,6 +67,18 @@ impl Shared {
     }
 }
 
+/// The `limit` label values of `relay_limit_hits_total`.
+pub const LIMITS: [&str; 8] = [
+    "relay_full",
+    "session_full",
+    "pending",
+    "delta_rate",
+    "byte_rate",
+    "command_rate",
+    "frame_size",
+    "abuse",
+];
+
 /// Labels of `relay_limit_hits_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct LimitLabels {
@@ -216,6 +228,14 @@ impl RelayMetrics {
             "Peer connections that ended",
             metrics.peers_closed.clone(),
         );
+        // Every limit and state is listed from the start, at 0, so rates
+        // and alerts see it before its first hit.
+        for limit in LIMITS {
+            let _ = metrics.limit_hits.get_or_create(&LimitLabels { limit });
+        }
+        for state in ["connecting", "connected"] {
+            let _ = metrics.connections.get_or_create(&StateLabels { state });
+        }
         metrics
     }
 

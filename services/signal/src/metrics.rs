@@ -31,6 +31,10 @@ struct ReasonLabels {
     reason: String,
 }
 
+/// The request rates signal limits: the `limit` label values of
+/// `signal_rate_limited_total`.
+pub(crate) const RATE_LIMITS: [&str; 2] = ["client address", "token"];
+
 /// Labels of `signal_rate_limited_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct LimitLabels {
@@ -78,6 +82,13 @@ impl SignalMetrics {
             "Requests refused with 429, by the limit they hit",
             metrics.rate_limited.clone(),
         );
+        // Every limit is listed from the start, at 0, so rates and alerts
+        // see it before its first hit.
+        for limit in RATE_LIMITS {
+            let _ = metrics.rate_limited.get_or_create(&LimitLabels {
+                limit: limit.to_owned(),
+            });
+        }
         metrics
     }
 
