@@ -1,6 +1,7 @@
 //! A page whose signal server fails (an error status, or no server at all)
 //! shows a clear failed state, retries with backoff and recovers once
-//! signal works, with no uncaught exception on the way.
+//! signal works, with no uncaught exception on the way. Every offer starts
+//! a trace of its own (a fresh `traceparent`).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -13,11 +14,12 @@ use crate::cdp::Browser;
 use crate::common::{self, assert_no_exceptions, eval, wait};
 
 /// A signal stand-in that answers every offer with one fixed error and
-/// records when each offer came. It speaks CORS, as the real one does, so
-/// the page sees the status rather than a blocked request.
+/// records when each offer came, with its `traceparent`. It speaks CORS,
+/// as the real one does, so the page sees the status rather than a blocked
+/// request.
 struct FailingSignal {
     url: String,
-    offers: Arc<Mutex<Vec<Instant>>>,
+    offers: Arc<Mutex<Vec<(Instant, Option<String>)>>>,
 }
 
 impl FailingSignal {
@@ -36,13 +38,19 @@ impl FailingSignal {
     }
 
     fn offer_times(&self) -> Vec<Instant> {
-        self.offers.lock().expect("not poisoned").clone()
+        let offers = self.offers.lock().expect("not poisoned");
+        offers.iter().map(|(at, _)| *at).collect()
+    }
+
+    fn traceparents(&self) -> Vec<Option<String>> {
+        let offers = self.offers.lock().expect("not poisoned");
+        offers.iter().map(|(_, t)| t.clone()).collect()
     }
 }
 
 async fn answer(
     mut stream: TcpStream,
-    offers: Arc<Mutex<Vec<Instant>>>,
+    offers: Arc<Mutex<Vec<(Instant, Option<String>)>>>,
     status: &str,
     extra_headers: &str,
     body: &str,
@@ -72,12 +80,19 @@ async fn answer(
     }
     let cors = "access-control-allow-origin: *\r\n\
         access-control-allow-methods: POST, DELETE, OPTIONS\r\n\
-        access-control-allow-headers: authorization, content-type\r\n\
+        access-control-allow-headers: authorization, content-type, traceparent, tracestate\r\n\
         access-control-expose-headers: location, retry-after\r\n";
     let response = if head.starts_with("options ") {
         format!("HTTP/1.1 204 No Content\r\n{cors}connection: close\r\n\r\n")
     } else {
-        offers.lock().expect("not poisoned").push(Instant::now());
+        let traceparent = head
+            .lines()
+            .find_map(|l| l.strip_prefix("traceparent:"))
+            .map(|v| v.trim().to_owned());
+        offers
+            .lock()
+            .expect("not poisoned")
+            .push((Instant::now(), traceparent));
         format!(
             "HTTP/1.1 {status}\r\n{cors}{extra_headers}content-type: application/problem+json\r\n\
              content-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -167,6 +182,31 @@ async fn a_400_shows_failed_and_retries_with_growing_pauses() {
         gaps[1] > gaps[0] && gaps[2] > gaps[1],
         "pauses grow: {gaps:?}"
     );
+    // Each attempt is a trace of its own, sampled, in W3C form.
+    let traceparents = signal.traceparents();
+    let mut trace_ids = std::collections::HashSet::new();
+    for traceparent in &traceparents {
+        let traceparent = traceparent
+            .as_deref()
+            .expect("every offer has a traceparent");
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{traceparent}");
+        assert_eq!((parts[0], parts[3]), ("00", "01"), "{traceparent}");
+        assert!(
+            parts[1].len() == 32 && parts[2].len() == 16,
+            "{traceparent}"
+        );
+        assert!(
+            parts[1..3].iter().all(|p| p
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())),
+            "{traceparent}"
+        );
+        assert!(
+            trace_ids.insert(parts[1].to_owned()),
+            "{traceparent} repeats"
+        );
+    }
     assert_no_exceptions(&page);
     stack.shutdown().await.expect("clean shutdown");
 }
