@@ -380,7 +380,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     announce(format_args!("signal: {}", stack.signal_url()));
     announce(format_args!("demo: {}/?session=demo", stack.signal_url()));
     shutdown_signal().await?;
-    eprintln!("shutting down");
+    tracing::info!("shutting down");
     stack.shutdown().await?;
     Ok(())
 }
@@ -437,7 +437,7 @@ async fn run_on_nats(
     announce(format_args!("signal: http://{signal_addr}"));
     announce(format_args!("demo: http://{signal_addr}/?session=demo"));
     shutdown_signal().await?;
-    eprintln!("shutting down: draining the relay");
+    tracing::info!("shutting down: draining the relay");
     fleet_relay.drain(Duration::from_secs(5)).await;
     let _ = stop.send(true);
     server.await??;
@@ -523,7 +523,7 @@ async fn run_relay(args: RelayServiceArgs) -> anyhow::Result<()> {
     .await?;
     announce(format_args!("ops: http://{ops}"));
     shutdown_signal().await?;
-    eprintln!("draining");
+    tracing::info!("draining");
     relay.drain(args.drain_grace).await;
     Ok(())
 }
@@ -696,8 +696,8 @@ fn signal_config(args: &SignalArgs, dev_allowed: bool) -> anyhow::Result<(Signal
         );
     }
     if !args.web_dir.join("index.html").is_file() {
-        eprintln!(
-            "note: no demo bundle in {}; run scripts/build-web (scripts/run does it for you)",
+        tracing::warn!(
+            "no demo bundle in {}; run scripts/build-web (scripts/run does it for you)",
             args.web_dir.display()
         );
     }
@@ -723,8 +723,8 @@ fn signal_config(args: &SignalArgs, dev_allowed: bool) -> anyhow::Result<(Signal
 
 /// Warns loudly and prints the development token.
 fn announce_dev_token(token: &str) {
-    eprintln!(
-        "WARNING: development mode: the token below opens every session. Do not expose this stack."
+    tracing::warn!(
+        "development mode: the token below opens every session. Do not expose this stack."
     );
     announce(format_args!("dev token: {token}"));
 }

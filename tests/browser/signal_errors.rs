@@ -13,13 +13,16 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::cdp::Browser;
 use crate::common::{self, assert_no_exceptions, eval, wait};
 
+/// The offers a stand-in got: when, and their `traceparent`.
+type Offers = Arc<Mutex<Vec<(Instant, Option<String>)>>>;
+
 /// A signal stand-in that answers every offer with one fixed error and
 /// records when each offer came, with its `traceparent`. It speaks CORS,
 /// as the real one does, so the page sees the status rather than a blocked
 /// request.
 struct FailingSignal {
     url: String,
-    offers: Arc<Mutex<Vec<(Instant, Option<String>)>>>,
+    offers: Offers,
 }
 
 impl FailingSignal {
@@ -50,7 +53,7 @@ impl FailingSignal {
 
 async fn answer(
     mut stream: TcpStream,
-    offers: Arc<Mutex<Vec<(Instant, Option<String>)>>>,
+    offers: Offers,
     status: &str,
     extra_headers: &str,
     body: &str,

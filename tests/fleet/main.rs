@@ -6,6 +6,7 @@
 mod common;
 mod failures;
 mod local_stack;
+mod logs;
 mod ops;
 mod security;
 mod spread;
