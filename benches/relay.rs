@@ -1,7 +1,8 @@
 //! The relay benchmark: raw str0m as the baseline, then the real relay
 //! (the `deltamesh` binary, its own process) with native peers over
 //! loopback UDP, printed side by side with ratios; then what security
-//! costs: signing deltas (against the unsigned relay) and token checks.
+//! costs: signing deltas (against the unsigned relay) and token checks;
+//! then what tracing costs (spans exported over OTLP against tracing off).
 //!
 //! Run: `cargo bench --bench relay` (add `-- --quick` for a short run).
 
@@ -15,6 +16,12 @@ use deltamesh_proto::Id;
 use deltamesh_proto::channel::Channel;
 use deltamesh_proto::security::SECURITY_HEADER_LEN;
 use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use str0m::change::SdpOffer;
 use str0m::channel::{ChannelConfig, ChannelId};
 use str0m::net::{Protocol, Receive};
@@ -172,6 +179,101 @@ fn main() {
         ed.as_secs_f64() * 1e6,
         ed.as_secs_f64() / hs.as_secs_f64()
     );
+
+    println!(
+        "\n6. tracing: off, then on (every connection's spans exported over OTLP/gRPC), {} receivers, {} connects",
+        sizes.receivers, sizes.connects
+    );
+    tracing_cost(&runtime, window, &sizes);
+}
+
+/// An OTLP trace receiver that only counts the spans it gets.
+#[derive(Clone, Default)]
+struct SpanSink(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+#[tonic::async_trait]
+impl TraceService for SpanSink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans: usize = request
+            .into_inner()
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        self.0
+            .fetch_add(spans as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl SpanSink {
+    /// Serves OTLP/gRPC on a free local port; returns its endpoint URL.
+    async fn start(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(self.clone()))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        format!("http://{addr}")
+    }
+
+    fn spans(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Fan-out and connects with tracing off, then with every connection traced
+/// and exported to an OTLP receiver in this process.
+fn tracing_cost(runtime: &tokio::runtime::Runtime, window: usize, sizes: &Sizes) {
+    let sink = SpanSink::default();
+    let endpoint = runtime.block_on(sink.start());
+    let traced = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ];
+    let mut results = Vec::new();
+    for env in [&[][..], &traced[..]] {
+        let relay = Relay::spawn_with_env(window, &[], env);
+        let (delivered, elapsed, relay_cpu) =
+            runtime.block_on(fan_out(&relay, 100, sizes.deltas, sizes.receivers));
+        let mut connects = runtime.block_on(sequential_connects(&relay, sizes.connects));
+        connects.sort();
+        results.push((
+            delivered as f64 / elapsed.as_secs_f64(),
+            relay_cpu.as_secs_f64() * 1e6 / delivered as f64,
+            percentile(&connects, 0.50),
+        ));
+    }
+    // The last spans leave within the batch delay.
+    runtime.block_on(async { tokio::time::sleep(Duration::from_millis(500)).await });
+    let [
+        (off_rate, off_us, off_connect),
+        (on_rate, on_us, on_connect),
+    ] = results[..]
+    else {
+        unreachable!("two runs")
+    };
+    println!(
+        "   fan-out, 100 B frames: off {off_rate:>9.0} deltas/s, {off_us:.2} us relay CPU each | on {on_rate:>9.0} deltas/s, \
+         {on_us:.2} us each | ratio {:.2} (rate), {:.2} (CPU)",
+        on_rate / off_rate,
+        on_us / off_us
+    );
+    println!(
+        "   sequential connect p50: off {:.2} ms | on {:.2} ms | ratio {:.2}   ({} spans exported)",
+        ms(off_connect),
+        ms(on_connect),
+        on_connect.as_secs_f64() / off_connect.as_secs_f64(),
+        sink.spans()
+    );
 }
 
 /// Time to verify one token, HS256 or EdDSA, averaged over many.
@@ -229,6 +331,11 @@ impl Relay {
 
     /// The relay with `extra` command-line arguments.
     fn spawn_with(window: usize, extra: &[&str]) -> Relay {
+        Relay::spawn_with_env(window, extra, &[])
+    }
+
+    /// The relay with `extra` arguments and `env` variables.
+    fn spawn_with_env(window: usize, extra: &[&str], env: &[(&str, &str)]) -> Relay {
         let mut child = Command::new(env!("CARGO_BIN_EXE_deltamesh"))
             .args(["--port", "0", "--dev-token", TOKEN])
             // The benchmark measures the relay, not its abuse limits.
@@ -237,6 +344,7 @@ impl Relay {
             .args(extra)
             .args(["--send-window", &window.to_string()])
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -284,4 +284,74 @@ async fn a_connection_is_one_trace_through_signal_registry_and_relay() {
     let mut expected = vec![relay.to_string(), other.relay.to_string()];
     expected.sort();
     assert_eq!(relays, expected, "each relay replicates the delta once");
+
+    // The other peer sends a delta (seq 2, which it receives too), then its
+    // relay drains: the peer reconnects to the first relay and resumes
+    // there as the same origin, and its new connection's span says so.
+    other
+        .peer
+        .send(1, Id([8; 16]), b"before the drain".to_vec())
+        .await
+        .unwrap();
+    assert!(
+        other
+            .pump_until(Duration::from_secs(10), |p| p.acked.contains(&1)
+                && p.received.len() == 2)
+            .await,
+        "the other peer's delta is acknowledged and echoed"
+    );
+    let drained = fleet
+        .relays
+        .iter()
+        .position(|r| r.id == other.relay)
+        .expect("the other relay");
+    fleet.relays[drained].service.sigterm();
+    assert!(
+        other
+            .pump_until(Duration::from_secs(10), |p| p.welcomes == 2)
+            .await,
+        "the peer reconnects"
+    );
+    assert_eq!(other.relay, relay, "to the relay that has room");
+    other.peer.close().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let resumed = loop {
+        let found = collector
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, s)| s.clone())
+            .find(|s| s.name == "peer connection" && s.events.iter().any(|e| e.name == "resume"));
+        if let Some(span) = found {
+            break span;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connection span with a resume"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        text(&resumed.attributes, "deltamesh.relay_id"),
+        Some(relay.to_string())
+    );
+    let resume = resumed.events.iter().find(|e| e.name == "resume").unwrap();
+    let value = |key: &str| {
+        resume
+            .attributes
+            .iter()
+            .find(|a| a.key == key)
+            .and_then(|a| a.value.clone()?.value)
+    };
+    assert_eq!(
+        value("from_seq"),
+        Some(any_value::Value::IntValue(3)),
+        "delivery resumes after the last seq the peer had: {resume:?}"
+    );
+    assert_eq!(
+        value("continued"),
+        Some(any_value::Value::BoolValue(true)),
+        "the resumed connection continues the peer's origin: {resume:?}"
+    );
 }

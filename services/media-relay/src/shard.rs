@@ -14,10 +14,10 @@ use deltamesh_proto::channel::Channel;
 use deltamesh_proto::{Grants, Id};
 use opentelemetry::global::BoxedSpan;
 use opentelemetry::trace::{Span, Status};
-use str0m::change::SdpOffer;
-use str0m::channel::ChannelConfig;
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::channel::{ChannelConfig, ChannelId};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Input, Output, RtcConfig};
+use str0m::{Candidate, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -214,17 +214,27 @@ impl Shard {
                 reply,
             } => {
                 let grants = access.grants;
-                let mut connection = Some(*connection);
-                let result = self.admit(peer_id, &session, access).and_then(|()| {
-                    self.accept_offer(peer_id, session.clone(), grants, *offer, &mut connection)
-                        .inspect_err(|_| {
-                            self.shared.directory.remove(&session, peer_id, &self.wake)
-                        })
+                let answered = self.admit(peer_id, &session, access).and_then(|()| {
+                    self.answer(*offer).inspect_err(|_| {
+                        self.shared.directory.remove(&session, peer_id, &self.wake)
+                    })
                 });
-                if let (Err(error), Some(mut refused)) = (&result, connection) {
-                    refused.set_status(Status::error(error.to_string()));
-                    refused.end();
-                }
+                let result = match answered {
+                    Ok((rtc, channels, answer)) => Ok(self.add_peer(
+                        peer_id,
+                        session,
+                        grants,
+                        (rtc, channels),
+                        answer,
+                        *connection,
+                    )),
+                    Err(error) => {
+                        let mut refused = *connection;
+                        refused.set_status(Status::error(error.to_string()));
+                        refused.end();
+                        Err(error)
+                    }
+                };
                 let _ = reply.send(result);
             }
             ShardCommand::Trickle {
@@ -313,17 +323,9 @@ impl Shard {
             })
     }
 
-    /// Builds the admitted peer's `Rtc` and answers its offer.
-    fn accept_offer(
-        &mut self,
-        peer_id: Id,
-        session: Arc<str>,
-        grants: Grants,
-        offer: SdpOffer,
-        connection: &mut Option<BoxedSpan>,
-    ) -> Result<OfferAnswer, RelayError> {
-        let now = Instant::now();
-        let mut rtc = self.rtc_config.clone().build(now);
+    /// Builds an `Rtc` that answers `offer`, with the three channels.
+    fn answer(&self, offer: SdpOffer) -> Result<(Rtc, [ChannelId; 3], SdpAnswer), RelayError> {
+        let mut rtc = self.rtc_config.clone().build(Instant::now());
         let candidate = Candidate::host(self.local_addr, "udp")
             .map_err(|e| RelayError::BadOffer(format!("relay host candidate: {e}")))?;
         rtc.add_local_candidate(candidate);
@@ -340,14 +342,26 @@ impl Shard {
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| RelayError::BadOffer(format!("offer not acceptable: {e}")))?;
+        Ok((rtc, channels, answer))
+    }
+
+    /// Adds the admitted peer whose `rtc` made `answer`; its connection's
+    /// life is the span `connection`.
+    fn add_peer(
+        &mut self,
+        peer_id: Id,
+        session: Arc<str>,
+        grants: Grants,
+        (rtc, channels): (Rtc, [ChannelId; 3]),
+        answer: SdpAnswer,
+        connection: BoxedSpan,
+    ) -> OfferAnswer {
+        let now = Instant::now();
         let ack_to = AckTo {
             shard: Arc::clone(&self.wake),
             peer: peer_id,
         };
-        let Some(span) = connection.take() else {
-            return Err(RelayError::ShuttingDown);
-        };
-        let timeline = Timeline::new(span, now, &self.shared.metrics);
+        let timeline = Timeline::new(connection, now, &self.shared.metrics);
         let peer = Peer::new(
             ack_to,
             Arc::clone(&session),
@@ -371,11 +385,11 @@ impl Shard {
         self.peer_count.fetch_add(1, Ordering::Relaxed);
         self.shared.metrics.peers.inc();
         self.drive(key, now);
-        Ok(OfferAnswer {
+        OfferAnswer {
             peer_id,
             answer_sdp: answer.to_sdp_string(),
             ice_ufrag,
-        })
+        }
     }
 
     fn on_datagram(&mut self, source: SocketAddr, datagram: &[u8]) {
