@@ -17,6 +17,7 @@ use deltamesh_relay::fleet::{
 use deltamesh_relay::{ChunkStore, RelayConfig, RelayHandle, RelayMetrics};
 use deltamesh_signal::fleet::{FleetMetrics, FleetNetwork, FleetTimeouts};
 use deltamesh_signal::{SignalConfig, SignalMetrics};
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::transport::{ClientTlsConfig, ServerTlsConfig};
@@ -203,20 +204,22 @@ pub async fn start_relay(
 
 /// Signal serving HTTP on `listen`, placing peers through the registry at
 /// `registry_url` (over TLS with `registry_tls`) and reaching relays over
-/// `nats`, until `shutdown`.
+/// `nats`, until `shutdown`. Its `/metrics` serves `metrics` with signal's
+/// own added, or (`None`) a registry labelled as this signal instance.
 pub async fn start_signal(
     nats: async_nats::Client,
     registry_url: &str,
     registry_tls: Option<ClientTlsConfig>,
     listen: SocketAddr,
     config: SignalConfig,
+    metrics: Option<Registry>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<std::io::Result<()>>)> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding signal to {listen}"))?;
     let addr = listener.local_addr()?;
-    let mut registry = service_metrics("signal", addr.to_string());
+    let mut registry = metrics.unwrap_or_else(|| service_metrics("signal", addr.to_string()));
     let metrics = SignalMetrics::register(&mut registry);
     let network = FleetNetwork::new(nats, registry_url, registry_tls, FleetTimeouts::default())?
         .with_metrics(FleetMetrics::register(&mut registry));

@@ -24,6 +24,7 @@ use deltamesh_relay::signing::hex;
 use deltamesh_relay::{DeltaSigner, Rate, RelayConfig};
 use deltamesh_signal::token::{Claims, TokenSigner, TokenVerifier, unix_now};
 use deltamesh_signal::{RateLimit, SignalConfig};
+use prometheus_client::registry::Registry;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 /// Runs signal, the registry and one media relay in one process, or one
@@ -399,11 +400,17 @@ async fn run_on_nats(
     let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|&s| s).await;
     };
+    // Signal's /metrics serves all three services of this process.
+    let mut metrics = Registry::default();
+    let (registry_metrics, relay_metrics) = (
+        RegistryMetrics::register(&mut metrics),
+        RelayMetrics::register(&mut metrics),
+    );
     let (registry_addr, registry) = start_registry(
         nats.clone(),
         run.registry_listen,
         RegistryConfig::default(),
-        RegistryMetrics::default(),
+        registry_metrics,
         None,
         until_stopped(stopped.clone()),
     )
@@ -416,7 +423,7 @@ async fn run_on_nats(
         None,
         relay,
         StreamLimits::default(),
-        RelayMetrics::default(),
+        relay_metrics,
         DEFAULT_TRACE_DELTA_EVERY,
     )
     .await?;
@@ -428,6 +435,7 @@ async fn run_on_nats(
         None,
         listen,
         signal,
+        Some(metrics),
         until_stopped(stopped),
     )
     .await?;
@@ -541,6 +549,7 @@ async fn run_signal(args: SignalServiceArgs) -> anyhow::Result<()> {
         registry_tls,
         listen,
         config,
+        None,
         async {
             let _ = shutdown_signal().await;
         },

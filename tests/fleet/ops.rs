@@ -1,13 +1,16 @@
-//! The operators' endpoints of the relay and the registry: `/metrics` in
-//! Prometheus text with each service's labels, `/healthz`, and `/readyz`
-//! turning 503 while a relay drains.
+//! The operators' endpoints: `/metrics` in Prometheus text on every service
+//! with its labels, counters moving as deltas flow and every metric the
+//! Grafana dashboard reads; `/healthz`, and `/readyz` turning 503 while a
+//! relay drains; and the one-process fleet serving all three services'
+//! metrics on signal's port.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use deltamesh_proto::Id;
+use deltamesh_testkit::NatsServer;
 
-use crate::common::{Fleet, TOKEN, TestPeer};
+use crate::common::{Fleet, Service, TOKEN, TestPeer, strings};
 
 /// The status and body of `GET {base}{path}`, or `None` if nothing answers.
 async fn get(base: &str, path: &str) -> Option<(u16, String)> {
@@ -237,4 +240,47 @@ async fn relay_and_registry_serve_metrics_health_and_readiness() {
         "the relay exits after draining"
     );
     drop(peer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_on_nats_serves_every_services_metrics() {
+    let nats = NatsServer::start();
+    let args = [
+        "--nats",
+        &nats.url(),
+        "--port",
+        "0",
+        "--dev-token",
+        TOKEN,
+        "--address-rate",
+        "0",
+        "--token-rate",
+        "0",
+    ];
+    let (_stack, signal) = Service::start(&strings(&args), "signal: ");
+    let mut peer = TestPeer::join(&signal, "one-process").await;
+    peer.peer
+        .send(1, Id::default(), b"counted".to_vec())
+        .await
+        .expect("send queued");
+    assert!(
+        peer.pump_until(Duration::from_secs(10), |p| p.acked.len() == 1)
+            .await,
+        "the delta was acknowledged"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let samples = scrape(&signal).await;
+        let relayed = sample(&samples, "relay_deltas_in_total", "").unwrap_or(0.0);
+        let placed = sample(&samples, "registry_placements_total", "outcome=\"placed\"");
+        let offers = sample(&samples, "signal_offers_accepted_total", "");
+        if relayed >= 1.0 && placed >= Some(1.0) && offers >= Some(1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "signal's /metrics lacks the relay's or the registry's counters: {samples:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
