@@ -57,14 +57,20 @@ impl FromStr for OpsListen {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let (host, ports) = text
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{text:?} is not IP:PORT or IP:FIRST-LAST"))?;
-        let ip = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .map_err(|e| format!("{host:?}: {e}"))?;
+        let form = || format!("{text:?} is not IP:PORT, IP:FIRST-LAST or [IPv6]:PORT");
+        let (host, ports) = text.rsplit_once(':').ok_or_else(form)?;
+        // An IPv6 address is bracketed, so its own colons are never
+        // mistaken for the port's.
+        let ip = match host.strip_prefix('[') {
+            Some(bracketed) => bracketed
+                .strip_suffix(']')
+                .ok_or_else(form)?
+                .parse::<std::net::Ipv6Addr>()
+                .map(IpAddr::V6),
+            None if host.contains(':') || host.contains(']') => return Err(form()),
+            None => host.parse::<std::net::Ipv4Addr>().map(IpAddr::V4),
+        }
+        .map_err(|e| format!("{host:?}: {e}"))?;
         let port = |p: &str| p.parse::<u16>().map_err(|e| format!("port {p:?}: {e}"));
         let ports = match ports.split_once('-') {
             Some((first, last)) => port(first)?..=port(last)?,
@@ -72,6 +78,11 @@ impl FromStr for OpsListen {
         };
         if ports.is_empty() {
             return Err(format!("the port range of {text:?} is empty"));
+        }
+        if *ports.start() == 0 && *ports.end() != 0 {
+            return Err(format!(
+                "{text:?}: port 0 (any free port) cannot be part of a range"
+            ));
         }
         Ok(OpsListen { ip, ports })
     }
@@ -179,12 +190,19 @@ mod tests {
         let range: OpsListen = "[::]:9100-9199".parse().unwrap();
         assert_eq!(range.ip.to_string(), "::");
         assert_eq!(range.ports, 9100..=9199);
+        let any: OpsListen = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(any.ports, 0..=0);
         for bad in [
             "9090",
             "localhost:9090",
             "0.0.0.0:x",
             "0.0.0.0:9199-9100",
             "0.0.0.0:1-70000",
+            "0.0.0.0:0-10",
+            "::1:9090",
+            "[::1:9090",
+            "127.0.0.1]:9090",
+            "[127.0.0.1]:9090",
         ] {
             assert!(bad.parse::<OpsListen>().is_err(), "{bad}");
         }

@@ -396,6 +396,17 @@ fn prometheus_scrapes_each_service_where_it_serves_metrics() {
             .flat_map(|c| words(&c["targets"]))
             .collect()
     };
+    for job in config["scrape_configs"]
+        .as_sequence()
+        .expect("scrape_configs")
+    {
+        assert_eq!(
+            job["honor_labels"].as_bool(),
+            Some(true),
+            "job {:?} keeps the services' own instance labels",
+            job["job_name"]
+        );
+    }
     let signal_port = &environment(service(&compose, "signal"))["PORT"];
     assert_eq!(targets("signal"), [format!("signal:{signal_port}")]);
     let registry_ops =

@@ -159,6 +159,27 @@ async fn relay_and_registry_serve_metrics_health_and_readiness() {
         assert_eq!(value("relay_connect_seconds_count", &label), 1.0, "{phase}");
         assert!(value("relay_connect_seconds_sum", &label) > 0.0, "{phase}");
     }
+    // Another peer comes and goes: the gauge counts it, then forgets it.
+    let extra = TestPeer::join(&fleet.signals[0].1, "ops").await;
+    let connected = |samples: &[(String, String, f64)], state: &str| {
+        sample(samples, "relay_connections", &format!("state=\"{state}\""))
+    };
+    assert_eq!(connected(&scrape(&relay_ops).await, "connected"), Some(2.0));
+    extra.peer.close().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let samples = scrape(&relay_ops).await;
+        if connected(&samples, "connected") == Some(1.0)
+            && connected(&samples, "connecting") == Some(0.0)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "relay_connections does not drop back after a close: {samples:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The peer echoes its own delta: bytes in and out both moved.
     assert!(value("relay_delta_in_bytes_total", "") >= 7.0);
     assert!(value("relay_delta_out_bytes_total", "") >= 7.0);

@@ -10,7 +10,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use deltamesh_proto::channel::Channel;
 use deltamesh_proto::command;
@@ -31,6 +31,8 @@ use crate::wake::LogAck;
 
 /// Deltas read from the log per batch when catching a peer up.
 const READ_BATCH: usize = 64;
+/// How often a peer's queue depth is sampled at most.
+const QUEUE_SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// The smallest relayed message: security header plus frame header.
 const MIN_RELAYED_LEN: usize = SECURITY_HEADER_LEN + FRAME_HEADER_LEN;
 
@@ -56,6 +58,8 @@ pub struct Peer {
     pub created: Instant,
     /// When it last took a delta, or had none waiting.
     last_progress: Instant,
+    /// When its queue depth may be sampled next.
+    next_depth_sample: Instant,
     /// Set once the connection must go; the shard then removes it.
     pub closing: Option<CloseReason>,
     /// Its span and milestones.
@@ -117,6 +121,7 @@ impl Peer {
             last_rx: now,
             created: now,
             last_progress: now,
+            next_depth_sample: now,
             closing: None,
             timeline,
             origin: id,
@@ -605,7 +610,13 @@ impl Peer {
             return;
         }
         let lag = head.saturating_sub(self.cursor.saturating_sub(1));
-        shared.metrics.peer_queue_depth.observe(lag as f64);
+        let now = Instant::now();
+        if now >= self.next_depth_sample {
+            // At most every QUEUE_SAMPLE_EVERY per peer: the histogram is
+            // shared by every shard.
+            self.next_depth_sample = now + QUEUE_SAMPLE_EVERY;
+            shared.metrics.peer_queue_depth.observe(lag as f64);
+        }
         self.best_lag = self.best_lag.min(lag);
         // How far the peer has fallen behind its best since it joined.
         let fallen = lag - self.best_lag;
@@ -633,7 +644,6 @@ impl Peer {
         let window = shared.config.send_window;
         // Measured once: every delta written below is counted in locally.
         let mut in_flight = self.in_flight();
-        let now = Instant::now();
         let mut batch: Vec<StoredDelta> = Vec::new();
         let mut relayed = Vec::new();
         while self.cursor <= head {

@@ -29,6 +29,7 @@ use crate::config::RelayConfig;
 use crate::directory::{Directory, Member, MemberChange};
 use crate::log::DeltaLog;
 use crate::shard::{Shard, ShardCommand};
+use crate::timeline;
 
 /// State every shard of a relay shares.
 pub struct Shared {
@@ -120,8 +121,8 @@ pub struct RelayMetrics {
     pub bytes_in: Counter,
     /// Bytes of relayed deltas written to peers.
     pub bytes_out: Counter,
-    /// How many deltas a peer is behind the session head, sampled each
-    /// time the relay writes to it.
+    /// How many deltas a peer is behind the session head, sampled when the
+    /// relay writes to it (at most every 100 ms per peer).
     pub peer_queue_depth: Histogram,
     /// Time from publishing a delta to JetStream to its ack (fleet relays).
     pub jetstream_publish_seconds: Histogram,
@@ -189,7 +190,7 @@ impl RelayMetrics {
         );
         relay.register(
             "peer_queue_depth",
-            "Deltas a peer is behind the session head, sampled on each write to it",
+            "Deltas a peer is behind the session head, sampled on writes to it (at most every 100 ms per peer)",
             metrics.peer_queue_depth.clone(),
         );
         relay.register_with_unit(
@@ -528,16 +529,13 @@ impl RelayHandle {
         access: PeerAccess,
         connection: BoxedSpan,
     ) -> Result<OfferAnswer, RelayError> {
-        if self.is_draining() {
-            return Err(RelayError::ShuttingDown);
-        }
-        let offer = SdpOffer::from_sdp_string(offer_sdp)
-            .map_err(|e| RelayError::BadOffer(format!("malformed SDP offer: {e}")))?;
-        let shard = self
-            .shards
-            .iter()
-            .min_by_key(|s| s.peers.load(Ordering::Relaxed))
-            .ok_or(RelayError::ShuttingDown)?;
+        let (offer, shard) = match self.check_offer(offer_sdp) {
+            Ok(checked) => checked,
+            Err(error) => {
+                timeline::refused(connection, &error);
+                return Err(error);
+            }
+        };
         let (reply, answer) = oneshot::channel();
         shard
             .commands
@@ -552,6 +550,22 @@ impl RelayHandle {
             .await
             .map_err(|_| RelayError::ShuttingDown)?;
         answer.await.map_err(|_| RelayError::ShuttingDown)?
+    }
+
+    /// The parsed offer and the least loaded shard, unless the relay is
+    /// draining or the offer is malformed.
+    fn check_offer(&self, offer_sdp: &str) -> Result<(SdpOffer, &ShardLink), RelayError> {
+        if self.is_draining() {
+            return Err(RelayError::ShuttingDown);
+        }
+        let offer = SdpOffer::from_sdp_string(offer_sdp)
+            .map_err(|e| RelayError::BadOffer(format!("malformed SDP offer: {e}")))?;
+        let shard = self
+            .shards
+            .iter()
+            .min_by_key(|s| s.peers.load(Ordering::Relaxed))
+            .ok_or(RelayError::ShuttingDown)?;
+        Ok((offer, shard))
     }
 
     /// Adds trickled candidates to a peer, checking its ETag.

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant, SystemTime};
 use deltamesh_proto::channel::Channel;
 use deltamesh_proto::{Grants, Id};
 use opentelemetry::global::BoxedSpan;
-use opentelemetry::trace::{Span, Status};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::{ChannelConfig, ChannelId};
 use str0m::net::{Protocol, Receive};
@@ -27,7 +26,7 @@ use crate::directory::{Limits, Member, MemberState};
 use crate::log::AckTo;
 use crate::peer::Peer;
 use crate::relay::{OfferAnswer, PeerAccess, RelayError, Shared};
-use crate::timeline::Timeline;
+use crate::timeline::{self, Timeline};
 use crate::timers::Timers;
 use crate::wake::{LogAck, News, ShardWake};
 
@@ -229,9 +228,7 @@ impl Shard {
                         *connection,
                     )),
                     Err(error) => {
-                        let mut refused = *connection;
-                        refused.set_status(Status::error(error.to_string()));
-                        refused.end();
+                        timeline::refused(*connection, &error);
                         Err(error)
                     }
                 };

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use opentelemetry::KeyValue;
 use opentelemetry::global::BoxedSpan;
-use opentelemetry::trace::Span;
+use opentelemetry::trace::{Span, Status};
 
 use crate::relay::RelayMetrics;
 
@@ -147,4 +147,10 @@ impl Timeline {
             .add_event("closed", vec![KeyValue::new("reason", reason.to_owned())]);
         self.span.end();
     }
+}
+
+/// Ends the span of a connection whose offer was refused, with the reason.
+pub fn refused(mut span: BoxedSpan, error: &impl std::fmt::Display) {
+    span.set_status(Status::error(error.to_string()));
+    span.end();
 }

@@ -71,8 +71,8 @@ impl Default for FleetTimeouts {
 struct RequestLabels {
     /// `registry` (gRPC) or `relay` (NATS request/reply).
     target: &'static str,
-    /// `ok`, `timeout` or `error` (the relay's own refusals are `ok`:
-    /// the request itself worked).
+    /// `ok`, `timeout` or `error` (refusals, such as a full fleet or relay
+    /// or an unknown peer, are `ok`: the request itself worked).
     outcome: &'static str,
 }
 
@@ -186,9 +186,10 @@ impl FleetNetwork {
             Ok(result) => result.map(tonic::Response::into_inner),
             Err(_) => Err(Status::deadline_exceeded("no answer from the registry")),
         };
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(status) if status.code() == Code::DeadlineExceeded => "timeout",
+        // A full fleet or an unknown peer is an answer, not a failure.
+        let outcome = match result.as_ref().map_err(Status::code) {
+            Ok(_) | Err(Code::ResourceExhausted | Code::NotFound) => "ok",
+            Err(Code::DeadlineExceeded) => "timeout",
             Err(_) => "error",
         };
         self.metrics.observe("registry", outcome, started);

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_nats::header::HeaderName;
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
 use aws_lc_rs::hmac;
 use bytes::Bytes;
@@ -43,6 +44,9 @@ use crate::wake::{LogAck, ShardWake};
 
 /// Wait between attempts to follow a session's stream again after an error.
 const FOLLOW_RETRY: Duration = Duration::from_millis(250);
+/// The header names read on every replicated delta, made once.
+const ORIGIN: HeaderName = HeaderName::from_static(fleet::ORIGIN_HEADER);
+const TRACEPARENT: HeaderName = HeaderName::from_static(trace::TRACEPARENT);
 /// First wait before retrying a failed publish; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest wait between publish attempts.
@@ -360,7 +364,7 @@ fn ingest(
         .as_ref()
         .ok_or_else(|| format!("seq {seq} of {session} has no headers"))?;
     let origin = headers
-        .get(fleet::ORIGIN_HEADER)
+        .get(ORIGIN)
         .and_then(|value| value.as_str().parse::<Id>().ok())
         .ok_or_else(|| format!("seq {seq} of {session} names no origin"))?;
     trace_replication(inner, session, seq, headers);
@@ -486,7 +490,7 @@ fn sampled_span(inner: &Inner, publish: &Publish) -> Option<BoxedSpan> {
 /// A span for replicating a delta whose publish was traced (its message
 /// carries trace headers); ended at once.
 fn trace_replication(inner: &Inner, session: &str, seq: u64, headers: &async_nats::HeaderMap) {
-    if headers.get(trace::TRACEPARENT).is_none() {
+    if headers.get(TRACEPARENT).is_none() {
         return;
     }
     let parent = trace::extract(|name| Some(headers.get(name)?.as_str()));
