@@ -6,6 +6,7 @@
 pub mod embedded;
 pub mod fleet;
 pub mod ops;
+pub mod ports;
 pub mod stack;
 pub mod telemetry;
 

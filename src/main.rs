@@ -13,6 +13,7 @@ use deltamesh::fleet::{
     NatsSecurity, connect_nats, read_text, start_registry, start_relay, start_signal,
 };
 use deltamesh::ops::{FnGauge, OpsListen, nats_ready, serve_ops, service_metrics};
+use deltamesh::ports::PortRange;
 use deltamesh::stack::random_uuid_v4;
 use deltamesh::telemetry::{LogFormat, Telemetry};
 use deltamesh::{StackConfig, start};
@@ -203,9 +204,11 @@ struct RelayArgs {
     /// the bind address; must be concrete when binding 0.0.0.0).
     #[arg(long, env = "DELTAMESH_ADVERTISE_IP")]
     advertise_ip: Option<IpAddr>,
-    /// First UDP port of the relay (shard i uses port + i; 0 picks free ports).
-    #[arg(long, env = "DELTAMESH_UDP_PORT", default_value_t = 0)]
-    udp_port: u16,
+    /// UDP port of the relay: PORT (shard i uses PORT + i; 0 picks free
+    /// ports), or FIRST-LAST (each shard takes the first free port of the
+    /// range, so relays sharing a host each find theirs).
+    #[arg(long, env = "DELTAMESH_UDP_PORT", default_value = "0")]
+    udp_port: PortRange,
     /// Relay event-loop shards.
     #[arg(long, env = "DELTAMESH_SHARDS", default_value_t = 1)]
     shards: usize,
@@ -669,7 +672,8 @@ fn relay_config(args: &RelayArgs) -> anyhow::Result<RelayConfig> {
         signer,
         bind_ip: args.udp_bind,
         advertised_ip: args.advertise_ip.unwrap_or(args.udp_bind),
-        udp_port: args.udp_port,
+        udp_port: *args.udp_port.0.start(),
+        udp_port_last: args.udp_port.is_range().then_some(*args.udp_port.0.end()),
         shards: args.shards,
         send_window: args.send_window,
         max_peers: limits.max_peers,

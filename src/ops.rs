@@ -20,6 +20,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::ports::PortRange;
+
 /// The media type of `GET /metrics` (the same as signal's).
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -71,19 +73,7 @@ impl FromStr for OpsListen {
             None => host.parse::<std::net::Ipv4Addr>().map(IpAddr::V4),
         }
         .map_err(|e| format!("{host:?}: {e}"))?;
-        let port = |p: &str| p.parse::<u16>().map_err(|e| format!("port {p:?}: {e}"));
-        let ports = match ports.split_once('-') {
-            Some((first, last)) => port(first)?..=port(last)?,
-            None => port(ports)?..=port(ports)?,
-        };
-        if ports.is_empty() {
-            return Err(format!("the port range of {text:?} is empty"));
-        }
-        if *ports.start() == 0 && *ports.end() != 0 {
-            return Err(format!(
-                "{text:?}: port 0 (any free port) cannot be part of a range"
-            ));
-        }
+        let PortRange(ports) = ports.parse()?;
         Ok(OpsListen { ip, ports })
     }
 }

@@ -21,8 +21,13 @@ pub struct RelayConfig {
     pub bind_ip: IpAddr,
     /// Address advertised in ICE host candidates; never unspecified.
     pub advertised_ip: IpAddr,
-    /// First UDP port; shard `i` uses `udp_port + i` (0: any free port).
+    /// First UDP port; shard `i` uses `udp_port + i` (0: any free port),
+    /// unless `udp_port_last` makes it a range.
     pub udp_port: u16,
+    /// The last port of a range starting at `udp_port`: each shard binds
+    /// the first free port of it, so relays sharing a host (replicas on a
+    /// host network) each find ports inside one firewall rule.
+    pub udp_port_last: Option<u16>,
     /// Event-loop shards, each with its own socket.
     pub shards: usize,
     /// Peers this relay takes before answering offers with "no capacity".
@@ -77,6 +82,7 @@ impl Default for RelayConfig {
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             advertised_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             udp_port: 0,
+            udp_port_last: None,
             shards: 1,
             max_peers: 10_000,
             max_peers_per_session: 1_000,

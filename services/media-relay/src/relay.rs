@@ -3,7 +3,8 @@
 //! (directly in one process, over NATS in a fleet) offers, trickles and
 //! closes peer connections.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -350,11 +351,17 @@ pub async fn start(
     });
     let mut links = Vec::new();
     for index in 0..shared.config.shards.max(1) {
-        let port = match shared.config.udp_port {
-            0 => 0,
-            base => base + u16::try_from(index).unwrap_or(u16::MAX),
+        let config = &shared.config;
+        let socket = match config.udp_port_last {
+            Some(last) => bind_first_free(config.bind_ip, config.udp_port..=last)?,
+            None => {
+                let port = match config.udp_port {
+                    0 => 0,
+                    base => base + u16::try_from(index).unwrap_or(u16::MAX),
+                };
+                bind_udp(SocketAddr::new(config.bind_ip, port))?
+            }
         };
-        let socket = bind_udp(SocketAddr::new(shared.config.bind_ip, port))?;
         let addr = SocketAddr::new(shared.config.advertised_ip, socket.local_addr()?.port());
         let (commands, receiver) = mpsc::channel(1024);
         let peers = Arc::new(AtomicUsize::new(0));
@@ -383,6 +390,20 @@ pub async fn start(
 /// Socket buffers big enough for a burst of fan-out (the kernel caps them
 /// at `net.core.{w,r}mem_max`).
 const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Binds the first free port of `ports` on `ip`.
+fn bind_first_free(ip: IpAddr, ports: RangeInclusive<u16>) -> std::io::Result<UdpSocket> {
+    for port in ports.clone() {
+        match bind_udp(SocketAddr::new(ip, port)) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
+            bound => return bound,
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no free UDP port in {ports:?}"),
+    ))
+}
 
 /// Binds a non-blocking UDP socket with large send and receive buffers.
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
