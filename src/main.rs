@@ -473,16 +473,20 @@ async fn run_registry(args: RegistryArgs) -> anyhow::Result<()> {
     })
     .await?;
     announce(format_args!("registry: {scheme}://{addr}"));
-    let ready = move || nats_ready(&nats);
-    let (ops, _) = serve_ops(
-        args.ops_listen,
-        Arc::new(registry),
-        ready,
-        std::future::pending(),
-    )
-    .await?;
-    announce(format_args!("ops: http://{ops}"));
+    serve_and_announce_ops(args.ops_listen, registry, move || nats_ready(&nats)).await?;
     server.await?
+}
+
+/// Serves a service's `/metrics`, `/healthz` and `/readyz` on `listen`
+/// for the rest of the process, and prints `ops: URL`.
+async fn serve_and_announce_ops(
+    listen: OpsListen,
+    metrics: Registry,
+    ready: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let (ops, _) = serve_ops(listen, Arc::new(metrics), ready, std::future::pending()).await?;
+    announce(format_args!("ops: http://{ops}"));
+    Ok(())
 }
 
 /// `deltamesh relay`: serves until SIGTERM or Ctrl-C, then drains.
@@ -525,14 +529,7 @@ async fn run_relay(args: RelayServiceArgs) -> anyhow::Result<()> {
         }
         nats_ready(&nats)
     };
-    let (ops, _) = serve_ops(
-        args.ops_listen,
-        Arc::new(registry),
-        ready,
-        std::future::pending(),
-    )
-    .await?;
-    announce(format_args!("ops: http://{ops}"));
+    serve_and_announce_ops(args.ops_listen, registry, ready).await?;
     shutdown_signal().await?;
     tracing::info!("draining");
     relay.drain(args.drain_grace).await;

@@ -37,7 +37,7 @@ pub fn new_traceparent(trace_id: [u8; 16], span_id: [u8; 8]) -> String {
 }
 
 #[cfg(feature = "trace")]
-pub use otel::{extract, inject, trace_id};
+pub use otel::{extract, inject, span_trace_id, trace_id};
 
 #[cfg(feature = "trace")]
 mod otel {
@@ -45,7 +45,7 @@ mod otel {
 
     use opentelemetry::Context;
     use opentelemetry::propagation::TextMapPropagator;
-    use opentelemetry::trace::TraceContextExt;
+    use opentelemetry::trace::{SpanContext, TraceContextExt};
     use opentelemetry_sdk::propagation::TraceContextPropagator;
 
     use super::{TRACEPARENT, TRACESTATE};
@@ -75,10 +75,13 @@ mod otel {
 
     /// The trace id of `cx` in hex, for logs; empty when it has none.
     pub fn trace_id(cx: &Context) -> String {
-        let span = cx.span();
-        let context = span.span_context();
-        if context.is_valid() {
-            context.trace_id().to_string()
+        span_trace_id(cx.span().span_context())
+    }
+
+    /// The trace id of a span in hex, for logs; empty when it is invalid.
+    pub fn span_trace_id(span: &SpanContext) -> String {
+        if span.is_valid() {
+            span.trace_id().to_string()
         } else {
             String::new()
         }

@@ -54,15 +54,7 @@ impl Service {
             })
             .spawn()
             .expect("deltamesh starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines(child.stdout.take().expect("piped stdout"));
         let mut service = Service {
             child,
             lines,
@@ -304,6 +296,19 @@ impl Fleet {
     }
 }
 
+/// Each line `reader` yields, passed on as it comes (from a thread).
+pub fn lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (sender, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
 /// Owned copies of `args`.
 pub fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| (*a).to_owned()).collect()
@@ -338,6 +343,22 @@ impl TestPeer {
             acked: HashSet::new(),
             welcomes: 1,
         }
+    }
+
+    /// Sends `payload` and handles events until the relay acknowledged it;
+    /// returns its client_seq.
+    pub async fn send_acked(&mut self, payload: &[u8]) -> u64 {
+        let client_seq = self
+            .peer
+            .send(1, Id::default(), payload.to_vec())
+            .await
+            .expect("send queued");
+        assert!(
+            self.pump_until(Duration::from_secs(10), |p| p.acked.contains(&client_seq))
+                .await,
+            "delta {client_seq} was not acknowledged"
+        );
+        client_seq
     }
 
     /// Handles events until `done` holds or `wait` passes; false on timeout.

@@ -1,6 +1,5 @@
 //! `deploy/local-stack` runs a working fleet and stops all of it on SIGTERM.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -8,7 +7,7 @@ use std::time::{Duration, Instant};
 use deltamesh_proto::Id;
 use deltamesh_testkit::{free_port, terminate};
 
-use crate::common::{TOKEN, TestPeer};
+use crate::common::{TOKEN, TestPeer, lines};
 
 /// The pids of `pid`'s children (from /proc), with their command names.
 fn children(pid: u32) -> Vec<(u32, String)> {
@@ -55,15 +54,7 @@ async fn local_stack_runs_a_fleet_and_stops_it_on_sigterm() {
         })
         .spawn()
         .expect("deploy/local-stack starts");
-    let stdout = stack.stdout.take().expect("piped stdout");
-    let (sender, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let lines = lines(stack.stdout.take().expect("piped stdout"));
     let first = lines.recv_timeout(Duration::from_secs(90));
     let signal = match first {
         Ok(line) => line

@@ -2,15 +2,13 @@
 //! object, and the lines about a connection carry its trace id, the one its
 //! peer's `traceparent` started (tracing export off: the id still passes on).
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use deltamesh_worker::{ConnectOptions, NativePeer};
 use serde_json::Value;
 
-use crate::common::TOKEN;
+use crate::common::{TOKEN, lines};
 
 /// Kills the child on drop.
 struct Killed(std::process::Child);
@@ -20,19 +18,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Each line `reader` yields, sent on as it comes.
-fn lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (sender, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines().map_while(Result::ok) {
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    lines
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,6 +95,24 @@ fn dashboard_families() -> BTreeSet<String> {
     found
 }
 
+/// Scrapes `base` until `done` holds for its samples (within 5 s), and
+/// returns them; `what` says what was awaited.
+async fn scrape_until(
+    base: &str,
+    what: &str,
+    done: impl Fn(&[(String, String, f64)]) -> bool,
+) -> Vec<(String, String, f64)> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let samples = scrape(base).await;
+        if done(&samples) {
+            return samples;
+        }
+        assert!(Instant::now() < deadline, "{what}: {samples:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The value of the sample `name` whose labels contain `label`.
 fn sample(samples: &[(String, String, f64)], name: &str, label: &str) -> Option<f64> {
     samples
@@ -129,26 +147,11 @@ async fn relay_and_registry_serve_metrics_health_and_readiness() {
     let before = sample(&samples, "relay_deltas_in_total", "").expect("relay_deltas_in");
 
     let mut peer = TestPeer::join(&fleet.signals[0].1, "ops").await;
-    peer.peer
-        .send(1, Id::default(), b"counted".to_vec())
-        .await
-        .expect("send queued");
-    assert!(
-        peer.pump_until(Duration::from_secs(10), |p| p.acked.len() == 1)
-            .await,
-        "the delta was acknowledged"
-    );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let samples = scrape(&relay_ops).await;
-        let after = sample(&samples, "relay_deltas_in_total", "").expect("relay_deltas_in");
-        if after > before {
-            break;
-        }
-        assert!(Instant::now() < deadline, "relay_deltas_in stayed {after}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let samples = scrape(&relay_ops).await;
+    peer.send_acked(b"counted").await;
+    let samples = scrape_until(&relay_ops, "relay_deltas_in does not move", |s| {
+        sample(s, "relay_deltas_in_total", "") > Some(before)
+    })
+    .await;
     let value = |name: &str, label: &str| {
         sample(&samples, name, label).unwrap_or_else(|| panic!("{name}{{{label}}}: {samples:?}"))
     };
@@ -166,20 +169,12 @@ async fn relay_and_registry_serve_metrics_health_and_readiness() {
     };
     assert_eq!(connected(&scrape(&relay_ops).await, "connected"), Some(2.0));
     extra.peer.close().await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let samples = scrape(&relay_ops).await;
-        if connected(&samples, "connected") == Some(1.0)
-            && connected(&samples, "connecting") == Some(0.0)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "relay_connections does not drop back after a close: {samples:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    scrape_until(
+        &relay_ops,
+        "relay_connections does not drop back after a close",
+        |s| connected(s, "connected") == Some(1.0) && connected(s, "connecting") == Some(0.0),
+    )
+    .await;
     // The peer echoes its own delta: bytes in and out both moved.
     assert!(value("relay_delta_in_bytes_total", "") >= 7.0);
     assert!(value("relay_delta_out_bytes_total", "") >= 7.0);
@@ -280,28 +275,15 @@ async fn one_process_on_nats_serves_every_services_metrics() {
     ];
     let (_stack, signal) = Service::start(&strings(&args), "signal: ");
     let mut peer = TestPeer::join(&signal, "one-process").await;
-    peer.peer
-        .send(1, Id::default(), b"counted".to_vec())
-        .await
-        .expect("send queued");
-    assert!(
-        peer.pump_until(Duration::from_secs(10), |p| p.acked.len() == 1)
-            .await,
-        "the delta was acknowledged"
-    );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let samples = scrape(&signal).await;
-        let relayed = sample(&samples, "relay_deltas_in_total", "").unwrap_or(0.0);
-        let placed = sample(&samples, "registry_placements_total", "outcome=\"placed\"");
-        let offers = sample(&samples, "signal_offers_accepted_total", "");
-        if relayed >= 1.0 && placed >= Some(1.0) && offers >= Some(1.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "signal's /metrics lacks the relay's or the registry's counters: {samples:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    peer.send_acked(b"counted").await;
+    scrape_until(
+        &signal,
+        "signal's /metrics lacks the relay's or the registry's counters",
+        |s| {
+            sample(s, "relay_deltas_in_total", "") >= Some(1.0)
+                && sample(s, "registry_placements_total", "outcome=\"placed\"") >= Some(1.0)
+                && sample(s, "signal_offers_accepted_total", "") >= Some(1.0)
+        },
+    )
+    .await;
 }

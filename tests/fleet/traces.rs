@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deltamesh_proto::Id;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -142,15 +141,7 @@ async fn a_connection_is_one_trace_through_signal_registry_and_relay() {
     let traceparent = peer.peer.traceparent().to_owned();
     let parts: Vec<&str> = traceparent.split('-').collect();
     let (trace_id, root) = (hex(parts[1]), hex(parts[2]));
-    peer.peer
-        .send(1, Id([7; 16]), b"traced delta".to_vec())
-        .await
-        .unwrap();
-    assert!(
-        peer.pump_until(Duration::from_secs(10), |p| p.acked.contains(&1))
-            .await,
-        "the delta is acknowledged"
-    );
+    peer.send_acked(b"traced delta").await;
     assert!(
         other
             .pump_until(Duration::from_secs(10), |p| p.received.len() == 1)
@@ -288,17 +279,12 @@ async fn a_connection_is_one_trace_through_signal_registry_and_relay() {
     // The other peer sends a delta (seq 2, which it receives too), then its
     // relay drains: the peer reconnects to the first relay and resumes
     // there as the same origin, and its new connection's span says so.
-    other
-        .peer
-        .send(1, Id([8; 16]), b"before the drain".to_vec())
-        .await
-        .unwrap();
+    other.send_acked(b"before the drain").await;
     assert!(
         other
-            .pump_until(Duration::from_secs(10), |p| p.acked.contains(&1)
-                && p.received.len() == 2)
+            .pump_until(Duration::from_secs(10), |p| p.received.len() == 2)
             .await,
-        "the other peer's delta is acknowledged and echoed"
+        "the other peer's delta is echoed"
     );
     let drained = fleet
         .relays

@@ -593,7 +593,9 @@ impl Shard {
             self.peer_count.fetch_sub(1, Ordering::Relaxed);
             self.shared.metrics.peers.dec();
             self.shared.metrics.peers_closed.inc();
-            peer.timeline.closed(&reason, &self.shared.metrics);
+            let welcomed = peer.is_welcomed();
+            peer.timeline
+                .closed(&reason, welcomed, &self.shared.metrics);
         }
     }
 }

@@ -12,6 +12,8 @@ use opentelemetry::KeyValue;
 use opentelemetry::global::BoxedSpan;
 use opentelemetry::trace::{Span, Status};
 
+use deltamesh_proto::trace;
+
 use crate::relay::RelayMetrics;
 
 /// A step of setting a connection up, timed from the accepted offer.
@@ -49,7 +51,6 @@ pub struct Timeline {
     span: BoxedSpan,
     started: Instant,
     reached: [bool; 3],
-    welcomed: bool,
     first_delta: bool,
 }
 
@@ -62,7 +63,6 @@ impl Timeline {
             span,
             started: now,
             reached: [false; 3],
-            welcomed: false,
             first_delta: false,
         }
     }
@@ -74,12 +74,7 @@ impl Timeline {
 
     /// The trace id of the connection's span, for logs; empty when there is none.
     pub fn trace_id(&self) -> String {
-        let context = self.span.span_context();
-        if context.is_valid() {
-            context.trace_id().to_string()
-        } else {
-            String::new()
-        }
+        trace::span_trace_id(self.span.span_context())
     }
 
     /// Records that `phase` is done (the first time only).
@@ -99,11 +94,9 @@ impl Timeline {
         );
     }
 
-    /// Records the `Welcome`: the connection is connected from now on.
+    /// Records the `Welcome` (sent once): the connection is connected from
+    /// now on.
     pub fn welcomed(&mut self, last_seq: u64, metrics: &RelayMetrics) {
-        if std::mem::replace(&mut self.welcomed, true) {
-            return;
-        }
         metrics.connection_state("connecting").dec();
         metrics.connection_state("connected").inc();
         let last_seq = i64::try_from(last_seq).unwrap_or(i64::MAX);
@@ -135,13 +128,9 @@ impl Timeline {
     }
 
     /// Ends the connection's span with why it closed, and takes it out of
-    /// the state gauge.
-    pub fn closed(mut self, reason: &str, metrics: &RelayMetrics) {
-        let state = if self.welcomed {
-            "connected"
-        } else {
-            "connecting"
-        };
+    /// the state gauge (`welcomed`: whether it got its `Welcome`).
+    pub fn closed(mut self, reason: &str, welcomed: bool, metrics: &RelayMetrics) {
+        let state = if welcomed { "connected" } else { "connecting" };
         metrics.connection_state(state).dec();
         self.span
             .add_event("closed", vec![KeyValue::new("reason", reason.to_owned())]);

@@ -103,6 +103,50 @@ impl RegistryService {
         self.metrics = metrics;
         self
     }
+
+    /// Where a new peer of `request.session` goes: the placement itself.
+    async fn place(&self, request: PlacePeerRequest) -> Result<Option<RelayInfo>, Status> {
+        check_session(&request.session)?;
+        if request.exclude_relays.len() > MAX_EXCLUDED {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_EXCLUDED} exclude_relays, got {}",
+                request.exclude_relays.len()
+            )));
+        }
+        let excluded = request
+            .exclude_relays
+            .iter()
+            .map(|id| parse_id("exclude_relays", id))
+            .collect::<Result<HashSet<Id>, Status>>()?;
+        let hosts: HashSet<Vec<u8>> = membership::list_peers(&self.peers, &request.session)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .map(|peer| peer.relay_id)
+            .collect();
+        let candidates: Vec<(Id, RelayInfo)> = relays::live(&self.relays, self.config.relay_ttl)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .filter_map(|relay| Some((Id::from_slice(&relay.relay_id).ok()?, relay)))
+            .filter(|(id, _)| !excluded.contains(id))
+            .collect();
+        let loads: Vec<RelayLoad> = candidates
+            .iter()
+            .map(|(id, relay)| RelayLoad {
+                id: *id,
+                peers: relay.load.map_or(0, |load| load.peers as usize),
+                capacity: relay.capacity as usize,
+                draining: relay.draining,
+                hosts_session: hosts.contains(relay.relay_id.as_slice()),
+            })
+            .collect();
+        let chosen = placement::place(&loads, |n| fastrand::usize(..n))
+            .map_err(|_| Status::resource_exhausted("every relay is full, draining or gone"))?;
+        Ok(candidates
+            .into_iter()
+            .find_map(|(id, relay)| (id == chosen).then_some(relay)))
+    }
 }
 
 /// The stream of a `WatchSession` call.
@@ -319,50 +363,4 @@ fn millis(duration: std::time::Duration) -> u32 {
 fn unavailable(error: async_nats::Error) -> Status {
     tracing::warn!(%error, "NATS request failed");
     Status::unavailable(format!("registry storage unavailable: {error}"))
-}
-
-impl RegistryService {
-    /// Where a new peer of `request.session` goes: the placement itself.
-    async fn place(&self, request: PlacePeerRequest) -> Result<Option<RelayInfo>, Status> {
-        check_session(&request.session)?;
-        if request.exclude_relays.len() > MAX_EXCLUDED {
-            return Err(Status::invalid_argument(format!(
-                "at most {MAX_EXCLUDED} exclude_relays, got {}",
-                request.exclude_relays.len()
-            )));
-        }
-        let excluded = request
-            .exclude_relays
-            .iter()
-            .map(|id| parse_id("exclude_relays", id))
-            .collect::<Result<HashSet<Id>, Status>>()?;
-        let hosts: HashSet<Vec<u8>> = membership::list_peers(&self.peers, &request.session)
-            .await
-            .map_err(unavailable)?
-            .into_iter()
-            .map(|peer| peer.relay_id)
-            .collect();
-        let candidates: Vec<(Id, RelayInfo)> = relays::live(&self.relays, self.config.relay_ttl)
-            .await
-            .map_err(unavailable)?
-            .into_iter()
-            .filter_map(|relay| Some((Id::from_slice(&relay.relay_id).ok()?, relay)))
-            .filter(|(id, _)| !excluded.contains(id))
-            .collect();
-        let loads: Vec<RelayLoad> = candidates
-            .iter()
-            .map(|(id, relay)| RelayLoad {
-                id: *id,
-                peers: relay.load.map_or(0, |load| load.peers as usize),
-                capacity: relay.capacity as usize,
-                draining: relay.draining,
-                hosts_session: hosts.contains(relay.relay_id.as_slice()),
-            })
-            .collect();
-        let chosen = placement::place(&loads, |n| fastrand::usize(..n))
-            .map_err(|_| Status::resource_exhausted("every relay is full, draining or gone"))?;
-        Ok(candidates
-            .into_iter()
-            .find_map(|(id, relay)| (id == chosen).then_some(relay)))
-    }
 }

@@ -31,9 +31,10 @@ struct ReasonLabels {
     reason: String,
 }
 
-/// The request rates signal limits: the `limit` label values of
-/// `signal_rate_limited_total`.
-pub(crate) const RATE_LIMITS: [&str; 2] = ["client address", "token"];
+/// The `limit` of requests over their client address's rate.
+pub(crate) const ADDRESS_LIMIT: &str = "client address";
+/// The `limit` of requests over their token's rate.
+pub(crate) const TOKEN_LIMIT: &str = "token";
 
 /// Labels of `signal_rate_limited_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -84,7 +85,7 @@ impl SignalMetrics {
         );
         // Every limit is listed from the start, at 0, so rates and alerts
         // see it before its first hit.
-        for limit in RATE_LIMITS {
+        for limit in [ADDRESS_LIMIT, TOKEN_LIMIT] {
             let _ = metrics.rate_limited.get_or_create(&LimitLabels {
                 limit: limit.to_owned(),
             });

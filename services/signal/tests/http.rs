@@ -388,6 +388,42 @@ async fn an_offer_is_answered_201_with_location_etag_and_the_sdp_answer() {
 }
 
 #[tokio::test]
+async fn an_offer_with_a_malformed_traceparent_is_served_and_traced_by_nobody() {
+    let signal = Signal::start().await;
+    for bad in [
+        "garbage",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    ] {
+        let response = signal
+            .api(Method::POST, "/v1/sessions/doc-1/peers")
+            .header("content-type", "application/sdp")
+            .header("traceparent", bad)
+            .body(OFFER)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED, "{bad}");
+    }
+    let calls = signal.network.calls();
+    assert_eq!(calls.len(), 5);
+    for call in calls {
+        assert!(
+            matches!(
+                call,
+                Call::Connect {
+                    traceparent: None,
+                    ..
+                }
+            ),
+            "a malformed traceparent is not passed on: {call:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_offer_without_traceparent_reaches_the_network_without_one() {
     let signal = Signal::start().await;
     signal.join().await;

@@ -25,7 +25,7 @@ use tower_http::services::ServeDir;
 use crate::auth::{Authenticator, Caller};
 use crate::config::{BODY_LIMIT, SignalConfig};
 use crate::limits::RateLimits;
-use crate::metrics::SignalMetrics;
+use crate::metrics::{ADDRESS_LIMIT, SignalMetrics, TOKEN_LIMIT};
 use crate::network::{Network, NetworkError};
 use crate::problem::ApiError;
 
@@ -52,12 +52,12 @@ impl<N> App<N> {
         if let Some(ConnectInfo(client)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
             self.limits
                 .check_address(client.ip())
-                .map_err(|retry_after| self.rate_limited("client address", retry_after))?;
+                .map_err(|retry_after| self.rate_limited(ADDRESS_LIMIT, retry_after))?;
         }
         let caller = self.auth.check(request.headers())?;
         self.limits
             .check_token(&caller.token)
-            .map_err(|retry_after| self.rate_limited("token", retry_after))?;
+            .map_err(|retry_after| self.rate_limited(TOKEN_LIMIT, retry_after))?;
         Ok(caller)
     }
 
