@@ -148,6 +148,12 @@ async fn relay_and_registry_serve_metrics_health_and_readiness() {
 
     let mut peer = TestPeer::join(&fleet.signals[0].1, "ops").await;
     peer.send_acked(b"counted").await;
+    // Its echo written back: every counter below has moved by now.
+    assert!(
+        peer.pump_until(Duration::from_secs(10), |p| p.received.len() == 1)
+            .await,
+        "the peer receives its own delta"
+    );
     let samples = scrape_until(&relay_ops, "relay_deltas_in does not move", |s| {
         sample(s, "relay_deltas_in_total", "") > Some(before)
     })
