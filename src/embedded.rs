@@ -70,6 +70,7 @@ fn network_error(error: RelayError) -> NetworkError {
         RelayError::NotOwner => NetworkError::NotOwner,
         RelayError::EtagMismatch => NetworkError::EtagMismatch,
         RelayError::ShuttingDown => NetworkError::Unavailable("relay is shutting down".into()),
+        other => NetworkError::Unavailable(other.to_string()),
     }
 }
 

@@ -21,7 +21,7 @@ use deltamesh_proto::Grants;
 use deltamesh_registry::{RegistryConfig, RegistryMetrics};
 use deltamesh_relay::RelayMetrics;
 use deltamesh_relay::fleet::StreamLimits;
-use deltamesh_relay::signing::hex;
+use deltamesh_relay::hex;
 use deltamesh_relay::{DeltaSigner, Rate, RelayConfig};
 use deltamesh_signal::token::{Claims, TokenSigner, TokenVerifier, unix_now};
 use deltamesh_signal::{RateLimit, SignalConfig};

@@ -118,8 +118,8 @@ impl Default for RelayConfig {
 /// The SCTP message size the relay accepts, so an oversize frame arrives and
 /// gets a clear `Reject` instead of an SCTP abort. Peers' own stacks refuse
 /// anything above this before sending.
-pub const SCTP_MAX_MESSAGE_SIZE: u32 = 1 << 20;
+pub(crate) const SCTP_MAX_MESSAGE_SIZE: u32 = 1 << 20;
 
 /// The SCTP send buffer per connection. Relayed deltas are kept within
 /// `send_window`; the rest is room for commands and the largest message.
-pub const SCTP_SEND_BUFFER: usize = 1 << 20;
+pub(crate) const SCTP_SEND_BUFFER: usize = 1 << 20;

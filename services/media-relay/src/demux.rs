@@ -15,7 +15,7 @@ const MAX_ADDRS_PER_PEER: usize = 8;
 
 /// Where a datagram goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route<K> {
+pub(crate) enum Route<K> {
     /// From a known remote address of this peer.
     Known(K),
     /// A STUN message naming this peer's ufrag from a new address; the peer
@@ -26,7 +26,7 @@ pub enum Route<K> {
 }
 
 /// The shard's routing tables.
-pub struct Demux<K> {
+pub(crate) struct Demux<K> {
     by_addr: HashMap<SocketAddr, K>,
     by_ufrag: HashMap<String, K>,
     addrs: HashMap<K, Vec<SocketAddr>>,
@@ -44,13 +44,13 @@ impl<K: Copy + Eq + Hash> Default for Demux<K> {
 
 impl<K: Copy + Eq + Hash> Demux<K> {
     /// Registers a peer by its local ICE ufrag.
-    pub fn add_peer(&mut self, key: K, local_ufrag: &str) {
+    pub(crate) fn add_peer(&mut self, key: K, local_ufrag: &str) {
         self.by_ufrag.insert(local_ufrag.to_owned(), key);
         self.addrs.insert(key, Vec::new());
     }
 
     /// Forgets a peer and every address learned for it.
-    pub fn remove_peer(&mut self, key: K, local_ufrag: &str) {
+    pub(crate) fn remove_peer(&mut self, key: K, local_ufrag: &str) {
         self.by_ufrag.remove(local_ufrag);
         for addr in self.addrs.remove(&key).unwrap_or_default() {
             self.by_addr.remove(&addr);
@@ -58,7 +58,7 @@ impl<K: Copy + Eq + Hash> Demux<K> {
     }
 
     /// Routes a datagram from `source`.
-    pub fn route(&self, source: SocketAddr, datagram: &[u8]) -> Route<K> {
+    pub(crate) fn route(&self, source: SocketAddr, datagram: &[u8]) -> Route<K> {
         if let Some(&key) = self.by_addr.get(&source) {
             return Route::Known(key);
         }
@@ -75,7 +75,7 @@ impl<K: Copy + Eq + Hash> Demux<K> {
 
     /// Remembers that `key` is reached from `source`. Returns false when the
     /// peer already has its maximum number of addresses.
-    pub fn learn(&mut self, key: K, source: SocketAddr) -> bool {
+    pub(crate) fn learn(&mut self, key: K, source: SocketAddr) -> bool {
         let Some(addrs) = self.addrs.get_mut(&key) else {
             return false;
         };

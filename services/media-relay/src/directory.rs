@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use deltamesh_proto::Id;
 use tokio::sync::mpsc;
 
-use crate::relay::RelayError;
+use crate::error::RelayError;
 use crate::wake::{News, ShardWake, Watchers};
 
 /// How far a peer's connection has come.
@@ -50,7 +50,7 @@ pub struct Member {
 
 /// The admission limits [`Directory::admit`] enforces.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Peers on the relay.
     pub max_peers: usize,
     /// Peers of one session on the relay.
@@ -89,7 +89,7 @@ struct Sessions {
 
 /// Membership of every session with peers on this relay.
 #[derive(Default)]
-pub struct Directory {
+pub(crate) struct Directory {
     sessions: Mutex<Sessions>,
     observer: OnceLock<mpsc::UnboundedSender<MemberChange>>,
 }
@@ -101,7 +101,7 @@ impl Directory {
 
     /// Reports every later change to a local member, in order; `None` if
     /// someone observes already.
-    pub fn observe(&self) -> Option<mpsc::UnboundedReceiver<MemberChange>> {
+    pub(crate) fn observe(&self) -> Option<mpsc::UnboundedReceiver<MemberChange>> {
         let (sender, receiver) = mpsc::unbounded_channel();
         self.observer.set(sender).ok()?;
         Some(receiver)
@@ -122,7 +122,7 @@ impl Directory {
     /// Records whether `peer`, on another relay, is a connected member of
     /// `session`, and wakes the session's shards when that changes. Ignored
     /// for a session without local members.
-    pub fn set_remote(&self, session: &Arc<str>, peer: Id, connected: bool) {
+    pub(crate) fn set_remote(&self, session: &Arc<str>, peer: Id, connected: bool) {
         let mut sessions = self.sessions();
         if let Some(entry) = sessions.by_name.get_mut(session) {
             let changed = if connected {
@@ -137,7 +137,7 @@ impl Directory {
     }
 
     /// How many sessions have peers on this relay.
-    pub fn session_count(&self) -> usize {
+    pub(crate) fn session_count(&self) -> usize {
         self.sessions().by_name.len()
     }
 
@@ -145,7 +145,7 @@ impl Directory {
     /// session and the relay's connecting peers are all under their limits;
     /// checked and counted under one lock, so concurrent offers cannot
     /// overshoot.
-    pub fn admit(
+    pub(crate) fn admit(
         &self,
         session: &Arc<str>,
         member: Member,
@@ -175,7 +175,7 @@ impl Directory {
     }
 
     /// Records the ICE ufrag of a peer whose offer was accepted.
-    pub fn set_ice_ufrag(&self, session: &str, peer: Id, ice_ufrag: &str) {
+    pub(crate) fn set_ice_ufrag(&self, session: &str, peer: Id, ice_ufrag: &str) {
         if let Some(member) = self
             .sessions()
             .by_name
@@ -187,7 +187,7 @@ impl Directory {
     }
 
     /// Marks a peer connected and wakes the session's shards.
-    pub fn set_connected(&self, session: &Arc<str>, peer: Id) {
+    pub(crate) fn set_connected(&self, session: &Arc<str>, peer: Id) {
         let mut sessions = self.sessions();
         let Sessions {
             by_name, pending, ..
@@ -204,7 +204,7 @@ impl Directory {
     }
 
     /// Removes a peer and wakes the session's remaining shards.
-    pub fn remove(&self, session: &Arc<str>, peer: Id, wake: &Arc<ShardWake>) {
+    pub(crate) fn remove(&self, session: &Arc<str>, peer: Id, wake: &Arc<ShardWake>) {
         let mut sessions = self.sessions();
         let Some(entry) = sessions.by_name.get_mut(session) else {
             return;
@@ -225,7 +225,7 @@ impl Directory {
     }
 
     /// Records that `peer` now sends as `origin` (it resumed an earlier connection).
-    pub fn set_origin(&self, session: &str, peer: Id, origin: Id) {
+    pub(crate) fn set_origin(&self, session: &str, peer: Id, origin: Id) {
         if let Some(member) = self
             .sessions()
             .by_name
@@ -237,7 +237,7 @@ impl Directory {
     }
 
     /// The member currently sending as `origin`.
-    pub fn holder_of(&self, session: &str, origin: Id) -> Option<Member> {
+    pub(crate) fn holder_of(&self, session: &str, origin: Id) -> Option<Member> {
         self.sessions()
             .by_name
             .get(session)?
@@ -248,7 +248,7 @@ impl Directory {
     }
 
     /// One member of a session.
-    pub fn member(&self, session: &str, peer: Id) -> Option<Member> {
+    pub(crate) fn member(&self, session: &str, peer: Id) -> Option<Member> {
         self.sessions()
             .by_name
             .get(session)?
@@ -258,7 +258,7 @@ impl Directory {
     }
 
     /// Every local member of every session, with its session.
-    pub fn all_members(&self) -> Vec<(Arc<str>, Member)> {
+    pub(crate) fn all_members(&self) -> Vec<(Arc<str>, Member)> {
         self.sessions()
             .by_name
             .iter()
@@ -272,7 +272,7 @@ impl Directory {
     }
 
     /// Every member of a session.
-    pub fn members(&self, session: &str) -> Vec<Member> {
+    pub(crate) fn members(&self, session: &str) -> Vec<Member> {
         self.sessions()
             .by_name
             .get(session)
@@ -281,7 +281,7 @@ impl Directory {
     }
 
     /// Fills `out` with the connected members of a session.
-    pub fn connected(&self, session: &str, out: &mut HashSet<Id>) {
+    pub(crate) fn connected(&self, session: &str, out: &mut HashSet<Id>) {
         out.clear();
         if let Some(entry) = self.sessions().by_name.get(session) {
             out.extend(

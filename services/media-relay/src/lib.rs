@@ -5,28 +5,57 @@
 //!
 //! Seams: [`DeltaLog`] (in-memory in one process, JetStream in a fleet:
 //! [`fleet::JetStreamLog`]) and [`RelayHandle`] (called directly in one
-//! process, over NATS in a fleet: [`fleet::control`]).
-//! Inside, [`shard`] is the thin I/O driver and [`peer`] the protocol.
+//! process, over NATS in a fleet: [`fleet::control`]). Each shard is a
+//! sans-IO [`RelayCore`] behind a thin tokio driver, so the relay's rules
+//! can be driven in memory with a virtual clock.
+//!
+//! The rooms, in the order a delta passes them:
+//! - `handle`: [`start`] binds the sockets and spawns the shards;
+//!   [`RelayHandle`] sends them offers, trickles and closes (`command`).
+//! - `driver`: one shard's socket, queue and clock around its core.
+//! - `core`: the shard's peers, routing (`demux`), timers (`timers`) and
+//!   str0m's poll loop.
+//! - `peer`: one connection's protocol: commands, rate limits (`rate`),
+//!   validation, acks, and delivery from a cursor into the log; its life as
+//!   a span (`timeline`).
+//! - `log`: sequencing, de-duplication and resume over the chunk store
+//!   (`store`), signing what it accepts (`signing`); shards hear of new
+//!   deltas, verdicts and closes through their wake-ups (`wake`).
+//! - `directory`: who is in which session, for `Welcome`, joins and leaves.
+//! - `shared`, `config`, `metrics`, `error`, `clock`: what every room reads.
+//! - [`fleet`]: the same relay among others, over NATS and the registry.
 
-pub mod config;
-pub mod demux;
-pub mod directory;
+mod clock;
+mod command;
+mod config;
+mod core;
+mod demux;
+mod directory;
+mod driver;
+mod error;
 pub mod fleet;
-pub mod log;
-pub mod peer;
-pub mod rate;
-pub mod relay;
-pub mod shard;
-pub mod signing;
-pub mod store;
-pub mod timeline;
-pub mod timers;
-pub mod wake;
+mod handle;
+mod log;
+mod metrics;
+mod peer;
+mod rate;
+mod shared;
+mod signing;
+mod store;
+mod timeline;
+mod timers;
+mod wake;
 
+pub use clock::WallClock;
+pub use command::{Offer, OfferAnswer, PeerAccess};
 pub use config::RelayConfig;
+pub use core::{NoCertificate, RelayCore, Transmit};
 pub use directory::{Member, MemberChange, MemberState};
-pub use log::{AckTo, DeltaLog, MemoryLog};
+pub use error::RelayError;
+pub use handle::{RelayHandle, start};
+pub use log::{DeltaLog, MemoryLog};
+pub use metrics::RelayMetrics;
 pub use rate::Rate;
-pub use relay::{OfferAnswer, PeerAccess, RelayError, RelayHandle, RelayMetrics, start};
-pub use signing::DeltaSigner;
+pub use shared::Shared;
+pub use signing::{DeltaSigner, SigningKeyError, hex};
 pub use store::ChunkStore;

@@ -34,7 +34,7 @@ const DEDUP_WINDOW: usize = 4096;
 /// beyond it the least recently active is forgotten, so reconnecting over
 /// and over cannot grow the log. A forgotten origin can no longer be resumed
 /// (its peer gets `ResumeRefused` and renumbers what it had in flight).
-pub const MAX_ORIGINS_PER_SESSION: usize = 4096;
+pub(crate) const MAX_ORIGINS_PER_SESSION: usize = 4096;
 
 /// Who accepted a delta and when; the log adds the seq (and the signature,
 /// once the seq is known).
@@ -318,7 +318,7 @@ impl MemoryLog {
 
 /// The security fields of a delta accepted `by` a relay under `seq`, signed
 /// when the relay signs.
-pub fn stamp(seq: u64, by: Acceptance<'_>, frame: DeltaFrame<'_>) -> SecurityFields {
+pub(crate) fn stamp(seq: u64, by: Acceptance<'_>, frame: DeltaFrame<'_>) -> SecurityFields {
     let mut fields = SecurityFields {
         flags: SecurityFlags(
             SecurityFlags::VALID_DELTA | SecurityFlags::VALID_DATA | SecurityFlags::PROCESSED,

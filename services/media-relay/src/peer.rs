@@ -10,7 +10,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use deltamesh_proto::channel::Channel;
 use deltamesh_proto::command;
@@ -24,7 +24,7 @@ use str0m::{Event, IceConnectionState, Rtc};
 use crate::config::RelayConfig;
 use crate::log::{Acceptance, AckTo, Appended, LogError};
 use crate::rate::{self, TokenBucket};
-use crate::relay::Shared;
+use crate::shared::Shared;
 use crate::store::StoredDelta;
 use crate::timeline::{Phase, Timeline};
 use crate::wake::LogAck;
@@ -38,32 +38,32 @@ const MIN_RELAYED_LEN: usize = SECURITY_HEADER_LEN + FRAME_HEADER_LEN;
 
 /// Why a peer connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloseReason(pub String);
+pub(crate) struct CloseReason(pub(crate) String);
 
 /// A peer connected to this relay.
-pub struct Peer {
+pub(crate) struct Peer {
     /// This connection's id.
-    pub id: Id,
+    pub(crate) id: Id,
     /// The session it belongs to.
-    pub session: Arc<str>,
+    pub(crate) session: Arc<str>,
     /// Its WebRTC state machine.
-    pub rtc: Rtc,
+    pub(crate) rtc: Rtc,
     /// Its relay-side ICE ufrag.
-    pub ice_ufrag: String,
+    pub(crate) ice_ufrag: String,
     /// The earliest live deadline scheduled for it in the shard's timer heap.
-    pub timer_at: Option<Instant>,
+    pub(crate) timer_at: Option<Instant>,
     /// When the last datagram from it arrived.
-    pub last_rx: Instant,
+    pub(crate) last_rx: Instant,
     /// When its offer was accepted.
-    pub created: Instant,
+    pub(crate) created: Instant,
     /// When it last took a delta, or had none waiting.
     last_progress: Instant,
     /// When its queue depth may be sampled next.
     next_depth_sample: Instant,
     /// Set once the connection must go; the shard then removes it.
-    pub closing: Option<CloseReason>,
+    pub(crate) closing: Option<CloseReason>,
     /// Its span and milestones.
-    pub timeline: Timeline,
+    pub(crate) timeline: Timeline,
     /// The id deltas are stamped with (an earlier connection's when resumed).
     origin: Id,
     /// What this connection may do.
@@ -100,7 +100,7 @@ impl Peer {
     /// A peer whose `rtc` has accepted the offer, with its channel ids;
     /// `ack_to` names it (`ack_to.peer` is its id) and its shard, and its
     /// `timeline` starts when the offer was accepted.
-    pub fn new(
+    pub(crate) fn new(
         ack_to: AckTo,
         session: Arc<str>,
         grants: Grants,
@@ -148,24 +148,24 @@ impl Peer {
     }
 
     /// Whether the peer has been welcomed (all channels open).
-    pub fn is_welcomed(&self) -> bool {
+    pub(crate) fn is_welcomed(&self) -> bool {
         self.welcomed
     }
 
     /// Whether a write is waiting for room in the send buffer.
-    pub fn is_blocked(&self) -> bool {
+    pub(crate) fn is_blocked(&self) -> bool {
         self.blocked
     }
 
     /// Asks for the connection to end.
-    pub fn close(&mut self, reason: impl Into<String>) {
+    pub(crate) fn close(&mut self, reason: impl Into<String>) {
         if self.closing.is_none() {
             self.closing = Some(CloseReason(reason.into()));
         }
     }
 
     /// Handles one str0m event that came out at `now`.
-    pub fn on_event(&mut self, event: Event, shared: &Shared, now: Instant) {
+    pub(crate) fn on_event(&mut self, event: Event, shared: &Shared, now: Instant) {
         match event {
             Event::ChannelOpen(id, _label) => {
                 if let Some(channel) = self.channel_of(id) {
@@ -183,7 +183,7 @@ impl Peer {
             Event::ChannelData(data) => match self.channel_of(data.id) {
                 Some(Channel::Command) => {
                     if rate::take(&mut self.command_budget, 1, now) {
-                        self.on_command(&data.data, shared);
+                        self.on_command(&data.data, shared, now);
                     } else {
                         shared.metrics.limit_hit("command_rate");
                         self.violated_rate(shared, now);
@@ -198,7 +198,7 @@ impl Peer {
                     shared,
                 ),
             },
-            Event::ChannelBufferedAmountLow(_) => self.flush(shared),
+            Event::ChannelBufferedAmountLow(_) => self.flush(shared, now),
             Event::ChannelClose(_) => self.close("channel closed"),
             Event::IceConnectionStateChange(
                 IceConnectionState::Connected | IceConnectionState::Completed,
@@ -258,7 +258,7 @@ impl Peer {
         );
     }
 
-    fn on_command(&mut self, bytes: &[u8], shared: &Shared) {
+    fn on_command(&mut self, bytes: &[u8], shared: &Shared, now: Instant) {
         let body = match command::decode(bytes) {
             Ok(body) => body,
             Err(error) => {
@@ -277,7 +277,7 @@ impl Peer {
             }
             Body::Pong(_) => {}
             Body::Options(options) => self.echo = options.echo,
-            Body::Resume(resume) => self.resume(resume, shared),
+            Body::Resume(resume) => self.resume(resume, shared, now),
             Body::Signal(_) => self.send_command(
                 Body::Error(pb::Error {
                     code: pb::ErrorCode::UnexpectedCommand.into(),
@@ -295,7 +295,7 @@ impl Peer {
         }
     }
 
-    fn resume(&mut self, resume: pb::Resume, shared: &Shared) {
+    fn resume(&mut self, resume: pb::Resume, shared: &Shared, now: Instant) {
         let mut continued = false;
         if !resume.previous_peer_id.is_empty() {
             let claimed = Id::from_slice(&resume.previous_peer_id)
@@ -351,7 +351,7 @@ impl Peer {
             }),
             shared,
         );
-        self.flush(shared);
+        self.flush(shared, now);
     }
 
     fn on_delta(&mut self, bytes: &[u8], shared: &Shared, now: Instant) {
@@ -422,7 +422,7 @@ impl Peer {
         let by = Acceptance {
             origin: self.origin,
             validator: shared.config.relay_id,
-            validated_at_us: unix_micros(),
+            validated_at_us: shared.clock.unix_micros(now),
             signer: shared.config.signer.as_deref(),
         };
         match shared.log.append(&self.session, by, frame, &self.ack_to) {
@@ -447,7 +447,12 @@ impl Peer {
     }
 
     /// Tells the peer this relay is going away.
-    pub fn drain(&mut self, reconnect_after: std::time::Duration, reason: &str, shared: &Shared) {
+    pub(crate) fn drain(
+        &mut self,
+        reconnect_after: std::time::Duration,
+        reason: &str,
+        shared: &Shared,
+    ) {
         self.send_command(
             Body::Drain(pb::Drain {
                 reconnect_after_ms: u32::try_from(reconnect_after.as_millis()).unwrap_or(u32::MAX),
@@ -458,7 +463,7 @@ impl Peer {
     }
 
     /// Sends the log's late verdict on one of this connection's deltas.
-    pub fn on_log_ack(&mut self, ack: LogAck, shared: &Shared) {
+    pub(crate) fn on_log_ack(&mut self, ack: LogAck, shared: &Shared) {
         match ack.outcome {
             Ok(seq) => {
                 shared.metrics.deltas_in.inc();
@@ -527,7 +532,7 @@ impl Peer {
     }
 
     /// Queues a command and writes what the channel takes now.
-    pub fn send_command(&mut self, body: Body, shared: &Shared) {
+    pub(crate) fn send_command(&mut self, body: Body, shared: &Shared) {
         if self.commands.len() >= shared.config.max_queued_commands {
             return self.close("command queue overflow (slow consumer)");
         }
@@ -536,7 +541,7 @@ impl Peer {
     }
 
     /// Tells the peer who joined and left since it last heard.
-    pub fn sync_members(&mut self, shared: &Shared, scratch: &mut HashSet<Id>) {
+    pub(crate) fn sync_members(&mut self, shared: &Shared, scratch: &mut HashSet<Id>) {
         if !self.welcomed {
             return;
         }
@@ -572,12 +577,12 @@ impl Peer {
 
     /// Writes queued commands, then deltas from the cursor, until the
     /// channels' send buffer is full.
-    pub fn flush(&mut self, shared: &Shared) {
+    pub(crate) fn flush(&mut self, shared: &Shared, now: Instant) {
         if self.awaiting_current {
             self.try_welcome(shared);
         }
         if self.write_commands() && self.welcomed {
-            self.deliver(shared);
+            self.deliver(shared, now);
         }
     }
 
@@ -602,7 +607,7 @@ impl Peer {
         true
     }
 
-    fn deliver(&mut self, shared: &Shared) {
+    fn deliver(&mut self, shared: &Shared, now: Instant) {
         let head = shared.log.head(&self.session);
         if !self.grants.subscribe {
             // Nothing to deliver: the peer is never behind.
@@ -610,7 +615,6 @@ impl Peer {
             return;
         }
         let lag = head.saturating_sub(self.cursor.saturating_sub(1));
-        let now = Instant::now();
         if now >= self.next_depth_sample {
             // At most every QUEUE_SAMPLE_EVERY per peer: the histogram is
             // shared by every shard.
@@ -702,7 +706,7 @@ impl Peer {
 impl Peer {
     /// Disconnects the peer if it has had deltas waiting and taken none for
     /// the stall timeout.
-    pub fn check_progress(&mut self, now: Instant, shared: &Shared) {
+    pub(crate) fn check_progress(&mut self, now: Instant, shared: &Shared) {
         if !self.welcomed || self.closing.is_some() || !self.grants.subscribe {
             return;
         }
@@ -774,11 +778,4 @@ fn body_name(body: &Body) -> &'static str {
         Body::SlowConsumer(_) => "SlowConsumer",
         Body::Resumed(_) => "Resumed",
     }
-}
-
-/// Microseconds since the Unix epoch.
-pub fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }

@@ -24,7 +24,7 @@ impl Rate {
 
 /// One bucket.
 #[derive(Debug, Clone)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     per_second: f64,
     burst: f64,
     tokens: f64,
@@ -33,7 +33,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket for `rate`, or `None` when the rate is unlimited.
-    pub fn new(rate: Rate, now: Instant) -> Option<Self> {
+    pub(crate) fn new(rate: Rate, now: Instant) -> Option<Self> {
         if rate.per_second == 0 {
             return None;
         }
@@ -51,7 +51,7 @@ impl TokenBucket {
     }
 
     /// Takes `amount` if the bucket holds it; false (and nothing taken) if not.
-    pub fn take(&mut self, amount: u64, now: Instant) -> bool {
+    pub(crate) fn take(&mut self, amount: u64, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = self.last.max(now);
         self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
@@ -65,7 +65,7 @@ impl TokenBucket {
 }
 
 /// Takes `amount` from `bucket`, or passes when there is no bucket.
-pub fn take(bucket: &mut Option<TokenBucket>, amount: u64, now: Instant) -> bool {
+pub(crate) fn take(bucket: &mut Option<TokenBucket>, amount: u64, now: Instant) -> bool {
     bucket.as_mut().is_none_or(|b| b.take(amount, now))
 }
 

@@ -14,11 +14,11 @@ use opentelemetry::trace::{Span, Status};
 
 use deltamesh_proto::trace;
 
-use crate::relay::RelayMetrics;
+use crate::metrics::RelayMetrics;
 
 /// A step of setting a connection up, timed from the accepted offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// ICE found a working candidate pair.
     Ice,
     /// The DTLS handshake finished.
@@ -29,7 +29,7 @@ pub enum Phase {
 
 impl Phase {
     /// The phase's `phase` label and span event name.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Phase::Ice => "ice connected",
             Phase::Dtls => "dtls connected",
@@ -47,7 +47,7 @@ impl Phase {
 }
 
 /// One connection's span and milestones.
-pub struct Timeline {
+pub(crate) struct Timeline {
     span: BoxedSpan,
     started: Instant,
     reached: [bool; 3],
@@ -57,7 +57,7 @@ pub struct Timeline {
 impl Timeline {
     /// Starts the timeline of a connection whose offer was accepted at
     /// `now`; it counts as connecting.
-    pub fn new(span: BoxedSpan, now: Instant, metrics: &RelayMetrics) -> Self {
+    pub(crate) fn new(span: BoxedSpan, now: Instant, metrics: &RelayMetrics) -> Self {
         metrics.connection_state("connecting").inc();
         Timeline {
             span,
@@ -68,17 +68,17 @@ impl Timeline {
     }
 
     /// When the offer was accepted.
-    pub fn started(&self) -> Instant {
+    pub(crate) fn started(&self) -> Instant {
         self.started
     }
 
     /// The trace id of the connection's span, for logs; empty when there is none.
-    pub fn trace_id(&self) -> String {
+    pub(crate) fn trace_id(&self) -> String {
         trace::span_trace_id(self.span.span_context())
     }
 
     /// Records that `phase` is done (the first time only).
-    pub fn reached(&mut self, phase: Phase, now: Instant, metrics: &RelayMetrics) {
+    pub(crate) fn reached(&mut self, phase: Phase, now: Instant, metrics: &RelayMetrics) {
         let done = &mut self.reached[phase as usize];
         if *done {
             return;
@@ -96,7 +96,7 @@ impl Timeline {
 
     /// Records the `Welcome` (sent once): the connection is connected from
     /// now on.
-    pub fn welcomed(&mut self, last_seq: u64, metrics: &RelayMetrics) {
+    pub(crate) fn welcomed(&mut self, last_seq: u64, metrics: &RelayMetrics) {
         metrics.connection_state("connecting").dec();
         metrics.connection_state("connected").inc();
         let last_seq = i64::try_from(last_seq).unwrap_or(i64::MAX);
@@ -105,7 +105,7 @@ impl Timeline {
     }
 
     /// Records the first delta the peer sent (once).
-    pub fn first_delta(&mut self, client_seq: u64) {
+    pub(crate) fn first_delta(&mut self, client_seq: u64) {
         if std::mem::replace(&mut self.first_delta, true) {
             return;
         }
@@ -116,7 +116,7 @@ impl Timeline {
 
     /// Records a `Resume`: delivery restarts at `from_seq`, and `continued`
     /// says whether the peer took over an earlier connection's origin.
-    pub fn resumed(&mut self, from_seq: u64, continued: bool) {
+    pub(crate) fn resumed(&mut self, from_seq: u64, continued: bool) {
         let from_seq = i64::try_from(from_seq).unwrap_or(i64::MAX);
         self.span.add_event(
             "resume",
@@ -129,7 +129,7 @@ impl Timeline {
 
     /// Ends the connection's span with why it closed, and takes it out of
     /// the state gauge (`welcomed`: whether it got its `Welcome`).
-    pub fn closed(mut self, reason: &str, welcomed: bool, metrics: &RelayMetrics) {
+    pub(crate) fn closed(mut self, reason: &str, welcomed: bool, metrics: &RelayMetrics) {
         let state = if welcomed { "connected" } else { "connecting" };
         metrics.connection_state(state).dec();
         self.span
@@ -139,7 +139,7 @@ impl Timeline {
 }
 
 /// Ends the span of a connection whose offer was refused, with the reason.
-pub fn refused(mut span: BoxedSpan, error: &impl std::fmt::Display) {
+pub(crate) fn refused(mut span: BoxedSpan, error: &impl std::fmt::Display) {
     span.set_status(Status::error(error.to_string()));
     span.end();
 }

@@ -9,7 +9,7 @@ use std::collections::BinaryHeap;
 use std::time::Instant;
 
 /// Deadlines keyed by peer.
-pub struct Timers<K> {
+pub(crate) struct Timers<K> {
     heap: BinaryHeap<Reverse<(Instant, K)>>,
 }
 
@@ -23,17 +23,17 @@ impl<K: Ord + Copy> Default for Timers<K> {
 
 impl<K: Ord + Copy> Timers<K> {
     /// Schedules `key` at `at`.
-    pub fn schedule(&mut self, key: K, at: Instant) {
+    pub(crate) fn schedule(&mut self, key: K, at: Instant) {
         self.heap.push(Reverse((at, key)));
     }
 
     /// The earliest deadline.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.heap.peek().map(|Reverse((at, _))| *at)
     }
 
     /// Pops one entry due at or before `now`.
-    pub fn pop_due(&mut self, now: Instant) -> Option<(K, Instant)> {
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(K, Instant)> {
         match self.heap.peek() {
             Some(Reverse((at, _))) if *at <= now => self.heap.pop().map(|Reverse((at, k))| (k, at)),
             _ => None,

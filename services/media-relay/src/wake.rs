@@ -2,7 +2,11 @@
 //! dirty session names plus a wake-up. Marking is cheap and coalesces, so a
 //! burst of deltas costs one wake-up, and nothing is queued per delta. A log
 //! that makes deltas durable asynchronously (JetStream) hands its verdicts
-//! back the same way, as [`LogAck`]s.
+//! back the same way, as [`LogAck`]s, and so does another shard that must
+//! close one of this shard's peers (a resumed connection replacing it).
+//!
+//! This is the only way into a shard besides its driver's commands, so the
+//! shard core never holds a reference to another shard.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -51,11 +55,13 @@ pub struct Woken {
     pub sessions: HashMap<Arc<str>, News>,
     /// The log's verdicts on pending deltas.
     pub acks: Vec<LogAck>,
+    /// Peers to close, with why.
+    pub closes: Vec<(Id, String)>,
 }
 
 impl Woken {
     fn is_empty(&self) -> bool {
-        self.sessions.is_empty() && self.acks.is_empty()
+        self.sessions.is_empty() && self.acks.is_empty() && self.closes.is_empty()
     }
 }
 
@@ -79,6 +85,11 @@ impl ShardWake {
     /// Hands the shard a verdict on a pending delta and wakes it.
     pub fn push_ack(&self, ack: LogAck) {
         self.add(|woken| woken.acks.push(ack));
+    }
+
+    /// Asks the shard to close `peer` with `reason` and wakes it.
+    pub fn push_close(&self, peer: Id, reason: &str) {
+        self.add(|woken| woken.closes.push((peer, reason.to_owned())));
     }
 
     /// Applies `change` and wakes the shard if it had nothing waiting (a
@@ -108,11 +119,11 @@ impl ShardWake {
 
 /// The shards that watch one session, with how many of their peers are in it.
 #[derive(Default)]
-pub struct Watchers(Vec<(Arc<ShardWake>, usize)>);
+pub(crate) struct Watchers(Vec<(Arc<ShardWake>, usize)>);
 
 impl Watchers {
     /// Counts one more local peer of the session on `shard`.
-    pub fn add(&mut self, shard: &Arc<ShardWake>) {
+    pub(crate) fn add(&mut self, shard: &Arc<ShardWake>) {
         match self.0.iter_mut().find(|(s, _)| Arc::ptr_eq(s, shard)) {
             Some((_, count)) => *count += 1,
             None => self.0.push((Arc::clone(shard), 1)),
@@ -120,7 +131,7 @@ impl Watchers {
     }
 
     /// Counts one less; forgets the shard at zero.
-    pub fn remove(&mut self, shard: &Arc<ShardWake>) {
+    pub(crate) fn remove(&mut self, shard: &Arc<ShardWake>) {
         if let Some(i) = self.0.iter().position(|(s, _)| Arc::ptr_eq(s, shard)) {
             self.0[i].1 -= 1;
             if self.0[i].1 == 0 {
@@ -129,13 +140,8 @@ impl Watchers {
         }
     }
 
-    /// Whether no shard watches any more.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// Wakes every watching shard with `news` of `session`.
-    pub fn wake_all(&self, session: &Arc<str>, news: News) {
+    pub(crate) fn wake_all(&self, session: &Arc<str>, news: News) {
         for (shard, _) in &self.0 {
             shard.mark(session, news);
         }

@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use opentelemetry::Context;
 use prost::Message;
 
-use crate::relay::{PeerAccess, RelayError, RelayHandle};
+use crate::{PeerAccess, RelayError, RelayHandle};
 
 /// Longest identity accepted in a request (token subjects are short).
 const MAX_IDENTITY: usize = 1024;

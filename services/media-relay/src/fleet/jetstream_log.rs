@@ -36,8 +36,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::clock::unix_micros_now;
 use crate::log::{Acceptance, AckTo, Appended, DeltaLog, LogError, MemoryLog, stamp};
-use crate::peer::unix_micros;
 use crate::signing::DeltaSigner;
 use crate::store::{ChunkStore, StoredDelta};
 use crate::wake::{LogAck, ShardWake};
@@ -371,7 +371,7 @@ fn ingest(
     let by = Acceptance {
         origin,
         validator: inner.relay_id,
-        validated_at_us: unix_micros(),
+        validated_at_us: unix_micros_now(),
         signer: inner.signer.as_deref(),
     };
     inner

@@ -22,7 +22,7 @@ use tonic::transport::{Channel, ClientTlsConfig};
 
 pub use jetstream_log::{JetStreamLog, LogTelemetry, StreamLimits};
 
-use crate::relay::RelayHandle;
+use crate::RelayHandle;
 use crate::signing::DeltaSigner;
 use crate::store::ChunkStore;
 

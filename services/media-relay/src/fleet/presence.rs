@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+use crate::RelayHandle;
 use crate::directory::{MemberChange, MemberState};
-use crate::relay::RelayHandle;
 
 /// Heartbeat interval until the registry names one.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);

@@ -1,0 +1,124 @@
+//! What every shard of one relay shares: the configuration, the session log,
+//! the directory of members, the metrics, the draining flag, and each
+//! shard's wake-up handle and peer count. Shards reach each other only
+//! through those wake-ups ([`ShardWake`]), never directly.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use deltamesh_proto::Id;
+
+use crate::clock::WallClock;
+use crate::config::RelayConfig;
+use crate::directory::Directory;
+use crate::log::DeltaLog;
+use crate::metrics::RelayMetrics;
+use crate::wake::ShardWake;
+
+/// State every shard of a relay shares.
+pub struct Shared {
+    /// The relay's configuration.
+    pub(crate) config: RelayConfig,
+    /// Where deltas are sequenced and kept.
+    pub(crate) log: Arc<dyn DeltaLog>,
+    /// Who is in which session here.
+    pub(crate) directory: Directory,
+    /// Counters exported on `/metrics`.
+    pub(crate) metrics: RelayMetrics,
+    /// Turns the cores' monotonic `now` into the Unix time deltas carry.
+    pub(crate) clock: WallClock,
+    /// Set once the relay drains: it takes no new peers.
+    draining: AtomicBool,
+    /// One slot per shard, by shard index.
+    shards: Vec<ShardSlot>,
+}
+
+/// What the rest of the relay knows of one shard.
+struct ShardSlot {
+    /// How to wake it with news, log verdicts and closes.
+    wake: Arc<ShardWake>,
+    /// Its peer connections now.
+    peers: AtomicUsize,
+}
+
+impl Shared {
+    /// The shared state of a relay with `config.shards` shards (at least
+    /// one), telling wall-clock time by `clock`.
+    pub fn new(
+        config: RelayConfig,
+        log: Arc<dyn DeltaLog>,
+        metrics: RelayMetrics,
+        clock: WallClock,
+    ) -> Arc<Self> {
+        let shards = (0..config.shards.max(1))
+            .map(|_| ShardSlot {
+                wake: Arc::new(ShardWake::default()),
+                peers: AtomicUsize::new(0),
+            })
+            .collect();
+        Arc::new(Shared {
+            config,
+            log,
+            directory: Directory::default(),
+            metrics,
+            clock,
+            draining: AtomicBool::new(false),
+            shards,
+        })
+    }
+
+    /// The relay's configuration.
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
+    /// How many shards the relay has.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Shard `index`'s wake-up handle.
+    pub(crate) fn wake(&self, index: usize) -> Option<&Arc<ShardWake>> {
+        self.shards.get(index).map(|slot| &slot.wake)
+    }
+
+    /// Peer connections on shard `index` now.
+    pub(crate) fn shard_peers(&self, index: usize) -> usize {
+        self.shards
+            .get(index)
+            .map_or(0, |slot| slot.peers.load(Ordering::Relaxed))
+    }
+
+    /// Counts a peer in (`true`) or out on shard `index`.
+    pub(crate) fn count_peer(&self, index: usize, added: bool) {
+        if let Some(slot) = self.shards.get(index) {
+            if added {
+                slot.peers.fetch_add(1, Ordering::Relaxed);
+            } else {
+                slot.peers.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Peer connections on the relay now.
+    pub(crate) fn peer_count(&self) -> usize {
+        (0..self.shards.len()).map(|i| self.shard_peers(i)).sum()
+    }
+
+    /// Whether the relay is draining (takes no new peers).
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Marks the relay draining: it takes no new peers from now on.
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Asks `shard` to close `peer`; the shard does it on its next turn.
+    pub(crate) fn close_peer(&self, shard: usize, peer: Id, reason: &str) {
+        if let Some(wake) = self.wake(shard) {
+            wake.push_close(peer, reason);
+        }
+    }
+}
