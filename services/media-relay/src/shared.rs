@@ -67,11 +67,6 @@ impl Shared {
         })
     }
 
-    /// The relay's configuration.
-    pub fn config(&self) -> &RelayConfig {
-        &self.config
-    }
-
     /// How many shards the relay has.
     pub fn shard_count(&self) -> usize {
         self.shards.len()
