@@ -197,11 +197,3 @@ pub fn terminate(child: &Child) {
         }
     }
 }
-
-/// A TCP port that was free a moment ago on loopback.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free loopback port")
-}
