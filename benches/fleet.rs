@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
 use deltamesh_proto::Id;
-use deltamesh_testkit::{NatsServer, free_port};
+use deltamesh_testkit::NatsServer;
 use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
 use futures_util::{FutureExt, StreamExt};
 
@@ -211,9 +211,8 @@ impl Fleet {
     /// spread over all of them.
     async fn start(nats: &NatsServer, relays: usize, per_relay: usize) -> Fleet {
         let mut processes = Vec::new();
-        let listen = format!("127.0.0.1:{}", free_port());
         let (registry, url) = spawn(
-            &["registry", "--nats", &nats.url(), "--listen", &listen],
+            &["registry", "--nats", &nats.url(), "--listen", "127.0.0.1:0"],
             "registry: ",
         );
         processes.push(registry);

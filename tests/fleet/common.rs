@@ -1,6 +1,9 @@
 //! A fleet of real processes for the tests: a nats-server with JetStream,
 //! registries, relays and signal instances, each a `deltamesh` child
-//! process on free ports, plus native peers that send and collect deltas.
+//! process, plus native peers that send and collect deltas. Every service
+//! binds port 0 and the tests read its address from its start-up line, so
+//! no port is picked first and handed over later (another process could
+//! take it in between).
 //!
 //! Set `DELTAMESH_TEST_LOGS=1` to see the services' logs.
 
@@ -13,7 +16,7 @@ use std::time::{Duration, Instant};
 use deltamesh_proto::Id;
 use deltamesh_proto::fleet::pb::registry_client::RegistryClient;
 use deltamesh_proto::fleet::pb::{ListPeersRequest, ListRelaysRequest};
-use deltamesh_testkit::{NatsServer, free_port, terminate};
+use deltamesh_testkit::{NatsServer, terminate};
 use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
 
 /// The development token every signal of the test fleets accepts.
@@ -172,8 +175,7 @@ impl Fleet {
                 .collect(),
         };
         for _ in 0..registries {
-            let port = free_port();
-            fleet.start_registry(port);
+            fleet.start_registry(0);
         }
         for i in 0..relays {
             fleet.start_relay(i % registries, max_peers);
@@ -203,7 +205,9 @@ impl Fleet {
         fleet
     }
 
-    /// Starts a registry on `port` (again, after a restart).
+    /// Starts a registry on `port`: 0 for one it picks (its start-up line
+    /// says which), or the port a killed registry reported, to restart it
+    /// at the URL the relays and signals know.
     pub fn start_registry(&mut self, port: u16) -> usize {
         let listen = format!("127.0.0.1:{port}");
         let args = [

@@ -20,7 +20,7 @@ use prometheus_client::registry::Registry as Metrics;
 use prost::Message as _;
 use reqwest::{Method, Response, StatusCode};
 use serde_json::Value;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::oneshot;
 use tonic::codegen::tokio_stream;
 use tonic::transport::server::TcpIncoming;
@@ -597,9 +597,14 @@ async fn a_relay_that_never_answers_is_a_504_within_the_timeout() {
 
 #[tokio::test]
 async fn a_registry_that_is_down_is_a_503_and_signal_recovers_when_it_is_up() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    drop(listener);
+    // The registry's address is bound but not listening: connecting to it
+    // is refused, as to a registry that is down, and no other process can
+    // take the port before the registry comes up on it.
+    let reserved = TcpSocket::new_v4().expect("a socket");
+    reserved
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("a free port");
+    let address = reserved.local_addr().expect("the reserved address");
     let registry = FakeRegistry::default();
     let fleet =
         Fleet::start_with_registry_at(address, registry.clone(), FleetTimeouts::default()).await;
@@ -615,7 +620,7 @@ async fn a_registry_that_is_down_is_a_503_and_signal_recovers_when_it_is_up() {
     assert!(detail(&body).contains("registry unreachable"), "{body}");
 
     // The registry comes up on its address: the lazy channel reconnects.
-    let _stop = registry.serve(TcpListener::bind(address).await.unwrap());
+    let _stop = registry.serve(reserved.listen(128).expect("the registry listens"));
     fleet.places_on(&[RELAY_A]);
     let _relay = FakeRelay::healthy(&fleet.nats, RELAY_A).await;
     let deadline = Instant::now() + Duration::from_secs(5);

