@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use deltamesh_proto::channel::Channel;
-use deltamesh_proto::trace::{TRACEPARENT, new_traceparent};
+use deltamesh_proto::trace::{TRACEPARENT, random_traceparent};
 use deltamesh_proto::{Id, pb};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId};
@@ -338,10 +338,7 @@ impl Link {
             "{}/v1/sessions/{}/peers",
             options.signal_url, options.session
         );
-        let traceparent = new_traceparent(
-            fastrand::u128(1..).to_be_bytes(),
-            fastrand::u64(1..).to_be_bytes(),
-        );
+        let traceparent = random_traceparent();
         let response = http
             .post(&url)
             .header("content-type", "application/sdp")
