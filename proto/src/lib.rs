@@ -9,6 +9,7 @@
 //! - [`grants`]: what a peer connection may do.
 //! - [`id`] and [`session`]: peer, relay and document ids; session names.
 //! - [`trace`]: the W3C trace context a connection's trace travels in.
+//! - [`time`]: wall-clock time since the Unix epoch, in the wire's units.
 //!
 //! This crate knows nothing of sockets, runtimes or WebRTC stacks, so the
 //! browser build and every service can share it.
@@ -21,6 +22,7 @@ pub mod grants;
 pub mod id;
 pub mod security;
 pub mod session;
+pub mod time;
 pub mod trace;
 
 /// Protobuf types generated from `proto/deltamesh/v1/*.proto`.

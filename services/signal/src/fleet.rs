@@ -18,7 +18,7 @@
 //! which is [`NetworkError::NoCapacity`] as for any placement.
 
 use std::future::Future;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
 use async_nats::{HeaderMap, RequestErrorKind};
@@ -26,7 +26,7 @@ use deltamesh_proto::Id;
 use deltamesh_proto::fleet::pb::registry_client::RegistryClient;
 use deltamesh_proto::fleet::pb::{self, RelayReply, RelayRequest, relay_reply, relay_request};
 use deltamesh_proto::fleet::{RegistryEndpointError, registry_endpoint, relay_control_subject};
-use deltamesh_proto::trace;
+use deltamesh_proto::{time, trace};
 use opentelemetry::Context;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -356,7 +356,7 @@ fn peer_info(record: &pb::PeerRecord) -> Option<PeerInfo> {
         peer_id: Id::from_slice(&record.peer_id).ok()?,
         relay_id: Id::from_slice(&record.relay_id).ok()?,
         state,
-        joined_at: UNIX_EPOCH.checked_add(Duration::from_millis(record.joined_at_ms))?,
+        joined_at: time::from_unix_millis(record.joined_at_ms)?,
     })
 }
 
