@@ -14,6 +14,7 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use deltamesh_proto::ports::first_free;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
@@ -81,17 +82,13 @@ impl FromStr for OpsListen {
 impl OpsListen {
     /// Binds the first port of the range that is free.
     async fn bind(&self) -> anyhow::Result<TcpListener> {
-        for port in self.ports.clone() {
-            match TcpListener::bind((self.ip, port)).await {
-                Ok(listener) => return Ok(listener),
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && port < *self.ports.end() => {
-                }
-                Err(e) => {
-                    return Err(e).with_context(|| format!("binding --ops-listen to {self:?}"));
-                }
-            }
-        }
-        anyhow::bail!("no free port for --ops-listen in {self:?}")
+        let listener = first_free(self.ports.clone(), |port| {
+            let listener = std::net::TcpListener::bind((self.ip, port))?;
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        })
+        .with_context(|| format!("binding --ops-listen to {self:?}"))?;
+        Ok(TcpListener::from_std(listener)?)
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`grants`]: what a peer connection may do.
 //! - [`id`] and [`session`]: peer, relay and document ids; session names.
 //! - [`trace`]: the W3C trace context a connection's trace travels in.
+//! - [`ports`]: binding the first free port of a range.
 //! - [`time`]: wall-clock time since the Unix epoch, in the wire's units.
 //!
 //! This crate knows nothing of sockets, runtimes or WebRTC stacks, so the
@@ -20,6 +21,7 @@ pub mod fleet;
 pub mod frame;
 pub mod grants;
 pub mod id;
+pub mod ports;
 pub mod security;
 pub mod session;
 pub mod time;
