@@ -5,15 +5,12 @@ use std::time::Duration;
 
 use deltamesh_proto::Id;
 use deltamesh_registry::{PlacementError, RelayLoad, place};
+use deltamesh_relay::fleet::control;
 use deltamesh_relay::{MemberState, PeerAccess, RelayError, RelayHandle};
 use deltamesh_signal::{ConnectRequest, Connected, Network, NetworkError, PeerInfo, PeerState};
 
 /// How long a relay may take to answer an offer.
 const OFFER_TIMEOUT: Duration = Duration::from_secs(5);
-/// What a full relay asks clients to wait.
-const FULL_RETRY_AFTER: Duration = Duration::from_secs(2);
-/// What a relay busy setting up connections asks clients to wait.
-const PENDING_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Signal's view of relays running in this process.
 pub struct EmbeddedNetwork {
@@ -49,29 +46,10 @@ impl EmbeddedNetwork {
     }
 }
 
+/// A relay's refusal as signal tells it: through the failure code it
+/// travels as in a fleet, so both stacks answer the same.
 fn network_error(error: RelayError) -> NetworkError {
-    match error {
-        RelayError::BadOffer(detail) | RelayError::BadCandidate(detail) => {
-            NetworkError::BadOffer(detail)
-        }
-        RelayError::Full => NetworkError::NoCapacity {
-            reason: "the relay is full".into(),
-            retry_after: FULL_RETRY_AFTER,
-        },
-        RelayError::TooManyPending => NetworkError::NoCapacity {
-            reason: "too many connections are being set up".into(),
-            retry_after: PENDING_RETRY_AFTER,
-        },
-        RelayError::SessionFull { limit } => NetworkError::SessionFull {
-            limit,
-            retry_after: FULL_RETRY_AFTER,
-        },
-        RelayError::UnknownPeer => NetworkError::UnknownPeer,
-        RelayError::NotOwner => NetworkError::NotOwner,
-        RelayError::EtagMismatch => NetworkError::EtagMismatch,
-        RelayError::ShuttingDown => NetworkError::Unavailable("relay is shutting down".into()),
-        other => NetworkError::Unavailable(other.to_string()),
-    }
+    NetworkError::from(control::failure(error))
 }
 
 impl Network for EmbeddedNetwork {
@@ -87,13 +65,8 @@ impl Network for EmbeddedNetwork {
                 hosts_session: !relay.members(&request.session).is_empty(),
             })
             .collect();
-        let relay_id =
-            place(&loads, |n| fastrand::usize(..n)).map_err(|PlacementError::NoCapacity| {
-                NetworkError::NoCapacity {
-                    reason: "every relay is full or draining".into(),
-                    retry_after: FULL_RETRY_AFTER,
-                }
-            })?;
+        let relay_id = place(&loads, |n| fastrand::usize(..n))
+            .map_err(|PlacementError::NoCapacity| NetworkError::no_relay_room(None))?;
         let relay = self
             .relay(relay_id)
             .ok_or_else(|| NetworkError::Unavailable("placed on an unknown relay".into()))?;
@@ -128,11 +101,7 @@ impl Network for EmbeddedNetwork {
         if_match: Option<&str>,
         candidates: Vec<String>,
     ) -> Result<(), NetworkError> {
-        if if_match == Some("*") {
-            return Err(NetworkError::Unsupported(
-                "ICE restart; reconnect with a new offer",
-            ));
-        }
+        NetworkError::refuse_ice_restart(if_match)?;
         self.hosting(session, peer, identity)?
             .trickle(session, peer, if_match, &candidates)
             .await

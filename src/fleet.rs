@@ -23,7 +23,6 @@ use tokio::task::JoinHandle;
 use tonic::transport::{ClientTlsConfig, ServerTlsConfig};
 
 use crate::ops::service_metrics;
-use crate::stack::random_uuid_v4;
 
 /// How a service authenticates to NATS and checks the server's certificate.
 /// Without any of it the connection is anonymous (and plaintext, unless the
@@ -174,7 +173,7 @@ pub async fn start_relay(
     trace_delta_every: u64,
 ) -> anyhow::Result<FleetRelay> {
     if config.relay_id == deltamesh_proto::Id::default() {
-        config.relay_id = random_uuid_v4();
+        config.relay_id = deltamesh_proto::Id::random();
     }
     let store = Arc::new(ChunkStore::new(config.chunk_size, config.max_chunks));
     let telemetry = LogTelemetry {

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::Router;
 use axum::http::StatusCode;
-use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use deltamesh_proto::ports::first_free;
+use deltamesh_signal::openmetrics_response;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
@@ -21,9 +22,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::ports::PortRange;
-
-/// The media type of `GET /metrics` (the same as signal's).
-pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// A gauge read when scraped.
 pub struct FnGauge<F>(pub F);
@@ -81,17 +79,13 @@ impl FromStr for OpsListen {
 impl OpsListen {
     /// Binds the first port of the range that is free.
     async fn bind(&self) -> anyhow::Result<TcpListener> {
-        for port in self.ports.clone() {
-            match TcpListener::bind((self.ip, port)).await {
-                Ok(listener) => return Ok(listener),
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && port < *self.ports.end() => {
-                }
-                Err(e) => {
-                    return Err(e).with_context(|| format!("binding --ops-listen to {self:?}"));
-                }
-            }
-        }
-        anyhow::bail!("no free port for --ops-listen in {self:?}")
+        let listener = first_free(self.ports.clone(), |port| {
+            let listener = std::net::TcpListener::bind((self.ip, port))?;
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        })
+        .with_context(|| format!("binding --ops-listen to {self:?}"))?;
+        Ok(TcpListener::from_std(listener)?)
     }
 }
 
@@ -136,17 +130,15 @@ pub async fn serve_ops(
     Ok((addr, server))
 }
 
-/// `registry` as OpenMetrics text.
+/// `registry` as OpenMetrics text, encoded as signal encodes its own.
 fn metrics(registry: &Registry) -> Response {
-    let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, registry) {
-        Ok(()) => ([(CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response(),
-        Err(_) => (
+    openmetrics_response(registry).unwrap_or_else(|_| {
+        (
             StatusCode::INTERNAL_SERVER_ERROR,
             "the metrics could not be encoded\n",
         )
-            .into_response(),
-    }
+            .into_response()
+    })
 }
 
 /// Whether `nats` is connected, as a readiness check.

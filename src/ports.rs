@@ -1,6 +1,7 @@
 //! Ports as operators give them: one port (`0`: any free one), or a range
 //! `FIRST-LAST` of which a service takes the first free port, so replicas
-//! sharing a host each find one inside a known range.
+//! sharing a host each find one inside a known range (binding goes through
+//! [`deltamesh_proto::ports::first_free`]).
 
 use std::ops::RangeInclusive;
 use std::str::FromStr;

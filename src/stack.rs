@@ -51,7 +51,7 @@ impl RunningStack {
 /// Starts a relay and signal in this process.
 pub async fn start(mut config: StackConfig) -> std::io::Result<RunningStack> {
     if config.relay.relay_id == Id::default() {
-        config.relay.relay_id = random_uuid_v4();
+        config.relay.relay_id = Id::random();
     }
     let mut registry = Registry::default();
     let relay_metrics = RelayMetrics::register(&mut registry);
@@ -81,13 +81,10 @@ pub async fn start(mut config: StackConfig) -> std::io::Result<RunningStack> {
     })
 }
 
-/// A random (version 4) UUID for this process's relay.
+/// A random (version 4) UUID for this process's relay: [`Id::random`],
+/// under the name the binary calls it by.
 pub fn random_uuid_v4() -> Id {
-    let mut bytes = [0u8; 16];
-    fastrand::fill(&mut bytes);
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    Id(bytes)
+    Id::random()
 }
 
 fn home_page(relay: &RelayHandle) -> String {

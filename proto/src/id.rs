@@ -1,5 +1,6 @@
 //! 16-byte ids (peers, relays, documents): raw bytes on the wire, lowercase
-//! hyphenated UUID text in HTTP and logs.
+//! hyphenated UUID text in HTTP and logs. [`Id::random`] is the one way
+//! every crate makes a new one.
 
 use std::fmt;
 use std::str::FromStr;
@@ -20,6 +21,13 @@ pub enum IdError {
 }
 
 impl Id {
+    /// A new random (version 4) UUID from the system's secure random source
+    /// (`crypto.getRandomValues` in a browser), fit for ids that must not be
+    /// guessed, such as resume tokens.
+    pub fn random() -> Self {
+        Id(uuid::Uuid::new_v4().into_bytes())
+    }
+
     /// The id in `bytes`, which must be exactly 16 long.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, IdError> {
         let raw: [u8; 16] = bytes.try_into().map_err(|_| IdError::Length(bytes.len()))?;
@@ -85,6 +93,14 @@ mod tests {
         assert_eq!(text, "abababab-abab-abab-abab-abababababab");
         assert_eq!(text.parse::<Id>(), Ok(id));
         assert_eq!("ABABABAB-ABAB-ABAB-ABAB-ABABABABABAB".parse::<Id>(), Ok(id));
+    }
+
+    #[test]
+    fn random_ids_are_version_4_uuids_and_differ() {
+        let (a, b) = (Id::random(), Id::random());
+        assert_ne!(a, b);
+        assert_eq!(a.0[6] >> 4, 4);
+        assert_eq!(a.0[8] >> 6, 0b10);
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`grants`]: what a peer connection may do.
 //! - [`id`] and [`session`]: peer, relay and document ids; session names.
 //! - [`trace`]: the W3C trace context a connection's trace travels in.
+//! - [`ports`]: binding the first free port of a range.
+//! - [`time`]: wall-clock time since the Unix epoch, in the wire's units.
 //!
 //! This crate knows nothing of sockets, runtimes or WebRTC stacks, so the
 //! browser build and every service can share it.
@@ -19,8 +21,10 @@ pub mod fleet;
 pub mod frame;
 pub mod grants;
 pub mod id;
+pub mod ports;
 pub mod security;
 pub mod session;
+pub mod time;
 pub mod trace;
 
 /// Protobuf types generated from `proto/deltamesh/v1/*.proto`.

@@ -1,8 +1,10 @@
 //! W3C trace context (`traceparent`, `tracestate`) as it travels with a
 //! connection: a peer starts a trace with its offer, and each service
 //! continues it in the headers of the next hop (HTTP, gRPC metadata, NATS
-//! headers). Peers only need [`new_traceparent`]; the services, with the
+//! headers). Peers only need [`random_traceparent`]; the services, with the
 //! `trace` feature, turn headers into OpenTelemetry contexts and back.
+
+use crate::Id;
 
 /// The header that carries a trace and the span to continue from.
 pub const TRACEPARENT: &str = "traceparent";
@@ -34,6 +36,15 @@ pub fn new_traceparent(trace_id: [u8; 16], span_id: [u8; 8]) -> String {
     }
     text.push_str("-01");
     text
+}
+
+/// A [`new_traceparent`] for a new random trace and span, as a peer sends
+/// with its offer.
+pub fn random_traceparent() -> String {
+    let span = Id::random().0;
+    let mut span_id = [0; 8];
+    span_id.copy_from_slice(&span[8..]);
+    new_traceparent(Id::random().0, span_id)
 }
 
 #[cfg(feature = "trace")]
@@ -99,6 +110,17 @@ mod tests {
             text,
             "00-abababababababababababababababab-0101010101010101-01"
         );
+    }
+
+    #[test]
+    fn a_random_traceparent_is_a_fresh_valid_one() {
+        let (a, b) = (random_traceparent(), random_traceparent());
+        assert_ne!(a, b);
+        let parts: Vec<&str> = a.split('-').collect();
+        assert_eq!(parts.len(), 4);
+        assert_eq!((parts[0], parts[3]), ("00", "01"));
+        assert_eq!((parts[1].len(), parts[2].len()), (32, 16));
+        assert_ne!(parts[2], "0000000000000000");
     }
 
     #[cfg(feature = "trace")]

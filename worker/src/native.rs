@@ -4,10 +4,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use deltamesh_proto::channel::Channel;
-use deltamesh_proto::trace::{TRACEPARENT, new_traceparent};
+use deltamesh_proto::time::unix_micros;
+use deltamesh_proto::trace::{TRACEPARENT, random_traceparent};
 use deltamesh_proto::{Id, pb};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId};
@@ -338,10 +339,7 @@ impl Link {
             "{}/v1/sessions/{}/peers",
             options.signal_url, options.session
         );
-        let traceparent = new_traceparent(
-            fastrand::u128(1..).to_be_bytes(),
-            fastrand::u64(1..).to_be_bytes(),
-        );
+        let traceparent = random_traceparent();
         let response = http
             .post(&url)
             .header("content-type", "application/sdp")
@@ -646,10 +644,4 @@ impl Driver {
             in_flight += bytes.len();
         }
     }
-}
-
-fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }

@@ -1,21 +1,15 @@
 //! Relays in the relays bucket: read, write, and which ones are live.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use deltamesh_proto::Id;
 use deltamesh_proto::fleet::pb::RelayInfo;
 use deltamesh_proto::fleet::relay_key;
+use deltamesh_proto::time::unix_millis;
 use prost::Message;
 
 use crate::buckets;
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64)
-}
 
 /// Whether `relay` was heard from within `ttl` of `now_ms`.
 fn is_live(relay: &RelayInfo, now_ms: u64, ttl: Duration) -> bool {
@@ -50,7 +44,7 @@ pub(crate) async fn get_live(
         return Ok(None);
     };
     let relay = RelayInfo::decode(value)?;
-    Ok(is_live(&relay, now_ms(), ttl).then_some(relay))
+    Ok(is_live(&relay, unix_millis(), ttl).then_some(relay))
 }
 
 /// Every live relay, in no particular order (corrupt records are skipped).
@@ -58,7 +52,7 @@ pub(crate) async fn live(
     store: &kv::Store,
     ttl: Duration,
 ) -> Result<Vec<RelayInfo>, async_nats::Error> {
-    let now = now_ms();
+    let now = unix_millis();
     let values = buckets::values(store, ">").await?;
     Ok(values
         .into_iter()

@@ -163,7 +163,7 @@ impl Registry for RegistryService {
             .relay
             .ok_or_else(|| Status::invalid_argument("relay is required"))?;
         let id = check_relay(&relay)?;
-        relay.heartbeat_at_ms = relays::now_ms();
+        relay.heartbeat_at_ms = deltamesh_proto::time::unix_millis();
         relays::put(&self.relays, id, &relay)
             .await
             .map_err(unavailable)?;
@@ -190,7 +190,7 @@ impl Registry for RegistryService {
             })?;
         relay.load = request.load.or(relay.load);
         relay.draining = request.draining;
-        relay.heartbeat_at_ms = relays::now_ms();
+        relay.heartbeat_at_ms = deltamesh_proto::time::unix_millis();
         relays::put(&self.relays, id, &relay)
             .await
             .map_err(unavailable)?;

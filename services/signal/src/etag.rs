@@ -4,10 +4,8 @@
 use axum::http::header::IF_MATCH;
 use axum::http::{HeaderMap, HeaderValue};
 
+use crate::network::ICE_RESTART;
 use crate::problem::ApiError;
-
-/// What `If-Match` names for an ICE restart.
-const ICE_RESTART: &str = "*";
 
 /// The `ETag` header for `ufrag`. A ufrag that cannot be a strong entity tag
 /// (RFC 9110 §8.8.3: visible ASCII except `"`) is the network's fault: 500.

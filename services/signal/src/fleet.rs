@@ -18,17 +18,15 @@
 //! which is [`NetworkError::NoCapacity`] as for any placement.
 
 use std::future::Future;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
 use async_nats::{HeaderMap, RequestErrorKind};
 use deltamesh_proto::Id;
 use deltamesh_proto::fleet::pb::registry_client::RegistryClient;
-use deltamesh_proto::fleet::pb::{
-    self, RelayFailureCode, RelayReply, RelayRequest, relay_reply, relay_request,
-};
+use deltamesh_proto::fleet::pb::{self, RelayReply, RelayRequest, relay_reply, relay_request};
 use deltamesh_proto::fleet::{RegistryEndpointError, registry_endpoint, relay_control_subject};
-use deltamesh_proto::trace;
+use deltamesh_proto::{time, trace};
 use opentelemetry::Context;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -43,10 +41,6 @@ use crate::network::{ConnectRequest, Connected, Network, NetworkError, PeerInfo,
 /// How many relays an offer is placed on at most before giving up, when the
 /// placed ones turn out to be gone.
 pub const MAX_PLACEMENTS: usize = 3;
-/// What a full relay (or a registry with no relay left) asks clients to wait.
-const FULL_RETRY_AFTER: Duration = Duration::from_secs(2);
-/// What a relay busy setting up connections asks clients to wait.
-const PENDING_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// How long each hop may take before signal answers 504.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,7 +317,7 @@ impl FleetNetwork {
         {
             Asked::NoResponders => Err(NetworkError::UnknownPeer),
             Asked::Reply(relay_reply::Reply::Done(_)) => Ok(()),
-            Asked::Reply(relay_reply::Reply::Failure(failure)) => Err(relay_failure(failure)),
+            Asked::Reply(relay_reply::Reply::Failure(failure)) => Err(NetworkError::from(failure)),
             Asked::Reply(relay_reply::Reply::Answer(_)) => Err(NetworkError::Unavailable(format!(
                 "relay {relay} answered a request that was not an offer"
             ))),
@@ -334,14 +328,9 @@ impl FleetNetwork {
 /// The [`NetworkError`] a failed registry call stands for.
 fn registry_error(status: Status) -> NetworkError {
     match status.code() {
-        Code::ResourceExhausted => NetworkError::NoCapacity {
-            reason: if status.message().is_empty() {
-                "every relay is full or draining".to_owned()
-            } else {
-                status.message().to_owned()
-            },
-            retry_after: FULL_RETRY_AFTER,
-        },
+        Code::ResourceExhausted => {
+            NetworkError::no_relay_room(Some(status.message()).filter(|m| !m.is_empty()))
+        }
         // A tonic server answers CANCELLED when the deadline we sent it
         // (`grpc-timeout`) runs out, which may come just before our own.
         Code::DeadlineExceeded | Code::Cancelled => NetworkError::Timeout("the registry"),
@@ -352,40 +341,6 @@ fn registry_error(status: Status) -> NetworkError {
             "registry failed ({}): {}",
             code.description(),
             status.message()
-        )),
-    }
-}
-
-/// The [`NetworkError`] a relay's failure reply stands for; the same mapping
-/// as the in-process network's.
-fn relay_failure(failure: pb::RelayFailure) -> NetworkError {
-    match RelayFailureCode::try_from(failure.code) {
-        Ok(RelayFailureCode::BadOffer) => NetworkError::BadOffer(failure.detail),
-        Ok(RelayFailureCode::Full) => NetworkError::NoCapacity {
-            reason: "the relay is full".into(),
-            retry_after: FULL_RETRY_AFTER,
-        },
-        Ok(RelayFailureCode::TooManyPending) => NetworkError::NoCapacity {
-            reason: "too many connections are being set up".into(),
-            retry_after: PENDING_RETRY_AFTER,
-        },
-        Ok(RelayFailureCode::SessionFull) => NetworkError::SessionFull {
-            limit: failure.limit as usize,
-            retry_after: FULL_RETRY_AFTER,
-        },
-        Ok(RelayFailureCode::UnknownPeer) => NetworkError::UnknownPeer,
-        Ok(RelayFailureCode::NotOwner) => NetworkError::NotOwner,
-        Ok(RelayFailureCode::EtagMismatch) => NetworkError::EtagMismatch,
-        Ok(RelayFailureCode::ShuttingDown) => {
-            NetworkError::Unavailable("relay is shutting down".into())
-        }
-        Ok(RelayFailureCode::BadRequest) => NetworkError::Unavailable(format!(
-            "the relay could not decode the request: {}",
-            failure.detail
-        )),
-        Ok(RelayFailureCode::Unspecified) | Err(_) => NetworkError::Unavailable(format!(
-            "the relay failed (code {}): {}",
-            failure.code, failure.detail
         )),
     }
 }
@@ -401,7 +356,7 @@ fn peer_info(record: &pb::PeerRecord) -> Option<PeerInfo> {
         peer_id: Id::from_slice(&record.peer_id).ok()?,
         relay_id: Id::from_slice(&record.relay_id).ok()?,
         state,
-        joined_at: UNIX_EPOCH.checked_add(Duration::from_millis(record.joined_at_ms))?,
+        joined_at: time::from_unix_millis(record.joined_at_ms)?,
     })
 }
 
@@ -464,10 +419,10 @@ impl Network for FleetNetwork {
                 relay_reply::Reply::Failure(failure) if is_out_of_room(&failure) => {
                     tracing::info!(relay = %relay_id, detail = %failure.detail, "placed relay has no room; placing again");
                     gone.push(relay_id);
-                    refused = Some(relay_failure(failure));
+                    refused = Some(NetworkError::from(failure));
                     continue;
                 }
-                relay_reply::Reply::Failure(failure) => Err(relay_failure(failure)),
+                relay_reply::Reply::Failure(failure) => Err(NetworkError::from(failure)),
                 relay_reply::Reply::Done(_) => Err(NetworkError::Unavailable(format!(
                     "relay {relay_id} did not answer the offer"
                 ))),
@@ -489,11 +444,7 @@ impl Network for FleetNetwork {
         if_match: Option<&str>,
         candidates: Vec<String>,
     ) -> Result<(), NetworkError> {
-        if if_match == Some("*") {
-            return Err(NetworkError::Unsupported(
-                "ICE restart; reconnect with a new offer",
-            ));
-        }
+        NetworkError::refuse_ice_restart(if_match)?;
         let request = relay_request::Request::Trickle(pb::TrickleRequest {
             session: session.to_owned(),
             peer_id: peer.as_bytes().to_vec(),

@@ -30,5 +30,5 @@ pub use config::{BODY_LIMIT, DEFAULT_ADDRESS_RATE, DEFAULT_TOKEN_RATE, SignalCon
 pub use fleet::{FleetMetrics, FleetNetwork, FleetTimeouts};
 pub use http::{router, serve};
 pub use limits::RateLimit;
-pub use metrics::SignalMetrics;
+pub use metrics::{SignalMetrics, openmetrics_response};
 pub use network::{ConnectRequest, Connected, Network, NetworkError, PeerInfo, PeerState};

@@ -2,15 +2,17 @@
 //! registry under the `signal_` prefix, and the encoding of that registry for
 //! `GET /metrics`.
 
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-/// The media type of [`encode`]'s output (prometheus-client writes OpenMetrics
-/// text, which Prometheus scrapes as is).
-pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The media type of [`openmetrics_response`]'s body (prometheus-client
+/// writes OpenMetrics text, which Prometheus scrapes as is).
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Labels of `signal_http_requests_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -139,9 +141,11 @@ impl SignalMetrics {
     }
 }
 
-/// The whole of `registry` (every service's metrics) as OpenMetrics text.
-pub(crate) fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
+/// The whole of `registry` (every service's metrics) as a `GET /metrics`
+/// answer: OpenMetrics text with its media type. Signal and every ops
+/// listener answer through this one encoder.
+pub fn openmetrics_response(registry: &Registry) -> Result<Response, std::fmt::Error> {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, registry)?;
-    Ok(text)
+    Ok(([(CONTENT_TYPE, OPENMETRICS)], text).into_response())
 }

@@ -5,7 +5,16 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
+use deltamesh_proto::fleet::pb::{self, RelayFailureCode};
 use deltamesh_proto::{Grants, Id};
+
+/// What `If-Match` names for an ICE restart (RFC 9725 §4.3).
+pub const ICE_RESTART: &str = "*";
+/// What a full relay, a full session or a fleet with no room asks clients
+/// to wait.
+const FULL_RETRY_AFTER: Duration = Duration::from_secs(2);
+/// What a relay busy setting up connections asks clients to wait.
+const PENDING_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// A new peer connection asked for by an HTTP offer.
 #[derive(Debug, Clone)]
@@ -110,6 +119,68 @@ pub enum NetworkError {
     /// A hop failed: 503.
     #[error("unavailable: {0}")]
     Unavailable(String),
+}
+
+impl NetworkError {
+    /// No relay can take a new peer: the placement found none (`reason`,
+    /// or by default that every relay is full or draining).
+    pub fn no_relay_room(reason: Option<&str>) -> NetworkError {
+        NetworkError::NoCapacity {
+            reason: reason
+                .unwrap_or("every relay is full or draining")
+                .to_owned(),
+            retry_after: FULL_RETRY_AFTER,
+        }
+    }
+
+    /// Refuses an `If-Match` naming an ICE restart ([`ICE_RESTART`]), which
+    /// no network supports: the client reconnects with a new offer instead.
+    pub fn refuse_ice_restart(if_match: Option<&str>) -> Result<(), NetworkError> {
+        if if_match == Some(ICE_RESTART) {
+            Err(NetworkError::Unsupported(
+                "ICE restart; reconnect with a new offer",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The one mapping of a relay's refusal, as its failure code travels
+/// (the relay's `fleet::control::failure` makes it, over NATS or in
+/// process), to what signal tells the client.
+impl From<pb::RelayFailure> for NetworkError {
+    fn from(failure: pb::RelayFailure) -> Self {
+        match RelayFailureCode::try_from(failure.code) {
+            Ok(RelayFailureCode::BadOffer) => NetworkError::BadOffer(failure.detail),
+            Ok(RelayFailureCode::Full) => NetworkError::NoCapacity {
+                reason: "the relay is full".into(),
+                retry_after: FULL_RETRY_AFTER,
+            },
+            Ok(RelayFailureCode::TooManyPending) => NetworkError::NoCapacity {
+                reason: "too many connections are being set up".into(),
+                retry_after: PENDING_RETRY_AFTER,
+            },
+            Ok(RelayFailureCode::SessionFull) => NetworkError::SessionFull {
+                limit: failure.limit as usize,
+                retry_after: FULL_RETRY_AFTER,
+            },
+            Ok(RelayFailureCode::UnknownPeer) => NetworkError::UnknownPeer,
+            Ok(RelayFailureCode::NotOwner) => NetworkError::NotOwner,
+            Ok(RelayFailureCode::EtagMismatch) => NetworkError::EtagMismatch,
+            Ok(RelayFailureCode::ShuttingDown) => {
+                NetworkError::Unavailable("relay is shutting down".into())
+            }
+            Ok(RelayFailureCode::BadRequest) => NetworkError::Unavailable(format!(
+                "the relay could not decode the request: {}",
+                failure.detail
+            )),
+            Ok(RelayFailureCode::Unspecified) | Err(_) => NetworkError::Unavailable(format!(
+                "the relay failed (code {}): {}",
+                failure.code, failure.detail
+            )),
+        }
+    }
 }
 
 /// What signal needs from the registry and relays.

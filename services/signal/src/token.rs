@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use deltamesh_proto::Grants;
 use jsonwebtoken::errors::ErrorKind;
@@ -328,12 +328,9 @@ impl TokenSigner {
     }
 }
 
-/// Seconds since the Unix epoch, now.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+/// Seconds since the Unix epoch, now: the shared clock, under the name
+/// token makers know it by.
+pub use deltamesh_proto::time::unix_secs as unix_now;
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use deltamesh_proto::trace::{TRACEPARENT, new_traceparent};
+use deltamesh_proto::trace::{TRACEPARENT, random_traceparent};
 use js_sys::JSON;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
@@ -134,11 +134,6 @@ pub async fn delete(resource: &str, token: &str) {
     }
 }
 
-/// `N` bytes from `Math.random` (trace ids need no stronger randomness).
-fn random_bytes<const N: usize>() -> [u8; N] {
-    std::array::from_fn(|_| (js_sys::Math::random() * 256.0) as u8)
-}
-
 async fn fetch(
     method: &str,
     url: &str,
@@ -158,7 +153,7 @@ async fn fetch(
             .set("content-type", "application/sdp")
             .map_err(unreachable)?;
         // Each connection is one trace, which the services continue.
-        let traceparent = new_traceparent(random_bytes(), random_bytes());
+        let traceparent = random_traceparent();
         tracing::info!(%traceparent, "posting the offer");
         headers
             .set(TRACEPARENT, &traceparent)

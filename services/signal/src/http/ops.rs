@@ -4,9 +4,8 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
 use axum::http::{Method, Uri};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{Html, Response};
 
 use super::App;
 use crate::metrics;
@@ -66,9 +65,8 @@ pub(super) async fn readyz<N: Network>(
 pub(super) async fn metrics<N: Network>(
     State(app): State<Arc<App<N>>>,
 ) -> Result<Response, ApiError> {
-    let text = metrics::encode(&app.registry)
-        .map_err(|_| ApiError::Internal("the metrics could not be encoded".to_owned()))?;
-    Ok(([(CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
+    metrics::openmetrics_response(&app.registry)
+        .map_err(|_| ApiError::Internal("the metrics could not be encoded".to_owned()))
 }
 
 /// Any path no route has: a 404 problem.
