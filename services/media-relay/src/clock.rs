@@ -39,14 +39,6 @@ impl WallClock {
     }
 }
 
-/// Microseconds since the Unix epoch now, for the I/O side (the JetStream
-/// log), which may read the clock.
-pub(crate) fn unix_micros_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

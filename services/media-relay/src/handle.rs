@@ -3,12 +3,12 @@
 //! [`RelayCore`]; [`RelayHandle`] is how signaling (directly in one process,
 //! over NATS in a fleet) offers, trickles and closes peer connections.
 
-use std::net::{IpAddr, SocketAddr};
-use std::ops::RangeInclusive;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use deltamesh_proto::Id;
+use deltamesh_proto::ports::first_free;
 use deltamesh_proto::trace::attribute;
 use opentelemetry::KeyValue;
 use opentelemetry::global::{self, BoxedSpan};
@@ -61,7 +61,9 @@ pub async fn start(
     for index in 0..shared.shard_count() {
         let config = &shared.config;
         let socket = match config.udp_port_last {
-            Some(last) => bind_first_free(config.bind_ip, config.udp_port..=last)?,
+            Some(last) => first_free(config.udp_port..=last, |port| {
+                bind_udp(SocketAddr::new(config.bind_ip, port))
+            })?,
             None => {
                 let port = match config.udp_port {
                     0 => 0,
@@ -91,20 +93,6 @@ pub async fn start(
 /// Socket buffers big enough for a burst of fan-out (the kernel caps them
 /// at `net.core.{w,r}mem_max`).
 const SOCKET_BUFFER: usize = 4 << 20;
-
-/// Binds the first free port of `ports` on `ip`.
-fn bind_first_free(ip: IpAddr, ports: RangeInclusive<u16>) -> std::io::Result<UdpSocket> {
-    for port in ports.clone() {
-        match bind_udp(SocketAddr::new(ip, port)) {
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
-            bound => return bound,
-        }
-    }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::AddrInUse,
-        format!("no free UDP port in {ports:?}"),
-    ))
-}
 
 /// Binds a non-blocking UDP socket with large send and receive buffers.
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -208,7 +196,7 @@ impl RelayHandle {
         trace: &opentelemetry::Context,
     ) -> Result<OfferAnswer, RelayError> {
         let tracer = global::tracer("deltamesh-relay");
-        let peer_id = Id(*uuid::Uuid::new_v4().as_bytes());
+        let peer_id = Id::random();
         let attributes = vec![
             KeyValue::new(attribute::SESSION, session.to_owned()),
             KeyValue::new(attribute::PEER_ID, peer_id.to_string()),

@@ -375,7 +375,7 @@ impl DeltaLog for MemoryLog {
     }
 
     fn issue_resume_token(&self, session: &Arc<str>, origin: Id) -> [u8; 16] {
-        let token = *uuid::Uuid::new_v4().as_bytes();
+        let token = Id::random().0;
         self.sessions()
             .entry(Arc::clone(session))
             .or_insert_with(new_session_log)

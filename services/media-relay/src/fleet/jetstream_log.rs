@@ -36,11 +36,11 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::clock::unix_micros_now;
 use crate::log::{Acceptance, AckTo, Appended, DeltaLog, LogError, MemoryLog, stamp};
 use crate::signing::DeltaSigner;
 use crate::store::{ChunkStore, StoredDelta};
 use crate::wake::{LogAck, ShardWake};
+use deltamesh_proto::time::unix_micros;
 
 /// Wait between attempts to follow a session's stream again after an error.
 const FOLLOW_RETRY: Duration = Duration::from_millis(250);
@@ -371,7 +371,7 @@ fn ingest(
     let by = Acceptance {
         origin,
         validator: inner.relay_id,
-        validated_at_us: unix_micros_now(),
+        validated_at_us: unix_micros(),
         signer: inner.signer.as_deref(),
     };
     inner

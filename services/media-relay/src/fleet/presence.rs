@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use deltamesh_proto::Id;
@@ -210,10 +210,7 @@ fn peer_record(relay: Id, change: &MemberChange) -> pb::PeerRecord {
             MemberState::Connected => pb::PeerState::Connected,
         }
         .into(),
-        joined_at_ms: member
-            .joined_at
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        joined_at_ms: deltamesh_proto::time::millis_since_epoch(member.joined_at),
         identity: member.identity.to_string(),
     }
 }

@@ -155,7 +155,7 @@ impl Net {
             })
         });
         let (offer, pending) = sdp.apply().expect("an offer");
-        let peer_id = Id(*uuid::Uuid::new_v4().as_bytes());
+        let peer_id = Id::random();
         let offer = Offer {
             peer_id,
             session: session.into(),
