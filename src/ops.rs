@@ -79,7 +79,7 @@ impl FromStr for OpsListen {
 impl OpsListen {
     /// Binds the first port of the range that is free.
     async fn bind(&self) -> anyhow::Result<TcpListener> {
-        let listener = first_free(self.ports.clone(), |port| {
+        let listener = first_free("TCP", self.ports.clone(), |port| {
             let listener = std::net::TcpListener::bind((self.ip, port))?;
             listener.set_nonblocking(true)?;
             Ok(listener)

@@ -63,7 +63,7 @@ async fn a_peer_that_resumes_further_behind_than_the_limit_catches_up_instead_of
     // after the burst below is stored, so it comes back to the whole
     // backlog at once rather than racing a burst still under way.
     let mut options = ConnectOptions::new(&stack.signal_url(), "backlog", TOKEN);
-    options.reconnect_after = Duration::from_secs(3);
+    options.reconnect.first_retry = Duration::from_secs(3);
     let mut reader = NativePeer::connect(options).await.unwrap();
     stack.relays[0]
         .disconnect("backlog", reader.peer_id(), "test")

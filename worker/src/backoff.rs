@@ -1,9 +1,47 @@
-//! Reconnect pacing, shared by the native and the browser driver:
-//! exponential backoff with jitter, so a fleet of peers that lost the same
-//! relay does not come back in lockstep. Sans-IO: the caller supplies the
-//! randomness and does the waiting.
+//! Reconnect pacing, shared by the native and the browser driver: one
+//! [`ReconnectPolicy`] says when a silent relay counts as gone and how
+//! quickly to come back, and its [`Backoff`] spreads the attempts with
+//! jitter, so a fleet of peers that lost the same relay does not come back
+//! in lockstep. Sans-IO: the caller supplies the randomness and does the
+//! waiting.
 
 use std::time::Duration;
+
+/// How a peer notices a dead relay and reconnects, the same for the native
+/// and the browser peer. A crashed relay sends nothing, not even a close,
+/// so silence is the only sign: the defaults notice it within 2 s and come
+/// back after 250 ms, waiting at most 5 s between failed attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconnectPolicy {
+    /// The first wait before reconnecting after a drop or a failed attempt;
+    /// it doubles (with jitter) on each further failed attempt.
+    pub first_retry: Duration,
+    /// The longest wait between attempts (never shorter than `first_retry`).
+    pub max_retry: Duration,
+    /// A ping goes out after this long without hearing from the relay.
+    pub keepalive: Duration,
+    /// The relay counts as gone (and the peer reconnects, elsewhere if need
+    /// be) after this long without hearing from it, pings unanswered.
+    pub silence_timeout: Duration,
+}
+
+impl Default for ReconnectPolicy {
+    fn default() -> Self {
+        ReconnectPolicy {
+            first_retry: Duration::from_millis(250),
+            max_retry: Duration::from_secs(5),
+            keepalive: Duration::from_millis(500),
+            silence_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl ReconnectPolicy {
+    /// A fresh backoff pacing attempts by this policy.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.first_retry, self.max_retry.max(self.first_retry))
+    }
+}
 
 /// Exponential backoff: `first`, doubling per failed attempt, capped at
 /// `max`, each delay spread by ±20 % jitter.
@@ -71,6 +109,22 @@ mod tests {
         assert_eq!(high.next_delay(1.0), Duration::from_millis(120));
         let mut capped = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
         assert_eq!(capped.next_delay(1.0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_policy_backs_off_from_its_first_retry_to_its_max() {
+        let policy = ReconnectPolicy::default();
+        let mut backoff = policy.backoff();
+        assert_eq!(backoff.next_delay(0.5), Duration::from_millis(250));
+        for _ in 0..10 {
+            backoff.next_delay(0.5);
+        }
+        assert_eq!(backoff.next_delay(0.5), Duration::from_secs(5));
+        let slow = ReconnectPolicy {
+            first_retry: Duration::from_secs(8),
+            ..policy
+        };
+        assert_eq!(slow.backoff().next_delay(0.5), Duration::from_secs(8));
     }
 
     #[test]

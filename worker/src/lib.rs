@@ -16,6 +16,7 @@ pub mod verify;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 
+pub use backoff::{Backoff, ReconnectPolicy};
 pub use core::{PeerCore, PeerEvent, ReceivedDelta, SendError};
 #[cfg(not(target_arch = "wasm32"))]
 pub use native::{ConnectError, ConnectOptions, NativePeer};

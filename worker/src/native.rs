@@ -17,7 +17,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::backoff::Backoff;
+use crate::backoff::ReconnectPolicy;
 use crate::core::{PeerCore, PeerEvent, SendError};
 
 /// The bit that marks a ping nonce as the driver's own keepalive.
@@ -44,15 +44,9 @@ pub struct ConnectOptions {
     pub send_window: usize,
     /// Time allowed from offer to `Welcome`.
     pub connect_timeout: Duration,
-    /// The first wait before reconnecting after a drop; it doubles (with
-    /// jitter) on each failed attempt, up to 5 s.
-    pub reconnect_after: Duration,
-    /// A ping goes out after this long without a datagram from the relay.
-    pub keepalive: Duration,
-    /// The relay counts as gone (and the peer reconnects elsewhere) after
-    /// this long without a datagram, pings unanswered: a crashed relay
-    /// sends nothing, not even a close.
-    pub silence_timeout: Duration,
+    /// Keepalive pings, when the relay counts as gone, and the reconnect
+    /// backoff (hearing from the relay means any datagram).
+    pub reconnect: ReconnectPolicy,
 }
 
 impl ConnectOptions {
@@ -66,9 +60,7 @@ impl ConnectOptions {
             max_unacked: 65_536,
             send_window: 16 * 1024,
             connect_timeout: Duration::from_secs(10),
-            reconnect_after: Duration::from_millis(100),
-            keepalive: Duration::from_millis(500),
-            silence_timeout: Duration::from_secs(2),
+            reconnect: ReconnectPolicy::default(),
         }
     }
 }
@@ -441,10 +433,10 @@ impl Driver {
             };
             let now = Instant::now();
             let silent = now.duration_since(last_rx);
-            if silent >= self.options.silence_timeout {
+            if silent >= self.options.reconnect.silence_timeout {
                 return Ended::Lost(format!("nothing from the relay for {silent:?}"));
             }
-            let keepalive = self.options.keepalive;
+            let keepalive = self.options.reconnect.keepalive;
             if silent >= keepalive && now.duration_since(pinged_at) >= keepalive {
                 nonce += 1;
                 self.core.ping(KEEPALIVE_NONCE | nonce);
@@ -504,12 +496,10 @@ impl Driver {
         }
     }
 
-    /// Connects again with exponential backoff (`reconnect_after` doubling
-    /// to 5 s, with jitter), still taking the application's requests. `None`
-    /// once closed.
+    /// Connects again with the policy's exponential backoff (with jitter),
+    /// still taking the application's requests. `None` once closed.
     async fn reconnect(&mut self, requests: &mut mpsc::Receiver<Request>) -> Option<Link> {
-        let first = self.options.reconnect_after;
-        let mut backoff = Backoff::new(first, Duration::from_secs(5).max(first));
+        let mut backoff = self.options.reconnect.backoff();
         loop {
             let sleep = tokio::time::sleep(backoff.next_delay(fastrand::f64()));
             tokio::pin!(sleep);

@@ -6,6 +6,7 @@
 //! transfer list: received payloads move to the page without a copy.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use deltamesh_proto::Id;
 use js_sys::{Array, ArrayBuffer, Uint8Array};
@@ -13,6 +14,7 @@ use wasm_bindgen::{JsCast, JsValue};
 use web_sys::RtcDataChannel;
 
 use super::js::{get, get_instance, get_integer, get_number, get_string, object};
+use crate::backoff::ReconnectPolicy;
 
 /// Largest integer a JavaScript number holds exactly (seqs, counters).
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
@@ -30,6 +32,9 @@ pub struct Config {
     pub echo: bool,
     /// Deltas that may await acknowledgement before `send` refuses more.
     pub max_unacked: u32,
+    /// Keepalive pings, when the relay counts as gone, and the reconnect
+    /// backoff: the native peer's policy, as the page's options set it.
+    pub reconnect: ReconnectPolicy,
 }
 
 /// The connection's state as the application sees it.
@@ -75,7 +80,8 @@ impl FromStr for ConnectionState {
     }
 }
 
-/// Connection statistics, refreshed by the worker once a second.
+/// Connection statistics, refreshed by the worker on each keepalive tick
+/// (every 500 ms by default).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Stats {
     /// Round trip to the relay from the last ping, in milliseconds.
@@ -230,6 +236,15 @@ fn number(n: impl Into<f64>) -> JsValue {
     JsValue::from_f64(n.into())
 }
 
+/// A duration as whole milliseconds, as the page's options give it.
+fn millis(duration: Duration) -> JsValue {
+    JsValue::from_f64(duration.as_millis() as f64)
+}
+
+fn get_millis(object: &JsValue, key: &str) -> Result<Duration, String> {
+    get_u32(object, key).map(|ms| Duration::from_millis(ms.into()))
+}
+
 impl ToWorker {
     /// The message as a JavaScript value and the objects to transfer.
     pub fn encode(&self) -> (JsValue, Array) {
@@ -242,6 +257,10 @@ impl ToWorker {
                 ("token", config.token.as_str().into()),
                 ("echo", config.echo.into()),
                 ("maxUnacked", number(config.max_unacked)),
+                ("firstRetryMs", millis(config.reconnect.first_retry)),
+                ("maxRetryMs", millis(config.reconnect.max_retry)),
+                ("keepaliveMs", millis(config.reconnect.keepalive)),
+                ("silenceTimeoutMs", millis(config.reconnect.silence_timeout)),
             ]),
             ToWorker::Channels {
                 generation,
@@ -294,6 +313,12 @@ impl ToWorker {
                 token: get_string(message, "token")?,
                 echo: get(message, "echo").as_bool().unwrap_or(false),
                 max_unacked: get_u32(message, "maxUnacked")?,
+                reconnect: ReconnectPolicy {
+                    first_retry: get_millis(message, "firstRetryMs")?,
+                    max_retry: get_millis(message, "maxRetryMs")?,
+                    keepalive: get_millis(message, "keepaliveMs")?,
+                    silence_timeout: get_millis(message, "silenceTimeoutMs")?,
+                },
             }),
             "channels" => {
                 let list: Array = get_instance(message, "channels")?;
@@ -565,6 +590,10 @@ mod tests {
                 token: "t".into(),
                 echo: true,
                 max_unacked: 4096,
+                reconnect: ReconnectPolicy {
+                    first_retry: Duration::from_millis(100),
+                    ..ReconnectPolicy::default()
+                },
             }),
             ToWorker::Offer {
                 generation: 1,

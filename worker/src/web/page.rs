@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 use std::str::FromStr;
+use std::time::Duration;
 
 use deltamesh_proto::Id;
 use deltamesh_proto::session::{SESSION_MAX, is_valid_session};
@@ -22,6 +23,7 @@ use web_sys::{ErrorEvent, MessageEvent, Worker, WorkerOptions, WorkerType};
 use super::js::{error_text, get, object};
 use super::messages::{Config, ConnectionState, Stats, ToPage, ToWorker, stats_object};
 use super::peer_connection::{self, PeerConnection};
+use crate::backoff::ReconnectPolicy;
 
 /// Where the worker script is served unless options say otherwise.
 const DEFAULT_WORKER_URL: &str = "/pkg/worker.js";
@@ -42,6 +44,17 @@ export interface ConnectOptions {
     echo?: boolean;
     /** Deltas that may await acknowledgement before `send` refuses more. Default: 4096. */
     maxUnacked?: number;
+    /**
+     * The first wait before reconnecting, in ms; it doubles (with jitter) per
+     * failed attempt. Default: 250, as for the native peer.
+     */
+    firstRetryMs?: number;
+    /** The longest wait between reconnect attempts, in ms. Default: 5000. */
+    maxRetryMs?: number;
+    /** How often the worker pings the relay and refreshes stats, in ms. Default: 500. */
+    keepaliveMs?: number;
+    /** Silence from the relay after which the connection counts as lost, in ms. Default: 2000. */
+    silenceTimeoutMs?: number;
 }
 
 /** A delta from another peer, delivered once each, in `seq` order. */
@@ -73,7 +86,7 @@ export interface PeerChange {
     peerId: string;
 }
 
-/** Connection statistics, refreshed once a second. */
+/** Connection statistics, refreshed with each keepalive ping (every 500 ms by default). */
 export interface PeerStats {
     /** Round trip to the relay in milliseconds, null before the first pong. */
     rttMs: number | null;
@@ -144,6 +157,19 @@ fn type_error(message: &str) -> JsValue {
     js_sys::TypeError::new(message).into()
 }
 
+/// The option `key` in whole milliseconds from 1, `default` when unset.
+fn millis_option(options: &JsValue, key: &str, default: Duration) -> Result<Duration, JsValue> {
+    match get(options, key).as_f64() {
+        None => Ok(default),
+        Some(n) if n >= 1.0 && n <= f64::from(u32::MAX) && n.fract() == 0.0 => {
+            Ok(Duration::from_millis(n as u64))
+        }
+        Some(_) => Err(type_error(&format!(
+            "{key} must be a whole number of milliseconds from 1"
+        ))),
+    }
+}
+
 fn start_worker(session: String, token: String, options: &JsValue) -> Result<Promise, JsValue> {
     if !is_valid_session(&session) {
         return Err(type_error(&format!(
@@ -165,12 +191,19 @@ fn start_worker(session: String, token: String, options: &JsValue) -> Result<Pro
         Some(n) if n >= 1.0 && n <= u32::MAX as f64 && n.fract() == 0.0 => n as u32,
         Some(_) => return Err(type_error("maxUnacked must be a whole number from 1")),
     };
+    let policy = ReconnectPolicy::default();
     let config = Config {
         signal_url,
         session,
         token,
         echo: get(options, "echo").as_bool().unwrap_or(false),
         max_unacked,
+        reconnect: ReconnectPolicy {
+            first_retry: millis_option(options, "firstRetryMs", policy.first_retry)?,
+            max_retry: millis_option(options, "maxRetryMs", policy.max_retry)?,
+            keepalive: millis_option(options, "keepaliveMs", policy.keepalive)?,
+            silence_timeout: millis_option(options, "silenceTimeoutMs", policy.silence_timeout)?,
+        },
     };
     let worker_options = WorkerOptions::new();
     worker_options.set_type(WorkerType::Module);

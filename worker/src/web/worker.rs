@@ -35,10 +35,6 @@ use crate::core::{PAYLOAD_OFFSET, PeerCore, PeerEvent};
 
 /// How long one attempt may take from offer to `Welcome`.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
-/// How often the worker pings the relay and refreshes stats.
-const TICK: Duration = Duration::from_secs(1);
-/// Silence from the relay after which the link counts as dead.
-const SILENCE_LIMIT_MS: f64 = 6_000.0;
 /// The longest pause a `Retry-After` may impose.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Bytes a channel may buffer before writes wait for `bufferedamountlow`.
@@ -350,6 +346,7 @@ fn now_ms() -> f64 {
 impl Driver {
     fn new(config: Config) -> Driver {
         let core = PeerCore::new(config.max_unacked as usize, config.echo);
+        let backoff = config.reconnect.backoff();
         Driver {
             scope: js_sys::global().unchecked_into(),
             config,
@@ -358,7 +355,7 @@ impl Driver {
             phase: Phase::Connecting,
             link: None,
             resource: None,
-            backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(10)),
+            backoff,
             requests: HashMap::new(),
             stats: Stats::default(),
             ping: None,
@@ -636,8 +633,9 @@ impl Driver {
     fn on_tick(&mut self) {
         if matches!(self.phase, Phase::Connected) {
             let silent_ms = now_ms() - self.last_heard_ms;
-            if silent_ms > SILENCE_LIMIT_MS {
-                let limit = SILENCE_LIMIT_MS / 1000.0;
+            let limit = self.config.reconnect.silence_timeout;
+            if silent_ms > limit.as_secs_f64() * 1000.0 {
+                let limit = limit.as_secs_f64();
                 return self.lose_link(format!("the relay stopped answering ({limit} s silent)"));
             }
             let nonce = self.next_nonce;
@@ -774,7 +772,7 @@ impl Driver {
             .scope
             .set_interval_with_callback_and_timeout_and_arguments_0(
                 tick.as_ref().unchecked_ref(),
-                TICK.as_millis() as i32,
+                i32::try_from(self.config.reconnect.keepalive.as_millis()).unwrap_or(i32::MAX),
             ) {
             Ok(handle) => self.tick = Some((handle, tick)),
             Err(error) => tracing::error!("setInterval failed: {error:?}"),

@@ -147,7 +147,9 @@ fn bad_request(detail: &str) -> pb::RelayFailure {
     }
 }
 
-/// A relay's refusal as it travels back to signal.
+/// A relay's refusal as it travels back to signal: the one mapping of a
+/// [`RelayError`] to a failure code, which the one-process stack converts
+/// through too (signal turns the code into its answer).
 pub fn failure(error: RelayError) -> pb::RelayFailure {
     use pb::RelayFailureCode as Code;
     let detail = error.to_string();
