@@ -61,7 +61,7 @@ pub async fn start(
     for index in 0..shared.shard_count() {
         let config = &shared.config;
         let socket = match config.udp_port_last {
-            Some(last) => first_free(config.udp_port..=last, |port| {
+            Some(last) => first_free("UDP", config.udp_port..=last, |port| {
                 bind_udp(SocketAddr::new(config.bind_ip, port))
             })?,
             None => {

@@ -54,5 +54,5 @@ async fn relays_sharing_a_port_range_each_take_the_first_free_ports() {
         .err()
         .expect("no free port in a one-port range that is taken");
     assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
-    assert!(error.to_string().contains("no free port"), "{error}");
+    assert!(error.to_string().contains("no free UDP port"), "{error}");
 }
