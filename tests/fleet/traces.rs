@@ -65,8 +65,10 @@ impl Collector {
         format!("http://{addr}")
     }
 
-    /// The spans of `trace_id` once one named `last` has arrived.
-    async fn trace(&self, trace_id: &[u8], last: &str) -> Vec<(String, Span)> {
+    /// The spans of `trace_id` once one of each name in `names` has
+    /// arrived. Each process exports on its own schedule, so the spans of
+    /// one trace arrive in any order.
+    async fn trace(&self, trace_id: &[u8], names: &[&str]) -> Vec<(String, Span)> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let spans: Vec<(String, Span)> = self
@@ -77,12 +79,15 @@ impl Collector {
                 .filter(|(_, span)| span.trace_id == trace_id)
                 .cloned()
                 .collect();
-            if spans.iter().any(|(_, span)| span.name == last) {
+            if names
+                .iter()
+                .all(|name| spans.iter().any(|(_, span)| span.name == *name))
+            {
                 return spans;
             }
             assert!(
                 Instant::now() < deadline,
-                "no {last:?} span arrived; got {:?}",
+                "not every one of {names:?} arrived; got {:?}",
                 spans.iter().map(|(_, s)| &s.name).collect::<Vec<_>>()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -150,7 +155,17 @@ async fn a_connection_is_one_trace_through_signal_registry_and_relay() {
     );
     peer.peer.close().await;
 
-    let spans = collector.trace(&trace_id, "peer connection").await;
+    let spans = collector
+        .trace(
+            &trace_id,
+            &[
+                "POST /v1/sessions/{session}/peers",
+                "deltamesh.fleet.v1.Registry/PlacePeer",
+                "relay offer",
+                "peer connection",
+            ],
+        )
+        .await;
     let signal = one(
         &spans,
         "POST /v1/sessions/{session}/peers",
@@ -252,7 +267,9 @@ async fn a_connection_is_one_trace_through_signal_registry_and_relay() {
     );
     let deadline = Instant::now() + Duration::from_secs(15);
     let replicated = loop {
-        let spans = collector.trace(&publish.trace_id, "replicate delta").await;
+        let spans = collector
+            .trace(&publish.trace_id, &["replicate delta"])
+            .await;
         let replicated: Vec<Span> = spans
             .into_iter()
             .map(|(_, s)| s)
