@@ -46,7 +46,7 @@ const STDERR_TAIL: usize = 200;
 /// A headless Chromium process and the DevTools connection to it.
 ///
 /// Dropping it kills the process and removes its profile directory.
-pub struct Browser {
+pub(crate) struct Browser {
     conn: Arc<Conn>,
     tasks: [JoinHandle<()>; 2],
     /// Dropped after `tasks` are aborted (fields drop after `Drop::drop`).
@@ -56,7 +56,7 @@ pub struct Browser {
 impl Browser {
     /// Starts Chromium with a fresh profile and connects to it; panics with
     /// the reason (and Chromium's stderr) if that fails.
-    pub async fn launch() -> Browser {
+    pub(crate) async fn launch() -> Browser {
         let exe = std::env::var_os("CHROMIUM")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
@@ -187,7 +187,7 @@ impl Browser {
     /// event. Console messages and uncaught exceptions of the page and its
     /// dedicated workers are recorded from before the navigation on. Panics
     /// if the navigation fails (e.g. connection refused) or times out.
-    pub async fn new_page(&self, url: &str) -> Page {
+    pub(crate) async fn new_page(&self, url: &str) -> Page {
         let conn = &self.conn;
         let target = conn
             .call_ok(None, "Target.createTarget", json!({ "url": "about:blank" }))
@@ -293,7 +293,7 @@ impl Drop for Process {
 }
 
 /// One tab of a [`Browser`], attached over its own CDP session.
-pub struct Page {
+pub(crate) struct Page {
     conn: Arc<Conn>,
     target_id: String,
     session_id: String,
@@ -309,7 +309,7 @@ impl Page {
     /// their string form; a DOM node as `{}`. A value that cannot be
     /// returned by value (a cyclic object) is an `Err` too. Panics if Chromium
     /// does not answer within 20 s (e.g. a promise that never settles).
-    pub async fn eval(&self, expression: &str) -> Result<Value, String> {
+    pub(crate) async fn eval(&self, expression: &str) -> Result<Value, String> {
         let reply = self
             .conn
             .call(
@@ -330,7 +330,7 @@ impl Page {
     /// Polls `expression` every 50 ms until it returns JSON `true`, or panics
     /// after `timeout` with the last value and the page's console/exception
     /// log.
-    pub async fn wait_for(&self, expression: &str, timeout: Duration) {
+    pub(crate) async fn wait_for(&self, expression: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             let last = self.eval(expression).await;
@@ -354,7 +354,7 @@ impl Page {
     /// it stays unhandled: a page whose `Worker` `error` handler calls
     /// `preventDefault()` hides it. A nested worker's exception shows up
     /// twice, the second time as "Uncaught null (at …)" from its parent.
-    pub fn exceptions(&self) -> Vec<String> {
+    pub(crate) fn exceptions(&self) -> Vec<String> {
         lock(&self.log.entries).exceptions.clone()
     }
 
@@ -364,12 +364,12 @@ impl Page {
     /// Levels are CDP's (`log`, `warning`, `error`, `info`, `debug`, …); the
     /// arguments are joined by spaces, strings raw, objects by their short
     /// description (`Object`, `Array(2)`).
-    pub fn console(&self) -> Vec<String> {
+    pub(crate) fn console(&self) -> Vec<String> {
         lock(&self.log.entries).console.clone()
     }
 
     /// Closes the tab (Target.closeTarget).
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         self.conn
             .call_ok(
                 None,

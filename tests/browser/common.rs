@@ -15,11 +15,11 @@ use serde_json::Value;
 use crate::cdp::{Browser, Page};
 
 /// The development token the test stacks accept.
-pub const TOKEN: &str = "browser-test-token";
+pub(crate) const TOKEN: &str = "browser-test-token";
 
 /// The bundle `scripts/build-web` makes (the README's test command builds
 /// it before the tests run).
-pub fn web_dir() -> PathBuf {
+pub(crate) fn web_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/web");
     assert!(
         dir.join("pkg/deltamesh_worker.js").is_file() && dir.join("index.html").is_file(),
@@ -30,12 +30,12 @@ pub fn web_dir() -> PathBuf {
 }
 
 /// A stack on 127.0.0.1 serving the web bundle, with signal on `listen`.
-pub async fn stack_on(listen: SocketAddr) -> RunningStack {
+pub(crate) async fn stack_on(listen: SocketAddr) -> RunningStack {
     stack_with(listen, RelayConfig::default()).await
 }
 
 /// A stack serving the web bundle with this relay configuration.
-pub async fn stack_with(listen: SocketAddr, relay: RelayConfig) -> RunningStack {
+pub(crate) async fn stack_with(listen: SocketAddr, relay: RelayConfig) -> RunningStack {
     start(StackConfig {
         listen,
         relay,
@@ -49,19 +49,19 @@ pub async fn stack_with(listen: SocketAddr, relay: RelayConfig) -> RunningStack 
 }
 
 /// A stack on free ports serving the web bundle.
-pub async fn stack() -> RunningStack {
+pub(crate) async fn stack() -> RunningStack {
     stack_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
 }
 
 /// A native peer joined to `session`.
-pub async fn native_peer(stack: &RunningStack, session: &str) -> NativePeer {
+pub(crate) async fn native_peer(stack: &RunningStack, session: &str) -> NativePeer {
     NativePeer::connect(ConnectOptions::new(&stack.signal_url(), session, TOKEN))
         .await
         .expect("native peer connects")
 }
 
 /// The next `count` deltas `native` receives, as `(seq, payload text)`.
-pub async fn native_receives(native: &mut NativePeer, count: usize) -> Vec<(u64, String)> {
+pub(crate) async fn native_receives(native: &mut NativePeer, count: usize) -> Vec<(u64, String)> {
     let mut seen = Vec::new();
     while seen.len() < count {
         let event = tokio::time::timeout(Duration::from_secs(30), native.next_event())
@@ -82,7 +82,7 @@ pub async fn native_receives(native: &mut NativePeer, count: usize) -> Vec<(u64,
 /// `connect(session, TOKEN, options)` (`options` is a JS object literal).
 /// The page records into globals: `got` (received deltas as
 /// `{seq, origin, kind, text}`), `states` (every state change), `peerChanges`.
-pub async fn connected_page(browser: &Browser, stack: &RunningStack, session: &str) -> Page {
+pub(crate) async fn connected_page(browser: &Browser, stack: &RunningStack, session: &str) -> Page {
     let page = page_with(browser, stack, session, "{}").await;
     page.eval("window.conn.connected()")
         .await
@@ -91,7 +91,7 @@ pub async fn connected_page(browser: &Browser, stack: &RunningStack, session: &s
 }
 
 /// Like [`connected_page`] without waiting for the connection.
-pub async fn page_with(
+pub(crate) async fn page_with(
     browser: &Browser,
     stack: &RunningStack,
     session: &str,
@@ -126,19 +126,19 @@ pub async fn page_with(
 }
 
 /// Evaluates `expression`, which must succeed.
-pub async fn eval(page: &Page, expression: &str) -> Value {
+pub(crate) async fn eval(page: &Page, expression: &str) -> Value {
     page.eval(expression)
         .await
         .unwrap_or_else(|e| panic!("{expression}: {e}"))
 }
 
 /// Waits up to `secs` seconds for `expression` to be true.
-pub async fn wait(page: &Page, expression: &str, secs: u64) {
+pub(crate) async fn wait(page: &Page, expression: &str, secs: u64) {
     page.wait_for(expression, Duration::from_secs(secs)).await;
 }
 
 /// Received deltas as `(seq, origin, text)`, in arrival order.
-pub async fn received(page: &Page) -> Vec<(u64, String, String)> {
+pub(crate) async fn received(page: &Page) -> Vec<(u64, String, String)> {
     let got = eval(page, "window.got").await;
     got.as_array()
         .expect("an array")
@@ -154,7 +154,7 @@ pub async fn received(page: &Page) -> Vec<(u64, String, String)> {
 }
 
 /// No uncaught exception in the page or its worker.
-pub fn assert_no_exceptions(page: &Page) {
+pub(crate) fn assert_no_exceptions(page: &Page) {
     let exceptions = page.exceptions();
     assert!(
         exceptions.is_empty(),

@@ -20,12 +20,12 @@ use deltamesh_testkit::{NatsServer, terminate};
 use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
 
 /// The development token every signal of the test fleets accepts.
-pub const TOKEN: &str = "fleet-test-token";
+pub(crate) const TOKEN: &str = "fleet-test-token";
 /// How long a service may take to print its start-up line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One `deltamesh` child process; killed on drop.
-pub struct Service {
+pub(crate) struct Service {
     child: Child,
     lines: mpsc::Receiver<String>,
     args: Vec<String>,
@@ -34,12 +34,12 @@ pub struct Service {
 impl Service {
     /// Starts `deltamesh ARGS` and waits for a stdout line starting with
     /// `ready` (returned without the prefix).
-    pub fn start(args: &[String], ready: &str) -> (Service, String) {
+    pub(crate) fn start(args: &[String], ready: &str) -> (Service, String) {
         Service::start_with_env(args, ready, &[])
     }
 
     /// [`Service::start`] with extra environment variables.
-    pub fn start_with_env(
+    pub(crate) fn start_with_env(
         args: &[String],
         ready: &str,
         env: &[(String, String)],
@@ -68,7 +68,7 @@ impl Service {
     }
 
     /// The rest of the next stdout line starting with `prefix`.
-    pub fn wait_line(&mut self, prefix: &str) -> String {
+    pub(crate) fn wait_line(&mut self, prefix: &str) -> String {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -87,19 +87,19 @@ impl Service {
     }
 
     /// Kills the process with SIGKILL, as a crash would.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// Sends SIGTERM without waiting.
-    pub fn sigterm(&self) {
+    pub(crate) fn sigterm(&self) {
         terminate(&self.child);
     }
 
     /// Sends SIGTERM and waits (up to `wait`) for the process to exit; true
     /// if it exited by itself.
-    pub fn terminate(&mut self, wait: Duration) -> bool {
+    pub(crate) fn terminate(&mut self, wait: Duration) -> bool {
         self.sigterm();
         let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
@@ -120,7 +120,7 @@ impl Drop for Service {
 }
 
 /// A relay process and its id.
-pub struct RelayProcess {
+pub(crate) struct RelayProcess {
     /// The process.
     pub service: Service,
     /// The relay's id.
@@ -128,7 +128,7 @@ pub struct RelayProcess {
 }
 
 /// NATS, registries, relays and signals, all separate processes.
-pub struct Fleet {
+pub(crate) struct Fleet {
     /// The NATS server.
     pub nats: NatsServer,
     /// Registry processes, with their gRPC URLs.
@@ -146,7 +146,7 @@ impl Fleet {
     /// `max_peers` each (relay i registers with registry i mod n), and
     /// `signals` signals (signal i asks registry i mod n), and waits until
     /// every relay is registered.
-    pub async fn start(
+    pub(crate) async fn start(
         registries: usize,
         relays: usize,
         max_peers: usize,
@@ -156,7 +156,7 @@ impl Fleet {
     }
 
     /// [`Fleet::start`], with `env` set for every service.
-    pub async fn start_with_env(
+    pub(crate) async fn start_with_env(
         registries: usize,
         relays: usize,
         max_peers: usize,
@@ -208,7 +208,7 @@ impl Fleet {
     /// Starts a registry on `port`: 0 for one it picks (its start-up line
     /// says which), or the port a killed registry reported, to restart it
     /// at the URL the relays and signals know.
-    pub fn start_registry(&mut self, port: u16) -> usize {
+    pub(crate) fn start_registry(&mut self, port: u16) -> usize {
         let listen = format!("127.0.0.1:{port}");
         let args = [
             "registry",
@@ -225,7 +225,7 @@ impl Fleet {
     }
 
     /// Starts a relay taking `max_peers`, registered with registry `registry`.
-    pub fn start_relay(&mut self, registry: usize, max_peers: usize) -> Id {
+    pub(crate) fn start_relay(&mut self, registry: usize, max_peers: usize) -> Id {
         let args = [
             "relay",
             "--nats",
@@ -246,7 +246,7 @@ impl Fleet {
     }
 
     /// A gRPC client of registry `index`.
-    pub async fn registry(&self, index: usize) -> RegistryClient<tonic::transport::Channel> {
+    pub(crate) async fn registry(&self, index: usize) -> RegistryClient<tonic::transport::Channel> {
         let channel = tonic::transport::Endpoint::from_shared(self.registries[index].1.clone())
             .expect("registry URL")
             .connect()
@@ -256,7 +256,7 @@ impl Fleet {
     }
 
     /// Waits until the registry lists `count` live relays.
-    pub async fn wait_for_relays(&self, count: usize) {
+    pub(crate) async fn wait_for_relays(&self, count: usize) {
         let mut registry = self.registry(0).await;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -277,7 +277,7 @@ impl Fleet {
     }
 
     /// The peers of `session` as the registry lists them: peer → relay.
-    pub async fn placements(&self, registry: usize, session: &str) -> HashMap<Id, Id> {
+    pub(crate) async fn placements(&self, registry: usize, session: &str) -> HashMap<Id, Id> {
         let peers = self
             .registry(registry)
             .await
@@ -301,7 +301,7 @@ impl Fleet {
 }
 
 /// Each line `reader` yields, passed on as it comes (from a thread).
-pub fn lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+pub(crate) fn lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (sender, lines) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(reader).lines().map_while(Result::ok) {
@@ -314,12 +314,12 @@ pub fn lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<Stri
 }
 
 /// Owned copies of `args`.
-pub fn strings(args: &[&str]) -> Vec<String> {
+pub(crate) fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| (*a).to_owned()).collect()
 }
 
 /// A peer of the test session and what it has seen.
-pub struct TestPeer {
+pub(crate) struct TestPeer {
     /// The connected peer.
     pub peer: NativePeer,
     /// The relay that welcomed it last.
@@ -335,7 +335,7 @@ pub struct TestPeer {
 impl TestPeer {
     /// Joins `session` through the signal at `signal_url`, receiving its own
     /// deltas too.
-    pub async fn join(signal_url: &str, session: &str) -> TestPeer {
+    pub(crate) async fn join(signal_url: &str, session: &str) -> TestPeer {
         let mut options = ConnectOptions::new(signal_url, session, TOKEN);
         options.echo = true;
         let peer = NativePeer::connect(options).await.expect("peer connects");
@@ -351,7 +351,7 @@ impl TestPeer {
 
     /// Sends `payload` and handles events until the relay acknowledged it;
     /// returns its client_seq.
-    pub async fn send_acked(&mut self, payload: &[u8]) -> u64 {
+    pub(crate) async fn send_acked(&mut self, payload: &[u8]) -> u64 {
         let client_seq = self
             .peer
             .send(1, Id::default(), payload.to_vec())
@@ -366,7 +366,11 @@ impl TestPeer {
     }
 
     /// Handles events until `done` holds or `wait` passes; false on timeout.
-    pub async fn pump_until(&mut self, wait: Duration, done: impl Fn(&TestPeer) -> bool) -> bool {
+    pub(crate) async fn pump_until(
+        &mut self,
+        wait: Duration,
+        done: impl Fn(&TestPeer) -> bool,
+    ) -> bool {
         let deadline = tokio::time::Instant::now() + wait;
         while !done(self) {
             let event = match tokio::time::timeout_at(deadline, self.peer.next_event()).await {
@@ -401,13 +405,13 @@ impl TestPeer {
 }
 
 /// The payload peer `peer` sends as its `n`th delta.
-pub fn payload(peer: usize, n: usize) -> Vec<u8> {
+pub(crate) fn payload(peer: usize, n: usize) -> Vec<u8> {
     format!("peer {peer} delta {n}").into_bytes()
 }
 
 /// Asserts that every peer received exactly seqs 1..=total, the same
 /// payload under each seq, and every payload sent exactly once.
-pub fn assert_one_order(peers: &[TestPeer], senders: usize, per_sender: usize) {
+pub(crate) fn assert_one_order(peers: &[TestPeer], senders: usize, per_sender: usize) {
     let total = (senders * per_sender) as u64;
     let reference = &peers[0].received;
     let expected: HashSet<Vec<u8>> = (0..senders)

@@ -15,7 +15,7 @@ const PER_PEER: usize = 200;
 /// Sends `PER_PEER` deltas (one per `pace`) while handling events, then
 /// waits until everything sent is acknowledged and everything in the
 /// session (`total`) has arrived.
-pub async fn send_and_collect(
+pub(crate) async fn send_and_collect(
     mut peer: TestPeer,
     index: usize,
     pace: Duration,
@@ -43,7 +43,7 @@ pub async fn send_and_collect(
 }
 
 /// Runs every peer's sender and collector at once.
-pub async fn exchange(peers: Vec<TestPeer>, pace: Duration) -> Vec<TestPeer> {
+pub(crate) async fn exchange(peers: Vec<TestPeer>, pace: Duration) -> Vec<TestPeer> {
     let total = peers.len() * PER_PEER;
     let tasks: Vec<_> = peers
         .into_iter()
@@ -58,7 +58,7 @@ pub async fn exchange(peers: Vec<TestPeer>, pace: Duration) -> Vec<TestPeer> {
 }
 
 /// Joins `count` peers to `session`, alternating between the signals.
-pub async fn join_all(fleet: &Fleet, session: &str, count: usize) -> Vec<TestPeer> {
+pub(crate) async fn join_all(fleet: &Fleet, session: &str, count: usize) -> Vec<TestPeer> {
     let mut peers = Vec::new();
     for i in 0..count {
         let signal = &fleet.signals[i % fleet.signals.len()].1;

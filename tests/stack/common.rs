@@ -9,10 +9,10 @@ use deltamesh_signal::SignalConfig;
 use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
 
 /// The development token the test stacks accept.
-pub const TOKEN: &str = "test-token";
+pub(crate) const TOKEN: &str = "test-token";
 
 /// A stack on 127.0.0.1 with free ports and `relay` tweaks applied.
-pub async fn stack_with(relay: impl FnOnce(&mut RelayConfig)) -> RunningStack {
+pub(crate) async fn stack_with(relay: impl FnOnce(&mut RelayConfig)) -> RunningStack {
     let mut relay_config = RelayConfig::default();
     relay(&mut relay_config);
     start(StackConfig {
@@ -25,19 +25,19 @@ pub async fn stack_with(relay: impl FnOnce(&mut RelayConfig)) -> RunningStack {
 }
 
 /// A default stack.
-pub async fn stack() -> RunningStack {
+pub(crate) async fn stack() -> RunningStack {
     stack_with(|_| {}).await
 }
 
 /// A native peer joined to `session`.
-pub async fn join(stack: &RunningStack, session: &str) -> NativePeer {
+pub(crate) async fn join(stack: &RunningStack, session: &str) -> NativePeer {
     NativePeer::connect(ConnectOptions::new(&stack.signal_url(), session, TOKEN))
         .await
         .expect("peer connects")
 }
 
 /// The next event matching `pick`, skipping others; panics after `wait`.
-pub async fn next_matching<T>(
+pub(crate) async fn next_matching<T>(
     peer: &mut NativePeer,
     wait: Duration,
     mut pick: impl FnMut(PeerEvent) -> Option<T>,

@@ -20,15 +20,15 @@ use deltamesh_signal::{
 use prometheus_client::registry::Registry;
 
 /// The development token; the seeds carry it.
-pub const TOKEN: &str = "dev-token";
+pub(crate) const TOKEN: &str = "dev-token";
 /// The id of the HS256 key signed-token seeds use.
-pub const KEY_ID: &str = "fuzz";
+pub(crate) const KEY_ID: &str = "fuzz";
 /// The HS256 secret of [`KEY_ID`].
-pub const SECRET: &[u8] = b"fuzz-secret-fuzz-secret-fuzz-sec";
+pub(crate) const SECRET: &[u8] = b"fuzz-secret-fuzz-secret-fuzz-sec";
 
 /// A network that takes every request: a fixed peer for every offer, no peers
 /// in any session, always ready.
-pub struct AcceptingNetwork;
+pub(crate) struct AcceptingNetwork;
 
 impl Network for AcceptingNetwork {
     async fn connect(&self, _: ConnectRequest) -> Result<Connected, NetworkError> {
@@ -66,7 +66,7 @@ impl Network for AcceptingNetwork {
 
 /// Signal's router over [`AcceptingNetwork`], serving the web bundle in
 /// `fuzz_dir/web`.
-pub fn signal(fuzz_dir: &Path) -> Router {
+pub(crate) fn signal(fuzz_dir: &Path) -> Router {
     let mut verifier = TokenVerifier::default();
     verifier
         .add_hs256(KEY_ID, SECRET)

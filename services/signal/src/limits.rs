@@ -19,7 +19,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
 /// Key count above which a table first drops the keys it no longer needs.
-pub const SWEEP_AT: usize = 65_536;
+pub(crate) const SWEEP_AT: usize = 65_536;
 
 /// One rate: requests per second, and how many may come at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
