@@ -17,7 +17,7 @@ pub mod telemetry;
 pub mod token;
 
 pub use embedded::EmbeddedNetwork;
-pub use stack::{RunningStack, StackConfig, start};
+pub use stack::{RunningStack, StackConfig, start, start_on};
 
 /// The target of the binary's own log lines (start-up warnings, shutdown
 /// notes): `deltamesh`, as when they were logged from `main.rs`, so log

@@ -48,8 +48,19 @@ impl RunningStack {
     }
 }
 
-/// Starts a relay and signal in this process.
-pub async fn start(mut config: StackConfig) -> std::io::Result<RunningStack> {
+/// Starts a relay and signal in this process, signal on `config.listen`.
+pub async fn start(config: StackConfig) -> std::io::Result<RunningStack> {
+    let listener = TcpListener::bind(config.listen).await?;
+    start_on(listener, config).await
+}
+
+/// Starts a relay and signal in this process, signal on a listener the
+/// caller bound (`config.listen` is not used): a caller that holds the port
+/// from the start knows nobody else took it.
+pub async fn start_on(
+    listener: TcpListener,
+    mut config: StackConfig,
+) -> std::io::Result<RunningStack> {
     if config.relay.relay_id == Id::default() {
         config.relay.relay_id = Id::random();
     }
@@ -62,7 +73,6 @@ pub async fn start(mut config: StackConfig) -> std::io::Result<RunningStack> {
     ));
     let log = Arc::new(MemoryLog::new(store));
     let relay = deltamesh_relay::start(config.relay.clone(), log, relay_metrics).await?;
-    let listener = TcpListener::bind(config.listen).await?;
     let signal_addr = listener.local_addr()?;
     let mut signal_config = config.signal;
     signal_config.home_page = home_page(&relay);

@@ -1,8 +1,6 @@
 //! A burst bigger than the relay's slow-consumer limit: a page that falls
 //! behind may be dropped, but it resumes and catches up with every delta.
 
-use std::net::SocketAddr;
-
 use deltamesh_relay::RelayConfig;
 
 use crate::cdp::Browser;
@@ -19,7 +17,7 @@ async fn a_page_that_falls_behind_a_burst_still_gets_every_delta_once_in_order()
         slow_consumer_warn: LIMIT / 2,
         ..RelayConfig::default()
     };
-    let stack = common::stack_with(SocketAddr::from(([127, 0, 0, 1], 0)), relay).await;
+    let stack = common::stack_with(relay).await;
     let browser = Browser::launch().await;
     let session = "browser-burst";
     let sender = common::connected_page(&browser, &stack, session).await;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use deltamesh::{RunningStack, StackConfig, start};
+use deltamesh::{RunningStack, StackConfig, start, start_on};
 use deltamesh_relay::RelayConfig;
 use deltamesh_signal::SignalConfig;
 use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
@@ -29,28 +29,33 @@ pub(crate) fn web_dir() -> PathBuf {
     dir
 }
 
-/// A stack on 127.0.0.1 serving the web bundle, with signal on `listen`.
-pub(crate) async fn stack_on(listen: SocketAddr) -> RunningStack {
-    stack_with(listen, RelayConfig::default()).await
-}
-
-/// A stack serving the web bundle with this relay configuration.
-pub(crate) async fn stack_with(listen: SocketAddr, relay: RelayConfig) -> RunningStack {
-    start(StackConfig {
-        listen,
+/// The stack's configuration for browser tests: the web bundle, this relay.
+fn config(relay: RelayConfig) -> StackConfig {
+    StackConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         relay,
         signal: SignalConfig {
             web_dir: Some(web_dir()),
             ..SignalConfig::new(TOKEN)
         },
-    })
-    .await
-    .expect("stack starts")
+    }
+}
+
+/// A stack on free ports serving the web bundle with this relay configuration.
+pub(crate) async fn stack_with(relay: RelayConfig) -> RunningStack {
+    start(config(relay)).await.expect("stack starts")
+}
+
+/// A stack serving the web bundle, signal on a listener the test bound.
+pub(crate) async fn stack_on(listener: tokio::net::TcpListener) -> RunningStack {
+    start_on(listener, config(RelayConfig::default()))
+        .await
+        .expect("stack starts")
 }
 
 /// A stack on free ports serving the web bundle.
 pub(crate) async fn stack() -> RunningStack {
-    stack_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    stack_with(RelayConfig::default()).await
 }
 
 /// A native peer joined to `session`.

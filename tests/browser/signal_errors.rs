@@ -217,12 +217,13 @@ async fn a_400_shows_failed_and_retries_with_growing_pauses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_signal_at_all_shows_failed_and_the_page_connects_once_signal_starts() {
     let stack = common::stack().await;
-    // A free port with nothing behind it (yet).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let late_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    // A port this test holds, bound but not listening: connections to it are
+    // refused until signal listens on it, and nobody else can take it.
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("a free port");
+    let late_addr = socket.local_addr().expect("its address");
     let browser = Browser::launch().await;
     let page = failing_page(
         &browser,
@@ -232,7 +233,7 @@ async fn no_signal_at_all_shows_failed_and_the_page_connects_once_signal_starts(
     )
     .await;
     // Signal comes up (another stack, on that port): the next retry works.
-    let late = common::stack_on(late_addr).await;
+    let late = common::stack_on(socket.listen(1024).expect("listen")).await;
     wait(&page, "window.conn.state() === 'connected'", 20).await;
     let states = eval(&page, "window.states.map((s) => s.state).join(' ')").await;
     assert!(
