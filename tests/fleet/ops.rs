@@ -121,6 +121,15 @@ fn sample(samples: &[(String, String, f64)], name: &str, label: &str) -> Option<
         .map(|(_, _, value)| *value)
 }
 
+/// An SDP offer as a browser makes it, from a peer that never answers ICE.
+fn offer_that_never_connects() -> String {
+    let mut rtc = str0m::Rtc::new(Instant::now());
+    let mut changes = rtc.sdp_api();
+    changes.add_channel("command".to_owned());
+    let (offer, _pending) = changes.apply().expect("an offer");
+    offer.to_sdp_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_and_registry_serve_metrics_health_and_readiness() {
     let mut fleet = Fleet::start(1, 1, 10, 1).await;
@@ -242,8 +251,19 @@ async fn relay_and_registry_serve_metrics_health_and_readiness() {
     let placed = sample(&samples, "registry_placements_total", "outcome=\"placed\"");
     assert!(placed >= Some(1.0), "placements: {samples:?}");
 
-    // SIGTERM: the relay drains (its peer keeps it draining for up to the
-    // drain grace), /readyz says so, then the process exits.
+    // SIGTERM: the relay drains, /readyz says so, then the process exits.
+    // The connected peer moves at once; a peer that offered and never
+    // connects keeps the relay draining for the whole drain grace (5 s), so
+    // the 503 is there to see however slowly this test runs.
+    let connecting = reqwest::Client::new()
+        .post(format!("{signal}/v1/sessions/ops/peers"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/sdp")
+        .body(offer_that_never_connects())
+        .send()
+        .await
+        .expect("signal answers");
+    assert_eq!(connecting.status(), 201);
     fleet.relays[0].service.sigterm();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
