@@ -4,8 +4,11 @@
 //!   zero-copy view and a builder.
 //! - [`security`]: the security header a relay puts in front of a relayed
 //!   frame (PROTOCOL §4).
+//! - [`fragment`]: large frames as `FRG1` fragments (PROTOCOL §6).
+//! - [`batch`]: several whole frames in one message (PROTOCOL §7).
+//! - [`presence`]: the relayed presence state (PROTOCOL §8).
 //! - [`command`] and [`pb`]: the protobuf messages of the `command` channel.
-//! - [`channel`]: the three pre-negotiated data channels.
+//! - [`channel`]: the pre-negotiated data channels.
 //! - [`grants`]: what a peer connection may do.
 //! - [`id`] and [`session`]: peer, relay and document ids; session names.
 //! - [`trace`]: the W3C trace context a connection's trace travels in.
@@ -15,13 +18,16 @@
 //! This crate knows nothing of sockets, runtimes or WebRTC stacks, so the
 //! browser build and every service can share it.
 
+pub mod batch;
 pub mod channel;
 pub mod command;
 pub mod fleet;
+pub mod fragment;
 pub mod frame;
 pub mod grants;
 pub mod id;
 pub mod ports;
+pub mod presence;
 pub mod security;
 pub mod session;
 pub mod time;

@@ -120,6 +120,7 @@ fn command_seeds() -> Seeds {
                     max_frame_size: 65_536,
                     peers: vec![vec![3; 16], vec![4; 16]],
                     resume_token: vec![7; 16],
+                    ..pb::Welcome::default()
                 })),
             ),
             (

@@ -254,6 +254,8 @@ impl<M: AsRef<[u8]>> PeerCore<M> {
             Channel::Send => self.events.push_back(PeerEvent::ProtocolError(
                 "the relay wrote on the send channel".into(),
             )),
+            // Presence is not turned on by this peer yet: nothing to read.
+            Channel::Presence => {}
         }
     }
 
@@ -285,17 +287,13 @@ impl<M: AsRef<[u8]>> PeerCore<M> {
     fn on_command(&mut self, body: Body) {
         let event = match body {
             Body::Welcome(welcome) => return self.on_welcome(welcome),
-            Body::Ack(ack) => {
-                self.unacked.remove(&ack.client_seq);
-                if !self.echo && ack.seq > self.delivered {
-                    // The relay will not send this one back: count it as seen.
-                    self.own.insert(ack.seq);
-                    self.advance();
+            Body::Ack(ack) => self.on_ack(ack),
+            Body::Acks(acks) => {
+                for ack in acks.acks {
+                    let event = self.on_ack(ack);
+                    self.events.push_back(event);
                 }
-                PeerEvent::Acked {
-                    client_seq: ack.client_seq,
-                    seq: ack.seq,
-                }
+                return;
             }
             Body::Reject(reject) => {
                 self.unacked.remove(&reject.client_seq);
@@ -324,9 +322,25 @@ impl<M: AsRef<[u8]>> PeerCore<M> {
         self.events.push_back(event);
     }
 
+    fn on_ack(&mut self, ack: pb::Ack) -> PeerEvent<M> {
+        self.unacked.remove(&ack.client_seq);
+        if !self.echo && ack.seq > self.delivered {
+            // The relay will not send this one back: count it as seen.
+            self.own.insert(ack.seq);
+            self.advance();
+        }
+        PeerEvent::Acked {
+            client_seq: ack.client_seq,
+            seq: ack.seq,
+        }
+    }
+
     fn on_welcome(&mut self, welcome: pb::Welcome) {
         if self.echo {
-            self.push_command(Body::Options(pb::Options { echo: true }));
+            self.push_command(Body::Options(pb::Options {
+                echo: true,
+                ..pb::Options::default()
+            }));
         }
         match &self.identity {
             Some((origin, token)) => {

@@ -19,6 +19,6 @@ pub mod web;
 pub use backoff::{Backoff, ReconnectPolicy};
 pub use core::{PeerCore, PeerEvent, ReceivedDelta, SendError};
 #[cfg(not(target_arch = "wasm32"))]
-pub use native::{ConnectError, ConnectOptions, NativePeer};
+pub use native::{ConnectError, ConnectOptions, NativePeer, channel_config};
 #[cfg(not(target_arch = "wasm32"))]
 pub use verify::{VerifyError, verify_relayed};

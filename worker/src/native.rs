@@ -11,7 +11,7 @@ use deltamesh_proto::time::unix_micros;
 use deltamesh_proto::trace::{TRACEPARENT, random_traceparent};
 use deltamesh_proto::{Id, pb};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
-use str0m::channel::{ChannelConfig, ChannelId};
+use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
@@ -292,7 +292,7 @@ struct Link {
     rtc: Rtc,
     socket: Arc<UdpSocket>,
     local_addr: SocketAddr,
-    channels: [ChannelId; 3],
+    channels: [ChannelId; 4],
     /// The peer resource's URL, for `DELETE`.
     resource: String,
     /// The trace this connection is (sent with its offer).
@@ -317,13 +317,8 @@ impl Link {
             Candidate::host(local_addr, "udp").map_err(|e| ConnectError::Rtc(e.to_string()))?;
         rtc.add_local_candidate(candidate);
         let mut sdp = rtc.sdp_api();
-        let channels = Channel::ALL.map(|channel| {
-            sdp.add_channel_with_config(ChannelConfig {
-                label: channel.label().to_owned(),
-                negotiated: Some(channel.stream_id()),
-                ..ChannelConfig::default()
-            })
-        });
+        let channels =
+            Channel::ALL.map(|channel| sdp.add_channel_with_config(channel_config(channel)));
         let (offer, pending) = sdp
             .apply()
             .ok_or_else(|| ConnectError::Rtc("no offer to make".into()))?;
@@ -633,5 +628,20 @@ impl Driver {
             }
             in_flight += bytes.len();
         }
+    }
+}
+
+/// str0m's configuration of a deltamesh channel: negotiated by stream id,
+/// ordered and reliable except `presence` (unordered, no retransmits).
+pub fn channel_config(channel: Channel) -> ChannelConfig {
+    ChannelConfig {
+        label: channel.label().to_owned(),
+        negotiated: Some(channel.stream_id()),
+        ordered: channel.ordered(),
+        reliability: match channel.max_retransmits() {
+            Some(retransmits) => Reliability::MaxRetransmits { retransmits },
+            None => Reliability::Reliable,
+        },
+        ..ChannelConfig::default()
     }
 }

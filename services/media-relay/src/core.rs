@@ -28,7 +28,7 @@ use deltamesh_proto::Id;
 use deltamesh_proto::channel::Channel;
 use opentelemetry::global::BoxedSpan;
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::channel::{ChannelConfig, ChannelId};
+use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Input, Output, Rtc, RtcConfig};
 
@@ -382,7 +382,7 @@ impl RelayCore {
         &self,
         now: Instant,
         offer: SdpOffer,
-    ) -> Result<(Rtc, [ChannelId; 3], SdpAnswer), RelayError> {
+    ) -> Result<(Rtc, [ChannelId; 4], SdpAnswer), RelayError> {
         let mut rtc = self.rtc_config.clone().build(now);
         let candidate = Candidate::host(self.local_addr, "udp")
             .map_err(|e| RelayError::BadOffer(format!("relay host candidate: {e}")))?;
@@ -390,11 +390,8 @@ impl RelayCore {
         // Negotiated channels must exist before the offer is accepted, or
         // str0m drops them (see docs/ARCHITECTURE.md, "str0m traps").
         let channels = Channel::ALL.map(|channel| {
-            rtc.direct_api().create_data_channel(ChannelConfig {
-                label: channel.label().to_owned(),
-                negotiated: Some(channel.stream_id()),
-                ..ChannelConfig::default()
-            })
+            rtc.direct_api()
+                .create_data_channel(channel_config(channel))
         });
         let answer = rtc
             .sdp_api()
@@ -573,6 +570,21 @@ struct NewPeer {
     session: Arc<str>,
     grants: deltamesh_proto::Grants,
     rtc: Rtc,
-    channels: [ChannelId; 3],
+    channels: [ChannelId; 4],
     connection: BoxedSpan,
+}
+
+/// str0m's configuration of a deltamesh channel: negotiated by stream id,
+/// ordered and reliable except `presence` (unordered, no retransmits).
+fn channel_config(channel: Channel) -> ChannelConfig {
+    ChannelConfig {
+        label: channel.label().to_owned(),
+        negotiated: Some(channel.stream_id()),
+        ordered: channel.ordered(),
+        reliability: match channel.max_retransmits() {
+            Some(retransmits) => Reliability::MaxRetransmits { retransmits },
+            None => Reliability::Reliable,
+        },
+        ..ChannelConfig::default()
+    }
 }

@@ -74,8 +74,8 @@ pub(crate) struct Peer {
     /// Messages over a rate since `violations_since`.
     violations: u32,
     violations_since: Instant,
-    channels: [Option<ChannelId>; 3],
-    open: [bool; 3],
+    channels: [Option<ChannelId>; 4],
+    open: [bool; 4],
     welcomed: bool,
     /// Channels are open, but the log is still catching up with the session.
     awaiting_current: bool,
@@ -105,7 +105,7 @@ impl Peer {
         session: Arc<str>,
         grants: Grants,
         mut rtc: Rtc,
-        channels: [ChannelId; 3],
+        channels: [ChannelId; 4],
         timeline: Timeline,
         config: &RelayConfig,
     ) -> Self {
@@ -132,7 +132,7 @@ impl Peer {
             violations: 0,
             violations_since: now,
             channels: channels.map(Some),
-            open: [false; 3],
+            open: [false; 4],
             welcomed: false,
             awaiting_current: false,
             ack_to,
@@ -175,7 +175,10 @@ impl Peer {
                         handle.set_buffered_amount_low_threshold(shared.config.send_window / 2);
                     }
                 }
-                if !self.welcomed && self.open.iter().all(|&o| o) {
+                let v1_open = Channel::V1
+                    .iter()
+                    .all(|c| self.open[c.stream_id() as usize]);
+                if !self.welcomed && v1_open {
                     self.timeline.reached(Phase::Channels, now, &shared.metrics);
                     self.try_welcome(shared);
                 }
@@ -190,6 +193,8 @@ impl Peer {
                     }
                 }
                 Some(Channel::Send) => self.on_delta(&data.data, shared, now),
+                // Presence is not offered yet: the Options answer says so.
+                Some(Channel::Presence) => {}
                 Some(Channel::Receive) | None => self.send_command(
                     Body::Error(pb::Error {
                         code: pb::ErrorCode::WrongChannel.into(),
@@ -245,6 +250,9 @@ impl Peer {
                 max_frame_size: u32::try_from(shared.config.max_frame_size).unwrap_or(u32::MAX),
                 peers: members.iter().map(|m| m.0.to_vec()).collect(),
                 resume_token: resume_token.to_vec(),
+                // Not fragmented yet: the largest delta is one frame.
+                max_delta_size: u32::try_from(shared.config.max_frame_size).unwrap_or(u32::MAX),
+                ..pb::Welcome::default()
             }),
             shared,
         );
@@ -276,7 +284,7 @@ impl Peer {
                 self.send_command(Body::Pong(pb::Pong { nonce: ping.nonce }), shared)
             }
             Body::Pong(_) => {}
-            Body::Options(options) => self.echo = options.echo,
+            Body::Options(options) => self.set_options(options, shared),
             Body::Resume(resume) => self.resume(resume, shared, now),
             Body::Signal(_) => self.send_command(
                 Body::Error(pb::Error {
@@ -293,6 +301,17 @@ impl Peer {
                 shared,
             ),
         }
+    }
+
+    /// Puts the peer's options in force, whole, and answers with what is
+    /// now in force (PROTOCOL §5).
+    fn set_options(&mut self, asked: pb::Options, shared: &Shared) {
+        self.echo = asked.echo;
+        let in_force = pb::Options {
+            echo: self.echo,
+            ..pb::Options::default()
+        };
+        self.send_command(Body::Options(in_force), shared);
     }
 
     fn resume(&mut self, resume: pb::Resume, shared: &Shared, now: Instant) {
@@ -777,5 +796,6 @@ fn body_name(body: &Body) -> &'static str {
         Body::Options(_) => "Options",
         Body::SlowConsumer(_) => "SlowConsumer",
         Body::Resumed(_) => "Resumed",
+        Body::Acks(_) => "Acks",
     }
 }

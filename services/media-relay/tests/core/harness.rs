@@ -14,10 +14,10 @@ use deltamesh_relay::{
     ChunkStore, MemoryLog, Offer, PeerAccess, RelayConfig, RelayCore, RelayMetrics, Shared,
     WallClock,
 };
-use deltamesh_worker::{PeerCore, PeerEvent};
+use deltamesh_worker::{PeerCore, PeerEvent, channel_config};
 use opentelemetry::trace::Tracer;
 use str0m::change::{SdpAnswer, SdpOffer};
-use str0m::channel::{ChannelConfig, ChannelId};
+use str0m::channel::ChannelId;
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
@@ -38,7 +38,7 @@ pub(crate) struct TestPeer {
     pub(crate) events: Vec<PeerEvent>,
     /// While set, the network drops everything to and from it.
     pub(crate) cut_off: bool,
-    channels: [ChannelId; 3],
+    channels: [ChannelId; 4],
 }
 
 impl TestPeer {
@@ -147,13 +147,8 @@ impl Net {
             .build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
         let mut sdp = rtc.sdp_api();
-        let channels = Channel::ALL.map(|channel| {
-            sdp.add_channel_with_config(ChannelConfig {
-                label: channel.label().to_owned(),
-                negotiated: Some(channel.stream_id()),
-                ..ChannelConfig::default()
-            })
-        });
+        let channels =
+            Channel::ALL.map(|channel| sdp.add_channel_with_config(channel_config(channel)));
         let (offer, pending) = sdp.apply().expect("an offer");
         let peer_id = Id::random();
         let offer = Offer {
