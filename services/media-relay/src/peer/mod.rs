@@ -1,0 +1,362 @@
+//! One peer connection on a relay: its `Rtc`, its channels and the per-peer
+//! protocol, one room each: `commands` (the command channel: options,
+//! resume, membership, drain), `inbound` (the delta path in: rates, grants,
+//! validation, acknowledgement) and `outbound` (delivery from a cursor into
+//! the session log). This module holds the connection itself: its state,
+//! str0m's events, and writing to the channels.
+//!
+//! The peer's outbound delta queue is its cursor: deltas wait in the shared
+//! log, not in per-peer copies, and a peer that falls `slow_consumer_warn`
+//! deltas behind is told so, at `slow_consumer_limit` it is disconnected
+//! (a resumed peer counts from its backlog at resume, so catching up is not
+//! falling behind). It never slows the session down.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use deltamesh_proto::channel::Channel;
+use deltamesh_proto::command;
+use deltamesh_proto::pb::{self, command::Body};
+use deltamesh_proto::{Grants, Id};
+use str0m::channel::ChannelId;
+use str0m::{Event, IceConnectionState, Rtc};
+
+use crate::config::RelayConfig;
+use crate::log::AckTo;
+use crate::rate::{self, TokenBucket};
+use crate::shared::Shared;
+use crate::timeline::{Phase, Timeline};
+
+mod commands;
+mod inbound;
+mod outbound;
+
+/// Why a peer connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CloseReason(pub(crate) String);
+
+/// A peer connected to this relay.
+pub(crate) struct Peer {
+    /// This connection's id.
+    pub(crate) id: Id,
+    /// The session it belongs to.
+    pub(crate) session: Arc<str>,
+    /// Its WebRTC state machine.
+    pub(crate) rtc: Rtc,
+    /// Its relay-side ICE ufrag.
+    pub(crate) ice_ufrag: String,
+    /// The earliest live deadline scheduled for it in the shard's timer heap.
+    pub(crate) timer_at: Option<Instant>,
+    /// When the last datagram from it arrived.
+    pub(crate) last_rx: Instant,
+    /// When its offer was accepted.
+    pub(crate) created: Instant,
+    /// When it last took a delta, or had none waiting.
+    last_progress: Instant,
+    /// When its queue depth may be sampled next.
+    next_depth_sample: Instant,
+    /// Set once the connection must go; the shard then removes it.
+    pub(crate) closing: Option<CloseReason>,
+    /// Its span and milestones.
+    pub(crate) timeline: Timeline,
+    /// The id deltas are stamped with (an earlier connection's when resumed).
+    origin: Id,
+    /// What this connection may do.
+    grants: Grants,
+    delta_budget: Option<TokenBucket>,
+    byte_budget: Option<TokenBucket>,
+    command_budget: Option<TokenBucket>,
+    /// Messages over a rate since `violations_since`.
+    violations: u32,
+    violations_since: Instant,
+    channels: [Option<ChannelId>; 4],
+    open: [bool; 4],
+    welcomed: bool,
+    /// Channels are open, but the log is still catching up with the session.
+    awaiting_current: bool,
+    /// Where the log sends late verdicts on this connection's deltas.
+    ack_to: AckTo,
+    next_client_seq: u64,
+    /// Next session seq to deliver on `receive`.
+    cursor: u64,
+    echo: bool,
+    /// The fewest deltas this peer has been behind since it (re)joined: a
+    /// resumed peer starts with its whole backlog and only counts as slow
+    /// when it falls further behind than that, not while it catches up.
+    best_lag: u64,
+    slow_warned: bool,
+    /// A write found the send buffer full; flush again when acks free it.
+    blocked: bool,
+    commands: VecDeque<Vec<u8>>,
+    known_members: HashSet<Id>,
+}
+
+impl Peer {
+    /// A peer whose `rtc` has accepted the offer, with its channel ids;
+    /// `ack_to` names it (`ack_to.peer` is its id) and its shard, and its
+    /// `timeline` starts when the offer was accepted.
+    pub(crate) fn new(
+        ack_to: AckTo,
+        session: Arc<str>,
+        grants: Grants,
+        mut rtc: Rtc,
+        channels: [ChannelId; 4],
+        timeline: Timeline,
+        config: &RelayConfig,
+    ) -> Self {
+        let id = ack_to.peer;
+        let now = timeline.started();
+        let ice_ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        Peer {
+            id,
+            session,
+            rtc,
+            ice_ufrag,
+            timer_at: None,
+            last_rx: now,
+            created: now,
+            last_progress: now,
+            next_depth_sample: now,
+            closing: None,
+            timeline,
+            origin: id,
+            grants,
+            delta_budget: TokenBucket::new(config.delta_rate, now),
+            byte_budget: TokenBucket::new(config.byte_rate, now),
+            command_budget: TokenBucket::new(config.command_rate, now),
+            violations: 0,
+            violations_since: now,
+            channels: channels.map(Some),
+            open: [false; 4],
+            welcomed: false,
+            awaiting_current: false,
+            ack_to,
+            next_client_seq: 1,
+            cursor: 1,
+            echo: false,
+            best_lag: 0,
+            slow_warned: false,
+            blocked: false,
+            commands: VecDeque::new(),
+            known_members: HashSet::new(),
+        }
+    }
+
+    /// Whether the peer has been welcomed (all channels open).
+    pub(crate) fn is_welcomed(&self) -> bool {
+        self.welcomed
+    }
+
+    /// Whether a write is waiting for room in the send buffer.
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// Asks for the connection to end.
+    pub(crate) fn close(&mut self, reason: impl Into<String>) {
+        if self.closing.is_none() {
+            self.closing = Some(CloseReason(reason.into()));
+        }
+    }
+
+    /// Handles one str0m event that came out at `now`.
+    pub(crate) fn on_event(&mut self, event: Event, shared: &Shared, now: Instant) {
+        match event {
+            Event::ChannelOpen(id, _label) => {
+                if let Some(channel) = self.channel_of(id) {
+                    self.open[channel.stream_id() as usize] = true;
+                    // Ask str0m to say when a blocked writer has room again.
+                    if let Some(mut handle) = self.rtc.channel(id) {
+                        handle.set_buffered_amount_low_threshold(shared.config.send_window / 2);
+                    }
+                }
+                let v1_open = Channel::V1
+                    .iter()
+                    .all(|c| self.open[c.stream_id() as usize]);
+                if !self.welcomed && v1_open {
+                    self.timeline.reached(Phase::Channels, now, &shared.metrics);
+                    self.try_welcome(shared);
+                }
+            }
+            Event::ChannelData(data) => match self.channel_of(data.id) {
+                Some(Channel::Command) => {
+                    if rate::take(&mut self.command_budget, 1, now) {
+                        self.on_command(&data.data, shared, now);
+                    } else {
+                        shared.metrics.limit_hit("command_rate");
+                        self.violated_rate(shared, now);
+                    }
+                }
+                Some(Channel::Send) => self.on_delta(&data.data, shared, now),
+                // Presence is not offered yet: the Options answer says so.
+                Some(Channel::Presence) => {}
+                Some(Channel::Receive) | None => self.send_command(
+                    Body::Error(pb::Error {
+                        code: pb::ErrorCode::WrongChannel.into(),
+                        detail: "the receive channel is relay-to-peer only".into(),
+                    }),
+                    shared,
+                ),
+            },
+            Event::ChannelBufferedAmountLow(_) => self.flush(shared, now),
+            Event::ChannelClose(_) => self.close("channel closed"),
+            Event::IceConnectionStateChange(
+                IceConnectionState::Connected | IceConnectionState::Completed,
+            ) => self.timeline.reached(Phase::Ice, now, &shared.metrics),
+            Event::Connected => self.timeline.reached(Phase::Dtls, now, &shared.metrics),
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.close("ice disconnected")
+            }
+            Event::Closed => self.close("closed by peer"),
+            _ => {}
+        }
+    }
+
+    fn channel_of(&self, id: ChannelId) -> Option<Channel> {
+        Channel::ALL
+            .into_iter()
+            .find(|c| self.channels[c.stream_id() as usize] == Some(id))
+    }
+
+    /// Welcomes the peer once the log is current with its session.
+    fn try_welcome(&mut self, shared: &Shared) {
+        self.awaiting_current = !shared.log.is_current(&self.session);
+        if !self.awaiting_current {
+            self.welcome(shared);
+        }
+    }
+
+    fn welcome(&mut self, shared: &Shared) {
+        self.welcomed = true;
+        let last_seq = shared.log.head(&self.session);
+        self.cursor = last_seq + 1;
+        let mut members = HashSet::new();
+        shared.directory.connected(&self.session, &mut members);
+        members.remove(&self.id);
+        self.known_members = members.clone();
+        shared.directory.set_connected(&self.session, self.id);
+        let resume_token = shared.log.issue_resume_token(&self.session, self.id);
+        self.send_command(
+            Body::Welcome(pb::Welcome {
+                peer_id: self.id.0.to_vec(),
+                session: self.session.to_string(),
+                relay_id: shared.config.relay_id.0.to_vec(),
+                last_seq,
+                max_frame_size: u32::try_from(shared.config.max_frame_size).unwrap_or(u32::MAX),
+                peers: members.iter().map(|m| m.0.to_vec()).collect(),
+                resume_token: resume_token.to_vec(),
+                // Not fragmented yet: the largest delta is one frame.
+                max_delta_size: u32::try_from(shared.config.max_frame_size).unwrap_or(u32::MAX),
+                ..pb::Welcome::default()
+            }),
+            shared,
+        );
+        self.timeline.welcomed(last_seq, &shared.metrics);
+        tracing::info!(
+            peer = %self.id,
+            session = %self.session,
+            last_seq,
+            trace_id = %self.timeline.trace_id(),
+            "peer welcomed"
+        );
+    }
+
+    /// Counts a message over a rate; too many within the abuse window
+    /// disconnect the peer.
+    fn violated_rate(&mut self, shared: &Shared, now: Instant) {
+        let config = &shared.config;
+        if now.duration_since(self.violations_since) > config.abuse_window {
+            self.violations = 0;
+            self.violations_since = now;
+        }
+        self.violations += 1;
+        if self.violations > config.max_rate_violations && self.closing.is_none() {
+            shared.metrics.limit_hit("abuse");
+            let detail = format!(
+                "more than {} messages over its rate limits within {:?}",
+                config.max_rate_violations, config.abuse_window
+            );
+            tracing::warn!(peer = %self.id, session = %self.session, "{detail}; disconnecting");
+            self.fail(pb::ErrorCode::RateLimited, detail);
+        }
+    }
+
+    /// Queues a command and writes what the channel takes now.
+    pub(crate) fn send_command(&mut self, body: Body, shared: &Shared) {
+        if self.commands.len() >= shared.config.max_queued_commands {
+            return self.close("command queue overflow (slow consumer)");
+        }
+        self.commands.push_back(command::encode(body));
+        self.write_commands();
+    }
+
+    /// Writes queued commands, then deltas from the cursor, until the
+    /// channels' send buffer is full.
+    pub(crate) fn flush(&mut self, shared: &Shared, now: Instant) {
+        if self.awaiting_current {
+            self.try_welcome(shared);
+        }
+        if self.write_commands() && self.welcomed {
+            self.deliver(shared, now);
+        }
+    }
+
+    /// Writes queued commands; true when none is left waiting.
+    fn write_commands(&mut self) -> bool {
+        self.blocked = false;
+        if self.closing.is_some() {
+            return false;
+        }
+        while let Some(message) = self.commands.front() {
+            match write(&mut self.rtc, self.channels[0], message) {
+                Write::Done => {
+                    self.commands.pop_front();
+                }
+                Write::Full => {
+                    self.blocked = true;
+                    return false;
+                }
+                Write::Closed => return false,
+            }
+        }
+        true
+    }
+
+    /// Writes an `Error` straight to the channel (the queue is not flushed
+    /// once closing) and closes the connection.
+    fn fail(&mut self, code: pb::ErrorCode, detail: String) {
+        let message = command::encode(Body::Error(pb::Error {
+            code: code.into(),
+            detail: format!("{detail}; disconnecting"),
+        }));
+        let _ = write(&mut self.rtc, self.channels[0], &message);
+        self.close(detail);
+    }
+
+    /// Bytes written to the peer's channels and not yet acknowledged.
+    fn in_flight(&mut self) -> usize {
+        self.channels
+            .iter()
+            .flatten()
+            .filter_map(|&id| self.rtc.channel(id).map(|mut c| c.buffered_amount()))
+            .sum()
+    }
+}
+
+pub(super) enum Write {
+    Done,
+    Full,
+    Closed,
+}
+
+pub(super) fn write(rtc: &mut Rtc, channel: Option<ChannelId>, bytes: &[u8]) -> Write {
+    let Some(mut handle) = channel.and_then(|id| rtc.channel(id)) else {
+        return Write::Closed;
+    };
+    match handle.write(true, bytes) {
+        Ok(true) => Write::Done,
+        Ok(false) => Write::Full,
+        Err(_) => Write::Closed,
+    }
+}
