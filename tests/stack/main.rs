@@ -1,7 +1,6 @@
 //! End-to-end tests of the one-process stack: real HTTP signaling, real UDP,
 //! real WebRTC (str0m on both sides), native peers.
 
-mod bad_input;
 mod common;
 mod delta_flow;
 mod disconnect;

@@ -71,6 +71,24 @@ impl TestPeer {
             .collect()
     }
 
+    /// The errors the relay reported to it.
+    pub(crate) fn relay_errors(&self) -> Vec<pb::Error> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                PeerEvent::RelayError(error) => Some(error.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether its connection was closed.
+    pub(crate) fn disconnected(&self) -> bool {
+        self.events
+            .iter()
+            .any(|e| matches!(e, PeerEvent::Disconnected(_)))
+    }
+
     /// The rejects it got.
     pub(crate) fn rejects(&self) -> Vec<pb::Reject> {
         self.events
