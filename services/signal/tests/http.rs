@@ -1568,3 +1568,80 @@ async fn the_per_token_limit_counts_each_token_on_its_own() {
     assert!(detail.contains("token"), "{detail}");
     assert_eq!(list(&bob).await.unwrap().status(), StatusCode::OK);
 }
+
+// ---------------------------------------------------------------- slow bodies
+
+/// Sends a request whose body is written slowly, well after the headers,
+/// as a client on a slow link does; returns the status it got. A server
+/// that answers before reading the body and closes makes the kernel reset
+/// the connection, and then the client sees no status at all.
+async fn slow_post(base: &str, path: &str, headers: &str, body: &[u8]) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n{headers}content-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for part in body.chunks(body.len().div_ceil(4).max(1)) {
+        stream.write_all(part).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line: {answer:?}")))?;
+    Ok(status)
+}
+
+#[tokio::test]
+async fn every_early_error_reaches_a_client_still_writing_its_body() {
+    let signal = Signal::start().await;
+    let auth = format!("authorization: Bearer {TOKEN}\r\n");
+    let sdp = "content-type: application/sdp\r\n";
+    let peers = format!("/v1/sessions/{SESSION}/peers");
+    let oversize = vec![b'a'; BODY_LIMIT + 40 * 1024];
+    let text = format!("{auth}content-type: text/plain\r\n");
+    let cases: [(&str, &str, String, &[u8], u16); 4] = [
+        (
+            "bad id",
+            "/v1/sessions/bad!id/peers",
+            format!("{auth}{sdp}"),
+            OFFER.as_bytes(),
+            400,
+        ),
+        ("no token", &peers, sdp.to_owned(), OFFER.as_bytes(), 401),
+        ("content type", &peers, text, OFFER.as_bytes(), 415),
+        ("oversize", &peers, format!("{auth}{sdp}"), &oversize, 413),
+    ];
+    for (name, path, headers, body, status) in cases {
+        let got = slow_post(&signal.base, path, &headers, body).await;
+        assert_eq!(got.ok(), Some(status), "{name}");
+    }
+    assert!(signal.network.calls().is_empty(), "none of them went on");
+}
+
+#[tokio::test]
+async fn a_rate_limited_client_still_writing_its_body_sees_its_429() {
+    let mut config = SignalConfig::new(TOKEN);
+    config.address_rate = RateLimit {
+        per_second: 1,
+        burst: 1,
+    };
+    let signal = Signal::start_with(config).await;
+    // The one request of the burst, then (well within a second) another.
+    assert_eq!(
+        signal.post_offer(SESSION, OFFER).await.status(),
+        StatusCode::CREATED
+    );
+    let headers = format!("authorization: Bearer {TOKEN}\r\ncontent-type: application/sdp\r\n");
+    let path = format!("/v1/sessions/{SESSION}/peers");
+    let got = slow_post(&signal.base, &path, &headers, OFFER.as_bytes()).await;
+    assert_eq!(got.ok(), Some(429));
+}

@@ -1,5 +1,6 @@
 //! The HTTP face of signal: the route table, the layers every response goes
-//! through (CORS headers, request counting, the body limit) and the server
+//! through (CORS headers, request counting, the body read, within its
+//! limit, before anything is judged) and the server
 //! loop with graceful shutdown. Handlers live in `peers` (the `/v1` API) and
 //! `ops` (home page, health, readiness, metrics, 404 and 405); the browser
 //! bundle's files are served from the configured `web_dir` under `/pkg/`.
@@ -14,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,7 +24,7 @@ use tokio::net::TcpListener;
 use tower_http::services::ServeDir;
 
 use crate::auth::{Authenticator, Caller};
-use crate::config::{BODY_LIMIT, SignalConfig};
+use crate::config::SignalConfig;
 use crate::limits::RateLimits;
 use crate::metrics::{ADDRESS_LIMIT, SignalMetrics, TOKEN_LIMIT};
 use crate::network::{Network, NetworkError};
@@ -110,7 +111,7 @@ pub fn router<N: Network>(
         )
         .method_not_allowed_fallback(ops::method_not_allowed)
         .fallback(ops::not_found)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(body::read_first))
         .layer(middleware::map_response(cors::expose))
         .layer(middleware::from_fn_with_state(metrics, count_request))
         .with_state(app)
