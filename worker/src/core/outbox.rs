@@ -37,7 +37,9 @@ pub(super) struct Shaping {
 /// The messages waiting to be written.
 #[derive(Debug, Default)]
 pub(super) struct Outbox {
-    commands: VecDeque<Vec<u8>>,
+    /// Commands, and raw messages for `receive` (tools and tests), with
+    /// their channel.
+    commands: VecDeque<(Channel, Vec<u8>)>,
     /// The latest presence state not yet written: only the newest matters.
     presence: Option<Vec<u8>>,
     /// Presence messages put back by the driver (written before `presence`).
@@ -48,7 +50,7 @@ pub(super) struct Outbox {
 impl Outbox {
     /// Queues a command message.
     pub(super) fn push_command(&mut self, bytes: Vec<u8>) {
-        self.commands.push_back(bytes);
+        self.commands.push_back((Channel::Command, bytes));
     }
 
     /// Queues the frame `client_seq`, whole or in fragments.
@@ -77,7 +79,7 @@ impl Outbox {
     /// Puts back a message the driver could not write yet.
     pub(super) fn unpoll(&mut self, channel: Channel, bytes: Vec<u8>) {
         match channel {
-            Channel::Command | Channel::Receive => self.commands.push_front(bytes),
+            Channel::Command | Channel::Receive => self.commands.push_front((channel, bytes)),
             Channel::Send => self.sends.push_front(Outgoing::Bytes(bytes)),
             // A newer state waiting supersedes the one put back.
             Channel::Presence if self.presence.is_none() => self.presence_back = Some(bytes),
@@ -106,8 +108,8 @@ impl Outbox {
         shaping: Shaping,
         presence_allowed: bool,
     ) -> Option<(Channel, Vec<u8>)> {
-        if let Some(bytes) = self.commands.pop_front() {
-            return Some((Channel::Command, bytes));
+        if let Some(message) = self.commands.pop_front() {
+            return Some(message);
         }
         if presence_allowed
             && let Some(state) = self.presence_back.take().or_else(|| self.presence.take())
