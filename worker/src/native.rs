@@ -1,6 +1,13 @@
 //! The native peer: [`PeerCore`] driven by str0m as the offering side over a
 //! tokio UDP socket, with HTTP signaling by reqwest. Servers, the
 //! command-line client and the benchmarks connect through this.
+//!
+//! v1.1: it asks for `batch` and `presence` by default ([`ConnectOptions`]);
+//! a relay that does not offer them gets v1. Large deltas go as fragments,
+//! with commands and presence written between them (the send window counts
+//! only the `send` channel). A `Drain` moves the peer after the relay's
+//! `reconnect_after_ms`; `HISTORY_LOST` ends it with
+//! [`PeerEvent::Stopped`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -18,7 +25,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backoff::ReconnectPolicy;
-use crate::core::{PeerCore, PeerEvent, SendError};
+use crate::core::{Features, PeerCore, PeerEvent, SendError};
 
 /// The bit that marks a ping nonce as the driver's own keepalive.
 const KEEPALIVE_NONCE: u64 = 1 << 63;
@@ -36,6 +43,13 @@ pub struct ConnectOptions {
     pub token: String,
     /// Also receive this peer's own deltas.
     pub echo: bool,
+    /// Ask for batches (several frames per message, `Acks`; PROTOCOL §7).
+    /// Default: on.
+    pub batch: bool,
+    /// Ask for the presence channel (§8), so [`NativePeer::set_presence`]
+    /// reaches the others and their states arrive as
+    /// [`PeerEvent::Presence`]. Default: on.
+    pub presence: bool,
     /// Deltas that may await acknowledgement at once.
     pub max_unacked: usize,
     /// Bytes kept in flight at most. str0m's SCTP scans every in-flight
@@ -57,6 +71,8 @@ impl ConnectOptions {
             session: session.to_owned(),
             token: token.to_owned(),
             echo: false,
+            batch: true,
+            presence: true,
             max_unacked: 65_536,
             send_window: 16 * 1024,
             connect_timeout: Duration::from_secs(10),
@@ -103,6 +119,15 @@ enum Request {
         payload: Vec<u8>,
         reply: oneshot::Sender<Result<u64, SendError>>,
     },
+    SetPresence {
+        state: Vec<u8>,
+        reply: oneshot::Sender<Result<(), SendError>>,
+    },
+    SendTo {
+        to: Id,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<(), SendError>>,
+    },
     Ping(u64),
     Raw(Channel, Vec<u8>),
     /// Stop; with `leave`, first `DELETE` the peer resource.
@@ -131,7 +156,12 @@ impl NativePeer {
         let traceparent = link.traceparent.clone();
         let (requests, request_rx) = mpsc::channel(1024);
         let (event_tx, mut events) = mpsc::channel(65_536);
-        let core = PeerCore::new(options.max_unacked, options.echo);
+        let features = Features {
+            echo: options.echo,
+            batch: options.batch,
+            presence: options.presence,
+        };
+        let core = PeerCore::with_features(options.max_unacked, features);
         let connect_timeout = options.connect_timeout;
         let driver = Driver {
             link,
@@ -190,6 +220,36 @@ impl NativePeer {
         result.await.unwrap_or(Err(SendError::Closed))
     }
 
+    /// Sets this peer's presence state (empty clears it): the others see it
+    /// as [`PeerEvent::Presence`] once the relay has `presence` in force.
+    /// Only the latest state is sent (one replaced before it went out is
+    /// dropped), and it is sent again after a reconnect.
+    pub async fn set_presence(&self, state: Vec<u8>) -> Result<(), SendError> {
+        let (reply, result) = oneshot::channel();
+        if self
+            .requests
+            .send(Request::SetPresence { state, reply })
+            .await
+            .is_err()
+        {
+            return Err(SendError::Closed);
+        }
+        result.await.unwrap_or(Err(SendError::Closed))
+    }
+
+    /// Sends `payload` (at most 16 KiB) to the connected peer `to` of this
+    /// session (`PeerSignal`): it arrives there as [`PeerEvent::Message`].
+    /// The relay's refusals (`UNKNOWN_PEER`, `NOT_PERMITTED`, `TOO_LARGE`)
+    /// arrive as [`PeerEvent::RelayError`]. Refused while reconnecting.
+    pub async fn send_to(&self, to: Id, payload: Vec<u8>) -> Result<(), SendError> {
+        let (reply, result) = oneshot::channel();
+        let request = Request::SendTo { to, payload, reply };
+        if self.requests.send(request).await.is_err() {
+            return Err(SendError::Closed);
+        }
+        result.await.unwrap_or(Err(SendError::Closed))
+    }
+
     /// Sends a ping; the pong arrives as [`PeerEvent::Pong`]. Nonces with
     /// the top bit set are the peer's own keepalives, whose pongs are not
     /// passed on.
@@ -203,7 +263,8 @@ impl NativePeer {
         let _ = self.requests.send(Request::Raw(channel, bytes)).await;
     }
 
-    /// The next event; `None` once the peer is closed.
+    /// The next event; `None` once the peer is closed (or after
+    /// [`PeerEvent::Stopped`]).
     pub async fn next_event(&mut self) -> Option<PeerEvent> {
         self.events.recv().await
     }
@@ -371,9 +432,9 @@ impl Link {
 enum Ended {
     /// The connection dropped: reconnect.
     Lost(String),
-    /// The relay is draining: close this connection and reconnect (signal
-    /// places the peer on another relay).
-    Moved(String),
+    /// The relay is draining: close this connection and reconnect after
+    /// the relay's delay (signal places the peer on another relay).
+    Moved(String, Duration),
     /// The application closed the peer (or dropped it).
     Closed,
 }
@@ -389,15 +450,23 @@ struct Driver {
 impl Driver {
     async fn run(mut self, mut requests: mpsc::Receiver<Request>) {
         loop {
-            let reason = match self.serve(&mut requests).await {
+            let (reason, after) = match self.serve(&mut requests).await {
                 Ended::Closed => return,
-                Ended::Lost(reason) => reason,
-                Ended::Moved(reason) => {
+                Ended::Lost(reason) => (reason, None),
+                Ended::Moved(reason, after) => {
                     let _ = self.link.rtc.close();
                     let _ = self.drive().await;
-                    reason
+                    (reason, Some(after))
                 }
             };
+            if self.core.is_stopped() {
+                // `HISTORY_LOST` came with the connection's end: no
+                // reconnect can deliver what is gone; report and end.
+                while let Some(event) = self.core.poll_event() {
+                    let _ = self.events.send(event).await;
+                }
+                return;
+            }
             self.core.connection_lost();
             if self
                 .events
@@ -407,7 +476,7 @@ impl Driver {
             {
                 return;
             }
-            match self.reconnect(&mut requests).await {
+            match self.reconnect(&mut requests, after).await {
                 Some(link) => self.link = link,
                 None => return,
             }
@@ -483,6 +552,12 @@ impl Driver {
             } => {
                 let _ = reply.send(self.core.send(kind, doc_id, &payload, unix_micros()));
             }
+            Request::SetPresence { state, reply } => {
+                let _ = reply.send(self.core.set_presence(&state));
+            }
+            Request::SendTo { to, payload, reply } => {
+                let _ = reply.send(self.core.send_to(to, &payload));
+            }
             Request::Ping(nonce) => self.core.ping(nonce),
             Request::Raw(channel, bytes) => self.core.unpoll_transmit(channel, bytes),
             Request::Close { done, .. } => {
@@ -492,11 +567,19 @@ impl Driver {
     }
 
     /// Connects again with the policy's exponential backoff (with jitter),
-    /// still taking the application's requests. `None` once closed.
-    async fn reconnect(&mut self, requests: &mut mpsc::Receiver<Request>) -> Option<Link> {
+    /// still taking the application's requests; the first attempt waits
+    /// `first` when the relay named a delay. `None` once closed.
+    async fn reconnect(
+        &mut self,
+        requests: &mut mpsc::Receiver<Request>,
+        mut first: Option<Duration>,
+    ) -> Option<Link> {
         let mut backoff = self.options.reconnect.backoff();
         loop {
-            let sleep = tokio::time::sleep(backoff.next_delay(fastrand::f64()));
+            let delay = first
+                .take()
+                .unwrap_or_else(|| backoff.next_delay(fastrand::f64()));
+            let sleep = tokio::time::sleep(delay);
             tokio::pin!(sleep);
             loop {
                 tokio::select! {
@@ -563,16 +646,24 @@ impl Driver {
                 }
                 Output::Timeout(at) => {
                     while let Some(event) = self.core.poll_event() {
-                        let moved = match &event {
-                            PeerEvent::Drain(drain) => {
-                                Some(format!("the relay drains: {}", drain.reason))
-                            }
+                        let ended = match &event {
+                            PeerEvent::Drain(drain) => Some(Ended::Moved(
+                                format!("the relay drains: {}", drain.reason),
+                                Duration::from_millis(drain.reconnect_after_ms.into()),
+                            )),
+                            PeerEvent::Stopped(_) => Some(Ended::Closed),
                             PeerEvent::Pong(nonce) if nonce & KEEPALIVE_NONCE != 0 => continue,
                             _ => None,
                         };
                         self.events.send(event).await.map_err(|_| Ended::Closed)?;
-                        if let Some(reason) = moved {
-                            return Err(Ended::Moved(reason));
+                        if let Some(ended) = ended {
+                            if matches!(ended, Ended::Closed) {
+                                // Stopped for good: leave, so the relay
+                                // frees the connection at once.
+                                let _ = self.link.rtc.close();
+                                self.flush_transmits();
+                            }
+                            return Err(ended);
                         }
                     }
                     if !self.link.rtc.is_alive() {
@@ -601,8 +692,28 @@ impl Driver {
         }
     }
 
-    /// Writes queued messages while the data in flight stays under
-    /// the send window (a larger message goes alone into an empty window).
+    /// Sends what str0m has for the socket, ignoring everything else (the
+    /// connection is being abandoned).
+    fn flush_transmits(&mut self) {
+        while let Ok(output) = self.link.rtc.poll_output() {
+            match output {
+                Output::Transmit(transmit) => {
+                    let _ = self
+                        .link
+                        .socket
+                        .try_send_to(&transmit.contents, transmit.destination);
+                }
+                Output::Event(_) => {}
+                Output::Timeout(_) => return,
+            }
+        }
+    }
+
+    /// Writes queued messages. On `send` the data in flight stays under
+    /// the send window, which always holds three of the message at hand (a
+    /// large delta's fragments; fewer in flight stall on delayed acks).
+    /// Commands and presence are small and are written whatever the window
+    /// (the core hands them out first, so they pass between fragments).
     fn write_outbox(&mut self) {
         if !self.core.wants_to_transmit() {
             return;
@@ -616,7 +727,8 @@ impl Driver {
             .sum();
         while let Some((channel, bytes)) = self.core.poll_transmit() {
             let id = link.channels[channel.stream_id() as usize];
-            let fits = in_flight == 0 || in_flight + bytes.len() <= self.options.send_window;
+            let window = self.options.send_window.max(3 * bytes.len());
+            let fits = channel != Channel::Send || in_flight + bytes.len() <= window;
             let written = fits
                 && match link.rtc.channel(id) {
                     Some(mut handle) => handle.write(true, &bytes).unwrap_or(false),

@@ -8,9 +8,18 @@
 //! - 1: a stroke segment: `x0 y0 x1 y1` (u16 little-endian, the canvas
 //!   scaled to `0..=65535`) then the drawer's `r g b` (11 bytes);
 //! - 2: clear the board (empty);
-//! - 3: a test delta (text), from the "send test delta" button;
-//! - 4: presence, every 2 s: the sender's round trip to the relay in
-//!   milliseconds (f32 little-endian), empty before its first pong.
+//! - 3: a test delta (text), from the "send test delta" button.
+//!
+//! Presence (PROTOCOL §8, not deltas, so `delta-count` counts only the
+//! board's deltas) carries each peer's live cursor and its round trip to
+//! the relay: `rtt_ms (f32 LE, NaN before the first pong) | x (u16 LE) |
+//! y (u16 LE)`, the point scaled like strokes, `0xffff 0xffff` off the
+//! board; set on every pointer move and every 2 s. With a relay that
+//! answers `presence: false` the demo shows no cursors and no round trips
+//! of others, and says so in `#presence-note`.
+//!
+//! The "call" button starts a direct WebRTC data channel to the first
+//! other peer, signalled through direct messages (see `call`).
 //!
 //! Elements with a `data-testid` are hooks for automated checks.
 
@@ -27,6 +36,7 @@ use web_sys::{
     UrlSearchParams,
 };
 
+use super::call::Caller;
 use super::js::{error_text, get};
 use super::page::{self, Connection};
 
@@ -36,7 +46,10 @@ const BOARD: &str = "6f1c2a4e-0d5b-4c3e-9a7f-3b8e2d1c0a95";
 const STROKE: u32 = 1;
 const CLEAR: u32 = 2;
 const TEST: u32 = 3;
-const PRESENCE: u32 = 4;
+/// Bytes of a presence state (see the module documentation).
+const PRESENCE_BYTES: usize = 8;
+/// The cursor coordinate that means "not on the board".
+const OFF_BOARD: u16 = u16::MAX;
 /// Bytes of a stroke segment's payload.
 const SEGMENT_BYTES: usize = 11;
 /// What `index.html` holds until signal fills in its development token.
@@ -84,7 +97,7 @@ fn start() -> Result<(), String> {
         let connecting = page::connect(session, token, JsValue::UNDEFINED);
         match JsFuture::from(connecting).await {
             Ok(value) => match Connection::try_from_js_value(value) {
-                Ok(conn) => Demo::run(ui, conn),
+                Ok(conn) => Demo::run(ui, Rc::new(conn)),
                 Err(_) => ui.show_state("failed", "connect resolved to no Connection"),
             },
             Err(error) => ui.show_state("failed", &error_text(&error)),
@@ -234,9 +247,10 @@ impl Segment {
 
 /// The running demo: the connection, the page and what it has seen.
 struct Demo {
-    conn: Connection,
+    conn: Rc<Connection>,
     ui: Ui,
     seen: RefCell<Seen>,
+    caller: Rc<Caller>,
 }
 
 /// What the demo has seen and counted.
@@ -246,6 +260,10 @@ struct Seen {
     pen: Option<(u16, u16)>,
     /// The round trip each other peer reported last (`None`: not measured).
     rtts: HashMap<String, Option<f64>>,
+    /// Each other peer's cursor on the board.
+    cursors: HashMap<String, (u16, u16)>,
+    /// This peer's cursor, when on the board.
+    cursor: Option<(u16, u16)>,
     /// Deltas received from other peers.
     received: u64,
     /// The highest session seq seen (received, or one of ours acknowledged).
@@ -256,11 +274,18 @@ struct Seen {
 
 impl Demo {
     /// Wires the connection's callbacks, the board, the buttons and the timers.
-    fn run(ui: Ui, conn: Connection) {
+    fn run(ui: Ui, conn: Rc<Connection>) {
+        let document = ui.document.clone();
+        let caller = Caller::new(conn.clone(), move |state| {
+            if let Some(element) = document.get_element_by_id("call-state") {
+                element.set_text_content(Some(state));
+            }
+        });
         let demo = Rc::new(Demo {
             conn,
             ui,
             seen: RefCell::default(),
+            caller,
         });
         let d = demo.clone();
         demo.conn.on_state(function(move |change| {
@@ -284,9 +309,40 @@ impl Demo {
             d.show_peers();
         }));
         let d = demo.clone();
+        demo.conn.on_presence(function2(move |peer, state| {
+            let (Some(peer), Ok(state)) = (peer.as_string(), state.dyn_into::<Uint8Array>()) else {
+                return;
+            };
+            d.on_presence(peer, &state.to_vec());
+        }));
+        let d = demo.clone();
+        demo.conn.on_message(function2(move |from, payload| {
+            let (Some(from), Ok(payload)) = (from.as_string(), payload.dyn_into::<Uint8Array>())
+            else {
+                return;
+            };
+            if !d.caller.on_message(from, &payload) {
+                tracing::info!("a direct message that is not a call message");
+            }
+        }));
+        let d = demo.clone();
+        demo.conn.on_notice(function(move |notice| {
+            let kind = get(&notice, "kind").as_string().unwrap_or_default();
+            let detail = get(&notice, "detail").as_string().unwrap_or_default();
+            if matches!(kind.as_str(), "historyLost" | "relayError" | "sendToFailed") {
+                d.ui.show_error(&format!("{kind}: {detail}"));
+            }
+        }));
+        let d = demo.clone();
         demo.conn
             .on_delta(function(move |delta| d.on_delta(&delta)));
-        for event in ["pointerdown", "pointermove", "pointerup", "pointercancel"] {
+        for event in [
+            "pointerdown",
+            "pointermove",
+            "pointerup",
+            "pointercancel",
+            "pointerleave",
+        ] {
             let d = demo.clone();
             listen(Some(&demo.ui.canvas), event, move |e| {
                 if let Ok(e) = e.dyn_into::<PointerEvent>() {
@@ -307,6 +363,14 @@ impl Demo {
                 .peer_id()
                 .unwrap_or_else(|| "a peer not yet welcomed".to_owned());
             d.send(TEST, format!("test delta from {me}").as_bytes());
+        });
+        let d = demo.clone();
+        listen(button("call"), "click", move |_| {
+            let peer = d.conn.peers().iter().find_map(|p| p.as_string());
+            match peer {
+                Some(peer) => d.caller.call(peer),
+                None => d.ui.set("call-state", "nobody to call"),
+            }
         });
         let d = demo.clone();
         every(1000, move || d.tick());
@@ -368,20 +432,46 @@ impl Demo {
                 ),
             },
             Some(CLEAR) if on_board => self.ui.clear_board(),
-            Some(PRESENCE) => match decode_rtt(&payload) {
-                Some(rtt) => {
-                    self.seen.borrow_mut().rtts.insert(origin, rtt);
-                    self.show_peers();
-                }
-                None => tracing::warn!(origin, seq, "ignoring a malformed presence delta"),
-            },
             _ => {}
         }
+    }
+
+    /// Another peer's presence: its cursor and round trip (empty: gone).
+    fn on_presence(&self, peer: String, state: &[u8]) {
+        {
+            let mut seen = self.seen.borrow_mut();
+            match decode_presence(state) {
+                Some((rtt, cursor)) => {
+                    seen.rtts.insert(peer.clone(), rtt);
+                    match cursor {
+                        Some(point) => seen.cursors.insert(peer, point),
+                        None => seen.cursors.remove(&peer),
+                    };
+                }
+                None => {
+                    if !state.is_empty() {
+                        tracing::warn!(peer, "ignoring a malformed presence state");
+                    }
+                    seen.rtts.remove(&peer);
+                    seen.cursors.remove(&peer);
+                }
+            }
+        }
+        self.show_cursors();
+        self.show_peers();
     }
 
     /// Pointer down, move or up on the board: each move while down is a segment.
     fn on_pointer(self: &Rc<Self>, event: &PointerEvent) {
         let point = self.ui.board_point(event);
+        let cursor = (event.type_() != "pointerleave").then_some(point);
+        let moved = {
+            let mut seen = self.seen.borrow_mut();
+            std::mem::replace(&mut seen.cursor, cursor) != cursor
+        };
+        if moved {
+            self.send_presence();
+        }
         let mut seen = self.seen.borrow_mut();
         let from = match event.type_().as_str() {
             "pointerdown" if event.button() == 0 => {
@@ -438,16 +528,44 @@ impl Demo {
         self.show_peers();
     }
 
-    /// Every 2 s while connected: tells the others this peer's round trip.
-    fn send_presence(self: &Rc<Self>) {
-        if self.conn.state() != "connected" {
-            return;
-        }
+    /// On each pointer move and every 2 s: this peer's cursor and round
+    /// trip as its presence state (only the latest goes out).
+    fn send_presence(&self) {
         let rtt = get(&self.conn.stats(), "rttMs").as_f64();
-        let payload = rtt
-            .map(|ms| (ms as f32).to_le_bytes().to_vec())
-            .unwrap_or_default();
-        self.send(PRESENCE, &payload);
+        let cursor = self.seen.borrow().cursor;
+        self.conn
+            .set_presence(&Uint8Array::from(&encode_presence(rtt, cursor)[..]));
+        let presence = get(&self.conn.features(), "presence").as_bool();
+        let note = match presence {
+            Some(false) => "presence is not offered by this relay: no cursors",
+            _ => "",
+        };
+        self.ui.set("presence-note", note);
+    }
+
+    /// Redraws the other peers' cursors over the board.
+    fn show_cursors(&self) {
+        let Some(layer) = self.ui.document.get_element_by_id("cursors") else {
+            return tracing::error!("index.html has no #cursors");
+        };
+        layer.set_text_content(None);
+        let seen = self.seen.borrow();
+        for (peer, (x, y)) in &seen.cursors {
+            let Ok(dot) = self.ui.document.create_element("span") else {
+                continue;
+            };
+            let [r, g, b] = color_of(peer);
+            let at = |n: u16| f64::from(n) * 100.0 / 65535.0;
+            dot.set_class_name("cursor");
+            let style = format!(
+                "left: {:.2}%; top: {:.2}%; background: rgb({r},{g},{b})",
+                at(*x),
+                at(*y)
+            );
+            let _ = dot.set_attribute("style", &style);
+            let _ = layer.append_child(&dot);
+        }
+        self.ui.set("cursor-count", &seen.cursors.len().to_string());
     }
 
     /// Rebuilds the peer list: this peer first, then the others.
@@ -478,16 +596,30 @@ impl Demo {
     }
 }
 
-/// A presence payload's round trip: `Some(None)` when not yet measured,
-/// `None` when malformed.
-fn decode_rtt(payload: &[u8]) -> Option<Option<f64>> {
-    match <[u8; 4]>::try_from(payload) {
-        Ok(bytes) => {
-            let ms = f64::from(f32::from_le_bytes(bytes));
-            (ms.is_finite() && ms >= 0.0).then_some(Some(ms))
-        }
-        Err(_) => payload.is_empty().then_some(None),
-    }
+/// A presence state: round trip (NaN when unmeasured) and cursor.
+fn encode_presence(rtt: Option<f64>, cursor: Option<(u16, u16)>) -> Vec<u8> {
+    let (x, y) = cursor.unwrap_or((OFF_BOARD, OFF_BOARD));
+    let mut bytes = Vec::with_capacity(PRESENCE_BYTES);
+    bytes.extend_from_slice(&rtt.map_or(f32::NAN, |ms| ms as f32).to_le_bytes());
+    bytes.extend_from_slice(&x.to_le_bytes());
+    bytes.extend_from_slice(&y.to_le_bytes());
+    bytes
+}
+
+/// A point on the scaled board.
+type Point = (u16, u16);
+
+/// A presence state's round trip and cursor; `None` unless 8 bytes.
+fn decode_presence(state: &[u8]) -> Option<(Option<f64>, Option<Point>)> {
+    let bytes: &[u8; PRESENCE_BYTES] = state.try_into().ok()?;
+    let ms = f64::from(f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
+    let rtt = (ms.is_finite() && ms >= 0.0).then_some(ms);
+    let (x, y) = (
+        u16::from_le_bytes([bytes[4], bytes[5]]),
+        u16::from_le_bytes([bytes[6], bytes[7]]),
+    );
+    let cursor = (x != OFF_BOARD || y != OFF_BOARD).then_some((x, y));
+    Some((rtt, cursor))
 }
 
 /// A peer's colour, derived from its id: a hue from the id's hash.
@@ -522,6 +654,13 @@ fn show_bytes(bytes: f64) -> String {
 /// A JavaScript function that runs `f` (kept for the page's lifetime).
 fn function(f: impl FnMut(JsValue) + 'static) -> Function {
     Closure::<dyn FnMut(JsValue)>::new(f)
+        .into_js_value()
+        .unchecked_into()
+}
+
+/// A JavaScript function of two arguments that runs `f`.
+fn function2(f: impl FnMut(JsValue, JsValue) + 'static) -> Function {
+    Closure::<dyn FnMut(JsValue, JsValue)>::new(f)
         .into_js_value()
         .unchecked_into()
 }

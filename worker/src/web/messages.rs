@@ -30,6 +30,10 @@ pub struct Config {
     pub token: String,
     /// Whether this peer also receives its own deltas.
     pub echo: bool,
+    /// Whether to ask for batches (PROTOCOL §7).
+    pub batch: bool,
+    /// Whether to ask for the presence channel (§8).
+    pub presence: bool,
     /// Deltas that may await acknowledgement before `send` refuses more.
     pub max_unacked: u32,
     /// Keepalive pings, when the relay counts as gone, and the reconnect
@@ -46,7 +50,10 @@ pub enum ConnectionState {
     Connected,
     /// The connection dropped; a new one is being made and will resume.
     Reconnecting,
-    /// The last attempt failed (the detail says why); retrying with backoff.
+    /// The last attempt failed (the detail says why); retrying with
+    /// backoff, except after a refused token or a lost history
+    /// (`HISTORY_LOST`), when it stays failed until the application
+    /// connects again.
     Failed,
     /// The application closed the connection.
     Closed,
@@ -111,8 +118,8 @@ pub enum ToWorker {
     Channels {
         /// Which connection attempt they belong to.
         generation: u32,
-        /// `command`, `send` and `receive`, by stream id.
-        channels: [RtcDataChannel; 3],
+        /// `command`, `send`, `receive` and `presence`, by stream id.
+        channels: [RtcDataChannel; 4],
     },
     /// The page's SDP offer for peer connection `generation`.
     Offer {
@@ -139,8 +146,35 @@ pub enum ToWorker {
         /// The payload.
         payload: Uint8Array,
     },
+    /// Replace this peer's presence state (empty clears it).
+    SetPresence {
+        /// The state.
+        state: Uint8Array,
+    },
+    /// Send a direct message to another peer.
+    SendTo {
+        /// The recipient.
+        peer: Id,
+        /// The bytes.
+        payload: Uint8Array,
+    },
     /// Leave the session.
     Close,
+}
+
+/// Something the application should know about that is not a delta: the
+/// relay's notices and errors (PROTOCOL §5–§9), by `kind`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// `relayError`, `rejected`, `slowConsumer`, `drain`, `historyLost`,
+    /// `protocolError`, `presenceRefused` or `sendToFailed`.
+    pub kind: String,
+    /// The relay's code without its prefix (`UNKNOWN_PEER`, `TOO_LARGE`,
+    /// …), empty when there is none.
+    pub code: String,
+    /// The details in words (for a direct message's error, the recipient's
+    /// id is in it).
+    pub detail: String,
 }
 
 /// A message from the worker to the page (sent in batches).
@@ -215,6 +249,31 @@ pub enum ToPage {
     PeerJoined(Id),
     /// Another peer left the session.
     PeerLeft(Id),
+    /// What the relay put in force after this peer's `Options`.
+    Options {
+        /// Echo of own deltas.
+        echo: bool,
+        /// Batches.
+        batch: bool,
+        /// The presence channel.
+        presence: bool,
+    },
+    /// Another peer's presence state (empty: cleared, or it left).
+    Presence {
+        /// Whose.
+        peer: Id,
+        /// The state.
+        state: Vec<u8>,
+    },
+    /// A direct message from another peer.
+    Message {
+        /// The sender.
+        from: Id,
+        /// The bytes.
+        payload: Vec<u8>,
+    },
+    /// A notice or error for the application.
+    Notice(Notice),
     /// Fresh statistics.
     Stats(Stats),
 }
@@ -256,6 +315,8 @@ impl ToWorker {
                 ("session", config.session.as_str().into()),
                 ("token", config.token.as_str().into()),
                 ("echo", config.echo.into()),
+                ("batch", config.batch.into()),
+                ("presence", config.presence.into()),
                 ("maxUnacked", number(config.max_unacked)),
                 ("firstRetryMs", millis(config.reconnect.first_retry)),
                 ("maxRetryMs", millis(config.reconnect.max_retry)),
@@ -299,6 +360,14 @@ impl ToWorker {
                 ("docId", id_value(doc_id)),
                 ("payload", payload.into()),
             ]),
+            ToWorker::SetPresence { state } => {
+                object(&[("type", "setPresence".into()), ("state", state.into())])
+            }
+            ToWorker::SendTo { peer, payload } => object(&[
+                ("type", "sendTo".into()),
+                ("peerId", id_value(peer)),
+                ("payload", payload.into()),
+            ]),
             ToWorker::Close => object(&[("type", "close".into())]),
         };
         (message.into(), transfer)
@@ -312,6 +381,8 @@ impl ToWorker {
                 session: get_string(message, "session")?,
                 token: get_string(message, "token")?,
                 echo: get(message, "echo").as_bool().unwrap_or(false),
+                batch: get(message, "batch").as_bool().unwrap_or(false),
+                presence: get(message, "presence").as_bool().unwrap_or(false),
                 max_unacked: get_u32(message, "maxUnacked")?,
                 reconnect: ReconnectPolicy {
                     first_retry: get_millis(message, "firstRetryMs")?,
@@ -329,7 +400,7 @@ impl ToWorker {
                 };
                 ToWorker::Channels {
                     generation: get_u32(message, "generation")?,
-                    channels: [channel(0)?, channel(1)?, channel(2)?],
+                    channels: [channel(0)?, channel(1)?, channel(2)?, channel(3)?],
                 }
             }
             "offer" => ToWorker::Offer {
@@ -344,6 +415,13 @@ impl ToWorker {
                 id: get_u32(message, "id")?,
                 kind: get_integer(message, "kind", u16::MAX as f64)? as u16,
                 doc_id: get_id(message, "docId")?,
+                payload: get_instance(message, "payload")?,
+            },
+            "setPresence" => ToWorker::SetPresence {
+                state: get_instance(message, "state")?,
+            },
+            "sendTo" => ToWorker::SendTo {
+                peer: get_id(message, "peerId")?,
                 payload: get_instance(message, "payload")?,
             },
             "close" => ToWorker::Close,
@@ -421,6 +499,29 @@ impl ToPage {
             ToPage::PeerLeft(peer) => {
                 object(&[("type", "peerLeft".into()), ("peerId", id_value(peer))])
             }
+            ToPage::Options {
+                echo,
+                batch,
+                presence,
+            } => object(&[
+                ("type", "options".into()),
+                ("echo", (*echo).into()),
+                ("batch", (*batch).into()),
+                ("presence", (*presence).into()),
+            ]),
+            ToPage::Presence { peer, state } => object(&[
+                ("type", "presence".into()),
+                ("peerId", id_value(peer)),
+                ("state", Uint8Array::from(&state[..]).into()),
+            ]),
+            ToPage::Message { from, payload } => object(&[
+                ("type", "message".into()),
+                ("peerId", id_value(from)),
+                ("payload", Uint8Array::from(&payload[..]).into()),
+            ]),
+            ToPage::Notice(notice) => {
+                object(&[("type", "notice".into()), ("notice", notice_object(notice))])
+            }
             ToPage::Stats(stats) => {
                 object(&[("type", "stats".into()), ("stats", stats_object(stats))])
             }
@@ -479,10 +580,41 @@ impl ToPage {
             },
             "peerJoined" => ToPage::PeerJoined(get_id(message, "peerId")?),
             "peerLeft" => ToPage::PeerLeft(get_id(message, "peerId")?),
+            "options" => ToPage::Options {
+                echo: get(message, "echo").as_bool().unwrap_or(false),
+                batch: get(message, "batch").as_bool().unwrap_or(false),
+                presence: get(message, "presence").as_bool().unwrap_or(false),
+            },
+            "presence" => ToPage::Presence {
+                peer: get_id(message, "peerId")?,
+                state: get_instance::<Uint8Array>(message, "state")?.to_vec(),
+            },
+            "message" => ToPage::Message {
+                from: get_id(message, "peerId")?,
+                payload: get_instance::<Uint8Array>(message, "payload")?.to_vec(),
+            },
+            "notice" => {
+                let notice = get(message, "notice");
+                ToPage::Notice(Notice {
+                    kind: get_string(&notice, "kind")?,
+                    code: get_string(&notice, "code")?,
+                    detail: get_string(&notice, "detail")?,
+                })
+            }
             "stats" => ToPage::Stats(read_stats(&get(message, "stats"))?),
             other => return Err(format!("unknown message type {other:?}")),
         })
     }
+}
+
+/// A notice as the object applications get in `onNotice`.
+pub fn notice_object(notice: &Notice) -> JsValue {
+    object(&[
+        ("kind", notice.kind.as_str().into()),
+        ("code", notice.code.as_str().into()),
+        ("detail", notice.detail.as_str().into()),
+    ])
+    .into()
 }
 
 /// The statistics as the object applications get from `stats()`.
@@ -553,6 +685,28 @@ mod tests {
         });
         page_round_trip(ToPage::PeerJoined(id));
         page_round_trip(ToPage::PeerLeft(id));
+        page_round_trip(ToPage::Options {
+            echo: false,
+            batch: true,
+            presence: false,
+        });
+        page_round_trip(ToPage::Presence {
+            peer: id,
+            state: b"cursor".to_vec(),
+        });
+        page_round_trip(ToPage::Presence {
+            peer: id,
+            state: Vec::new(),
+        });
+        page_round_trip(ToPage::Message {
+            from: id,
+            payload: b"offer".to_vec(),
+        });
+        page_round_trip(ToPage::Notice(Notice {
+            kind: "relayError".into(),
+            code: "UNKNOWN_PEER".into(),
+            detail: "no such peer".into(),
+        }));
         page_round_trip(ToPage::Stats(Stats {
             rtt_ms: Some(1.5),
             bytes_sent: 10.0,
@@ -589,6 +743,8 @@ mod tests {
                 session: "room".into(),
                 token: "t".into(),
                 echo: true,
+                batch: true,
+                presence: false,
                 max_unacked: 4096,
                 reconnect: ReconnectPolicy {
                     first_retry: Duration::from_millis(100),
@@ -608,6 +764,13 @@ mod tests {
                 kind: 65535,
                 doc_id: Id([4; 16]),
                 payload: Uint8Array::from(&b"hello"[..]),
+            },
+            ToWorker::SetPresence {
+                state: Uint8Array::from(&b"here"[..]),
+            },
+            ToWorker::SendTo {
+                peer: Id([5; 16]),
+                payload: Uint8Array::from(&b"ping"[..]),
             },
             ToWorker::Close,
         ];

@@ -14,8 +14,10 @@
 //!   offers `RTCPeerConnection` in workers, the worker uses it directly;
 //! - [`messages`]: what page and worker say to each other;
 //! - [`signaling`]: the HTTP offer/answer exchange with `signal`;
-//! - [`demo`]: the demo whiteboard served at `/`.
+//! - [`demo`]: the demo whiteboard served at `/`, with `call` its direct
+//!   tab-to-tab call.
 
+mod call;
 pub mod demo;
 mod js;
 pub mod messages;

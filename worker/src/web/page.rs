@@ -6,7 +6,14 @@
 //! transferred to the worker in the same task) and the application's
 //! callbacks. Received payloads arrive as views into the buffer the worker
 //! transferred, so the page copies nothing. Sending copies the payload once
-//! into the `postMessage` (the application keeps its buffer).
+//! into the `postMessage` (the application keeps its buffer), whatever its
+//! size: a large delta crosses to the worker whole, and only the worker
+//! cuts it into fragments; a large received delta crosses back as one
+//! transferred buffer.
+//!
+//! v1.1: presence (`setPresence`, `onPresence`), direct messages
+//! (`sendTo`, `onMessage`), what the relay put in force (`features`) and
+//! the relay's notices and errors (`onNotice`).
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -21,7 +28,9 @@ use wasm_bindgen::prelude::*;
 use web_sys::{ErrorEvent, MessageEvent, Worker, WorkerOptions, WorkerType};
 
 use super::js::{error_text, get, object};
-use super::messages::{Config, ConnectionState, Stats, ToPage, ToWorker, stats_object};
+use super::messages::{
+    Config, ConnectionState, Stats, ToPage, ToWorker, notice_object, stats_object,
+};
 use super::peer_connection::{self, PeerConnection};
 use crate::backoff::ReconnectPolicy;
 
@@ -42,6 +51,13 @@ export interface ConnectOptions {
     workerUrl?: string;
     /** Also receive this peer's own deltas. Default: false. */
     echo?: boolean;
+    /** Ask the relay for batches (several deltas per message, PROTOCOL §7). Default: true. */
+    batch?: boolean;
+    /**
+     * Ask the relay for the presence channel (§8): `setPresence` reaches the
+     * others and their states arrive in `onPresence`. Default: true.
+     */
+    presence?: boolean;
     /** Deltas that may await acknowledgement before `send` refuses more. Default: 4096. */
     maxUnacked?: number;
     /**
@@ -71,8 +87,41 @@ export interface ReceivedDelta {
     payload: Uint8Array;
 }
 
-/** The connection's states. */
+/**
+ * The connection's states. `failed` retries by itself after a backoff, except
+ * after a refused token or a lost history (notice `historyLost`): then it
+ * stays `failed` until the application connects again.
+ */
 export type ConnectionStateName = "connecting" | "connected" | "reconnecting" | "failed" | "closed";
+
+/** What the relay put in force on the current connection. */
+export interface Features {
+    echo: boolean;
+    batch: boolean;
+    presence: boolean;
+}
+
+/**
+ * Something the application should know that is not a delta.
+ * - `relayError`: the relay's `Error` (`code` e.g. `UNKNOWN_PEER`,
+ *   `NOT_PERMITTED`, `TOO_LARGE` for a direct message or presence state; the
+ *   detail names the recipient);
+ * - `rejected`: a delta refused (`code` the reason, e.g. `TOO_LARGE`);
+ * - `slowConsumer`: this peer is falling behind;
+ * - `drain`: the relay is going away; the worker moves to another one;
+ * - `historyLost`: the relay lost the deltas this peer would resume from;
+ *   the connection stops (state `failed`) for good;
+ * - `protocolError`: the relay sent something unreadable;
+ * - `presenceRefused` / `sendToFailed`: refused before sending (too large,
+ *   not connected).
+ */
+export interface Notice {
+    kind: "relayError" | "rejected" | "slowConsumer" | "drain" | "historyLost"
+        | "protocolError" | "presenceRefused" | "sendToFailed";
+    /** The relay's code, empty when there is none. */
+    code: string;
+    detail: string;
+}
 
 /** A change of the connection's state, with the reason in words. */
 export interface StateChange {
@@ -142,6 +191,11 @@ struct Shared {
     on_delta: Option<Function>,
     on_peer: Option<Function>,
     on_state: Option<Function>,
+    on_presence: Option<Function>,
+    on_message: Option<Function>,
+    on_notice: Option<Function>,
+    /// What the relay put in force, once it answered.
+    features: Option<JsValue>,
     /// Deltas that arrived before the application registered `onDelta`.
     unclaimed: Vec<JsValue>,
     waiting_connected: Vec<(Function, Function)>,
@@ -149,9 +203,13 @@ struct Shared {
     link: Option<(u32, PeerConnection)>,
 }
 
-/// An application callback to run once the shared state is released (a
-/// callback may call back into the connection).
-type Call = (Function, JsValue);
+/// An application callback and its argument(s), to run once the shared
+/// state is released (a callback may call back into the connection).
+type Call = (Function, JsValue, JsValue);
+
+fn call(callback: &Function, argument: JsValue) -> Call {
+    (callback.clone(), argument, JsValue::UNDEFINED)
+}
 
 fn type_error(message: &str) -> JsValue {
     js_sys::TypeError::new(message).into()
@@ -197,6 +255,8 @@ fn start_worker(session: String, token: String, options: &JsValue) -> Result<Pro
         session,
         token,
         echo: get(options, "echo").as_bool().unwrap_or(false),
+        batch: get(options, "batch").as_bool().unwrap_or(true),
+        presence: get(options, "presence").as_bool().unwrap_or(true),
         max_unacked,
         reconnect: ReconnectPolicy {
             first_retry: millis_option(options, "firstRetryMs", policy.first_retry)?,
@@ -221,6 +281,10 @@ fn start_worker(session: String, token: String, options: &JsValue) -> Result<Pro
         on_delta: None,
         on_peer: None,
         on_state: None,
+        on_presence: None,
+        on_message: None,
+        on_notice: None,
+        features: None,
         unclaimed: Vec::new(),
         waiting_connected: Vec::new(),
         waiting_closed: Vec::new(),
@@ -285,8 +349,8 @@ fn start_worker(session: String, token: String, options: &JsValue) -> Result<Pro
 }
 
 fn run(calls: Vec<Call>) {
-    for (callback, argument) in calls {
-        if let Err(error) = callback.call1(&JsValue::NULL, &argument) {
+    for (callback, first, second) in calls {
+        if let Err(error) = callback.call2(&JsValue::NULL, &first, &second) {
             web_sys::console::error_2(&"a deltamesh callback threw:".into(), &error);
         }
     }
@@ -298,13 +362,13 @@ fn worker_died(shared: &Rc<RefCell<Shared>>, why: String) {
         let mut s = shared.borrow_mut();
         let mut calls = Vec::new();
         if let Some((_, reject, _)) = s.starting.take() {
-            calls.push((reject, JsValue::from(js_sys::Error::new(&why))));
+            calls.push((reject, js_sys::Error::new(&why).into(), JsValue::UNDEFINED));
         }
         if let Some((_, link)) = s.link.take() {
             link.close();
         }
         for (_, (_, reject)) in s.pending.drain() {
-            calls.push((reject, js_sys::Error::new(&why).into()));
+            calls.push((reject, js_sys::Error::new(&why).into(), JsValue::UNDEFINED));
         }
         calls.extend(s.set_state(ConnectionState::Failed, why));
         calls
@@ -332,7 +396,7 @@ fn on_page_message(shared: &Rc<RefCell<Shared>>, message: ToPage) -> Vec<Call> {
         ToPage::Ready => s
             .starting
             .take()
-            .map(|(resolve, _, connection)| vec![(resolve, connection)])
+            .map(|(resolve, _, connection)| vec![(resolve, connection, JsValue::UNDEFINED)])
             .unwrap_or_default(),
         ToPage::OpenLink { generation } => {
             // The first link was opened before the worker asked.
@@ -372,12 +436,12 @@ fn on_page_message(shared: &Rc<RefCell<Shared>>, message: ToPage) -> Vec<Call> {
         ToPage::Sent { id, seq } => s
             .pending
             .remove(&id)
-            .map(|(resolve, _)| vec![(resolve, JsValue::from_f64(seq as f64))])
+            .map(|(resolve, _)| vec![call(&resolve, JsValue::from_f64(seq as f64))])
             .unwrap_or_default(),
         ToPage::SendFailed { id, error } => s
             .pending
             .remove(&id)
-            .map(|(_, reject)| vec![(reject, js_sys::Error::new(&error).into())])
+            .map(|(_, reject)| vec![call(&reject, js_sys::Error::new(&error).into())])
             .unwrap_or_default(),
         ToPage::Delta {
             seq,
@@ -398,7 +462,7 @@ fn on_page_message(shared: &Rc<RefCell<Shared>>, message: ToPage) -> Vec<Call> {
             ])
             .into();
             match &s.on_delta {
-                Some(callback) => vec![(callback.clone(), delta)],
+                Some(callback) => vec![call(callback, delta)],
                 None => {
                     s.unclaimed.push(delta);
                     Vec::new()
@@ -413,6 +477,37 @@ fn on_page_message(shared: &Rc<RefCell<Shared>>, message: ToPage) -> Vec<Call> {
             s.peers.remove(&peer);
             s.peer_change("left", peer)
         }
+        ToPage::Options {
+            echo,
+            batch,
+            presence,
+        } => {
+            let features = object(&[
+                ("echo", echo.into()),
+                ("batch", batch.into()),
+                ("presence", presence.into()),
+            ]);
+            s.features = Some(features.into());
+            Vec::new()
+        }
+        ToPage::Presence { peer, state } => match &s.on_presence {
+            Some(callback) => {
+                let state = Uint8Array::from(&state[..]);
+                vec![(callback.clone(), peer.to_string().into(), state.into())]
+            }
+            None => Vec::new(),
+        },
+        ToPage::Message { from, payload } => match &s.on_message {
+            Some(callback) => {
+                let payload = Uint8Array::from(&payload[..]);
+                vec![(callback.clone(), from.to_string().into(), payload.into())]
+            }
+            None => Vec::new(),
+        },
+        ToPage::Notice(notice) => match &s.on_notice {
+            Some(callback) => vec![call(callback, notice_object(&notice))],
+            None => Vec::new(),
+        },
         ToPage::Stats(stats) => {
             s.stats = stats;
             Vec::new()
@@ -471,15 +566,18 @@ impl Shared {
         match state {
             ConnectionState::Connected => {
                 for (resolve, _) in self.waiting_connected.drain(..) {
-                    calls.push((resolve, JsValue::UNDEFINED));
+                    calls.push(call(&resolve, JsValue::UNDEFINED));
                 }
             }
             ConnectionState::Closed => {
                 for (_, reject) in self.waiting_connected.drain(..) {
-                    calls.push((reject, js_sys::Error::new("the connection closed").into()));
+                    calls.push(call(
+                        &reject,
+                        js_sys::Error::new("the connection closed").into(),
+                    ));
                 }
                 for resolve in self.waiting_closed.drain(..) {
-                    calls.push((resolve, JsValue::UNDEFINED));
+                    calls.push(call(&resolve, JsValue::UNDEFINED));
                 }
                 self.worker.terminate();
                 if let Some((_, link)) = self.link.take() {
@@ -490,7 +588,7 @@ impl Shared {
         }
         if let Some(callback) = &self.on_state {
             let change = object(&[("state", state.as_str().into()), ("detail", detail.into())]);
-            calls.push((callback.clone(), change.into()));
+            calls.push(call(callback, change.into()));
         }
         calls
     }
@@ -500,7 +598,7 @@ impl Shared {
             return Vec::new();
         };
         let change = object(&[("type", kind.into()), ("peerId", peer.to_string().into())]);
-        vec![(callback.clone(), change.into())]
+        vec![call(callback, change.into())]
     }
 }
 
@@ -559,10 +657,7 @@ impl Connection {
             s.on_delta = Some(callback.clone());
             std::mem::take(&mut s.unclaimed)
         };
-        run(unclaimed
-            .into_iter()
-            .map(|d| (callback.clone(), d))
-            .collect());
+        run(unclaimed.into_iter().map(|d| call(&callback, d)).collect());
     }
 
     /// Calls `callback` when another peer joins or leaves.
@@ -581,6 +676,85 @@ impl Connection {
         #[wasm_bindgen(unchecked_param_type = "(change: StateChange) => void")] callback: Function,
     ) {
         self.shared.borrow_mut().on_state = Some(callback);
+    }
+
+    /// Sets this peer's presence state (at most `Welcome.max_presence_size`,
+    /// 1 KiB by default; empty clears it). The others get it in
+    /// `onPresence` once the relay has `presence` in force; only the latest
+    /// state is sent, and again after each reconnect. A refused state comes
+    /// back as a notice.
+    #[wasm_bindgen(js_name = setPresence)]
+    pub fn set_presence(&self, state: &Uint8Array) {
+        let s = self.shared.borrow();
+        if s.state != ConnectionState::Closed {
+            let state = state.slice(0, state.length());
+            post(&s.worker, &ToWorker::SetPresence { state });
+        }
+    }
+
+    /// Calls `callback(peerId, state)` when another peer's presence state
+    /// changes (newest versions only); an empty `state` means cleared, and
+    /// comes too when that peer leaves.
+    #[wasm_bindgen(js_name = onPresence)]
+    pub fn on_presence(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(peerId: string, state: Uint8Array) => void")]
+        callback: Function,
+    ) {
+        self.shared.borrow_mut().on_presence = Some(callback);
+    }
+
+    /// Sends `payload` (at most 16 KiB) to the connected peer `peerId` of
+    /// this session; it arrives there in `onMessage`. The relay's refusals
+    /// (`UNKNOWN_PEER`, `NOT_PERMITTED`, `TOO_LARGE`) come back as
+    /// `relayError` notices; while reconnecting it is refused
+    /// (`sendToFailed`). The payload is copied.
+    #[wasm_bindgen(js_name = sendTo)]
+    pub fn send_to(
+        &self,
+        #[wasm_bindgen(js_name = peerId)] peer_id: &str,
+        payload: &Uint8Array,
+    ) -> Result<(), JsValue> {
+        let peer = Id::from_str(peer_id).map_err(|e| type_error(&format!("peerId: {e}")))?;
+        let s = self.shared.borrow();
+        if s.state == ConnectionState::Closed {
+            return Err(js_sys::Error::new("the connection is closed").into());
+        }
+        let payload = payload.slice(0, payload.length());
+        post(&s.worker, &ToWorker::SendTo { peer, payload });
+        Ok(())
+    }
+
+    /// Calls `callback(peerId, payload)` with each direct message from
+    /// another peer, in the order that peer sent them.
+    #[wasm_bindgen(js_name = onMessage)]
+    pub fn on_message(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(peerId: string, payload: Uint8Array) => void")]
+        callback: Function,
+    ) {
+        self.shared.borrow_mut().on_message = Some(callback);
+    }
+
+    /// Calls `callback` with the relay's notices and errors (see `Notice`).
+    #[wasm_bindgen(js_name = onNotice)]
+    pub fn on_notice(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(notice: Notice) => void")] callback: Function,
+    ) {
+        self.shared.borrow_mut().on_notice = Some(callback);
+    }
+
+    /// What the relay put in force on the current connection (`null` until
+    /// it answered): a relay without presence says `presence: false`, and
+    /// then `setPresence` reaches nobody.
+    #[wasm_bindgen(unchecked_return_type = "Features | null")]
+    pub fn features(&self) -> JsValue {
+        self.shared
+            .borrow()
+            .features
+            .clone()
+            .unwrap_or(JsValue::NULL)
     }
 
     /// Resolves once the relay has welcomed this peer (at once if it has).

@@ -1,4 +1,4 @@
-//! One `RTCPeerConnection` with deltamesh's three pre-negotiated channels:
+//! One `RTCPeerConnection` with deltamesh's four pre-negotiated channels:
 //! made by the page (Chromium has none in workers) or, where the browser
 //! offers it, by the worker itself.
 
@@ -27,24 +27,24 @@ impl PeerConnection {
     }
 
     /// Makes the connection and its `command`, `send` and `receive`
-    /// channels (ordered, reliable, negotiated by stream id). `on_failed`
+    /// channels (ordered, reliable) and `presence` (unordered, no
+    /// retransmits; PROTOCOL §8), all negotiated by stream id. `on_failed`
     /// runs once if the connection fails or closes under us.
     pub fn open(
         on_failed: impl FnOnce(String) + 'static,
-    ) -> Result<(PeerConnection, [RtcDataChannel; 3]), String> {
+    ) -> Result<(PeerConnection, [RtcDataChannel; 4]), String> {
         let pc = RtcPeerConnection::new().map_err(|e| error_text(&e))?;
         let channel = |channel: Channel| {
             let init = RtcDataChannelInit::new();
             init.set_negotiated(true);
             init.set_id(channel.stream_id());
-            init.set_ordered(true);
+            init.set_ordered(channel.ordered());
+            if let Some(retransmits) = channel.max_retransmits() {
+                init.set_max_retransmits(retransmits);
+            }
             pc.create_data_channel_with_data_channel_dict(channel.label(), &init)
         };
-        let channels = [
-            channel(Channel::Command),
-            channel(Channel::Send),
-            channel(Channel::Receive),
-        ];
+        let channels = Channel::ALL.map(channel);
         let mut on_failed = Some(on_failed);
         let watched = pc.clone();
         let on_state_change = Closure::<dyn FnMut()>::new(move || {

@@ -1,6 +1,13 @@
-//! The worker half: a thin driver around [`PeerCore`]. It owns the three
+//! The worker half: a thin driver around [`PeerCore`]. It owns the four
 //! channels, does HTTP signaling, reconnects with backoff and resumes,
 //! pings, and reports everything to the page in one batch per turn.
+//!
+//! v1.1 (PROTOCOL §5–§9): it asks for `batch` and `presence` as the page's
+//! options say (both by default), passes presence states and direct
+//! messages both ways, and turns the relay's notices into
+//! [`Notice`]s for the application. A `Drain` moves it to another relay
+//! after the relay's `reconnect_after_ms`; `HISTORY_LOST` stops it for
+//! good (state `failed`, notice `historyLost`).
 //!
 //! Every JavaScript callback (channel messages, timers, fetch results,
 //! messages from the page) becomes one [`Input`] to [`Driver::handle`];
@@ -27,11 +34,11 @@ use web_sys::{
     RtcDataChannelType, RtcPeerConnection,
 };
 
-use super::messages::{Config, ConnectionState, Stats, ToPage, ToWorker};
+use super::messages::{Config, ConnectionState, Notice, Stats, ToPage, ToWorker};
 use super::peer_connection::{self, PeerConnection};
 use super::signaling::{self, Answer, SignalError};
 use crate::backoff::Backoff;
-use crate::core::{PAYLOAD_OFFSET, PeerCore, PeerEvent};
+use crate::core::{Features, PAYLOAD_OFFSET, PeerCore, PeerEvent};
 
 /// How long one attempt may take from offer to `Welcome`.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -52,6 +59,15 @@ pub struct Received {
 impl AsRef<[u8]> for Received {
     fn as_ref(&self) -> &[u8] {
         &self.bytes
+    }
+}
+
+/// A frame the core put together (from fragments) or took apart (from a
+/// batch): one copy into a buffer of its own, which then moves to the page.
+impl From<Vec<u8>> for Received {
+    fn from(bytes: Vec<u8>) -> Self {
+        let buffer = Uint8Array::from(&bytes[..]).buffer();
+        Received { bytes, buffer }
     }
 }
 
@@ -133,7 +149,7 @@ enum Phase {
 /// The channels of the current attempt and their listeners.
 struct Link {
     generation: u32,
-    channels: [RtcDataChannel; 3],
+    channels: [RtcDataChannel; 4],
     /// Only when the worker made the peer connection itself.
     own: Option<PeerConnection>,
     /// Kept alive while the channels may call them.
@@ -142,7 +158,7 @@ struct Link {
 
 impl Link {
     /// The link of attempt `generation`, listening to its channels.
-    fn attach(generation: u32, channels: [RtcDataChannel; 3], own: Option<PeerConnection>) -> Link {
+    fn attach(generation: u32, channels: [RtcDataChannel; 4], own: Option<PeerConnection>) -> Link {
         let mut listeners = Vec::new();
         for (channel, dc) in Channel::ALL.into_iter().zip(&channels) {
             dc.set_binary_type(RtcDataChannelType::Arraybuffer);
@@ -345,7 +361,12 @@ fn now_ms() -> f64 {
 
 impl Driver {
     fn new(config: Config) -> Driver {
-        let core = PeerCore::new(config.max_unacked as usize, config.echo);
+        let features = Features {
+            echo: config.echo,
+            batch: config.batch,
+            presence: config.presence,
+        };
+        let core = PeerCore::with_features(config.max_unacked as usize, features);
         let backoff = config.reconnect.backoff();
         Driver {
             scope: js_sys::global().unchecked_into(),
@@ -443,6 +464,18 @@ impl Driver {
                 doc_id,
                 payload,
             } => self.send(id, kind, doc_id, &payload),
+            ToWorker::SetPresence { state } => {
+                if let Err(error) = self.core.set_presence(&state.to_vec()) {
+                    self.notice("presenceRefused", "", error.to_string());
+                }
+                self.write_outbox();
+            }
+            ToWorker::SendTo { peer, payload } => {
+                if let Err(error) = self.core.send_to(peer, &payload.to_vec()) {
+                    self.notice("sendToFailed", "", format!("to {peer}: {error}"));
+                }
+                self.write_outbox();
+            }
             ToWorker::Close => self.close(),
         }
     }
@@ -558,11 +591,25 @@ impl Driver {
                     }
                 }
                 PeerEvent::Rejected(reject) => {
+                    let reason = reject.reason().as_str_name();
+                    let code = reason.trim_start_matches("REJECT_REASON_");
+                    let detail = format!("client_seq {}: {}", reject.client_seq, reject.detail);
+                    self.notice("rejected", code, detail);
                     if let Some(id) = self.requests.remove(&reject.client_seq) {
-                        let reason = reject.reason().as_str_name();
                         let error = format!("rejected by the relay: {reason} {}", reject.detail);
                         self.out.push(ToPage::SendFailed { id, error });
                     }
+                }
+                PeerEvent::OptionsInForce(options) => self.out.push(ToPage::Options {
+                    echo: options.echo,
+                    batch: options.batch,
+                    presence: options.presence,
+                }),
+                PeerEvent::Presence { peer, state } => {
+                    self.out.push(ToPage::Presence { peer, state })
+                }
+                PeerEvent::Message { from, payload } => {
+                    self.out.push(ToPage::Message { from, payload })
                 }
                 PeerEvent::Renumbered { old, new } => {
                     if let Some(id) = self.requests.remove(&old) {
@@ -594,18 +641,34 @@ impl Driver {
                     }
                 }
                 PeerEvent::RelayError(error) => {
-                    tracing::warn!(code = ?error.code(), "relay error: {}", error.detail)
+                    tracing::warn!(code = ?error.code(), "relay error: {}", error.detail);
+                    let code = error.code().as_str_name().trim_start_matches("ERROR_CODE_");
+                    self.notice("relayError", code, error.detail);
                 }
                 PeerEvent::SlowConsumer(slow) => {
                     tracing::warn!(
                         queued = slow.queued,
                         "the relay says this peer is falling behind"
-                    )
+                    );
+                    let detail = format!("{} deltas queued (limit {})", slow.queued, slow.limit);
+                    self.notice("slowConsumer", "", detail);
                 }
-                PeerEvent::Drain(_) => {
-                    return self.lose_link("the relay is draining".into());
+                PeerEvent::Drain(drain) => {
+                    let after = Duration::from_millis(drain.reconnect_after_ms.into());
+                    let detail = format!("{} (moving in {} ms)", drain.reason, after.as_millis());
+                    self.notice("drain", "", detail);
+                    let reason = format!("the relay is draining: {}", drain.reason);
+                    return self.lose_link_after(reason, Some(after));
                 }
-                PeerEvent::ProtocolError(error) => tracing::warn!("protocol error: {error}"),
+                PeerEvent::ProtocolError(error) => {
+                    tracing::warn!("protocol error: {error}");
+                    self.notice("protocolError", "", error);
+                }
+                PeerEvent::Stopped(reason) => {
+                    self.notice("historyLost", "HISTORY_LOST", reason.clone());
+                    self.fail_requests("the peer stopped: its history is lost");
+                    return self.give_up(reason);
+                }
                 PeerEvent::Disconnected(_) => {}
             }
         }
@@ -685,6 +748,12 @@ impl Driver {
     /// The link dropped (or never came up): after `Welcome` this is a
     /// reconnect that resumes; before, a failed attempt.
     fn lose_link(&mut self, reason: String) {
+        self.lose_link_after(reason, None)
+    }
+
+    /// [`Driver::lose_link`], reconnecting after `after` when the relay
+    /// named a delay (`Drain`) instead of the backoff's.
+    fn lose_link_after(&mut self, reason: String, after: Option<Duration>) {
         match self.phase {
             Phase::Connecting => self.attempt_failed(reason, None),
             Phase::Connected => {
@@ -692,7 +761,8 @@ impl Driver {
                 self.end_link();
                 self.resource = None;
                 self.set_state(ConnectionState::Reconnecting, reason);
-                let delay = self.backoff.next_delay(js_sys::Math::random());
+                let delay =
+                    after.unwrap_or_else(|| self.backoff.next_delay(js_sys::Math::random()));
                 self.wait(delay);
             }
             Phase::Waiting | Phase::Stopped | Phase::Closed => {}
@@ -733,15 +803,27 @@ impl Driver {
         self.phase = Phase::Closed;
         let resource = self.resource.take();
         self.delete(resource, true);
-        for (_, id) in self.requests.drain() {
-            self.out.push(ToPage::SendFailed {
-                id,
-                error: "closed before the relay acknowledged it".into(),
-            });
-        }
+        self.fail_requests("closed before the relay acknowledged it");
         if let Some((handle, _)) = self.tick.take() {
             self.scope.clear_interval_with_handle(handle);
         }
+    }
+
+    fn fail_requests(&mut self, why: &str) {
+        for (_, id) in self.requests.drain() {
+            self.out.push(ToPage::SendFailed {
+                id,
+                error: why.to_owned(),
+            });
+        }
+    }
+
+    fn notice(&mut self, kind: &str, code: &str, detail: String) {
+        self.out.push(ToPage::Notice(Notice {
+            kind: kind.to_owned(),
+            code: code.to_owned(),
+            detail,
+        }));
     }
 
     fn post_offer(&mut self, generation: u32, sdp: String) {
