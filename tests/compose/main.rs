@@ -138,7 +138,11 @@ impl Drop for Stack {
         if std::thread::panicking() {
             let mut all: Vec<&str> = self.args.iter().map(String::as_str).collect();
             all.extend_from_slice(&["logs", "--no-color", "--tail", "30"]);
-            if let Ok(output) = Command::new("docker").args(&all).envs(self.env.clone()).output() {
+            if let Ok(output) = Command::new("docker")
+                .args(&all)
+                .envs(self.env.clone())
+                .output()
+            {
                 eprintln!("--- compose logs ---\n{}", stdout(&output));
             }
         }
@@ -232,7 +236,7 @@ impl Peer {
     /// all it sent is acknowledged and `total` deltas of the session arrived.
     async fn exchange(mut self, round: &'static str, count: usize, total: usize) -> Peer {
         for n in 0..count {
-            let payload = format!("peer {} {round} {n}").into_bytes();
+            let payload = format!("peer {} {round} {n}", self.index).into_bytes();
             self.peer
                 .send(1, Id::default(), payload)
                 .await
@@ -241,7 +245,9 @@ impl Peer {
             self.pump_until(Duration::from_millis(10), |_| false).await;
         }
         let done = self
-            .pump_until(WAIT, |p| p.received.len() >= total && p.acked.len() >= p.sent)
+            .pump_until(WAIT, |p| {
+                p.received.len() >= total && p.acked.len() >= p.sent
+            })
             .await;
         assert!(
             done,
@@ -257,7 +263,12 @@ impl Peer {
 
 /// Every peer sends `count` deltas at once; then each has seqs 1..=total
 /// (every delta of the session so far), all the same.
-async fn round(peers: Vec<Peer>, round: &'static str, count: usize, total: &mut usize) -> Vec<Peer> {
+async fn round(
+    peers: Vec<Peer>,
+    round: &'static str,
+    count: usize,
+    total: &mut usize,
+) -> Vec<Peer> {
     *total += peers.len() * count;
     let tasks: Vec<_> = peers
         .into_iter()
@@ -269,22 +280,35 @@ async fn round(peers: Vec<Peer>, round: &'static str, count: usize, total: &mut 
     }
     let reference = &done[0].received;
     let seqs: Vec<u64> = reference.keys().copied().collect();
-    assert_eq!(seqs, (1..=*total as u64).collect::<Vec<_>>(), "{round}: a gap");
+    assert_eq!(
+        seqs,
+        (1..=*total as u64).collect::<Vec<_>>(),
+        "{round}: a gap"
+    );
     let payloads: HashSet<&Vec<u8>> = reference.values().collect();
     assert_eq!(payloads.len(), *total, "{round}: a delta stored twice");
     for peer in &done {
-        assert_eq!(&peer.received, reference, "peer {} saw another order", peer.index);
+        assert_eq!(
+            &peer.received, reference,
+            "peer {} saw another order",
+            peer.index
+        );
     }
-    eprintln!("compose: {round}: {total} deltas in one order on {} peers", done.len());
+    eprintln!(
+        "compose: {round}: {total} deltas in one order on {} peers",
+        done.len()
+    );
     done
 }
 
 /// The live relays the registry lists that take peers, with their UDP
 /// addresses.
 async fn relays() -> Vec<(Id, Vec<String>)> {
-    let Ok(mut registry) = RegistryClient::connect("http://127.0.0.1:50051").await else {
+    let endpoint = tonic::transport::Endpoint::from_static("http://127.0.0.1:50051");
+    let Ok(channel) = endpoint.connect().await else {
         return Vec::new();
     };
+    let mut registry = RegistryClient::new(channel);
     let Ok(listed) = registry.list_relays(ListRelaysRequest {}).await else {
         return Vec::new();
     };
@@ -305,15 +329,21 @@ async fn await_relays(n: usize) -> Vec<(Id, Vec<String>)> {
         if relays.len() == n {
             return relays;
         }
-        assert!(Instant::now() < deadline, "{} relays registered, not {n}", relays.len());
+        assert!(
+            Instant::now() < deadline,
+            "{} relays registered, not {n}",
+            relays.len()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
 /// Prometheus's answer to `GET /api/v1/PATH`.
 async fn prometheus(path: &str) -> Option<serde_json::Value> {
-    let response = reqwest::get(format!("http://127.0.0.1:9090/api/v1/{path}")).await.ok()?;
-    response.json().await.ok()
+    let response = reqwest::get(format!("http://127.0.0.1:9090/api/v1/{path}"))
+        .await
+        .ok()?;
+    serde_json::from_slice(&response.bytes().await.ok()?).ok()
 }
 
 /// Waits until Prometheus has signal and the registry up, and exactly
@@ -324,8 +354,15 @@ async fn await_targets(relays: usize) {
         let mut up: HashMap<String, usize> = HashMap::new();
         let mut down = 0;
         if let Some(targets) = prometheus("targets?state=active").await {
-            for target in targets["data"]["activeTargets"].as_array().into_iter().flatten() {
-                let job = target["labels"]["job"].as_str().unwrap_or_default().to_owned();
+            for target in targets["data"]["activeTargets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let job = target["labels"]["job"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
                 if target["health"] == "up" {
                     *up.entry(job).or_default() += 1;
                 } else {
@@ -333,10 +370,11 @@ async fn await_targets(relays: usize) {
                 }
             }
         }
-        let want: HashMap<String, usize> = [("signal", 1), ("registry", 1), ("media-relay", relays)]
-            .into_iter()
-            .map(|(job, n)| (job.to_owned(), n))
-            .collect();
+        let want: HashMap<String, usize> =
+            [("signal", 1), ("registry", 1), ("media-relay", relays)]
+                .into_iter()
+                .map(|(job, n)| (job.to_owned(), n))
+                .collect();
         if up == want && down == 0 {
             return;
         }
@@ -354,7 +392,11 @@ async fn await_connected(n: usize) {
     loop {
         let value = prometheus("query?query=sum(relay_connections%7Bstate%3D%22connected%22%7D)")
             .await
-            .and_then(|v| v["data"]["result"][0]["value"][1].as_str().map(str::to_owned));
+            .and_then(|v| {
+                v["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .map(str::to_owned)
+            });
         if value.as_deref() == Some(n.to_string().as_str()) {
             return;
         }
@@ -377,7 +419,11 @@ fn hex(text: &str) -> Vec<u8> {
 fn leftovers() -> String {
     let label = format!("label=com.docker.compose.project={PROJECT}");
     let mut left = String::new();
-    for kind in [&["ps", "-aq"][..], &["network", "ls", "-q"], &["volume", "ls", "-q"]] {
+    for kind in [
+        &["ps", "-aq"][..],
+        &["network", "ls", "-q"],
+        &["volume", "ls", "-q"],
+    ] {
         let mut args = kind.to_vec();
         args.extend(["--filter", &label]);
         left += &stdout(&docker(&args, &[]));
@@ -401,7 +447,16 @@ async fn the_compose_stack_serves_a_session_over_scaled_relays() {
 
     let started = Instant::now();
     stack.compose(&["build", "registry"]);
-    let image = stdout(&docker(&["image", "inspect", "deltamesh:local", "--format", "{{.Size}}"], &[]));
+    let image = stdout(&docker(
+        &[
+            "image",
+            "inspect",
+            "deltamesh:local",
+            "--format",
+            "{{.Size}}",
+        ],
+        &[],
+    ));
     eprintln!(
         "compose: image built in {:.1} s, {} MB",
         started.elapsed().as_secs_f64(),
@@ -420,7 +475,10 @@ async fn the_compose_stack_serves_a_session_over_scaled_relays() {
             }
         }
     };
-    eprintln!("compose: first offer served {} ms after `up`", up.elapsed().as_millis());
+    eprintln!(
+        "compose: first offer served {} ms after `up`",
+        up.elapsed().as_millis()
+    );
 
     // Three relay containers register, each advertising host candidates
     // in its own port range; peers connect to them (reachable).
@@ -428,12 +486,22 @@ async fn the_compose_stack_serves_a_session_over_scaled_relays() {
     for (relay, addrs) in &registered {
         assert!(!addrs.is_empty(), "relay {relay} advertises no address");
         for addr in addrs {
-            let port: u16 = addr.strip_prefix("127.0.0.1:").and_then(|p| p.parse().ok()).unwrap_or(0);
-            assert!((40000..=40199).contains(&port), "relay {relay} advertises {addr}");
+            let port: u16 = addr
+                .strip_prefix("127.0.0.1:")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            assert!(
+                (40000..=40199).contains(&port),
+                "relay {relay} advertises {addr}"
+            );
         }
     }
     let containers = stack.relay_containers();
-    assert_eq!(containers.len(), 3, "each container announced its relay: {containers:?}");
+    assert_eq!(
+        containers.len(),
+        3,
+        "each container announced its relay: {containers:?}"
+    );
     await_targets(3).await;
 
     let trace_id = hex(first.peer.traceparent().split('-').nth(1).unwrap());
@@ -442,7 +510,11 @@ async fn the_compose_stack_serves_a_session_over_scaled_relays() {
         peers.push(Peer::join(index).await.expect("peer joins"));
     }
     let on: HashSet<Id> = peers.iter().map(|p| p.relay).collect();
-    assert_eq!(on.len(), 3, "five peers, two a relay: the session spans all three");
+    assert_eq!(
+        on.len(),
+        3,
+        "five peers, two a relay: the session spans all three"
+    );
     await_connected(5).await;
     let mut total = 0;
     peers = round(peers, "spread", 20, &mut total).await;
@@ -452,17 +524,31 @@ async fn the_compose_stack_serves_a_session_over_scaled_relays() {
     let spans = collector
         .trace(
             &trace_id,
-            &["POST /v1/sessions/{session}/peers", "deltamesh.fleet.v1.Registry/PlacePeer", "relay offer"],
+            &[
+                "POST /v1/sessions/{session}/peers",
+                "deltamesh.fleet.v1.Registry/PlacePeer",
+                "relay offer",
+            ],
         )
         .await;
     let services: HashSet<&str> = spans.iter().map(|(s, _)| s.as_str()).collect();
     for service in ["deltamesh-signal", "deltamesh-registry", "deltamesh-relay"] {
-        assert!(services.contains(service), "no span of {service} in the trace: {services:?}");
+        assert!(
+            services.contains(service),
+            "no span of {service} in the trace: {services:?}"
+        );
     }
 
     // Room for the peers that move, then a relay killed: its peers move,
     // nothing lost.
-    stack.compose(&["up", "--detach", "--no-build", "--no-recreate", "--scale", "media-relay=5"]);
+    stack.compose(&[
+        "up",
+        "--detach",
+        "--no-build",
+        "--no-recreate",
+        "--scale",
+        "media-relay=5",
+    ]);
     await_relays(5).await;
     let containers = stack.relay_containers();
     let count_on = |peers: &[Peer], relay: Id| peers.iter().filter(|p| p.relay == relay).count();
@@ -473,17 +559,32 @@ async fn the_compose_stack_serves_a_session_over_scaled_relays() {
         .unwrap();
     docker(&["kill", &containers[&killed.to_string()]], &[]);
     peers = round(peers, "after kill", 10, &mut total).await;
-    assert_eq!(count_on(&peers, killed), 0, "the killed relay's peers moved");
+    assert_eq!(
+        count_on(&peers, killed),
+        0,
+        "the killed relay's peers moved"
+    );
 
     // A relay stopped: it drains (its peers move) and exits cleanly.
-    let stopped = peers.iter().map(|p| p.relay).find(|r| count_on(&peers, *r) > 0).unwrap();
+    let stopped = peers
+        .iter()
+        .map(|p| p.relay)
+        .find(|r| count_on(&peers, *r) > 0)
+        .unwrap();
     let container = &containers[&stopped.to_string()];
     docker(&["stop", "--time", "15", container], &[]);
-    let exit = stdout(&docker(&["inspect", "--format", "{{.State.ExitCode}}", container], &[]));
+    let exit = stdout(&docker(
+        &["inspect", "--format", "{{.State.ExitCode}}", container],
+        &[],
+    ));
     assert_eq!(exit.trim(), "0", "the stopped relay exits 0 after draining");
     assert!(stdout(&docker(&["logs", container], &[])).contains("draining"));
     peers = round(peers, "after stop", 10, &mut total).await;
-    assert_eq!(count_on(&peers, stopped), 0, "the stopped relay's peers moved");
+    assert_eq!(
+        count_on(&peers, stopped),
+        0,
+        "the stopped relay's peers moved"
+    );
     await_targets(3).await;
     await_connected(5).await;
 
@@ -494,7 +595,10 @@ async fn the_compose_stack_serves_a_session_over_scaled_relays() {
     stack.compose(&["up", "--detach", "--no-build", "--scale", "media-relay=1"]);
     let last = await_relays(1).await[0].0;
     peers = round(peers, "on one relay", 10, &mut total).await;
-    assert!(peers.iter().all(|p| p.relay == last), "every peer is on the last relay");
+    assert!(
+        peers.iter().all(|p| p.relay == last),
+        "every peer is on the last relay"
+    );
     await_targets(1).await;
     for peer in peers {
         peer.peer.close().await;

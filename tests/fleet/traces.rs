@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 
@@ -34,7 +35,10 @@ fn hex(text: &str) -> Vec<u8> {
 #[tokio::test]
 async fn a_connection_is_one_trace_through_signal_registry_and_relay() {
     let collector = Collector::default();
-    let endpoint = format!("http://{}", collector.start(Ipv4Addr::LOCALHOST.into()).await);
+    let endpoint = format!(
+        "http://{}",
+        collector.start(Ipv4Addr::LOCALHOST.into()).await
+    );
     // One peer per relay, so the two peers are on different relays.
     let fleet = Fleet::start_with_env(
         1,

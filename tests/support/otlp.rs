@@ -97,4 +97,3 @@ pub(crate) fn text(attributes: &[KeyValue], key: &str) -> Option<String> {
         }
     })
 }
-
