@@ -578,7 +578,11 @@ async fn the_compose_stack_serves_a_session_over_scaled_relays() {
         &[],
     ));
     assert_eq!(exit.trim(), "0", "the stopped relay exits 0 after draining");
-    assert!(stdout(&docker(&["logs", container], &[])).contains("draining"));
+    let logs = docker(&["logs", container], &[]);
+    assert!(
+        String::from_utf8_lossy(&logs.stderr).contains("\"draining\""),
+        "the stopped relay logged that it drains"
+    );
     peers = round(peers, "after stop", 10, &mut total).await;
     assert_eq!(
         count_on(&peers, stopped),
