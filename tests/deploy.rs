@@ -149,6 +149,10 @@ fn deltamesh_services(compose: &Value) -> Vec<(String, String)> {
         if !image.starts_with("deltamesh") && service["build"].is_null() {
             continue;
         }
+        // A helper running its own program from the image (relay-targets).
+        if !service["entrypoint"].is_null() {
+            continue;
+        }
         let command = words(&service["command"]);
         let subcommand = command
             .first()
@@ -301,12 +305,15 @@ fn nats_keeps_jetstream_on_a_volume_and_jaeger_takes_otlp() {
 fn the_dockerfile_builds_the_binary_and_ships_the_web_bundle() {
     let dockerfile = read("Dockerfile");
     for needle in [
-        "FROM rust:1-bookworm AS builder",
+        "ARG RUST_IMAGE=rust:1-bookworm",
+        "FROM ${RUST_IMAGE} AS builder",
+        "ARG DEBIAN_IMAGE=debian:bookworm-slim",
+        "FROM ${DEBIAN_IMAGE}",
+        "id=extra_ca_certs",
         "wasm32-unknown-unknown",
         "wasm-bindgen-cli",
         "cargo build --release --locked --bin deltamesh",
         "scripts/build-web",
-        "FROM debian:bookworm-slim",
         "COPY --from=builder /out/deltamesh",
         "COPY --from=builder /out/web",
         "DELTAMESH_WEB_DIR=",
@@ -314,6 +321,17 @@ fn the_dockerfile_builds_the_binary_and_ships_the_web_bundle() {
     ] {
         assert!(dockerfile.contains(needle), "Dockerfile lacks {needle:?}");
     }
+    // Builds with the engine's own frontend (a `# syntax=` line pulls one
+    // from a registry), and installs wasm-bindgen-cli as scripts/build-web
+    // does (its own lock file pins crates not every registry serves).
+    assert!(
+        !dockerfile.lines().any(|l| l.starts_with("# syntax=")),
+        "Dockerfile names a frontend"
+    );
+    assert!(
+        !dockerfile.contains("--locked wasm-bindgen-cli"),
+        "wasm-bindgen-cli installs without --locked"
+    );
     let user = dockerfile
         .lines()
         .filter_map(|l| l.strip_prefix("USER "))
@@ -396,8 +414,8 @@ fn prometheus_scrapes_each_service_where_it_serves_metrics() {
             .unwrap_or_else(|| panic!("prometheus.yml has no job {job}"));
         job["static_configs"]
             .as_sequence()
-            .expect("static_configs")
-            .iter()
+            .into_iter()
+            .flatten()
             .flat_map(|c| words(&c["targets"]))
             .collect()
     };
@@ -420,22 +438,37 @@ fn prometheus_scrapes_each_service_where_it_serves_metrics() {
         targets("registry"),
         [format!("registry:{}", registry_ops.start())]
     );
-    // Relays on the host network: Prometheus reaches the host's ports, the
-    // first of the range included, none outside it.
+    // Relays on the host network: Prometheus scrapes the ones that exist,
+    // from the file relay-targets keeps in a volume both mount, over the
+    // ports the relays take.
+    assert!(targets("media-relay").is_empty(), "no fixed relay ports");
+    let relay_job = config["scrape_configs"]
+        .as_sequence()
+        .expect("scrape_configs")
+        .iter()
+        .find(|c| c["job_name"].as_str() == Some("media-relay"))
+        .expect("a media-relay job");
+    let files: Vec<String> = relay_job["file_sd_configs"]
+        .as_sequence()
+        .expect("relays come from file service discovery")
+        .iter()
+        .flat_map(|c| words(&c["files"]))
+        .collect();
+    assert_eq!(files, ["/etc/prometheus/targets/relays.json"]);
+    let finder = service(&compose, "relay-targets");
+    assert_eq!(finder["network_mode"].as_str(), Some("host"));
+    assert_eq!(words(&finder["command"]), ["/targets/relays.json"]);
+    assert!(words(&finder["volumes"]).contains(&"prometheus-targets:/targets".to_owned()));
     let relay_ops =
         listen_ports(&environment(service(&compose, "media-relay"))["DELTAMESH_OPS_LISTEN"]);
-    let relay_targets = targets("media-relay");
-    assert!(relay_targets.contains(&format!("host.docker.internal:{}", relay_ops.start())));
-    for target in &relay_targets {
-        let port: u16 = target
-            .strip_prefix("host.docker.internal:")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("relay target {target} is a host port"));
-        assert!(
-            relay_ops.contains(&port),
-            "{target} is outside {relay_ops:?}"
-        );
-    }
+    assert_eq!(
+        environment(finder)["RELAY_OPS_PORTS"],
+        format!("{}-{}", relay_ops.start(), relay_ops.end())
+    );
+    assert!(
+        words(&service(&compose, "prometheus")["volumes"])
+            .contains(&"prometheus-targets:/etc/prometheus/targets:ro".to_owned())
+    );
     let prometheus = service(&compose, "prometheus");
     assert!(
         words(&prometheus["extra_hosts"]).contains(&"host.docker.internal:host-gateway".to_owned())

@@ -8,6 +8,8 @@ mod failures;
 mod local_stack;
 mod logs;
 mod ops;
+#[path = "../support/otlp.rs"]
+mod otlp;
 mod security;
 mod spread;
 mod traces;

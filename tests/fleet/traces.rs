@@ -5,105 +5,17 @@
 //! traced from their publish on one relay to their replication on each.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 
 use crate::common::{Fleet, TestPeer};
+use crate::otlp::{Collector, text};
 
 const SESSION: &str = "traced";
-
-/// An OTLP trace receiver keeping every span with its `service.name`.
-#[derive(Clone, Default)]
-struct Collector {
-    spans: Arc<Mutex<Vec<(String, Span)>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.spans.lock().unwrap();
-        for resource_spans in request.into_inner().resource_spans {
-            let service = resource_spans
-                .resource
-                .as_ref()
-                .and_then(|r| text(&r.attributes, "service.name"))
-                .unwrap_or_default();
-            for scope_spans in resource_spans.scope_spans {
-                for span in scope_spans.spans {
-                    spans.push((service.clone(), span));
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-impl Collector {
-    /// Serves OTLP/gRPC on a free local port; returns its endpoint URL.
-    async fn start(&self) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let service = TraceServiceServer::new(self.clone());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-        );
-        format!("http://{addr}")
-    }
-
-    /// The spans of `trace_id` once one of each name in `names` has
-    /// arrived. Each process exports on its own schedule, so the spans of
-    /// one trace arrive in any order.
-    async fn trace(&self, trace_id: &[u8], names: &[&str]) -> Vec<(String, Span)> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let spans: Vec<(String, Span)> = self
-                .spans
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|(_, span)| span.trace_id == trace_id)
-                .cloned()
-                .collect();
-            if names
-                .iter()
-                .all(|name| spans.iter().any(|(_, span)| span.name == *name))
-            {
-                return spans;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not every one of {names:?} arrived; got {:?}",
-                spans.iter().map(|(_, s)| &s.name).collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// The string attribute `key`.
-fn text(attributes: &[KeyValue], key: &str) -> Option<String> {
-    attributes.iter().find(|a| a.key == key).and_then(|a| {
-        match a.value.as_ref()?.value.as_ref()? {
-            any_value::Value::StringValue(s) => Some(s.clone()),
-            _ => None,
-        }
-    })
-}
 
 /// The one span named `name`, checked to come from `service`.
 fn one<'a>(spans: &'a [(String, Span)], name: &str, service: &str) -> &'a Span {
@@ -123,7 +35,10 @@ fn hex(text: &str) -> Vec<u8> {
 #[tokio::test]
 async fn a_connection_is_one_trace_through_signal_registry_and_relay() {
     let collector = Collector::default();
-    let endpoint = collector.start().await;
+    let endpoint = format!(
+        "http://{}",
+        collector.start(Ipv4Addr::LOCALHOST.into()).await
+    );
     // One peer per relay, so the two peers are on different relays.
     let fleet = Fleet::start_with_env(
         1,
