@@ -6,14 +6,13 @@
 //!
 //! Run: `cargo bench --bench fleet` (add `-- --quick` for a short run).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
 use deltamesh_proto::Id;
-use deltamesh_testkit::NatsServer;
+use deltamesh_testkit::{NatsServer, spawn_service};
 use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
 use futures_util::{FutureExt, StreamExt};
 
@@ -282,26 +281,7 @@ impl Drop for Fleet {
 }
 
 fn spawn(args: &[&str], ready: &str) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_deltamesh"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("deltamesh starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let value = loop {
-        let line = lines
-            .next()
-            .expect("start-up line")
-            .expect("readable stdout");
-        if let Some(value) = line.strip_prefix(ready) {
-            break value.trim().to_owned();
-        }
-    };
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, value)
+    spawn_service(env!("CARGO_BIN_EXE_deltamesh"), args, ready)
 }
 
 async fn cross_relay_latency(fleet: &Fleet, rate: u32, seconds: f64) -> Vec<Duration> {

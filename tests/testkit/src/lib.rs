@@ -68,6 +68,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The running server's process id (0 while it is stopped).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// The port it listens on (the same across restarts).
     pub fn port(&self) -> u16 {
         self.port
@@ -196,4 +201,32 @@ pub fn terminate(child: &Child) {
             libc::kill(pid, libc::SIGTERM);
         }
     }
+}
+
+/// Starts `program` with `args` (logs at `warn`, stderr dropped) and waits
+/// for the stdout line starting with `ready` (a deltamesh service prints
+/// `registry: URL`, `relay: ID`, `signal: URL` once it serves); returns the
+/// child and the rest of that line. Stdout keeps being drained, so the
+/// child never blocks on a full pipe.
+pub fn spawn_service(program: &str, args: &[&str], ready: &str) -> (Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|error| panic!("{program} starts: {error}"));
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let value = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("{program} {args:?} exited before printing {ready:?}"))
+            .expect("readable stdout");
+        if let Some(value) = line.strip_prefix(ready) {
+            break value.trim().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, value)
 }
