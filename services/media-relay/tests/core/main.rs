@@ -1,6 +1,7 @@
 //! The relay's rules, driven in memory with a virtual clock (see
 //! [`harness`]): no sockets, no runtime, milliseconds per test.
 
+mod batches;
 mod fragments;
 mod harness;
 
