@@ -48,6 +48,23 @@ pub fn delta_msg_id(origin: Id, client_seq: u64) -> String {
     format!("{origin}:{client_seq}")
 }
 
+/// The JetStream stream holding the parts of large deltas of every
+/// session (one stream, so large deltas add no stream per session).
+pub const DELTA_PARTS_STREAM: &str = "DM_DELTA_PARTS";
+/// NATS header on a large delta's message in its session's stream: the
+/// [`DELTA_PARTS_STREAM`] sequences of its parts, in order, comma separated.
+pub const PARTS_HEADER: &str = "Dm-Parts";
+
+/// The subjects of [`DELTA_PARTS_STREAM`].
+pub fn delta_parts_subjects() -> String {
+    "dm.parts.>".into()
+}
+
+/// The subject the parts of one large delta are published on.
+pub fn delta_parts_subject(session: &str, origin: Id, client_seq: u64) -> String {
+    format!("dm.parts.{}.{origin}.{client_seq}", session_token(session))
+}
+
 /// The subject a relay answers control requests (`RelayRequest`) on.
 pub fn relay_control_subject(relay: Id) -> String {
     format!("dm.relay.{relay}.control")

@@ -81,6 +81,30 @@ impl<'a> DeltaFrame<'a> {
     /// Validates `bytes` as one whole delta frame: magic, version, reserved
     /// bits and fields, exact length and CRC-32C. Allocates nothing.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, FrameError> {
+        let frame = Self::check_header(bytes)?;
+        let actual = bytes.len() - FRAME_HEADER_LEN;
+        if frame.payload_len() as usize != actual {
+            return Err(FrameError::LengthMismatch {
+                declared: frame.payload_len(),
+                actual,
+            });
+        }
+        let computed = crc32c::crc32c(frame.payload());
+        if computed != frame.checksum() {
+            return Err(FrameError::BadChecksum {
+                declared: frame.checksum(),
+                computed,
+            });
+        }
+        Ok(frame)
+    }
+
+    /// Checks the header rules that need no payload (magic, version,
+    /// reserved bits and fields) on `bytes`, which start with a header and
+    /// may hold only part of the payload: the first fragment of a frame
+    /// (PROTOCOL §6). The returned view is not a validated frame: its
+    /// length and checksum are unchecked.
+    pub fn check_header(bytes: &'a [u8]) -> Result<Self, FrameError> {
         if bytes.len() < FRAME_HEADER_LEN {
             return Err(FrameError::Truncated { len: bytes.len() });
         }
@@ -104,20 +128,6 @@ impl<'a> DeltaFrame<'a> {
             if bytes[offset..offset + width].iter().any(|&b| b != 0) {
                 return Err(FrameError::ReservedNonZero { offset });
             }
-        }
-        let actual = bytes.len() - FRAME_HEADER_LEN;
-        if frame.payload_len() as usize != actual {
-            return Err(FrameError::LengthMismatch {
-                declared: frame.payload_len(),
-                actual,
-            });
-        }
-        let computed = crc32c::crc32c(frame.payload());
-        if computed != frame.checksum() {
-            return Err(FrameError::BadChecksum {
-                declared: frame.checksum(),
-                computed,
-            });
         }
         Ok(frame)
     }

@@ -121,6 +121,7 @@ impl RelayArgs {
                 burst: limits.byte_burst,
             },
             max_frame_size: limits.max_frame_size,
+            max_delta_size: limits.max_delta_size,
             ..RelayConfig::default()
         })
     }
@@ -153,4 +154,7 @@ pub(crate) struct RelayLimitArgs {
     /// The largest delta frame, header included.
     #[arg(long, env = "DELTAMESH_MAX_FRAME_SIZE", default_value_t = RelayConfig::default().max_frame_size)]
     max_frame_size: usize,
+    /// The largest delta frame, header included, taken in fragments.
+    #[arg(long, env = "DELTAMESH_MAX_DELTA_SIZE", default_value_t = RelayConfig::default().max_delta_size)]
+    max_delta_size: usize,
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deltamesh_proto::Id;
+use deltamesh_proto::fragment::DEFAULT_MAX_DELTA_SIZE;
 
 use crate::rate::Rate;
 use crate::signing::DeltaSigner;
@@ -51,6 +52,26 @@ pub struct RelayConfig {
     pub abuse_window: Duration,
     /// Largest delta frame accepted on `send`, header included.
     pub max_frame_size: usize,
+    /// Largest delta frame, header included, taken in fragments
+    /// (PROTOCOL §6; `Welcome.max_delta_size`). Larger frames get
+    /// `Reject{TOO_LARGE}` on their first fragment.
+    pub max_delta_size: usize,
+    /// Bytes one connection may hold in frames being reassembled. A
+    /// connection reassembles one frame at a time (fragments come back to
+    /// back on `send`), so twice the default `max_delta_size` leaves room
+    /// for a raised `max_delta_size` while still bounding one peer to a
+    /// small share of the relay's budget.
+    pub max_reassembly_per_connection: usize,
+    /// Bytes all connections of the relay (every shard) may hold in frames
+    /// being reassembled. 256 MiB is sixteen 16 MiB deltas in flight at
+    /// once, and the same order as the chunk store's retention: a flood of
+    /// half-finished frames from many peers costs at most this much, and
+    /// the frames that do not fit get `Reject{UNAVAILABLE}` (sent again
+    /// later) rather than memory.
+    pub max_reassembly_per_relay: usize,
+    /// Time a frame being reassembled may wait for its next fragment
+    /// before it is dropped with `Reject{FRAGMENT, "incomplete"}`.
+    pub fragment_timeout: Duration,
     /// Bytes the relay keeps in flight to one peer at most. str0m's SCTP
     /// scans every in-flight chunk on each poll, so a small window moves
     /// more deltas per second; it must still cover bandwidth x round trip.
@@ -68,9 +89,11 @@ pub struct RelayConfig {
     pub connect_timeout: Duration,
     /// Time without any datagram after which a peer is considered gone.
     pub idle_timeout: Duration,
-    /// Size of one chunk of the delta store.
+    /// Size of one chunk of the delta store; a delta larger than a chunk
+    /// gets a chunk of its own.
     pub chunk_size: usize,
-    /// Chunks the delta store retains (bounds memory and resume depth).
+    /// The delta store retains `chunk_size * max_chunks` bytes of chunks
+    /// (bounds memory and resume depth).
     pub max_chunks: usize,
 }
 
@@ -102,6 +125,10 @@ impl Default for RelayConfig {
             max_rate_violations: 1_000,
             abuse_window: Duration::from_secs(10),
             max_frame_size: 64 * 1024,
+            max_delta_size: DEFAULT_MAX_DELTA_SIZE,
+            max_reassembly_per_connection: 2 * DEFAULT_MAX_DELTA_SIZE,
+            max_reassembly_per_relay: 256 << 20,
+            fragment_timeout: Duration::from_secs(30),
             send_window: 16 * 1024,
             slow_consumer_warn: 4_096,
             slow_consumer_limit: 16_384,

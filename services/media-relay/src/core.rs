@@ -180,6 +180,7 @@ impl RelayCore {
                 peer.close(format!("webrtc error: {error}"));
             } else {
                 peer.check_progress(now, &self.shared);
+                peer.check_fragments(now, &self.shared);
             }
             self.drive(key, now);
         }
@@ -422,7 +423,7 @@ impl RelayCore {
             rtc,
             channels,
             timeline,
-            &self.shared.config,
+            &self.shared,
         );
         let ice_ufrag = peer.ice_ufrag.clone();
         let key = self.next_key;
@@ -446,14 +447,25 @@ impl RelayCore {
     }
 
     /// Hands the log's late verdicts to the peers that sent the deltas.
+    /// Verdicts that arrive together are answered together (one `Acks`
+    /// per peer with `batch` in force).
     fn on_log_acks(&mut self, acks: Vec<LogAck>, now: Instant) {
+        let mut answered = Vec::new();
         for ack in acks {
-            if let Some(&key) = self.by_id.get(&ack.peer) {
-                if let Some(peer) = self.peers.get_mut(&key) {
-                    peer.on_log_ack(ack, &self.shared);
-                }
-                self.drive(key, now);
+            if let Some(&key) = self.by_id.get(&ack.peer)
+                && let Some(peer) = self.peers.get_mut(&key)
+            {
+                peer.on_log_ack(ack, &self.shared);
+                answered.push(key);
             }
+        }
+        answered.sort_unstable();
+        answered.dedup();
+        for key in answered {
+            if let Some(peer) = self.peers.get_mut(&key) {
+                peer.flush_acks(&self.shared);
+            }
+            self.drive(key, now);
         }
     }
 

@@ -16,8 +16,8 @@
 //! - `core`: the shard's peers, routing (`demux`), timers (`timers`) and
 //!   str0m's poll loop.
 //! - `peer`: one connection's protocol: commands, rate limits (`rate`),
-//!   validation, acks, and delivery from a cursor into the log; its life as
-//!   a span (`timeline`).
+//!   reassembly of fragmented frames (`reassembly`), validation, acks, and
+//!   delivery from a cursor into the log; its life as a span (`timeline`).
 //! - `log`: sequencing, de-duplication and resume over the chunk store
 //!   (`store`), signing what it accepts (`signing`); shards hear of new
 //!   deltas, verdicts and closes through their wake-ups (`wake`).
@@ -39,6 +39,7 @@ mod log;
 mod metrics;
 mod peer;
 mod rate;
+mod reassembly;
 mod shared;
 mod signing;
 mod store;

@@ -13,6 +13,7 @@ use crate::config::RelayConfig;
 use crate::directory::Directory;
 use crate::log::DeltaLog;
 use crate::metrics::RelayMetrics;
+use crate::reassembly::ReassemblyBudget;
 use crate::wake::ShardWake;
 
 /// State every shard of a relay shares.
@@ -27,6 +28,9 @@ pub struct Shared {
     pub(crate) metrics: RelayMetrics,
     /// Turns the cores' monotonic `now` into the Unix time deltas carry.
     pub(crate) clock: WallClock,
+    /// Bytes every shard's connections hold in frames being reassembled,
+    /// bounded by `config.max_reassembly_per_relay`.
+    pub(crate) reassembly: Arc<ReassemblyBudget>,
     /// Set once the relay drains: it takes no new peers.
     draining: AtomicBool,
     /// One slot per shard, by shard index.
@@ -56,7 +60,9 @@ impl Shared {
                 peers: AtomicUsize::new(0),
             })
             .collect();
+        let reassembly = Arc::new(ReassemblyBudget::new(config.max_reassembly_per_relay));
         Arc::new(Shared {
+            reassembly,
             config,
             log,
             directory: Directory::default(),
@@ -98,6 +104,11 @@ impl Shared {
     /// Peer connections on the relay now.
     pub(crate) fn peer_count(&self) -> usize {
         (0..self.shards.len()).map(|i| self.shard_peers(i)).sum()
+    }
+
+    /// Bytes held now in frames being reassembled, on every shard.
+    pub fn reassembly_bytes(&self) -> usize {
+        self.reassembly.used()
     }
 
     /// Whether the relay is draining (takes no new peers).

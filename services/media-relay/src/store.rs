@@ -154,12 +154,14 @@ impl ChunkStore {
         }
     }
 
-    /// The largest frame a record can hold.
-    pub fn max_frame_len(&self) -> usize {
-        self.chunk_size - RECORD_PREFIX - SECURITY_HEADER_LEN
+    /// Bytes of chunks the store keeps at most (older chunks go first).
+    fn retained_bytes(&self) -> usize {
+        self.chunk_size * self.max_chunks
     }
 
-    /// Writes `fields` and `frame` as one record and commits it.
+    /// Writes `fields` and `frame` as one record and commits it. A record
+    /// larger than a chunk gets a chunk of its own (a large delta from
+    /// fragments, PROTOCOL §6), so every delta is stored once, whole.
     pub fn append(
         &self,
         fields: &SecurityFields,
@@ -168,13 +170,17 @@ impl ChunkStore {
         let frame = frame.as_bytes();
         let record_len =
             (RECORD_PREFIX + SECURITY_HEADER_LEN + frame.len()).next_multiple_of(ALIGN);
-        if record_len > self.chunk_size {
+        if record_len > self.retained_bytes() || u32::try_from(frame.len()).is_err() {
             return Err(StoreError::RecordTooLarge {
                 len: record_len,
-                chunk_size: self.chunk_size,
+                chunk_size: self.retained_bytes(),
             });
         }
-        let (chunk, offset) = self.reserve(record_len);
+        let (chunk, offset) = if record_len > self.chunk_size {
+            self.reserve_own_chunk(record_len)
+        } else {
+            self.reserve(record_len)
+        };
         let mut header = [0u8; SECURITY_HEADER_LEN];
         fields.write_to(&mut header);
         // SAFETY: `reserve` handed this writer the range [offset, offset +
@@ -249,9 +255,34 @@ impl ChunkStore {
             let newest = chunks.back().expect("the store always has a chunk");
             if newest.id == current.id {
                 chunks.push_back(Chunk::new(current.id + 1, self.chunk_size));
-                while chunks.len() > self.max_chunks {
-                    chunks.pop_front();
-                }
+                self.evict(&mut chunks);
+            }
+        }
+    }
+
+    /// A chunk of exactly `record_len` bytes for one large record, made
+    /// the newest (the next small record starts a fresh chunk after it).
+    fn reserve_own_chunk(&self, record_len: usize) -> (Arc<Chunk>, usize) {
+        let _rotating = self.rotate.lock().unwrap_or_else(|e| e.into_inner());
+        let mut chunks = self.chunks.write().unwrap_or_else(|e| e.into_inner());
+        let id = chunks.back().expect("the store always has a chunk").id + 1;
+        let chunk = Chunk::new(id, record_len);
+        let offset = chunk
+            .reserve(record_len)
+            .expect("a fresh chunk of its size");
+        chunks.push_back(Arc::clone(&chunk));
+        self.evict(&mut chunks);
+        (chunk, offset)
+    }
+
+    /// Releases the oldest chunks while more than `chunk_size *
+    /// max_chunks` bytes are kept (at least `max_chunks` small chunks, or
+    /// fewer when large ones are among them); the newest always stays.
+    fn evict(&self, chunks: &mut VecDeque<Arc<Chunk>>) {
+        let mut kept: usize = chunks.iter().map(|c| c.capacity).sum();
+        while chunks.len() > 1 && kept > self.retained_bytes() {
+            if let Some(oldest) = chunks.pop_front() {
+                kept -= oldest.capacity;
             }
         }
     }
@@ -315,6 +346,26 @@ impl<'a> Delta<'a> {
         out.extend_from_slice(self.head);
         out.push(self.flags().0);
         out.extend_from_slice(self.rest);
+    }
+
+    /// Length of the relayed message: security header and frame.
+    pub fn relayed_len(&self) -> usize {
+        FLAGS_OFFSET + 1 + self.rest.len()
+    }
+
+    /// Appends bytes `range` of the relayed message to `out`, with `flags`
+    /// as its flags byte (read once, so every fragment of one relayed frame
+    /// carries the same flags).
+    pub fn write_relayed_range(&self, flags: u8, range: std::ops::Range<usize>, out: &mut Vec<u8>) {
+        let flags = [flags];
+        let mut start = 0;
+        for part in [self.head, &flags[..], self.rest] {
+            let end = start + part.len();
+            let from = range.start.clamp(start, end);
+            let to = range.end.clamp(start, end);
+            out.extend_from_slice(&part[from - start..to - start]);
+            start = end;
+        }
     }
 
     /// Reads `N` bytes at `offset` of the security header (not the flags byte).
@@ -416,11 +467,43 @@ mod tests {
     }
 
     #[test]
-    fn a_record_larger_than_a_chunk_is_refused() {
-        let store = ChunkStore::new(4096, 2);
-        let bytes = frame(1, &[0; 5000]);
+    fn a_record_larger_than_a_chunk_gets_its_own_and_the_store_stays_bounded() {
+        let store = ChunkStore::new(4096, 4);
+        let small = frame(1, &[1; 100]);
+        let before = store
+            .append(&fields(1), DeltaFrame::parse(&small).unwrap())
+            .unwrap();
+        let large = frame(2, &[2; 5000]);
+        let at = store
+            .append(&fields(2), DeltaFrame::parse(&large).unwrap())
+            .unwrap();
+        let after = store
+            .append(&fields(3), DeltaFrame::parse(&small).unwrap())
+            .unwrap();
+        let stored = store.get(at).expect("stored whole");
+        assert_eq!(stored.view().frame_bytes(), &large[..]);
+        let mut relayed = Vec::new();
+        stored.view().write_relayed(&mut relayed);
+        assert_eq!(stored.view().relayed_len(), relayed.len());
+        let mut pieces = Vec::new();
+        for range in [0..3, 3..121, 121..relayed.len()] {
+            stored
+                .view()
+                .write_relayed_range(relayed[FLAGS_OFFSET], range, &mut pieces);
+        }
+        assert_eq!(pieces, relayed);
+        assert!(store.get(before).is_some() && store.get(after).is_some());
+        // Two more large records push the bytes kept past 4 x 4096: the
+        // oldest chunks go.
+        for seq in 4..6 {
+            store
+                .append(&fields(seq), DeltaFrame::parse(&large).unwrap())
+                .unwrap();
+        }
+        assert!(store.get(before).is_none(), "oldest chunk released");
+        let huge = frame(9, &[0; 20_000]);
         assert!(matches!(
-            store.append(&fields(1), DeltaFrame::parse(&bytes).unwrap()),
+            store.append(&fields(9), DeltaFrame::parse(&huge).unwrap()),
             Err(StoreError::RecordTooLarge { .. })
         ));
     }

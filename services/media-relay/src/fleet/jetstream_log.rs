@@ -12,6 +12,15 @@
 //!   wakes the shards, so every relay delivers the same deltas in the same
 //!   order, its own peers' included. The relay re-validates and stamps each
 //!   delta it delivers (it is the validator its peers see, and signs as such).
+//! - **Large deltas** (longer than [`PART_SIZE`], up to
+//!   `max_delta_size`, PROTOCOL §6): NATS takes messages of at most
+//!   `max_payload` (1 MiB by default), so the frame goes first as parts of
+//!   [`PART_SIZE`] to the fleet's one parts stream (each with its own
+//!   message id, so a retried part is stored once), then its session's
+//!   stream gets the ordered message that takes the seq: the frame header
+//!   and the parts' sequences (`Dm-Parts`). A follower fetches the parts
+//!   by sequence, checks they are this delta's, and validates the whole
+//!   frame (CRC included) before it stores it, once.
 //! - **Resume**: tokens are an HMAC of session and origin under a key all
 //!   relays share, so a peer may resume on any relay; what the origin stored
 //!   last comes from the replica, which is caught up before peers are welcomed.
@@ -25,6 +34,7 @@ use async_nats::header::HeaderName;
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
 use aws_lc_rs::hmac;
 use bytes::Bytes;
+use deltamesh_proto::frame::FRAME_HEADER_LEN;
 use deltamesh_proto::trace::{self, attribute};
 use deltamesh_proto::{DeltaFrame, Id, fleet};
 use futures_util::StreamExt;
@@ -51,6 +61,13 @@ const TRACEPARENT: HeaderName = HeaderName::from_static(trace::TRACEPARENT);
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest wait between publish attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// The largest frame published as one message, and the size of each part
+/// of a larger one: well inside NATS's default 1 MiB `max_payload`, also
+/// once a part is base64 in a JetStream API reply (a follower's fetch).
+pub const PART_SIZE: usize = 256 * 1024;
+/// The most parts a large delta may name (a 4 GiB frame).
+const MAX_PARTS: usize = (u32::MAX as usize).div_ceil(PART_SIZE);
+const PARTS: HeaderName = HeaderName::from_static(fleet::PARTS_HEADER);
 
 /// What each session's stream keeps, and how long publishes are retried.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +76,8 @@ pub struct StreamLimits {
     pub max_msgs: i64,
     /// Bytes kept per session.
     pub max_bytes: i64,
+    /// Bytes of large deltas' parts kept, for all sessions together.
+    pub parts_max_bytes: i64,
     /// How long a delta is kept.
     pub max_age: Duration,
     /// How long JetStream remembers message ids: a resend within it is
@@ -74,6 +93,7 @@ impl Default for StreamLimits {
         StreamLimits {
             max_msgs: 1_000_000,
             max_bytes: 1 << 30,
+            parts_max_bytes: 1 << 30,
             max_age: Duration::from_secs(24 * 3600),
             duplicate_window: Duration::from_secs(120),
             retry_for: Duration::from_secs(60),
@@ -95,6 +115,8 @@ pub struct LogTelemetry {
 /// A delta on its way to JetStream.
 struct Publish {
     subject: String,
+    /// Where its parts go, when it is published in parts.
+    parts_subject: Option<String>,
     msg_id: String,
     origin: Id,
     frame: Bytes,
@@ -120,6 +142,8 @@ struct Inner {
     telemetry: LogTelemetry,
     /// Deltas published, for sampling their traces.
     published: AtomicU64,
+    /// The parts stream is known to exist.
+    parts_ready: AtomicBool,
 }
 
 /// The JetStream-backed [`DeltaLog`]. Create it inside a Tokio runtime.
@@ -152,6 +176,7 @@ impl JetStreamLog {
             limits,
             telemetry,
             published: AtomicU64::new(0),
+            parts_ready: AtomicBool::new(false),
         });
         let (publishes, queue) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(0));
@@ -207,8 +232,11 @@ impl DeltaLog for JetStreamLog {
             return known.map(Appended::Duplicate);
         }
         self.pending.fetch_add(1, Ordering::Relaxed);
+        let parts_subject = (frame.as_bytes().len() > PART_SIZE)
+            .then(|| fleet::delta_parts_subject(session, by.origin, client_seq));
         let publish = Publish {
             subject: fleet::deltas_subject(session),
+            parts_subject,
             msg_id: fleet::delta_msg_id(by.origin, client_seq),
             origin: by.origin,
             frame: Bytes::copy_from_slice(frame.as_bytes()),
@@ -304,6 +332,21 @@ fn stream_config(session: &str, limits: &StreamLimits) -> stream::Config {
     }
 }
 
+/// The configuration of the fleet's stream of large deltas' parts.
+fn parts_stream_config(limits: &StreamLimits) -> stream::Config {
+    stream::Config {
+        name: fleet::DELTA_PARTS_STREAM.into(),
+        subjects: vec![fleet::delta_parts_subjects()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_bytes: limits.parts_max_bytes,
+        max_age: limits.max_age,
+        duplicate_window: limits.duplicate_window,
+        ..stream::Config::default()
+    }
+}
+
 /// Follows a session's stream into the replica for as long as the session
 /// is watched (the task is aborted then), starting over after errors.
 async fn follow(inner: Arc<Inner>, session: Arc<str>, current: Arc<AtomicBool>) {
@@ -345,20 +388,19 @@ async fn follow_once(
             // Set before the delta wakes the shards, so they see it current.
             current.store(true, Ordering::Release);
         }
-        ingest(inner, session, seq, &message)?;
+        ingest(inner, session, seq, &message).await?;
     }
     Err("the stream's consumer ended".into())
 }
 
-/// Re-validates one delta from the stream and stores it in the replica.
-fn ingest(
+/// Re-validates one delta from the stream (fetching its parts, for a
+/// large one) and stores it in the replica.
+async fn ingest(
     inner: &Inner,
     session: &Arc<str>,
     seq: u64,
     message: &async_nats::Message,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let frame = DeltaFrame::parse(&message.payload)
-        .map_err(|error| format!("seq {seq} of {session} is not a valid frame: {error}"))?;
     let headers = message
         .headers
         .as_ref()
@@ -367,6 +409,18 @@ fn ingest(
         .get(ORIGIN)
         .and_then(|value| value.as_str().parse::<Id>().ok())
         .ok_or_else(|| format!("seq {seq} of {session} names no origin"))?;
+    let assembled;
+    let bytes: &[u8] = match headers.get(PARTS) {
+        Some(parts) => {
+            assembled = fetch_parts(inner, session, origin, &message.payload, parts.as_str())
+                .await
+                .map_err(|error| format!("seq {seq} of {session}: {error}"))?;
+            &assembled
+        }
+        None => &message.payload,
+    };
+    let frame = DeltaFrame::parse(bytes)
+        .map_err(|error| format!("seq {seq} of {session} is not a valid frame: {error}"))?;
     trace_replication(inner, session, seq, headers);
     let by = Acceptance {
         origin,
@@ -378,6 +432,41 @@ fn ingest(
         .replica
         .insert(session, &stamp(seq, by, frame), frame)?;
     Ok(())
+}
+
+/// The frame of a large delta from its parts, named by their sequences in
+/// the parts stream; each must be on this delta's subject, and together
+/// they must start with the `header` its session message carries.
+async fn fetch_parts(
+    inner: &Inner,
+    session: &str,
+    origin: Id,
+    header: &[u8],
+    sequences: &str,
+) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+    let client_seq = DeltaFrame::peek_client_seq(header).ok_or("no frame header")?;
+    let expected = fleet::delta_parts_subject(session, origin, client_seq);
+    let sequences: Vec<u64> = sequences
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|_| "unreadable part sequences")?;
+    if sequences.is_empty() || sequences.len() > MAX_PARTS {
+        return Err(format!("{} parts", sequences.len()).into());
+    }
+    let stream = inner.js.get_stream(fleet::DELTA_PARTS_STREAM).await?;
+    let mut frame = Vec::new();
+    for sequence in sequences {
+        let part = stream.get_raw_message(sequence).await?;
+        if part.subject.as_str() != expected {
+            return Err(format!("part {sequence} is on {}, not {expected}", part.subject).into());
+        }
+        frame.extend_from_slice(&part.payload);
+    }
+    if !frame.starts_with(header) {
+        return Err("the parts do not begin with the delta's header".into());
+    }
+    Ok(frame)
 }
 
 /// Publishes deltas as they come, many in flight at once.
@@ -407,7 +496,6 @@ async fn publisher(
 async fn publish_until_stored(inner: &Inner, publish: Publish) {
     let started = Instant::now();
     let deadline = started + inner.limits.retry_for;
-    let mut backoff = FIRST_BACKOFF;
     let mut span = sampled_span(inner, &publish);
     let trace_headers = span
         .as_ref()
@@ -416,31 +504,50 @@ async fn publish_until_stored(inner: &Inner, publish: Publish) {
             trace::inject(&Context::new().with_remote_span_context(context))
         })
         .unwrap_or_default();
-    let outcome = loop {
-        let mut message = PublishMessage::build()
-            .message_id(&publish.msg_id)
-            .header(fleet::ORIGIN_HEADER, publish.origin.to_string().as_str());
-        for (name, value) in &trace_headers {
-            message = message.header(*name, value.as_str());
-        }
-        let message = message.payload(publish.frame.clone());
-        let attempt = async {
-            inner
-                .js
-                .send_publish(publish.subject.clone(), message)
-                .await?
-                .await
+    let outcome: Result<u64, String> = async {
+        let parts = match &publish.parts_subject {
+            Some(subject) => Some(publish_parts(inner, &publish, subject, deadline).await?),
+            None => None,
         };
-        match attempt.await {
-            Ok(ack) => break Ok(ack.sequence),
-            Err(error) if Instant::now() + backoff < deadline => {
-                tracing::debug!(subject = %publish.subject, %error, "publish failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+        let (payload, parts) = match parts {
+            // The session's message takes the seq: the frame header and
+            // where its parts are.
+            Some(parts) => (
+                publish.frame.slice(..FRAME_HEADER_LEN),
+                Some(
+                    parts
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+            ),
+            None => (publish.frame.clone(), None),
+        };
+        let ack = retrying(&publish.subject, deadline, || {
+            let mut message = PublishMessage::build()
+                .message_id(&publish.msg_id)
+                .header(fleet::ORIGIN_HEADER, publish.origin.to_string().as_str());
+            if let Some(parts) = &parts {
+                message = message.header(fleet::PARTS_HEADER, parts.as_str());
             }
-            Err(error) => break Err(format!("the delta store is unavailable: {error}")),
-        }
-    };
+            for (name, value) in &trace_headers {
+                message = message.header(*name, value.as_str());
+            }
+            let message = message.payload(payload.clone());
+            async {
+                inner
+                    .js
+                    .send_publish(publish.subject.clone(), message)
+                    .await?
+                    .await
+                    .map_err(Into::into)
+            }
+        })
+        .await?;
+        Ok(ack.sequence)
+    }
+    .await;
     match &outcome {
         Ok(seq) => {
             let took = started.elapsed().as_secs_f64();
@@ -461,6 +568,71 @@ async fn publish_until_stored(inner: &Inner, publish: Publish) {
         client_seq: publish.client_seq,
         outcome,
     });
+}
+
+/// Publishes the parts of a large delta (each stored once, by its message
+/// id) and returns their sequences in the parts stream, in order.
+async fn publish_parts(
+    inner: &Inner,
+    publish: &Publish,
+    subject: &str,
+    deadline: Instant,
+) -> Result<Vec<u64>, String> {
+    if !inner.parts_ready.load(Ordering::Acquire) {
+        retrying(fleet::DELTA_PARTS_STREAM, deadline, || async {
+            inner
+                .js
+                .get_or_create_stream(parts_stream_config(&inner.limits))
+                .await
+                .map_err(Into::into)
+        })
+        .await?;
+        inner.parts_ready.store(true, Ordering::Release);
+    }
+    let mut sequences = Vec::with_capacity(publish.frame.len().div_ceil(PART_SIZE));
+    for (index, start) in (0..publish.frame.len()).step_by(PART_SIZE).enumerate() {
+        let part = publish
+            .frame
+            .slice(start..(start + PART_SIZE).min(publish.frame.len()));
+        let msg_id = format!("{}:{index}", publish.msg_id);
+        let ack = retrying(subject, deadline, || {
+            let message = PublishMessage::build()
+                .message_id(&msg_id)
+                .payload(part.clone());
+            async {
+                inner
+                    .js
+                    .send_publish(subject.to_owned(), message)
+                    .await?
+                    .await
+                    .map_err(Into::into)
+            }
+        })
+        .await?;
+        sequences.push(ack.sequence);
+    }
+    Ok(sequences)
+}
+
+/// Runs `attempt` until it succeeds, backing off between failures, or
+/// `deadline` would pass; then the last error, for the sender's `Reject`.
+async fn retrying<T, F, A>(subject: &str, deadline: Instant, mut attempt: A) -> Result<T, String>
+where
+    A: FnMut() -> F,
+    F: std::future::Future<Output = Result<T, Box<dyn std::error::Error + Send + Sync>>>,
+{
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) if Instant::now() + backoff < deadline => {
+                tracing::debug!(%subject, %error, "publish failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(error) => return Err(format!("the delta store is unavailable: {error}")),
+        }
+    }
 }
 
 /// A span for publishing this delta, if it is one of the sampled ones.
@@ -505,4 +677,121 @@ fn trace_replication(inner: &Inner, session: &str, seq: u64, headers: &async_nat
         ])
         .start_with_context(&tracer, &parent)
         .end();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deltamesh_proto::FrameHeader;
+    use deltamesh_testkit::NatsServer;
+    use prometheus_client::metrics::histogram::exponential_buckets;
+
+    async fn relay_log(url: &str, relay: Id) -> JetStreamLog {
+        let client = async_nats::connect(url).await.expect("NATS answers");
+        JetStreamLog::new(
+            jetstream::new(client),
+            Arc::new(ChunkStore::new(4 << 20, 64)),
+            relay,
+            None,
+            b"a fleet secret",
+            StreamLimits::default(),
+            LogTelemetry {
+                publish_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 8)),
+                trace_every: 0,
+            },
+        )
+    }
+
+    async fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "{what} within 30 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_16_mib_delta_appended_on_one_relay_is_read_whole_with_one_seq_on_another() {
+        let nats = NatsServer::start();
+        let started = Instant::now();
+        let a = relay_log(&nats.url(), Id::random()).await;
+        let b = relay_log(&nats.url(), Id::random()).await;
+        let session: Arc<str> = "large.deltas".into();
+        let (wake_a, wake_b) = (
+            Arc::new(ShardWake::default()),
+            Arc::new(ShardWake::default()),
+        );
+        a.watch(&session, &wake_a);
+        b.watch(&session, &wake_b);
+        until("both current", || {
+            (a.is_current(&session) && b.is_current(&session)).then_some(())
+        })
+        .await;
+        let origin = Id::random();
+        let payload: Vec<u8> = (0..16 * 1024 * 1024 - FRAME_HEADER_LEN)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let big = FrameHeader {
+            client_seq: 1,
+            ..FrameHeader::default()
+        }
+        .encode(&payload)
+        .expect("a frame");
+        let small = FrameHeader {
+            client_seq: 2,
+            ..FrameHeader::default()
+        }
+        .encode(b"after")
+        .expect("a frame");
+        let by = Acceptance {
+            origin,
+            validator: Id::random(),
+            validated_at_us: 0,
+            signer: None,
+        };
+        let ack_to = AckTo {
+            shard: Arc::clone(&wake_a),
+            peer: origin,
+        };
+        let mut acks = Vec::new();
+        for frame in [&big, &small] {
+            let frame = DeltaFrame::parse(frame).expect("valid");
+            assert_eq!(
+                a.append(&session, by, frame, &ack_to),
+                Ok(Appended::Pending)
+            );
+            let ack = until("JetStream's ack", || wake_a.take().acks.pop()).await;
+            acks.push((ack.client_seq, ack.outcome));
+        }
+        assert_eq!(acks, vec![(1, Ok(1)), (2, Ok(2))], "one seq each, in order");
+        until("b's replica has both", || {
+            (b.head(&session) == 2).then_some(())
+        })
+        .await;
+        let mut read = Vec::new();
+        b.read(&session, 1, 10, &mut read).expect("read");
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[0].view().seq(), 1);
+        assert_eq!(
+            read[0].view().frame_bytes(),
+            &big[..],
+            "whole, byte for byte"
+        );
+        assert_eq!(read[1].view().seq(), 2);
+        assert_eq!(read[1].view().frame_bytes(), &small[..]);
+        // A resend is the delta it was, not a new one.
+        let resent = DeltaFrame::parse(&big).expect("valid");
+        until("a's replica has both", || {
+            (a.head(&session) == 2).then_some(())
+        })
+        .await;
+        assert_eq!(
+            a.append(&session, by, resent, &ack_to),
+            Ok(Appended::Duplicate(1))
+        );
+        eprintln!("16 MiB through JetStream: {:?}", started.elapsed());
+    }
 }

@@ -53,8 +53,10 @@ impl Peer {
     /// now in force (PROTOCOL §5).
     fn set_options(&mut self, asked: pb::Options, shared: &Shared) {
         self.echo = asked.echo;
+        self.batch = asked.batch;
         let in_force = pb::Options {
             echo: self.echo,
+            batch: self.batch,
             ..pb::Options::default()
         };
         self.send_command(Body::Options(in_force), shared);

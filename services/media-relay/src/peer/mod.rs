@@ -22,9 +22,9 @@ use deltamesh_proto::{Grants, Id};
 use str0m::channel::ChannelId;
 use str0m::{Event, IceConnectionState, Rtc};
 
-use crate::config::RelayConfig;
 use crate::log::AckTo;
 use crate::rate::{self, TokenBucket};
+use crate::reassembly::Reassembly;
 use crate::shared::Shared;
 use crate::timeline::{Phase, Timeline};
 
@@ -81,6 +81,14 @@ pub(crate) struct Peer {
     /// Next session seq to deliver on `receive`.
     cursor: u64,
     echo: bool,
+    /// `Options.batch` is in force: several frames per message, `Acks`.
+    batch: bool,
+    /// The frame being reassembled from fragments on `send`.
+    reassembly: Reassembly,
+    /// Acks ready to go, sent together by `flush_acks`.
+    pending_acks: Vec<pb::Ack>,
+    /// A relayed frame part-way out as fragments on `receive`.
+    outgoing: Option<outbound::Outgoing>,
     /// The fewest deltas this peer has been behind since it (re)joined: a
     /// resumed peer starts with its whole backlog and only counts as slow
     /// when it falls further behind than that, not while it catches up.
@@ -103,8 +111,13 @@ impl Peer {
         mut rtc: Rtc,
         channels: [ChannelId; 4],
         timeline: Timeline,
-        config: &RelayConfig,
+        shared: &Shared,
     ) -> Self {
+        let config = &shared.config;
+        let reassembly = Reassembly::new(
+            Arc::clone(&shared.reassembly),
+            config.max_reassembly_per_connection,
+        );
         let id = ack_to.peer;
         let now = timeline.started();
         let ice_ufrag = rtc.direct_api().local_ice_credentials().ufrag;
@@ -135,6 +148,10 @@ impl Peer {
             next_client_seq: 1,
             cursor: 1,
             echo: false,
+            batch: false,
+            reassembly,
+            pending_acks: Vec::new(),
+            outgoing: None,
             best_lag: 0,
             slow_warned: false,
             blocked: false,
@@ -188,7 +205,7 @@ impl Peer {
                         self.violated_rate(shared, now);
                     }
                 }
-                Some(Channel::Send) => self.on_delta(&data.data, shared, now),
+                Some(Channel::Send) => self.on_send(&data.data, shared, now),
                 // Presence is not offered yet: the Options answer says so.
                 Some(Channel::Presence) => {}
                 Some(Channel::Receive) | None => self.send_command(
@@ -246,8 +263,7 @@ impl Peer {
                 max_frame_size: u32::try_from(shared.config.max_frame_size).unwrap_or(u32::MAX),
                 peers: members.iter().map(|m| m.0.to_vec()).collect(),
                 resume_token: resume_token.to_vec(),
-                // Not fragmented yet: the largest delta is one frame.
-                max_delta_size: u32::try_from(shared.config.max_frame_size).unwrap_or(u32::MAX),
+                max_delta_size: u32::try_from(shared.config.max_delta_size).unwrap_or(u32::MAX),
                 ..pb::Welcome::default()
             }),
             shared,

@@ -4,6 +4,7 @@
 //! [`Net::progress`] moves datagrams between them and time forward. No
 //! socket, no runtime, no real clock: a rule test runs in milliseconds.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -38,6 +39,10 @@ pub(crate) struct TestPeer {
     pub(crate) events: Vec<PeerEvent>,
     /// While set, the network drops everything to and from it.
     pub(crate) cut_off: bool,
+    /// Every message it got on `receive` and `command`, raw, in order.
+    pub(crate) received: Vec<(Channel, Vec<u8>)>,
+    /// Raw messages waiting for room in its channels ([`TestPeer::queue_raw`]).
+    raw_outbox: VecDeque<(Channel, Vec<u8>)>,
     channels: [ChannelId; 4],
 }
 
@@ -47,6 +52,25 @@ impl TestPeer {
         let id = self.channels[channel.stream_id() as usize];
         let mut handle = self.rtc.channel(id).expect("the channel is open");
         assert!(handle.write(true, bytes).expect("write"), "channel full");
+    }
+
+    /// Queues `bytes` for `channel`, bypassing the protocol core: written,
+    /// in order and before the core's messages, as the channel has room.
+    pub(crate) fn queue_raw(&mut self, channel: Channel, bytes: Vec<u8>) {
+        self.raw_outbox.push_back((channel, bytes));
+    }
+
+    /// Whether every queued raw message is written.
+    pub(crate) fn raw_sent(&self) -> bool {
+        self.raw_outbox.is_empty()
+    }
+
+    /// The raw messages it got on `channel`, in order.
+    pub(crate) fn received_on(&self, channel: Channel) -> impl Iterator<Item = &[u8]> {
+        self.received
+            .iter()
+            .filter(move |(c, _)| *c == channel)
+            .map(|(_, bytes)| bytes.as_slice())
     }
 
     /// The deltas it received, as seqs, in order.
@@ -109,6 +133,8 @@ pub(crate) struct Net {
     pub(crate) shards: Vec<RelayCore>,
     /// The peers, by the index [`Net::join`] returned.
     pub(crate) peers: Vec<TestPeer>,
+    /// What the shards share (budgets, config).
+    pub(crate) shared: Arc<Shared>,
 }
 
 /// Full grants.
@@ -138,6 +164,7 @@ impl Net {
             now,
             shards,
             peers: Vec::new(),
+            shared,
         }
     }
 
@@ -191,6 +218,8 @@ impl Net {
             peer_id,
             events: Vec::new(),
             cut_off: false,
+            received: Vec::new(),
+            raw_outbox: VecDeque::new(),
             channels,
         });
         let index = self.peers.len() - 1;
@@ -263,6 +292,17 @@ impl Net {
 /// Writes what a peer's core wants sent, drains its `Rtc`, hands its
 /// datagrams to the shard they are for and its channel data to its core.
 fn drive_peer(peer: &mut TestPeer, shards: &mut [RelayCore], now: Instant) {
+    while let Some((channel, bytes)) = peer.raw_outbox.pop_front() {
+        let id = peer.channels[channel.stream_id() as usize];
+        let written = peer
+            .rtc
+            .channel(id)
+            .is_some_and(|mut handle| handle.write(true, &bytes).unwrap_or(false));
+        if !written {
+            peer.raw_outbox.push_front((channel, bytes));
+            break;
+        }
+    }
     while let Some((channel, bytes)) = peer.core.poll_transmit() {
         let id = peer.channels[channel.stream_id() as usize];
         let written = peer
@@ -292,6 +332,9 @@ fn drive_peer(peer: &mut TestPeer, shards: &mut [RelayCore], now: Instant) {
                     .into_iter()
                     .find(|c| peer.channels[c.stream_id() as usize] == data.id)
                 {
+                    if matches!(channel, Channel::Receive | Channel::Command) {
+                        peer.received.push((channel, data.data.clone()));
+                    }
                     peer.core.handle_message(channel, data.data);
                 }
             }

@@ -2,6 +2,8 @@
 //! [`harness`]): no sockets, no runtime, milliseconds per test.
 
 mod bad_input;
+mod batches;
+mod fragments;
 mod harness;
 
 use std::time::Duration;
