@@ -2,9 +2,11 @@
 //! `deltamesh` processes on a real nats-server with JetStream, native peers
 //! over loopback UDP. Baselines measured in the same run: raw NATS
 //! publish → subscribe, and JetStream publish → ordered consumer (the hop
-//! every cross-relay delta takes), both at the same rates.
+//! every cross-relay delta takes), both at the same rates; presence
+//! updates across relays beside raw NATS at the same rate.
 //!
-//! Run: `cargo bench --bench fleet` (add `-- --quick` for a short run).
+//! Run: `cargo bench --bench fleet` (add `-- --quick` for a short run,
+//! `-- --only presence` for one section).
 
 use std::process::Child;
 use std::sync::OnceLock;
@@ -31,10 +33,23 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // `--only latency|presence|sustained` runs one section.
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let runs = |section: &str| only.as_deref().is_none_or(|o| o == section);
     runtime.block_on(async {
         let nats = NatsServer::start();
         let client = async_nats::connect(nats.url()).await.expect("NATS");
-        for rate in [1_000u32, 10_000] {
+        if runs("presence") {
+            presence_section(&nats, &client, if quick { 2.0 } else { 10.0 }).await;
+        }
+        if !runs("latency") && !runs("sustained") {
+            return;
+        }
+        for rate in [1_000u32, 10_000].into_iter().filter(|_| runs("latency")) {
             let raw = nats_latency(&client, rate, seconds).await;
             let js = jetstream_latency(&client, rate, seconds).await;
             let fleet = Fleet::start(&nats, 2, 1).await;
@@ -49,6 +64,9 @@ fn main() {
                     ms(percentile(&cross, p)) / ms(percentile(&raw, p)).max(1e-6),
                 );
             }
+        }
+        if !runs("sustained") {
+            return;
         }
         let raw = jetstream_throughput(&client, sustained * 6).await;
         let fleet = Fleet::start(&nats, 3, 2).await;
@@ -89,6 +107,88 @@ async fn paced(rate: u32, seconds: f64, mut send: impl AsyncFnMut(Vec<u8>)) {
             sent += 1;
         }
     }
+}
+
+/// Presence senders on relay 1, at most; each stays below the relay's
+/// forwarding limit (PROTOCOL §8, 20 states/s per peer) so every state is
+/// forwarded and none is skipped.
+const PRESENCE_SENDERS: usize = 4;
+const PRESENCE_RATE: u32 = 10;
+
+/// Presence update latency from peers on relay 1 to a peer on relay 2,
+/// beside core NATS publish → subscribe at the same total rate.
+async fn presence_section(nats: &NatsServer, client: &async_nats::Client, seconds: f64) {
+    let fleet = Fleet::start(nats, 2, PRESENCE_SENDERS).await;
+    let (senders, cross) = presence_latency(&fleet, seconds).await;
+    drop(fleet);
+    let rate = PRESENCE_RATE * senders as u32;
+    let raw = nats_latency(client, rate, seconds).await;
+    for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+        println!(
+            "presence, {senders} peers × {PRESENCE_RATE}/s, {name}  NATS pub→sub {:>7.3} ms  cross-relay set_presence→Presence {:>7.3} ms  {:>5.2}× NATS  ({} and {} samples)",
+            ms(percentile(&raw, p)),
+            ms(percentile(&cross, p)),
+            ms(percentile(&cross, p)) / ms(percentile(&raw, p)).max(1e-6),
+            raw.len(),
+            cross.len(),
+        );
+    }
+}
+
+/// Returns how many senders were on another relay than the receiver, and
+/// the latencies of their states at the receiver.
+async fn presence_latency(fleet: &Fleet, seconds: f64) -> (usize, Vec<Duration>) {
+    let session = "presence";
+    let mut joined = Vec::new();
+    for _ in 0..PRESENCE_SENDERS {
+        joined.push(fleet.join(session, false).await);
+    }
+    let mut receiver = fleet.join(session, false).await;
+    let senders: Vec<NativePeer> = joined
+        .into_iter()
+        .filter(|peer| peer.welcome().relay_id != receiver.welcome().relay_id)
+        .collect();
+    assert!(!senders.is_empty(), "some sender is on another relay");
+    let count = senders.len();
+    let expected = (f64::from(PRESENCE_RATE) * seconds) as usize * count;
+    let collect = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(expected);
+        while latencies.len() < expected {
+            match tokio::time::timeout(Duration::from_secs(5), receiver.next_event()).await {
+                Ok(Some(PeerEvent::Presence { state, .. })) if state.len() >= 8 => {
+                    latencies.push(latency_of(&state));
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        latencies
+    });
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .map(|mut sender| {
+            tokio::spawn(async move {
+                paced(PRESENCE_RATE, seconds, async |mut state| {
+                    state.truncate(32);
+                    sender.set_presence(state).await.expect("set_presence");
+                    while let Some(Some(_)) = sender.next_event().now_or_never() {}
+                })
+                .await;
+                sender
+            })
+        })
+        .collect();
+    let mut senders = Vec::new();
+    for task in tasks {
+        senders.push(task.await.expect("sender"));
+    }
+    let latencies = collect.await.expect("collector");
+    assert!(
+        latencies.len() * 10 >= expected * 9,
+        "{} of {expected} presence states arrived",
+        latencies.len()
+    );
+    (count, sorted(latencies))
 }
 
 async fn nats_latency(client: &async_nats::Client, rate: u32, seconds: f64) -> Vec<Duration> {
