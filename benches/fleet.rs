@@ -3,10 +3,11 @@
 //! over loopback UDP. Baselines measured in the same run: raw NATS
 //! publish → subscribe, and JetStream publish → ordered consumer (the hop
 //! every cross-relay delta takes), both at the same rates; presence
-//! updates across relays beside raw NATS at the same rate.
+//! updates across relays beside raw NATS at the same rate; a 1 MiB and a
+//! 16 MiB delta across relays beside raw NATS moving the same bytes.
 //!
 //! Run: `cargo bench --bench fleet` (add `-- --quick` for a short run,
-//! `-- --only presence` for one section).
+//! `-- --only large|presence|latency|sustained` for one section).
 
 use std::process::Child;
 use std::sync::OnceLock;
@@ -33,7 +34,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    // `--only latency|presence|sustained` runs one section.
+    // `--only large|presence|latency|sustained` runs one section.
     let args: Vec<String> = std::env::args().collect();
     let only = args
         .iter()
@@ -43,6 +44,9 @@ fn main() {
     runtime.block_on(async {
         let nats = NatsServer::start();
         let client = async_nats::connect(nats.url()).await.expect("NATS");
+        if runs("large") {
+            large_section(&nats, &client, if quick { 1 } else { 3 }).await;
+        }
         if runs("presence") {
             presence_section(&nats, &client, if quick { 2.0 } else { 10.0 }).await;
         }
@@ -109,6 +113,81 @@ async fn paced(rate: u32, seconds: f64, mut send: impl AsyncFnMut(Vec<u8>)) {
     }
 }
 
+/// A delta whose frame is 1 MiB and one whose frame is 16 MiB (the largest
+/// a relay takes by default), from a peer on relay 1 to a peer on relay 2,
+/// beside core NATS moving the same bytes in 512 KiB messages; median of
+/// `runs` each.
+async fn large_section(nats: &NatsServer, client: &async_nats::Client, runs: usize) {
+    const MIB: usize = 1024 * 1024;
+    let fleet = Fleet::start(nats, 2, 1).await;
+    let sender = fleet.join("large", false).await;
+    let mut receiver = fleet.join("large", false).await;
+    assert_ne!(
+        sender.welcome().relay_id,
+        receiver.welcome().relay_id,
+        "the two peers are on different relays"
+    );
+    let mut sender = sender;
+    for size in [MIB, 16 * MIB] {
+        let payload: Vec<u8> = (0..size - 56).map(|i| (i * 31 % 251) as u8).collect();
+        let mut cross = Vec::new();
+        let mut raw = Vec::new();
+        for _ in 0..runs {
+            let started = Instant::now();
+            sender
+                .send(1, Id::default(), payload.clone())
+                .await
+                .expect("send");
+            loop {
+                match tokio::time::timeout(Duration::from_secs(120), receiver.next_event()).await {
+                    Ok(Some(PeerEvent::Delta(delta))) => {
+                        assert!(delta.payload() == payload.as_slice(), "arrived whole");
+                        break;
+                    }
+                    Ok(Some(_)) => {}
+                    _ => panic!("the large delta crossed in time"),
+                }
+            }
+            cross.push(started.elapsed());
+            while let Some(Some(_)) = sender.next_event().now_or_never() {}
+            raw.push(nats_bulk(client, &payload).await);
+        }
+        let (cross, raw) = (sorted(cross), sorted(raw));
+        let (cross, raw) = (cross[cross.len() / 2], raw[raw.len() / 2]);
+        println!(
+            "large delta across relays, {:>2} MiB frame  NATS pub→sub of the same bytes {:>8.1} ms  cross-relay peer→peer {:>8.1} ms  {:>5.2}× NATS",
+            size / MIB,
+            ms(raw),
+            ms(cross),
+            ms(cross) / ms(raw).max(1e-6)
+        );
+    }
+}
+
+/// Time for `bytes` to go through core NATS in 512 KiB messages, publish
+/// of the first to receipt of the last.
+async fn nats_bulk(client: &async_nats::Client, bytes: &[u8]) -> Duration {
+    let mut subscriber = client.subscribe("bench.bulk").await.expect("subscribe");
+    client.flush().await.expect("flush");
+    let started = Instant::now();
+    for chunk in bytes.chunks(512 * 1024) {
+        client
+            .publish("bench.bulk", chunk.to_vec().into())
+            .await
+            .expect("publish");
+    }
+    client.flush().await.expect("flush");
+    let mut received = 0;
+    while received < bytes.len() {
+        let message = tokio::time::timeout(Duration::from_secs(30), subscriber.next())
+            .await
+            .expect("in time")
+            .expect("subscribed");
+        received += message.payload.len();
+    }
+    started.elapsed()
+}
+
 /// Presence senders on relay 1, at most; each stays below the relay's
 /// forwarding limit (PROTOCOL §8, 20 states/s per peer) so every state is
 /// forwarded and none is skipped.
@@ -164,24 +243,15 @@ async fn presence_latency(fleet: &Fleet, seconds: f64) -> (usize, Vec<Duration>)
         }
         latencies
     });
-    let tasks: Vec<_> = senders
-        .into_iter()
-        .map(|mut sender| {
-            tokio::spawn(async move {
-                paced(PRESENCE_RATE, seconds, async |mut state| {
-                    state.truncate(32);
-                    sender.set_presence(state).await.expect("set_presence");
-                    while let Some(Some(_)) = sender.next_event().now_or_never() {}
-                })
-                .await;
-                sender
-            })
+    let mut senders = senders;
+    futures_util::future::join_all(senders.iter_mut().map(|sender| {
+        paced(PRESENCE_RATE, seconds, async |mut state| {
+            state.truncate(32);
+            sender.set_presence(state).await.expect("set_presence");
+            while let Some(Some(_)) = sender.next_event().now_or_never() {}
         })
-        .collect();
-    let mut senders = Vec::new();
-    for task in tasks {
-        senders.push(task.await.expect("sender"));
-    }
+    }))
+    .await;
     let latencies = collect.await.expect("collector");
     assert!(
         latencies.len() * 10 >= expected * 9,

@@ -36,6 +36,15 @@ const FRAGMENT_MESSAGE: usize = FRAGMENT_HEADER_LEN + FRAGMENT_BODY;
 const SMALL: usize = 100;
 /// One small delta every this often.
 const SMALL_EVERY: Duration = Duration::from_millis(2);
+/// A delta frame's header on `send`; its relayed frame's on `receive`.
+const FRAME_HEADER: usize = 56;
+const RELAYED_HEADER: usize = 176;
+
+/// The payload of a delta whose frame is `size` bytes (a "16 MiB delta" is
+/// the largest the relay takes by default: its frame is 16 MiB).
+fn payload_len(size: usize) -> usize {
+    size - FRAME_HEADER
+}
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -58,12 +67,18 @@ fn main() {
     println!("1. one delta to {RECEIVERS} receivers: time until the last has it whole");
     for size in [MIB, 16 * MIB] {
         reset_peak_rss();
-        let raw = raw_str0m_fan_out(size, RECEIVERS);
+        // Raw str0m moves each receiver's relayed frame.
+        let raw = raw_str0m_fan_out(payload_len(size) + RELAYED_HEADER, RECEIVERS);
         let raw_peak = own_peak_rss();
         let relay = Relay::spawn();
         let idle_rss = relay.rss().current;
         reset_peak_rss();
+        let cpu_before = (relay.cpu_time(), own_cpu_time());
+        let wall = Instant::now();
         let mut times = runtime.block_on(large_fan_out(&relay, size, runs(size)));
+        let wall = wall.elapsed();
+        let relay_cpu = relay.cpu_time() - cpu_before.0;
+        let peers_cpu = own_cpu_time() - cpu_before.1;
         let peers_peak = own_peak_rss();
         times.sort();
         let median = times[times.len() / 2];
@@ -84,6 +99,20 @@ fn main() {
                 .join("/"),
             raw.as_secs_f64() / median.as_secs_f64()
         );
+        println!(
+            "          CPU over the runs ({:.2} s wall, connects included): relay process {:.2} s ({:.0}% of a core) | \
+             peers' process {:.2} s ({:.0}%)",
+            wall.as_secs_f64(),
+            relay_cpu.as_secs_f64(),
+            100.0 * relay_cpu.as_secs_f64() / wall.as_secs_f64(),
+            peers_cpu.as_secs_f64(),
+            100.0 * peers_cpu.as_secs_f64() / wall.as_secs_f64()
+        );
+        let upload = runtime.block_on(upload_time(&relay, size));
+        println!(
+            "          of which the upload alone (sender -> relay, stored and acknowledged, nobody receiving): {:.1} ms",
+            ms(upload)
+        );
         let rss = relay.rss();
         println!(
             "          memory: relay RSS {:.1} MiB idle with peers, peak {:.1} MiB | peers' process peak {:.1} MiB \
@@ -101,7 +130,16 @@ fn main() {
         SMALL_EVERY.as_millis()
     );
     let relay = Relay::spawn();
-    let (quiet, loaded) = runtime.block_on(head_of_line(&relay, 16 * MIB, runs(16 * MIB)));
+    let (quiet, loaded, transfers) =
+        runtime.block_on(head_of_line(&relay, 16 * MIB, runs(16 * MIB)));
+    println!(
+        "   (each 16 MiB delta took {} ms from send until its last receiver had it)",
+        transfers
+            .iter()
+            .map(|t| format!("{:.0}", ms(*t)))
+            .collect::<Vec<_>>()
+            .join("/")
+    );
     for (name, p) in [("p50", 0.5), ("p99", 0.99), ("max", 1.0)] {
         println!(
             "   {name}: quiet {:>8.2} ms ({} deliveries) | 16 MiB in flight {:>8.2} ms ({} deliveries) | ratio {:>7.1}",
@@ -121,7 +159,7 @@ async fn large_fan_out(relay: &Relay, size: usize, runs: usize) -> Vec<Duration>
     let session = format!("large-{size}");
     let (arrivals, mut arrived) = mpsc::unbounded_channel();
     let payloads: Vec<Arc<Vec<u8>>> = (0..runs)
-        .map(|run| Arc::new(random_bytes(size, run as u64 + 1)))
+        .map(|run| Arc::new(random_bytes(payload_len(size), run as u64 + 1)))
         .collect();
     for _ in 0..RECEIVERS {
         let mut peer = relay.join(&session).await;
@@ -164,6 +202,19 @@ async fn large_fan_out(relay: &Relay, size: usize, runs: usize) -> Vec<Duration>
     times
 }
 
+/// The time from `send` to `Acked` of one delta of `size` in a session
+/// with no other peer.
+async fn upload_time(relay: &Relay, size: usize) -> Duration {
+    let mut sender = relay.join(&format!("upload-{size}")).await;
+    let payload = random_bytes(payload_len(size), 3);
+    let started = Instant::now();
+    sender.send(1, Id::default(), payload).await.expect("send");
+    expect_ack(&mut sender).await;
+    let elapsed = started.elapsed();
+    sender.close().await;
+    elapsed
+}
+
 async fn expect_ack(sender: &mut NativePeer) {
     loop {
         match sender.next_event().await {
@@ -180,8 +231,13 @@ async fn expect_ack(sender: &mut NativePeer) {
 /// bytes one after the other. Returns the latencies (send call to
 /// receiver's event) of the small deltas sent in each phase: all of the
 /// quiet phase, and those sent while a large delta was on its way (from its
-/// `send` until its last receiver had it).
-async fn head_of_line(relay: &Relay, large: usize, runs: usize) -> (Vec<Duration>, Vec<Duration>) {
+/// `send` until its last receiver had it); and how long each large delta
+/// was on its way.
+async fn head_of_line(
+    relay: &Relay,
+    large: usize,
+    runs: usize,
+) -> (Vec<Duration>, Vec<Duration>, Vec<Duration>) {
     let session = "head-of-line";
     // (sent, latency) of every small delivery at every receiver.
     let deliveries: Arc<Mutex<Vec<(u64, Duration)>>> = Arc::default();
@@ -235,7 +291,7 @@ async fn head_of_line(relay: &Relay, large: usize, runs: usize) -> (Vec<Duration
     let quiet_to = now_ns();
     let mut windows = Vec::new();
     for run in 0..runs {
-        let payload = random_bytes(large, run as u64 + 100);
+        let payload = random_bytes(payload_len(large), run as u64 + 100);
         let from = now_ns();
         big.send(1, Id::default(), payload).await.expect("send");
         let mut to = from;
@@ -270,7 +326,11 @@ async fn head_of_line(relay: &Relay, large: usize, runs: usize) -> (Vec<Duration
             .iter()
             .any(|(from, to)| (*from..*to).contains(&sent))
     });
-    (quiet, loaded)
+    let transfers = windows
+        .iter()
+        .map(|(from, to)| Duration::from_nanos(to - from))
+        .collect();
+    (quiet, loaded, transfers)
 }
 
 /// Nanoseconds since the first call: the clock the peers of this process
@@ -330,6 +390,24 @@ fn rss_of(status: &str) -> Rss {
     }
 }
 
+/// User + system CPU time of the process whose `/proc/PID/stat` is `stat`.
+fn cpu_of(stat: &str) -> Duration {
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    Duration::from_secs_f64(ticks as f64 / 100.0)
+}
+
+fn own_cpu_time() -> Duration {
+    cpu_of(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
+}
+
 /// Starts this process's peak RSS afresh from its current RSS.
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -376,6 +454,12 @@ impl Relay {
         rss_of(
             &std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
                 .unwrap_or_default(),
+        )
+    }
+
+    fn cpu_time(&self) -> Duration {
+        cpu_of(
+            &std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default(),
         )
     }
 
