@@ -1,7 +1,7 @@
 //! A relay as one of a fleet, over NATS and the registry: the JetStream log
 //! ([`JetStreamLog`]), the control subject signal sends offers to
-//! ([`control`]), and the relay's presence: registration, heartbeats, peer
-//! records and cross-relay membership ([`presence`]).
+//! ([`control`]), and the relay's membership: registration, heartbeats,
+//! peer records and cross-relay membership ([`membership`]).
 //!
 //! Start order: [`open_log`], then [`crate::start`] with that log, then
 //! [`join`], which answers control requests before it registers, so a
@@ -9,7 +9,7 @@
 
 pub mod control;
 pub mod jetstream_log;
-pub mod presence;
+pub mod membership;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,12 +143,12 @@ pub async fn join(
         .await
         .map_err(nats_error)?;
     let control = tokio::spawn(control::answer(nats, relay.clone(), subscription));
-    let members = tokio::spawn(presence::publish_members(
+    let members = tokio::spawn(membership::publish_members(
         relay.clone(),
         peers.clone(),
         changes,
     ));
-    let heartbeat = tokio::spawn(presence::keep_registered(
+    let heartbeat = tokio::spawn(membership::keep_registered(
         relay.clone(),
         registry.clone(),
         peers,

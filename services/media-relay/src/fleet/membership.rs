@@ -1,4 +1,4 @@
-//! A relay's presence in the fleet: it registers with the registry and
+//! A relay's membership in the fleet: it registers with the registry and
 //! heartbeats its load (a relay that stops is gone once its lease expires);
 //! it writes its peers' records to the peers bucket as they connect and
 //! leave; and it follows the membership of every session it hosts, so its
