@@ -1,5 +1,6 @@
 //! What every shard of one relay shares: the configuration, the session log,
-//! the directory of members, the metrics, the draining flag, and each
+//! the directory of members, the presence board, the routes for direct
+//! messages, the metrics, the draining flag, and each
 //! shard's wake-up handle and peer count. Shards reach each other only
 //! through those wake-ups ([`ShardWake`]), never directly.
 
@@ -10,9 +11,11 @@ use deltamesh_proto::Id;
 
 use crate::clock::WallClock;
 use crate::config::RelayConfig;
+use crate::direct::DirectRoutes;
 use crate::directory::Directory;
 use crate::log::DeltaLog;
 use crate::metrics::RelayMetrics;
+use crate::presence::PresenceBoard;
 use crate::wake::ShardWake;
 
 /// State every shard of a relay shares.
@@ -23,6 +26,10 @@ pub struct Shared {
     pub(crate) log: Arc<dyn DeltaLog>,
     /// Who is in which session here.
     pub(crate) directory: Directory,
+    /// Every session's presence states (PROTOCOL §8).
+    pub(crate) presence: PresenceBoard,
+    /// The way to peers on other relays for direct messages (PROTOCOL §9).
+    pub(crate) direct: DirectRoutes,
     /// Counters exported on `/metrics`.
     pub(crate) metrics: RelayMetrics,
     /// Turns the cores' monotonic `now` into the Unix time deltas carry.
@@ -60,6 +67,8 @@ impl Shared {
             config,
             log,
             directory: Directory::default(),
+            presence: PresenceBoard::default(),
+            direct: DirectRoutes::default(),
             metrics,
             clock,
             draining: AtomicBool::new(false),

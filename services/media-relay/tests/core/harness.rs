@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use deltamesh_proto::channel::Channel;
+use deltamesh_proto::command;
+use deltamesh_proto::pb::command::Body;
 use deltamesh_proto::{Grants, Id, pb};
 use deltamesh_relay::{
     ChunkStore, MemoryLog, Offer, PeerAccess, RelayConfig, RelayCore, RelayMetrics, Shared,
@@ -38,6 +40,9 @@ pub(crate) struct TestPeer {
     pub(crate) events: Vec<PeerEvent>,
     /// While set, the network drops everything to and from it.
     pub(crate) cut_off: bool,
+    /// Every message it received on `command` and `presence`, raw, with
+    /// when it arrived (the core does not read all of them).
+    pub(crate) raw: Vec<(Instant, Channel, Vec<u8>)>,
     channels: [ChannelId; 4],
 }
 
@@ -47,6 +52,29 @@ impl TestPeer {
         let id = self.channels[channel.stream_id() as usize];
         let mut handle = self.rtc.channel(id).expect("the channel is open");
         assert!(handle.write(true, bytes).expect("write"), "channel full");
+    }
+
+    /// Writes `body` on the command channel, bypassing the protocol core.
+    pub(crate) fn command_raw(&mut self, body: Body) {
+        self.write_raw(Channel::Command, &command::encode(body));
+    }
+
+    /// The messages it received on `channel` (`command` or `presence`),
+    /// raw, in order, with when each arrived.
+    pub(crate) fn received_raw(&self, channel: Channel) -> Vec<(Instant, &[u8])> {
+        self.raw
+            .iter()
+            .filter(|(_, c, _)| *c == channel)
+            .map(|(at, _, bytes)| (*at, bytes.as_slice()))
+            .collect()
+    }
+
+    /// The commands it received, decoded, in order.
+    pub(crate) fn commands(&self) -> Vec<Body> {
+        self.received_raw(Channel::Command)
+            .into_iter()
+            .filter_map(|(_, bytes)| command::decode(bytes).ok())
+            .collect()
     }
 
     /// The deltas it received, as seqs, in order.
@@ -91,6 +119,8 @@ pub(crate) struct Net {
     pub(crate) shards: Vec<RelayCore>,
     /// The peers, by the index [`Net::join`] returned.
     pub(crate) peers: Vec<TestPeer>,
+    /// The relay's metrics.
+    pub(crate) metrics: RelayMetrics,
 }
 
 /// Full grants.
@@ -109,7 +139,8 @@ impl Net {
         let store = Arc::new(ChunkStore::new(config.chunk_size, config.max_chunks));
         let log = Arc::new(MemoryLog::new(store));
         let clock = WallClock::new(now, SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 30));
-        let shared = Shared::new(config, log, RelayMetrics::default(), clock);
+        let metrics = RelayMetrics::default();
+        let shared = Shared::new(config, log, metrics.clone(), clock);
         let shards = (0..shared.shard_count())
             .map(|i| {
                 let addr = SocketAddr::from(([127, 0, 0, 1], 40_000 + i as u16));
@@ -120,6 +151,7 @@ impl Net {
             now,
             shards,
             peers: Vec::new(),
+            metrics,
         }
     }
 
@@ -173,6 +205,7 @@ impl Net {
             peer_id,
             events: Vec::new(),
             cut_off: false,
+            raw: Vec::new(),
             channels,
         });
         let index = self.peers.len() - 1;
@@ -274,6 +307,9 @@ fn drive_peer(peer: &mut TestPeer, shards: &mut [RelayCore], now: Instant) {
                     .into_iter()
                     .find(|c| peer.channels[c.stream_id() as usize] == data.id)
                 {
+                    if matches!(channel, Channel::Command | Channel::Presence) {
+                        peer.raw.push((now, channel, data.data.clone()));
+                    }
                     peer.core.handle_message(channel, data.data);
                 }
             }

@@ -1,7 +1,9 @@
 //! The relay's rules, driven in memory with a virtual clock (see
 //! [`harness`]): no sockets, no runtime, milliseconds per test.
 
+mod direct;
 mod harness;
+mod presence;
 
 use std::time::Duration;
 
