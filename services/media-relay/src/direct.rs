@@ -61,7 +61,11 @@ pub(crate) fn route(shared: &Shared, message: DirectMessage) -> Result<(), Undel
             wake.push_signal(message);
         }
         Some(Location::Remote) => {
-            let fleet = shared.direct.fleet.get().ok_or(Undeliverable::UnknownPeer)?;
+            let fleet = shared
+                .direct
+                .fleet
+                .get()
+                .ok_or(Undeliverable::UnknownPeer)?;
             fleet.try_send(message).map_err(|_| Undeliverable::Busy)?;
         }
         None => return Err(Undeliverable::UnknownPeer),

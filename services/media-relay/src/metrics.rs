@@ -221,7 +221,9 @@ impl RelayMetrics {
             metrics.signals.clone(),
         );
         for reason in PRESENCE_DROPS {
-            let _ = metrics.presence_dropped.get_or_create(&DropLabels { reason });
+            let _ = metrics
+                .presence_dropped
+                .get_or_create(&DropLabels { reason });
         }
         // Every limit and state is listed from the start, at 0, so rates
         // and alerts see it before its first hit.

@@ -107,7 +107,11 @@ impl PresenceBoard {
         if board.gone.contains(&peer) {
             return false;
         }
-        if board.states.get(&peer).is_some_and(|s| s.version >= version) {
+        if board
+            .states
+            .get(&peer)
+            .is_some_and(|s| s.version >= version)
+        {
             return false;
         }
         board.states.insert(

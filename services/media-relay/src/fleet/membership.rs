@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+use super::sessions::SessionLinks;
 use crate::RelayHandle;
 use crate::directory::{MemberChange, MemberState};
 
@@ -158,15 +159,22 @@ fn cpu_ticks() -> Option<u64> {
 }
 
 /// Writes `relay`'s member changes to the peers bucket, in order, and
-/// follows the membership of each session while it has local peers.
-pub async fn publish_members(
+/// follows the membership of each session while it has local peers (and,
+/// through `links`, its presence and direct messages).
+pub(crate) async fn publish_members(
     relay: RelayHandle,
     peers: kv::Store,
     mut changes: mpsc::UnboundedReceiver<MemberChange>,
+    mut links: SessionLinks,
 ) {
     let mut follows: HashMap<Arc<str>, JoinHandle<()>> = HashMap::new();
     while let Some(change) = changes.recv().await {
         let record = peer_record(relay.id(), &change);
+        let hosted = !relay.members(&change.session).is_empty();
+        if hosted {
+            // Before the record: a peer announced here is reachable.
+            links.update(&change.session, true).await;
+        }
         loop {
             let written = if change.removed {
                 membership::remove_peer(&peers, &change.session, change.member.peer_id).await
@@ -182,6 +190,7 @@ pub async fn publish_members(
             }
         }
         let hosted = !relay.members(&change.session).is_empty();
+        links.update(&change.session, hosted).await;
         if hosted && !follows.contains_key(&change.session) {
             let task = tokio::spawn(follow_members(
                 relay.clone(),

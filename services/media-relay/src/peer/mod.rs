@@ -258,7 +258,6 @@ impl Peer {
                 max_presence_size: u32::try_from(shared.config.max_presence_size)
                     .unwrap_or(u32::MAX),
                 presence_rate: shared.config.presence_rate.max(1),
-                ..pb::Welcome::default()
             }),
             shared,
         );

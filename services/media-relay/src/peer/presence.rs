@@ -140,7 +140,13 @@ impl Peer {
     }
 
     /// Sends an `Error` about presence, at most one per [`ERROR_EVERY`].
-    fn presence_error(&mut self, code: pb::ErrorCode, detail: String, shared: &Shared, now: Instant) {
+    fn presence_error(
+        &mut self,
+        code: pb::ErrorCode,
+        detail: String,
+        shared: &Shared,
+        now: Instant,
+    ) {
         if self
             .presence
             .error_at
@@ -162,8 +168,7 @@ impl Peer {
     /// has not seen yet (only with `presence` in force and `subscribe`).
     pub(crate) fn sync_presence(&mut self, shared: &Shared) {
         self.presence.retry = false;
-        if !self.presence.on || !self.grants.subscribe || !self.welcomed || self.closing.is_some()
-        {
+        if !self.presence.on || !self.grants.subscribe || !self.welcomed || self.closing.is_some() {
             return;
         }
         let mut states = std::mem::take(&mut self.presence.scratch);

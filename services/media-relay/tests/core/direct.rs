@@ -135,13 +135,22 @@ fn direct_messages_to_unknown_peers_other_sessions_or_oneself_and_oversize_ones_
             pb::ErrorCode::TooLarge,
             b_id.to_string(),
         ),
-        (&[1, 2, 3, 4, 5], 1, pb::ErrorCode::UnknownPeer, "invalid peer id".into()),
+        (
+            &[1, 2, 3, 4, 5],
+            1,
+            pb::ErrorCode::UnknownPeer,
+            "invalid peer id".into(),
+        ),
     ];
     for (n, (to, size, code, detail)) in cases.iter().enumerate() {
         signal(&mut net, a, to, &vec![0; *size]);
         let error = next_error(&mut net, a, n + 1);
         assert_eq!(error.code, *code as i32, "case {n}: {error:?}");
-        assert!(error.detail.contains(detail.as_str()), "case {n}: {}", error.detail);
+        assert!(
+            error.detail.contains(detail.as_str()),
+            "case {n}: {}",
+            error.detail
+        );
     }
     // A peer of another session names a's id and never reaches it either.
     signal(&mut net, elsewhere, &a_id.0, b"cross-session");

@@ -140,7 +140,9 @@ fn a_peer_that_leaves_has_its_state_dropped_everywhere() {
     set_state(&mut net, a, b"here");
     net.run_until(WAIT, |net| has(net, b, a, b"here"));
     let a_id = net.peers[a].peer_id;
-    net.shards[0].close(a_id, "leaving").expect("a is on shard 0");
+    net.shards[0]
+        .close(a_id, "leaving")
+        .expect("a is on shard 0");
     net.run_until(WAIT, |net| {
         net.peers[b]
             .commands()
@@ -159,7 +161,9 @@ fn a_peer_that_leaves_has_its_state_dropped_everywhere() {
     net.run_for(Duration::from_millis(100));
     for late in [c, d] {
         assert!(
-            received(&net, late).iter().all(|(_, from, _, _)| *from != a_id),
+            received(&net, late)
+                .iter()
+                .all(|(_, from, _, _)| *from != a_id),
             "the state of a peer that left is gone"
         );
     }
