@@ -8,6 +8,8 @@ mod failures;
 mod local_stack;
 mod logs;
 mod ops;
+mod peer_messages;
+mod raw_peer;
 mod security;
 mod spread;
 mod traces;
