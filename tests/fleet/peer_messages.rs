@@ -15,17 +15,19 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// Puts `presence` in force and waits for the relay's answer.
 async fn presence_on(peer: &mut RawPeer) {
+    let answers = |p: &RawPeer| {
+        p.commands()
+            .iter()
+            .filter(|c| matches!(c, Body::Options(o) if o.presence))
+            .count()
+    };
+    let before = answers(peer);
     peer.command(Body::Options(pb::Options {
         presence: true,
         ..pb::Options::default()
     }));
     let answered = peer
-        .wait_for(WAIT, |p| {
-            p.commands()
-                .iter()
-                .any(|c| matches!(c, Body::Options(o) if o.presence))
-                .then_some(())
-        })
+        .wait_for(WAIT, |p| (answers(p) > before).then_some(()))
         .await;
     assert!(answered.is_some(), "presence in force");
 }
@@ -92,7 +94,13 @@ async fn presence_and_direct_messages_cross_relays_and_stay_in_their_session() {
                     .then_some(())
             })
             .await;
-        assert!(everyone.is_some(), "peer {i} sees the others' presence");
+        assert!(
+            everyone.is_some(),
+            "peer {i} (relay {}) sees the others' presence: it knows {:?}; peers {:?}",
+            peer.relay,
+            latest(peer),
+            ids
+        );
         assert!(!latest(peer).contains_key(&ids[i]), "not its own");
     }
 
@@ -113,7 +121,11 @@ async fn presence_and_direct_messages_cross_relays_and_stay_in_their_session() {
     let arrived = peers[to]
         .wait_for(WAIT, |p| (signals(p).len() >= 50).then_some(()))
         .await;
-    assert!(arrived.is_some(), "{} of 50 arrived", signals(&peers[to]).len());
+    assert!(
+        arrived.is_some(),
+        "{} of 50 arrived",
+        signals(&peers[to]).len()
+    );
     assert_eq!(signals(&peers[to]), expected, "in order, from the sender");
 
     // A peer of another session sees none of it and reaches no one.
@@ -144,10 +156,58 @@ async fn presence_and_direct_messages_cross_relays_and_stay_in_their_session() {
         .await;
     assert!(last.is_some());
     outsider.settle(Duration::from_millis(500)).await;
-    assert!(outsider.presence().is_empty(), "no presence of another session");
-    assert!(signals(&outsider).is_empty(), "no direct message of another session");
     assert!(
-        signals(&peers[to]).iter().all(|(_, p)| p != b"from elsewhere"),
+        outsider.presence().is_empty(),
+        "no presence of another session"
+    );
+    assert!(
+        signals(&outsider).is_empty(),
+        "no direct message of another session"
+    );
+    assert!(
+        signals(&peers[to])
+            .iter()
+            .all(|(_, p)| p != b"from elsewhere"),
         "nothing from another session"
+    );
+
+    // A peer that leaves has its state dropped on the other relay too: a
+    // peer there whose presence comes into force again gets every other
+    // current state, and not that one.
+    let leaver = (0..3)
+        .find(|&i| peers.iter().filter(|p| p.relay == peers[i].relay).count() == 1)
+        .expect("a peer alone on its relay");
+    let gone = ids[leaver];
+    peers.remove(leaver).leave().await;
+    let (stays, other) = (0, 1);
+    let left = peers[stays]
+        .wait_for(WAIT, |p| {
+            p.commands()
+                .iter()
+                .any(|c| matches!(c, Body::PeerLeft(l) if l.peer_id == gone.0))
+                .then_some(())
+        })
+        .await;
+    assert!(left.is_some(), "PeerLeft");
+    peers[stays].command(Body::Options(pb::Options::default()));
+    peers[stays].settle(Duration::from_millis(300)).await;
+    let before = peers[stays].presence().len();
+    presence_on(&mut peers[stays]).await;
+    let other_id = peers[other].id;
+    let again = peers[stays]
+        .wait_for(WAIT, |p| {
+            p.presence()[before..]
+                .iter()
+                .any(|(from, _, _)| *from == other_id)
+                .then_some(())
+        })
+        .await;
+    assert!(again.is_some(), "the current states again");
+    peers[stays].settle(Duration::from_millis(300)).await;
+    assert!(
+        peers[stays].presence()[before..]
+            .iter()
+            .all(|(from, _, _)| *from != gone),
+        "the state of the peer that left is gone"
     );
 }

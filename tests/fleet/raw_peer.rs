@@ -6,11 +6,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use deltamesh_proto::Id;
 use deltamesh_proto::channel::Channel;
 use deltamesh_proto::command;
 use deltamesh_proto::pb::command::Body;
 use deltamesh_proto::presence::PresenceState;
-use deltamesh_proto::Id;
 use deltamesh_worker::channel_config;
 use str0m::change::SdpAnswer;
 use str0m::channel::ChannelId;
@@ -30,6 +30,8 @@ pub(crate) struct RawPeer {
     pub relay: Id,
     /// Every message received, in order, with its channel.
     pub received: Vec<(Channel, Vec<u8>)>,
+    /// The peer resource's URL, for `DELETE`.
+    resource: String,
     outgoing: mpsc::UnboundedSender<(Channel, Vec<u8>)>,
     incoming: mpsc::UnboundedReceiver<(Channel, Vec<u8>)>,
     driver: JoinHandle<()>,
@@ -59,6 +61,12 @@ impl RawPeer {
             .await
             .expect("signal answers");
         assert_eq!(response.status().as_u16(), 201, "offer accepted");
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .expect("a Location")
+            .to_owned();
         let answer = response.text().await.expect("answer");
         rtc.sdp_api()
             .accept_answer(
@@ -73,6 +81,7 @@ impl RawPeer {
             id: Id::default(),
             relay: Id::default(),
             received: Vec::new(),
+            resource: format!("{signal_url}{location}"),
             outgoing,
             incoming,
             driver,
@@ -89,6 +98,17 @@ impl RawPeer {
         peer.id = Id::from_slice(&welcome.peer_id).expect("peer id");
         peer.relay = Id::from_slice(&welcome.relay_id).expect("relay id");
         peer
+    }
+
+    /// Leaves the session: `DELETE` on the peer resource, then stops.
+    pub(crate) async fn leave(self) {
+        let response = reqwest::Client::new()
+            .delete(&self.resource)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("signal answers");
+        assert!(response.status().is_success(), "{}", response.status());
     }
 
     /// Writes `bytes` on `channel` (queued until the channel is open).

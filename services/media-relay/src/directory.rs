@@ -129,20 +129,22 @@ impl Directory {
     }
 
     /// Records whether `peer`, on another relay, is a connected member of
-    /// `session`, and wakes the session's shards when that changes. Ignored
-    /// for a session without local members.
-    pub(crate) fn set_remote(&self, session: &Arc<str>, peer: Id, connected: bool) {
+    /// `session`, and wakes the session's shards when that changes; true
+    /// when it did. Ignored for a session without local members.
+    pub(crate) fn set_remote(&self, session: &Arc<str>, peer: Id, connected: bool) -> bool {
         let mut sessions = self.sessions();
-        if let Some(entry) = sessions.by_name.get_mut(session) {
-            let changed = if connected {
-                entry.remote.insert(peer)
-            } else {
-                entry.remote.remove(&peer)
-            };
-            if changed {
-                entry.watchers.wake_all(session, News::MEMBERS);
-            }
+        let Some(entry) = sessions.by_name.get_mut(session) else {
+            return false;
+        };
+        let changed = if connected {
+            entry.remote.insert(peer)
+        } else {
+            entry.remote.remove(&peer)
+        };
+        if changed {
+            entry.watchers.wake_all(session, News::MEMBERS);
         }
+        changed
     }
 
     /// Wakes the shards watching `session` with `news`.
