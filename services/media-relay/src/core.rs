@@ -35,7 +35,6 @@ use str0m::{Candidate, Input, Output, Rtc, RtcConfig};
 use crate::command::{Offer, OfferAnswer, PeerAccess};
 use crate::config::{SCTP_MAX_MESSAGE_SIZE, SCTP_SEND_BUFFER};
 use crate::demux::{Demux, Route};
-use crate::direct::DirectMessage;
 use crate::directory::{Limits, Member, MemberState};
 use crate::error::RelayError;
 use crate::log::AckTo;
@@ -43,7 +42,7 @@ use crate::peer::Peer;
 use crate::shared::Shared;
 use crate::timeline::{self, Timeline};
 use crate::timers::Timers;
-use crate::wake::{LogAck, News, ShardWake};
+use crate::wake::{DirectMessage, LogAck, News, ShardWake};
 
 /// Longest a peer goes without a timer, so idle and connect deadlines are checked.
 const MAX_TIMER: Duration = Duration::from_millis(500);

@@ -11,12 +11,12 @@ use deltamesh_proto::Id;
 
 use crate::clock::WallClock;
 use crate::config::RelayConfig;
-use crate::direct::DirectRoutes;
-use crate::directory::Directory;
+use crate::direct::{DirectRoutes, Undeliverable};
+use crate::directory::{Directory, Location};
 use crate::log::DeltaLog;
 use crate::metrics::RelayMetrics;
 use crate::presence::PresenceBoard;
-use crate::wake::ShardWake;
+use crate::wake::{DirectMessage, ShardWake};
 
 /// State every shard of a relay shares.
 pub struct Shared {
@@ -123,6 +123,36 @@ impl Shared {
     pub(crate) fn close_peer(&self, shard: usize, peer: Id, reason: &str) {
         if let Some(wake) = self.wake(shard) {
             wake.push_close(peer, reason);
+        }
+    }
+
+    /// Routes a direct message to its recipient, on this relay or another.
+    pub(crate) fn route_signal(&self, message: DirectMessage) -> Result<(), Undeliverable> {
+        match self.directory.locate(&message.session, message.to) {
+            Some(Location::Shard(shard)) => self
+                .wake(shard)
+                .ok_or(Undeliverable::UnknownPeer)?
+                .push_signal(message),
+            Some(Location::Remote) => self.direct.to_other_relay(message)?,
+            None => return Err(Undeliverable::UnknownPeer),
+        }
+        self.metrics.signals.inc();
+        Ok(())
+    }
+
+    /// Hands a direct message from another relay to its recipient if that
+    /// is a connected peer of the message's session here; false otherwise
+    /// (it left, or is not in that session: the message is dropped).
+    pub(crate) fn deliver_signal_here(&self, message: DirectMessage) -> bool {
+        match self.directory.locate(&message.session, message.to) {
+            Some(Location::Shard(shard)) => match self.wake(shard) {
+                Some(wake) => {
+                    wake.push_signal(message);
+                    true
+                }
+                None => false,
+            },
+            _ => false,
         }
     }
 }

@@ -15,8 +15,6 @@ use std::sync::{Arc, Mutex};
 use deltamesh_proto::Id;
 use tokio::sync::Notify;
 
-use crate::direct::DirectMessage;
-
 /// What changed in a session.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct News {
@@ -59,6 +57,19 @@ pub struct LogAck {
     pub client_seq: u64,
     /// Its session seq once durable, or why it could not be stored.
     pub outcome: Result<u64, String>,
+}
+
+/// One direct message on its way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectMessage {
+    /// The session both peers are in.
+    pub session: Arc<str>,
+    /// Who sent it (set by the relay).
+    pub from: Id,
+    /// Who it is for.
+    pub to: Id,
+    /// The application's bytes.
+    pub payload: Vec<u8>,
 }
 
 /// What a shard was woken for since it last looked.

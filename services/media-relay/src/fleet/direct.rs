@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::RelayHandle;
-use crate::direct::{self, DirectMessage};
+use crate::wake::DirectMessage;
 
 /// The subject a direct message for `peer` of `session` travels on.
 pub(crate) fn recipient_subject(session: &str, peer: Id) -> String {
@@ -62,15 +62,12 @@ pub(crate) async fn follow(
         ) else {
             continue;
         };
-        let delivered = direct::deliver_here(
-            relay.shared(),
-            DirectMessage {
-                session: Arc::clone(&session),
-                from,
-                to,
-                payload: message.payload[16..].to_vec(),
-            },
-        );
+        let delivered = relay.shared().deliver_signal_here(DirectMessage {
+            session: Arc::clone(&session),
+            from,
+            to,
+            payload: message.payload[16..].to_vec(),
+        });
         if !delivered {
             tracing::debug!(%session, peer = %to, "direct message for a peer not here; dropped");
         }

@@ -6,8 +6,9 @@ use deltamesh_proto::Id;
 use deltamesh_proto::pb::{self, command::Body};
 
 use super::Peer;
-use crate::direct::{self, DirectMessage, Undeliverable};
+use crate::direct::Undeliverable;
 use crate::shared::Shared;
+use crate::wake::DirectMessage;
 
 /// The largest `PeerSignal` payload.
 pub(crate) const MAX_SIGNAL_PAYLOAD: usize = 16 * 1024;
@@ -44,7 +45,7 @@ impl Peer {
                     to,
                     payload: signal.payload,
                 };
-                match direct::route(shared, message) {
+                match shared.route_signal(message) {
                     Ok(()) => return,
                     Err(Undeliverable::UnknownPeer) => refused(
                         pb::ErrorCode::UnknownPeer,
