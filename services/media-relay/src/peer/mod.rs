@@ -262,6 +262,8 @@ impl Peer {
             shared,
         );
         self.timeline.welcomed(last_seq, &shared.metrics);
+        // Presence put in force before the Welcome: the current states now.
+        self.sync_presence(shared);
         tracing::info!(
             peer = %self.id,
             session = %self.session,
