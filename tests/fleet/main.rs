@@ -10,6 +10,8 @@ mod logs;
 mod ops;
 #[path = "../support/otlp.rs"]
 mod otlp;
+mod peer_messages;
+mod raw_peer;
 mod security;
 mod spread;
 mod traces;
