@@ -95,6 +95,12 @@ async fn presence_reaches_the_other_peer_and_is_cleared_when_its_owner_leaves() 
     })
     .await;
     assert_eq!((peer, state), (a_id, b"cursor 2".to_vec()));
+    // A native peer cannot clear (str0m sends no empty message): it is
+    // told so instead of the clear vanishing silently.
+    assert!(matches!(
+        a.set_presence(Vec::new()).await,
+        Err(deltamesh_worker::SendError::EmptyPresence)
+    ));
     a.close().await;
     let cleared = next_matching(&mut b, Duration::from_secs(5), |e| match e {
         PeerEvent::Presence { peer, state } if peer == a_id => Some(state),
