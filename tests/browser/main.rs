@@ -5,6 +5,7 @@ mod cdp;
 mod common;
 mod demo;
 mod exchange;
+mod large;
 mod reconnect;
 mod signal_errors;
 
