@@ -6,6 +6,7 @@ mod common;
 mod demo;
 mod exchange;
 mod large;
+mod moves;
 mod reconnect;
 mod signal_errors;
 
