@@ -143,6 +143,8 @@ async fn steady(mut peer: NativePeer, index: u32, end: Instant, record: Arc<Mute
     let mut counter = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(1000 / STEADY_RATE));
     let settle = end + Duration::from_secs(60);
+    let mut seen = (0, 0);
+    let mut quiet_since = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick(), if Instant::now() < end => {
@@ -159,9 +161,17 @@ async fn steady(mut peer: NativePeer, index: u32, end: Instant, record: Arc<Mute
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
         if Instant::now() >= end {
+            // Done once it holds every acknowledged delta and nothing has
+            // moved for two seconds (others' last acks may still come).
             let record = record.lock().expect("record");
             let have = record.received.get(&index).map_or(0, HashMap::len);
-            if (have >= record.acked.len() && pending.is_empty()) || Instant::now() > settle {
+            let now = (have, record.acked.len());
+            if now != seen {
+                seen = now;
+                quiet_since = Instant::now();
+            }
+            let quiet = quiet_since.elapsed() >= Duration::from_secs(2);
+            if (have >= now.1 && pending.is_empty() && quiet) || Instant::now() > settle {
                 return;
             }
         }

@@ -133,7 +133,7 @@ pub async fn start_registry(
     Ok((addr, server))
 }
 
-/// A relay in the fleet: its JetStream log, its shards, and its presence
+/// A relay in the fleet: its JetStream log, its shards, and its fleet tasks
 /// (control subject, registration, members).
 pub struct FleetRelay {
     /// The running relay.

@@ -102,10 +102,18 @@ pub(crate) async fn page_with(
     session: &str,
     options: &str,
 ) -> Page {
+    page_at(browser, &stack.signal_url(), session, options).await
+}
+
+/// Like [`page_with`], on the page of the signal at `signal_url` (a fleet's).
+pub(crate) async fn page_at(
+    browser: &Browser,
+    signal_url: &str,
+    session: &str,
+    options: &str,
+) -> Page {
     // Any page of the origin will do; the API needs no markup.
-    let page = browser
-        .new_page(&format!("{}/healthz", stack.signal_url()))
-        .await;
+    let page = browser.new_page(&format!("{signal_url}/healthz")).await;
     let script = format!(
         r#"(async () => {{
             const dm = await import("/pkg/deltamesh_worker.js");

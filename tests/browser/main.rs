@@ -5,6 +5,8 @@ mod cdp;
 mod common;
 mod demo;
 mod exchange;
+mod large;
+mod moves;
 mod reconnect;
 mod signal_errors;
 

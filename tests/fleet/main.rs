@@ -5,11 +5,14 @@
 
 mod common;
 mod failures;
+mod large;
 mod local_stack;
 mod logs;
 mod ops;
 #[path = "../support/otlp.rs"]
 mod otlp;
+mod peer_messages;
+mod raw_peer;
 mod security;
 mod spread;
 mod traces;

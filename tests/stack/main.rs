@@ -8,3 +8,4 @@ mod resume;
 mod security;
 mod signaling;
 mod slow_consumer;
+mod v1_1;

@@ -220,11 +220,16 @@ impl NativePeer {
         result.await.unwrap_or(Err(SendError::Closed))
     }
 
-    /// Sets this peer's presence state (empty clears it): the others see it
-    /// as [`PeerEvent::Presence`] once the relay has `presence` in force.
-    /// Only the latest state is sent (one replaced before it went out is
-    /// dropped), and it is sent again after a reconnect.
+    /// Sets this peer's presence state: the others see it as
+    /// [`PeerEvent::Presence`] once the relay has `presence` in force. Only
+    /// the latest state is sent (one replaced before it went out is
+    /// dropped), and it is sent again after a reconnect. An empty state (a
+    /// clear) is refused with [`SendError::EmptyPresence`]: str0m cannot
+    /// send an empty message.
     pub async fn set_presence(&self, state: Vec<u8>) -> Result<(), SendError> {
+        if state.is_empty() {
+            return Err(SendError::EmptyPresence);
+        }
         let (reply, result) = oneshot::channel();
         if self
             .requests

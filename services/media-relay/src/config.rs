@@ -95,6 +95,10 @@ pub struct RelayConfig {
     /// The delta store retains `chunk_size * max_chunks` bytes of chunks
     /// (bounds memory and resume depth).
     pub max_chunks: usize,
+    /// Largest presence state a peer may send (PROTOCOL §8), in bytes.
+    pub max_presence_size: usize,
+    /// Presence states forwarded per second per sending peer (at least 1).
+    pub presence_rate: u32,
 }
 
 impl Default for RelayConfig {
@@ -138,6 +142,8 @@ impl Default for RelayConfig {
             idle_timeout: Duration::from_secs(15),
             chunk_size: 4 << 20,
             max_chunks: 64,
+            max_presence_size: deltamesh_proto::presence::DEFAULT_MAX_PRESENCE_SIZE,
+            presence_rate: deltamesh_proto::presence::DEFAULT_PRESENCE_RATE,
         }
     }
 }

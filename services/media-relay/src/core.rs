@@ -12,7 +12,7 @@
 //!   datagram, [`handle_timeout`](RelayCore::handle_timeout) when
 //!   [`poll_timeout`](RelayCore::poll_timeout) is due, [`handle_wake`](RelayCore::handle_wake)
 //!   when the shard's [`ShardWake`] fires (log verdicts, session news,
-//!   closes from other shards), and the commands ([`offer`](RelayCore::offer),
+//!   direct messages, closes from other shards), and the commands ([`offer`](RelayCore::offer),
 //!   [`trickle`](RelayCore::trickle), [`close`](RelayCore::close),
 //!   [`drain`](RelayCore::drain), [`shutdown`](RelayCore::shutdown));
 //! - B (output): then [`poll_transmit`](RelayCore::poll_transmit) until it is
@@ -42,7 +42,7 @@ use crate::peer::Peer;
 use crate::shared::Shared;
 use crate::timeline::{self, Timeline};
 use crate::timers::Timers;
-use crate::wake::{LogAck, News, ShardWake};
+use crate::wake::{DirectMessage, LogAck, News, ShardWake};
 
 /// Longest a peer goes without a timer, so idle and connect deadlines are checked.
 const MAX_TIMER: Duration = Duration::from_millis(500);
@@ -181,6 +181,7 @@ impl RelayCore {
             } else {
                 peer.check_progress(now, &self.shared);
                 peer.check_fragments(now, &self.shared);
+                peer.presence_due(&self.shared, now);
             }
             self.drive(key, now);
         }
@@ -197,6 +198,7 @@ impl RelayCore {
             self.refresh(&session, news, now);
         }
         self.on_log_acks(woken.acks, now);
+        self.on_signals(woken.signals, now);
         for (peer_id, reason) in woken.closes {
             // The peer may be gone already: nothing to do then.
             let _ = self.close(peer_id, &reason);
@@ -469,6 +471,24 @@ impl RelayCore {
         }
     }
 
+    /// Delivers direct messages to their recipients on this shard, in order;
+    /// one whose recipient left, or is not in the message's session, is
+    /// dropped.
+    fn on_signals(&mut self, signals: Vec<DirectMessage>, now: Instant) {
+        for message in signals {
+            let Some(&key) = self.by_id.get(&message.to) else {
+                continue;
+            };
+            if let Some(peer) = self.peers.get_mut(&key)
+                && peer.session == message.session
+                && peer.is_welcomed()
+            {
+                peer.deliver_signal(message, &self.shared);
+            }
+            self.drive(key, now);
+        }
+    }
+
     /// Brings every local peer of `session` up to date with `news`.
     fn refresh(&mut self, session: &Arc<str>, news: News, now: Instant) {
         let Some(keys) = self.sessions.get(session).cloned() else {
@@ -478,6 +498,9 @@ impl RelayCore {
             if let Some(peer) = self.peers.get_mut(&key) {
                 if news.members {
                     peer.sync_members(&self.shared, &mut self.members_scratch);
+                }
+                if news.presence {
+                    peer.sync_presence(&self.shared);
                 }
                 peer.flush(&self.shared, now);
             }
@@ -508,7 +531,10 @@ impl RelayCore {
                     peer.flush(&self.shared, now);
                 }
                 Ok(Output::Timeout(at)) => {
-                    let at = at.min(now + MAX_TIMER);
+                    let mut at = at.min(now + MAX_TIMER);
+                    if let Some(presence) = peer.presence_deadline() {
+                        at = at.min(presence.max(now));
+                    }
                     if peer.timer_at.is_none_or(|current| at < current) {
                         peer.timer_at = Some(at);
                         self.timers.schedule(key, at);
@@ -563,9 +589,14 @@ impl RelayCore {
                 }
             }
             self.shared.log.unwatch(&peer.session, &self.wake);
+            // Its state goes before its PeerLeft can reach anyone.
+            self.shared.presence.remove(&peer.session, peer.id);
             self.shared
                 .directory
                 .remove(&peer.session, peer.id, &self.wake);
+            if !self.shared.directory.hosts(&peer.session) {
+                self.shared.presence.forget(&peer.session);
+            }
             self.shared.count_peer(self.index, false);
             self.shared.metrics.peers.dec();
             self.shared.metrics.peers_closed.inc();

@@ -48,6 +48,15 @@ pub struct Member {
     pub identity: Arc<str>,
 }
 
+/// Where a connected peer is, as [`Directory::locate`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Location {
+    /// On this relay, on that shard.
+    Shard(usize),
+    /// On another relay of the fleet.
+    Remote,
+}
+
 /// The admission limits [`Directory::admit`] enforces.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -120,19 +129,47 @@ impl Directory {
     }
 
     /// Records whether `peer`, on another relay, is a connected member of
-    /// `session`, and wakes the session's shards when that changes. Ignored
-    /// for a session without local members.
-    pub(crate) fn set_remote(&self, session: &Arc<str>, peer: Id, connected: bool) {
+    /// `session`, and wakes the session's shards when that changes; true
+    /// when it did. Ignored for a session without local members.
+    pub(crate) fn set_remote(&self, session: &Arc<str>, peer: Id, connected: bool) -> bool {
         let mut sessions = self.sessions();
-        if let Some(entry) = sessions.by_name.get_mut(session) {
-            let changed = if connected {
-                entry.remote.insert(peer)
-            } else {
-                entry.remote.remove(&peer)
-            };
-            if changed {
-                entry.watchers.wake_all(session, News::MEMBERS);
+        let Some(entry) = sessions.by_name.get_mut(session) else {
+            return false;
+        };
+        let changed = if connected {
+            entry.remote.insert(peer)
+        } else {
+            entry.remote.remove(&peer)
+        };
+        if changed {
+            entry.watchers.wake_all(session, News::MEMBERS);
+        }
+        changed
+    }
+
+    /// Wakes the shards watching `session` with `news`.
+    pub(crate) fn wake(&self, session: &Arc<str>, news: News) {
+        if let Some(entry) = self.sessions().by_name.get(session) {
+            entry.watchers.wake_all(session, news);
+        }
+    }
+
+    /// Whether `session` has members on this relay.
+    pub(crate) fn hosts(&self, session: &str) -> bool {
+        self.sessions().by_name.contains_key(session)
+    }
+
+    /// Where `peer` of `session` is connected: a shard of this relay, or
+    /// another relay; `None` when it is not a connected peer of `session`.
+    pub(crate) fn locate(&self, session: &str, peer: Id) -> Option<Location> {
+        let sessions = self.sessions();
+        let entry = sessions.by_name.get(session)?;
+        match entry.members.get(&peer) {
+            Some(member) if member.state == MemberState::Connected => {
+                Some(Location::Shard(member.shard))
             }
+            Some(_) => None,
+            None => entry.remote.contains(&peer).then_some(Location::Remote),
         }
     }
 

@@ -181,9 +181,19 @@ impl RelayHandle {
     }
 
     /// Records whether `peer`, on another relay, is a connected member of
-    /// `session`; local peers of the session hear of the change.
+    /// `session`; local peers of the session hear of the change. A peer
+    /// that was connected and is gone has its presence state dropped (its
+    /// relay may have crashed before saying so).
     pub fn set_remote_member(&self, session: &std::sync::Arc<str>, peer: Id, connected: bool) {
-        self.shared.directory.set_remote(session, peer, connected);
+        let changed = self.shared.directory.set_remote(session, peer, connected);
+        if changed && !connected {
+            self.shared.presence.remove(session, peer);
+        }
+    }
+
+    /// The state every shard shares.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// Accepts an SDP offer for a peer of `session` and answers it. The

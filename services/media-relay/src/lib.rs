@@ -22,6 +22,8 @@
 //!   (`store`), signing what it accepts (`signing`); shards hear of new
 //!   deltas, verdicts and closes through their wake-ups (`wake`).
 //! - `directory`: who is in which session, for `Welcome`, joins and leaves.
+//! - `presence`: every session's latest presence states (PROTOCOL §8);
+//!   `direct`: where a direct message (`PeerSignal`, §9) goes.
 //! - `shared`, `config`, `metrics`, `error`, `clock`: what every room reads.
 //! - [`fleet`]: the same relay among others, over NATS and the registry.
 
@@ -30,6 +32,7 @@ mod command;
 mod config;
 mod core;
 mod demux;
+mod direct;
 mod directory;
 mod driver;
 mod error;
@@ -38,6 +41,7 @@ mod handle;
 mod log;
 mod metrics;
 mod peer;
+mod presence;
 mod rate;
 mod reassembly;
 mod shared;

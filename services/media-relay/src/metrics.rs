@@ -28,6 +28,17 @@ pub struct LimitLabels {
     pub limit: &'static str,
 }
 
+/// Labels of `relay_presence_dropped_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DropLabels {
+    /// Why: `too_large`, `not_permitted` (no `publish` grant) or `off`
+    /// (`presence` not in force).
+    pub reason: &'static str,
+}
+
+/// The `reason` label values of `relay_presence_dropped_total`.
+const PRESENCE_DROPS: [&str; 3] = ["too_large", "not_permitted", "off"];
+
 /// Labels of `relay_connections`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct StateLabels {
@@ -79,6 +90,16 @@ pub struct RelayMetrics {
     pub peers: Gauge,
     /// Peer connections that ended.
     pub peers_closed: Counter,
+    /// Presence states taken from peers and forwarded (PROTOCOL §8).
+    pub presence_in: Counter,
+    /// Presence states replaced by a newer one before their turn came.
+    pub presence_skipped: Counter,
+    /// Presence states written to peers.
+    pub presence_out: Counter,
+    /// Presence messages dropped, by reason.
+    pub presence_dropped: Family<DropLabels, Counter>,
+    /// Direct messages (`PeerSignal`) routed to their recipient (PROTOCOL §9).
+    pub signals: Counter,
 }
 
 impl Default for RelayMetrics {
@@ -96,6 +117,11 @@ impl Default for RelayMetrics {
             deltas_rejected: Counter::default(),
             peers: Gauge::default(),
             peers_closed: Counter::default(),
+            presence_in: Counter::default(),
+            presence_skipped: Counter::default(),
+            presence_out: Counter::default(),
+            presence_dropped: Family::default(),
+            signals: Counter::default(),
         }
     }
 }
@@ -169,6 +195,36 @@ impl RelayMetrics {
             "Peer connections that ended",
             metrics.peers_closed.clone(),
         );
+        relay.register(
+            "presence_in",
+            "Presence states taken from peers and forwarded",
+            metrics.presence_in.clone(),
+        );
+        relay.register(
+            "presence_skipped",
+            "Presence states replaced by a newer one before their turn (rate limit)",
+            metrics.presence_skipped.clone(),
+        );
+        relay.register(
+            "presence_out",
+            "Presence states written to peers",
+            metrics.presence_out.clone(),
+        );
+        relay.register(
+            "presence_dropped",
+            "Presence messages dropped: too large, without publish, or presence off, by reason",
+            metrics.presence_dropped.clone(),
+        );
+        relay.register(
+            "signals",
+            "Direct messages (PeerSignal) routed to their recipient",
+            metrics.signals.clone(),
+        );
+        for reason in PRESENCE_DROPS {
+            let _ = metrics
+                .presence_dropped
+                .get_or_create(&DropLabels { reason });
+        }
         // Every limit and state is listed from the start, at 0, so rates
         // and alerts see it before its first hit.
         for limit in LIMITS {
@@ -192,6 +248,20 @@ impl RelayMetrics {
         self.connect_seconds
             .get_or_create(&PhaseLabels { phase })
             .clone()
+    }
+
+    /// Counts one presence message dropped for `reason`.
+    pub fn presence_drop(&self, reason: &'static str) {
+        self.presence_dropped
+            .get_or_create(&DropLabels { reason })
+            .inc();
+    }
+
+    /// Presence messages dropped so far for `reason`.
+    pub fn presence_drops(&self, reason: &'static str) -> u64 {
+        self.presence_dropped
+            .get_or_create(&DropLabels { reason })
+            .get()
     }
 
     /// Counts one hit of `limit`.

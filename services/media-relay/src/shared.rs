@@ -1,5 +1,6 @@
 //! What every shard of one relay shares: the configuration, the session log,
-//! the directory of members, the metrics, the draining flag, and each
+//! the directory of members, the presence board, the routes for direct
+//! messages, the metrics, the draining flag, and each
 //! shard's wake-up handle and peer count. Shards reach each other only
 //! through those wake-ups ([`ShardWake`]), never directly.
 
@@ -10,11 +11,13 @@ use deltamesh_proto::Id;
 
 use crate::clock::WallClock;
 use crate::config::RelayConfig;
-use crate::directory::Directory;
+use crate::direct::{DirectRoutes, Undeliverable};
+use crate::directory::{Directory, Location};
 use crate::log::DeltaLog;
 use crate::metrics::RelayMetrics;
+use crate::presence::PresenceBoard;
 use crate::reassembly::ReassemblyBudget;
-use crate::wake::ShardWake;
+use crate::wake::{DirectMessage, ShardWake};
 
 /// State every shard of a relay shares.
 pub struct Shared {
@@ -24,6 +27,10 @@ pub struct Shared {
     pub(crate) log: Arc<dyn DeltaLog>,
     /// Who is in which session here.
     pub(crate) directory: Directory,
+    /// Every session's presence states (PROTOCOL §8).
+    pub(crate) presence: PresenceBoard,
+    /// The way to peers on other relays for direct messages (PROTOCOL §9).
+    pub(crate) direct: DirectRoutes,
     /// Counters exported on `/metrics`.
     pub(crate) metrics: RelayMetrics,
     /// Turns the cores' monotonic `now` into the Unix time deltas carry.
@@ -66,6 +73,8 @@ impl Shared {
             config,
             log,
             directory: Directory::default(),
+            presence: PresenceBoard::default(),
+            direct: DirectRoutes::default(),
             metrics,
             clock,
             draining: AtomicBool::new(false),
@@ -125,6 +134,36 @@ impl Shared {
     pub(crate) fn close_peer(&self, shard: usize, peer: Id, reason: &str) {
         if let Some(wake) = self.wake(shard) {
             wake.push_close(peer, reason);
+        }
+    }
+
+    /// Routes a direct message to its recipient, on this relay or another.
+    pub(crate) fn route_signal(&self, message: DirectMessage) -> Result<(), Undeliverable> {
+        match self.directory.locate(&message.session, message.to) {
+            Some(Location::Shard(shard)) => self
+                .wake(shard)
+                .ok_or(Undeliverable::UnknownPeer)?
+                .push_signal(message),
+            Some(Location::Remote) => self.direct.to_other_relay(message)?,
+            None => return Err(Undeliverable::UnknownPeer),
+        }
+        self.metrics.signals.inc();
+        Ok(())
+    }
+
+    /// Hands a direct message from another relay to its recipient if that
+    /// is a connected peer of the message's session here; false otherwise
+    /// (it left, or is not in that session: the message is dropped).
+    pub(crate) fn deliver_signal_here(&self, message: DirectMessage) -> bool {
+        match self.directory.locate(&message.session, message.to) {
+            Some(Location::Shard(shard)) => match self.wake(shard) {
+                Some(wake) => {
+                    wake.push_signal(message);
+                    true
+                }
+                None => false,
+            },
+            _ => false,
         }
     }
 }

@@ -3,7 +3,8 @@
 //! burst of deltas costs one wake-up, and nothing is queued per delta. A log
 //! that makes deltas durable asynchronously (JetStream) hands its verdicts
 //! back the same way, as [`LogAck`]s, and so does another shard that must
-//! close one of this shard's peers (a resumed connection replacing it).
+//! close one of this shard's peers (a resumed connection replacing it) or
+//! hand one of them a direct message (PROTOCOL §9).
 //!
 //! This is the only way into a shard besides its driver's commands, so the
 //! shard core never holds a reference to another shard.
@@ -21,6 +22,8 @@ pub struct News {
     pub deltas: bool,
     /// Members joined, connected or left.
     pub members: bool,
+    /// Presence states changed (PROTOCOL §8).
+    pub presence: bool,
 }
 
 impl News {
@@ -28,11 +31,19 @@ impl News {
     pub const DELTAS: News = News {
         deltas: true,
         members: false,
+        presence: false,
     };
     /// A membership change.
     pub const MEMBERS: News = News {
         deltas: false,
         members: true,
+        presence: false,
+    };
+    /// A presence change.
+    pub const PRESENCE: News = News {
+        deltas: false,
+        members: false,
+        presence: true,
     };
 }
 
@@ -48,6 +59,19 @@ pub struct LogAck {
     pub outcome: Result<u64, String>,
 }
 
+/// One direct message on its way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectMessage {
+    /// The session both peers are in.
+    pub session: Arc<str>,
+    /// Who sent it (set by the relay).
+    pub from: Id,
+    /// Who it is for.
+    pub to: Id,
+    /// The application's bytes.
+    pub payload: Vec<u8>,
+}
+
 /// What a shard was woken for since it last looked.
 #[derive(Default)]
 pub struct Woken {
@@ -57,11 +81,16 @@ pub struct Woken {
     pub acks: Vec<LogAck>,
     /// Peers to close, with why.
     pub closes: Vec<(Id, String)>,
+    /// Direct messages for this shard's peers, in the order they came.
+    pub signals: Vec<DirectMessage>,
 }
 
 impl Woken {
     fn is_empty(&self) -> bool {
-        self.sessions.is_empty() && self.acks.is_empty() && self.closes.is_empty()
+        self.sessions.is_empty()
+            && self.acks.is_empty()
+            && self.closes.is_empty()
+            && self.signals.is_empty()
     }
 }
 
@@ -79,6 +108,7 @@ impl ShardWake {
             let entry = woken.sessions.entry(Arc::clone(session)).or_default();
             entry.deltas |= news.deltas;
             entry.members |= news.members;
+            entry.presence |= news.presence;
         });
     }
 
@@ -90,6 +120,11 @@ impl ShardWake {
     /// Asks the shard to close `peer` with `reason` and wakes it.
     pub fn push_close(&self, peer: Id, reason: &str) {
         self.add(|woken| woken.closes.push((peer, reason.to_owned())));
+    }
+
+    /// Hands the shard a direct message for one of its peers and wakes it.
+    pub fn push_signal(&self, message: DirectMessage) {
+        self.add(|woken| woken.signals.push(message));
     }
 
     /// Applies `change` and wakes the shard if it had nothing waiting (a

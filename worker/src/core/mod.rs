@@ -189,6 +189,13 @@ pub enum SendError {
     /// Too many deltas await acknowledgement.
     #[error("{0} deltas await acknowledgement; wait for acks before sending more")]
     Backlog(usize),
+    /// An empty presence state (a clear) from the native peer: str0m 0.25
+    /// writes no SCTP chunk for an empty message (WebRTC sends it as one
+    /// zero byte with PPID 57), so it would never arrive. The browser peer
+    /// can clear; a native one leaves, or sets a state its application
+    /// reads as "none".
+    #[error("the native peer cannot send an empty presence state (str0m sends no empty messages)")]
+    EmptyPresence,
     /// Not connected now (direct messages are not kept for later).
     #[error("not connected to a relay now")]
     NotConnected,

@@ -1,15 +1,20 @@
 //! A relay as one of a fleet, over NATS and the registry: the JetStream log
 //! ([`JetStreamLog`]), the control subject signal sends offers to
-//! ([`control`]), and the relay's presence: registration, heartbeats, peer
-//! records and cross-relay membership ([`presence`]).
+//! ([`control`]), the relay's membership: registration, heartbeats, peer
+//! records and cross-relay membership ([`membership`]), and, per hosted
+//! session ([`sessions`]), presence ([`presence`], PROTOCOL §8) and direct
+//! messages ([`direct`], §9) over core NATS.
 //!
 //! Start order: [`open_log`], then [`crate::start`] with that log, then
 //! [`join`], which answers control requests before it registers, so a
 //! relay is never placed before it can answer.
 
 pub mod control;
+mod direct;
 pub mod jetstream_log;
-pub mod presence;
+pub mod membership;
+mod presence;
+mod sessions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,13 +147,30 @@ pub async fn join(
         .subscribe(deltamesh_proto::fleet::relay_control_subject(relay.id()))
         .await
         .map_err(nats_error)?;
+    let presence_changes = relay
+        .shared()
+        .presence
+        .observe()
+        .ok_or_else(|| FleetError::Nats("the relay's presence is already published".into()))?;
+    let direct_out =
+        relay.shared().direct.to_fleet().ok_or_else(|| {
+            FleetError::Nats("the relay's direct messages are already taken".into())
+        })?;
+    let presence = tokio::spawn(presence::publish(
+        relay.clone(),
+        nats.clone(),
+        presence_changes,
+    ));
+    let direct = tokio::spawn(direct::publish(nats.clone(), direct_out));
+    let links = sessions::SessionLinks::new(relay.clone(), nats.clone());
     let control = tokio::spawn(control::answer(nats, relay.clone(), subscription));
-    let members = tokio::spawn(presence::publish_members(
+    let members = tokio::spawn(membership::publish_members(
         relay.clone(),
         peers.clone(),
         changes,
+        links,
     ));
-    let heartbeat = tokio::spawn(presence::keep_registered(
+    let heartbeat = tokio::spawn(membership::keep_registered(
         relay.clone(),
         registry.clone(),
         peers,
@@ -157,6 +179,6 @@ pub async fn join(
     Ok(Fleet {
         relay,
         registry,
-        tasks: vec![control, members, heartbeat],
+        tasks: vec![control, members, heartbeat, presence, direct],
     })
 }

@@ -1,5 +1,5 @@
 //! The command channel of one connection: options, resume, membership
-//! news and drain.
+//! news and drain; `PeerSignal`s go to `direct`.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -32,13 +32,7 @@ impl Peer {
             Body::Pong(_) => {}
             Body::Options(options) => self.set_options(options, shared),
             Body::Resume(resume) => self.resume(resume, shared, now),
-            Body::Signal(_) => self.send_command(
-                Body::Error(pb::Error {
-                    code: pb::ErrorCode::UnexpectedCommand.into(),
-                    detail: "peer-to-peer signals are not supported by this relay yet".into(),
-                }),
-                shared,
-            ),
+            Body::Signal(signal) => self.on_signal(signal, shared),
             other => self.send_command(
                 Body::Error(pb::Error {
                     code: pb::ErrorCode::UnexpectedCommand.into(),
@@ -54,12 +48,16 @@ impl Peer {
     fn set_options(&mut self, asked: pb::Options, shared: &Shared) {
         self.echo = asked.echo;
         self.batch = asked.batch;
+        let presence_came = self.set_presence(asked.presence);
         let in_force = pb::Options {
             echo: self.echo,
             batch: self.batch,
-            ..pb::Options::default()
+            presence: self.presence.on,
         };
         self.send_command(Body::Options(in_force), shared);
+        if presence_came {
+            self.sync_presence(shared);
+        }
     }
 
     fn resume(&mut self, resume: pb::Resume, shared: &Shared, now: Instant) {
@@ -152,6 +150,7 @@ impl Peer {
             .collect();
         for peer in left {
             self.known_members.remove(&peer);
+            self.presence.forget(peer);
             self.send_command(
                 Body::PeerLeft(pb::PeerLeft {
                     peer_id: peer.0.to_vec(),
@@ -160,8 +159,10 @@ impl Peer {
                 shared,
             );
         }
+        let mut joined = false;
         for &peer in scratch.iter() {
             if self.known_members.insert(peer) {
+                joined = true;
                 self.send_command(
                     Body::PeerJoined(pb::PeerJoined {
                         peer_id: peer.0.to_vec(),
@@ -169,6 +170,10 @@ impl Peer {
                     shared,
                 );
             }
+        }
+        if joined {
+            // A peer's state waits for its PeerJoined.
+            self.sync_presence(shared);
         }
     }
 }

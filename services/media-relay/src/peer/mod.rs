@@ -1,8 +1,9 @@
 //! One peer connection on a relay: its `Rtc`, its channels and the per-peer
 //! protocol, one room each: `commands` (the command channel: options,
 //! resume, membership, drain), `inbound` (the delta path in: rates, grants,
-//! validation, acknowledgement) and `outbound` (delivery from a cursor into
-//! the session log). This module holds the connection itself: its state,
+//! validation, acknowledgement), `outbound` (delivery from a cursor into
+//! the session log), `presence` (the presence channel, PROTOCOL §8) and
+//! `direct` (`PeerSignal`, §9). This module holds the connection itself: its state,
 //! str0m's events, and writing to the channels.
 //!
 //! The peer's outbound delta queue is its cursor: deltas wait in the shared
@@ -29,8 +30,12 @@ use crate::shared::Shared;
 use crate::timeline::{Phase, Timeline};
 
 mod commands;
+mod direct;
 mod inbound;
 mod outbound;
+mod presence;
+
+use presence::PresenceLink;
 
 /// Why a peer connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +103,8 @@ pub(crate) struct Peer {
     blocked: bool,
     commands: VecDeque<Vec<u8>>,
     known_members: HashSet<Id>,
+    /// The presence channel: what it sends and has seen.
+    presence: PresenceLink,
 }
 
 impl Peer {
@@ -157,6 +164,7 @@ impl Peer {
             blocked: false,
             commands: VecDeque::new(),
             known_members: HashSet::new(),
+            presence: PresenceLink::new(),
         }
     }
 
@@ -206,8 +214,7 @@ impl Peer {
                     }
                 }
                 Some(Channel::Send) => self.on_send(&data.data, shared, now),
-                // Presence is not offered yet: the Options answer says so.
-                Some(Channel::Presence) => {}
+                Some(Channel::Presence) => self.on_presence(&data.data, shared, now),
                 Some(Channel::Receive) | None => self.send_command(
                     Body::Error(pb::Error {
                         code: pb::ErrorCode::WrongChannel.into(),
@@ -264,11 +271,15 @@ impl Peer {
                 peers: members.iter().map(|m| m.0.to_vec()).collect(),
                 resume_token: resume_token.to_vec(),
                 max_delta_size: u32::try_from(shared.config.max_delta_size).unwrap_or(u32::MAX),
-                ..pb::Welcome::default()
+                max_presence_size: u32::try_from(shared.config.max_presence_size)
+                    .unwrap_or(u32::MAX),
+                presence_rate: shared.config.presence_rate.max(1),
             }),
             shared,
         );
         self.timeline.welcomed(last_seq, &shared.metrics);
+        // Presence put in force before the Welcome: the current states now.
+        self.sync_presence(shared);
         tracing::info!(
             peer = %self.id,
             session = %self.session,
@@ -314,6 +325,9 @@ impl Peer {
             self.try_welcome(shared);
         }
         if self.write_commands() && self.welcomed {
+            if self.presence_retry() {
+                self.sync_presence(shared);
+            }
             self.deliver(shared, now);
         }
     }

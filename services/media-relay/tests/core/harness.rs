@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use deltamesh_proto::channel::Channel;
+use deltamesh_proto::command;
+use deltamesh_proto::pb::command::Body;
 use deltamesh_proto::{Grants, Id, pb};
 use deltamesh_relay::{
     ChunkStore, MemoryLog, Offer, PeerAccess, RelayConfig, RelayCore, RelayMetrics, Shared,
@@ -39,8 +41,9 @@ pub(crate) struct TestPeer {
     pub(crate) events: Vec<PeerEvent>,
     /// While set, the network drops everything to and from it.
     pub(crate) cut_off: bool,
-    /// Every message it got on `receive` and `command`, raw, in order.
-    pub(crate) received: Vec<(Channel, Vec<u8>)>,
+    /// Every message it received on `receive`, `command` and `presence`,
+    /// raw, with when it arrived (the core does not read all of them).
+    pub(crate) raw: Vec<(Instant, Channel, Vec<u8>)>,
     /// Raw messages waiting for room in its channels ([`TestPeer::queue_raw`]).
     raw_outbox: VecDeque<(Channel, Vec<u8>)>,
     channels: [ChannelId; 4],
@@ -67,10 +70,33 @@ impl TestPeer {
 
     /// The raw messages it got on `channel`, in order.
     pub(crate) fn received_on(&self, channel: Channel) -> impl Iterator<Item = &[u8]> {
-        self.received
+        self.raw
             .iter()
-            .filter(move |(c, _)| *c == channel)
-            .map(|(_, bytes)| bytes.as_slice())
+            .filter(move |(_, c, _)| *c == channel)
+            .map(|(_, _, bytes)| bytes.as_slice())
+    }
+
+    /// Writes `body` on the command channel, bypassing the protocol core.
+    pub(crate) fn command_raw(&mut self, body: Body) {
+        self.write_raw(Channel::Command, &command::encode(body));
+    }
+
+    /// The messages it received on `channel`, raw, in order, with when
+    /// each arrived.
+    pub(crate) fn received_raw(&self, channel: Channel) -> Vec<(Instant, &[u8])> {
+        self.raw
+            .iter()
+            .filter(|(_, c, _)| *c == channel)
+            .map(|(at, _, bytes)| (*at, bytes.as_slice()))
+            .collect()
+    }
+
+    /// The commands it received, decoded, in order.
+    pub(crate) fn commands(&self) -> Vec<Body> {
+        self.received_raw(Channel::Command)
+            .into_iter()
+            .filter_map(|(_, bytes)| command::decode(bytes).ok())
+            .collect()
     }
 
     /// The deltas it received, as seqs, in order.
@@ -135,6 +161,8 @@ pub(crate) struct Net {
     pub(crate) peers: Vec<TestPeer>,
     /// What the shards share (budgets, config).
     pub(crate) shared: Arc<Shared>,
+    /// The relay's metrics.
+    pub(crate) metrics: RelayMetrics,
 }
 
 /// Full grants.
@@ -153,7 +181,8 @@ impl Net {
         let store = Arc::new(ChunkStore::new(config.chunk_size, config.max_chunks));
         let log = Arc::new(MemoryLog::new(store));
         let clock = WallClock::new(now, SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 30));
-        let shared = Shared::new(config, log, RelayMetrics::default(), clock);
+        let metrics = RelayMetrics::default();
+        let shared = Shared::new(config, log, metrics.clone(), clock);
         let shards = (0..shared.shard_count())
             .map(|i| {
                 let addr = SocketAddr::from(([127, 0, 0, 1], 40_000 + i as u16));
@@ -165,6 +194,7 @@ impl Net {
             shards,
             peers: Vec::new(),
             shared,
+            metrics,
         }
     }
 
@@ -218,7 +248,7 @@ impl Net {
             peer_id,
             events: Vec::new(),
             cut_off: false,
-            received: Vec::new(),
+            raw: Vec::new(),
             raw_outbox: VecDeque::new(),
             channels,
         });
@@ -332,8 +362,11 @@ fn drive_peer(peer: &mut TestPeer, shards: &mut [RelayCore], now: Instant) {
                     .into_iter()
                     .find(|c| peer.channels[c.stream_id() as usize] == data.id)
                 {
-                    if matches!(channel, Channel::Receive | Channel::Command) {
-                        peer.received.push((channel, data.data.clone()));
+                    if matches!(
+                        channel,
+                        Channel::Receive | Channel::Command | Channel::Presence
+                    ) {
+                        peer.raw.push((now, channel, data.data.clone()));
                     }
                     peer.core.handle_message(channel, data.data);
                 }

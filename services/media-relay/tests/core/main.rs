@@ -3,8 +3,10 @@
 
 mod bad_input;
 mod batches;
+mod direct;
 mod fragments;
 mod harness;
+mod presence;
 
 use std::time::Duration;
 
