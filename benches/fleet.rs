@@ -202,14 +202,21 @@ async fn presence_section(nats: &NatsServer, client: &async_nats::Client, second
     drop(fleet);
     let rate = PRESENCE_RATE * senders as u32;
     let raw = nats_latency(client, rate, seconds).await;
+    // The delta path at the same total rate, for comparison.
+    let fleet = Fleet::start(nats, 2, 1).await;
+    let deltas = cross_relay_latency(&fleet, rate, seconds).await;
+    drop(fleet);
     for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
         println!(
-            "presence, {senders} peers × {PRESENCE_RATE}/s, {name}  NATS pub→sub {:>7.3} ms  cross-relay set_presence→Presence {:>7.3} ms  {:>5.2}× NATS  ({} and {} samples)",
+            "presence, {senders} peers × {PRESENCE_RATE}/s, {name}  NATS pub→sub {:>7.3} ms  cross-relay set_presence→Presence {:>7.3} ms  {:>5.2}× NATS  \
+             (cross-relay 100 B deltas at {rate}/s {:>7.3} ms; {} / {} / {} samples)",
             ms(percentile(&raw, p)),
             ms(percentile(&cross, p)),
             ms(percentile(&cross, p)) / ms(percentile(&raw, p)).max(1e-6),
+            ms(percentile(&deltas, p)),
             raw.len(),
             cross.len(),
+            deltas.len(),
         );
     }
 }
