@@ -198,7 +198,9 @@ const PRESENCE_RATE: u32 = 10;
 /// beside core NATS publish → subscribe at the same total rate.
 async fn presence_section(nats: &NatsServer, client: &async_nats::Client, seconds: f64) {
     let fleet = Fleet::start(nats, 2, PRESENCE_SENDERS).await;
-    let (senders, cross) = presence_latency(&fleet, seconds).await;
+    let (senders, cross) = presence_latency(&fleet, "presence", false, seconds).await;
+    // One relay's part: a sender and the receiver on the same relay.
+    let (_, local) = presence_latency(&fleet, "presence-local", true, seconds).await;
     drop(fleet);
     let rate = PRESENCE_RATE * senders as u32;
     let raw = nats_latency(client, rate, seconds).await;
@@ -209,10 +211,11 @@ async fn presence_section(nats: &NatsServer, client: &async_nats::Client, second
     for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
         println!(
             "presence, {senders} peers × {PRESENCE_RATE}/s, {name}  NATS pub→sub {:>7.3} ms  cross-relay set_presence→Presence {:>7.3} ms  {:>5.2}× NATS  \
-             (cross-relay 100 B deltas at {rate}/s {:>7.3} ms; {} / {} / {} samples)",
+             (one relay {:>7.3} ms; cross-relay 100 B deltas at {rate}/s {:>7.3} ms; {} / {} / {} samples)",
             ms(percentile(&raw, p)),
             ms(percentile(&cross, p)),
             ms(percentile(&cross, p)) / ms(percentile(&raw, p)).max(1e-6),
+            ms(percentile(&local, p)),
             ms(percentile(&deltas, p)),
             raw.len(),
             cross.len(),
@@ -221,20 +224,26 @@ async fn presence_section(nats: &NatsServer, client: &async_nats::Client, second
     }
 }
 
-/// Returns how many senders were on another relay than the receiver, and
-/// the latencies of their states at the receiver.
-async fn presence_latency(fleet: &Fleet, seconds: f64) -> (usize, Vec<Duration>) {
-    let session = "presence";
+/// Joins senders (all of [`PRESENCE_SENDERS`] for another relay than the
+/// receiver's, one for the receiver's own) and a receiver to `session`;
+/// returns how many senders were where asked, and the latencies of their
+/// states at the receiver.
+async fn presence_latency(
+    fleet: &Fleet,
+    session: &str,
+    same_relay: bool,
+    seconds: f64,
+) -> (usize, Vec<Duration>) {
     let mut joined = Vec::new();
-    for _ in 0..PRESENCE_SENDERS {
+    for _ in 0..if same_relay { 1 } else { PRESENCE_SENDERS } {
         joined.push(fleet.join(session, false).await);
     }
     let mut receiver = fleet.join(session, false).await;
     let senders: Vec<NativePeer> = joined
         .into_iter()
-        .filter(|peer| peer.welcome().relay_id != receiver.welcome().relay_id)
+        .filter(|peer| (peer.welcome().relay_id == receiver.welcome().relay_id) == same_relay)
         .collect();
-    assert!(!senders.is_empty(), "some sender is on another relay");
+    assert!(!senders.is_empty(), "a sender is where it should be");
     let count = senders.len();
     let expected = (f64::from(PRESENCE_RATE) * seconds) as usize * count;
     let collect = tokio::spawn(async move {
