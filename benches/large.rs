@@ -6,7 +6,8 @@
 //! 16 MiB delta is in flight, beside the same small deltas with nothing
 //! large in flight.
 //!
-//! Run: `cargo bench --bench large` (add `-- --quick` for a short run).
+//! Run: `cargo bench --bench large` (add `-- --quick` for a short run,
+//! `-- --window BYTES` for another in-flight window).
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -28,8 +29,18 @@ use tokio::sync::mpsc;
 const TOKEN: &str = "bench-token";
 const MIB: usize = 1024 * 1024;
 const RECEIVERS: usize = 10;
-/// The in-flight window of relay, peers and raw str0m alike (their default).
-const WINDOW: usize = 16 * 1024;
+/// The in-flight window of relay, peers and raw str0m alike: their default,
+/// or `--window BYTES`.
+fn window() -> usize {
+    static WINDOW: OnceLock<usize> = OnceLock::new();
+    *WINDOW.get_or_init(|| {
+        let args: Vec<String> = std::env::args().collect();
+        args.iter()
+            .position(|a| a == "--window")
+            .and_then(|i| args.get(i + 1)?.parse().ok())
+            .unwrap_or(16 * 1024)
+    })
+}
 /// One fragment on the wire: what str0m moves per message for a large delta.
 const FRAGMENT_MESSAGE: usize = FRAGMENT_HEADER_LEN + FRAGMENT_BODY;
 /// Small deltas: payload bytes (an 8-byte send stamp, then zeros).
@@ -56,7 +67,7 @@ fn main() {
     println!(
         "deltamesh large-delta benchmark ({} run, {RECEIVERS} receivers, in-flight window {} KiB)\n",
         if quick { "quick" } else { "full" },
-        WINDOW / 1024
+        window() / 1024
     );
     // The peers share one thread, so the relay process has the other core.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -425,7 +436,7 @@ struct Relay {
 
 impl Relay {
     fn spawn() -> Relay {
-        let window = WINDOW.to_string();
+        let window = window().to_string();
         let (child, url) = spawn_service(
             env!("CARGO_BIN_EXE_deltamesh"),
             &[
@@ -465,7 +476,7 @@ impl Relay {
 
     async fn join(&self, session: &str) -> NativePeer {
         let mut options = ConnectOptions::new(&self.url, session, TOKEN);
-        options.send_window = WINDOW;
+        options.send_window = window();
         NativePeer::connect(options).await.expect("peer connects")
     }
 }
@@ -548,7 +559,7 @@ impl Pair {
         let Some(mut channel) = self.sender.channel(self.channel) else {
             return;
         };
-        while self.sent < total && channel.buffered_amount() < WINDOW {
+        while self.sent < total && channel.buffered_amount() < window() {
             let len = message.len().min(total - self.sent);
             if !channel.write(true, &message[..len]).unwrap_or(false) {
                 break;
