@@ -151,7 +151,7 @@ fn main() {
             .collect::<Vec<_>>()
             .join("/")
     );
-    for (name, p) in [("p50", 0.5), ("p99", 0.99), ("max", 1.0)] {
+    for (name, p) in [("p10", 0.1), ("p50", 0.5), ("p99", 0.99), ("max", 1.0)] {
         println!(
             "   {name}: quiet {:>8.2} ms ({} deliveries) | 16 MiB in flight {:>8.2} ms ({} deliveries) | ratio {:>7.1}",
             ms(percentile(&quiet, p)),
