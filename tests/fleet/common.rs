@@ -433,3 +433,23 @@ pub(crate) fn assert_one_order(peers: &[TestPeer], senders: usize, per_sender: u
         assert_eq!(&peer.received, reference, "peer {i} saw another order");
     }
 }
+
+/// Asserts that each sender's deltas are in the seq order in the order it
+/// sent them (`payload(p, 0)` first). It holds while NATS answers; a
+/// publish retried through an outage may land after later ones.
+pub(crate) fn assert_sender_order(peers: &[TestPeer], senders: usize, per_sender: usize) {
+    let seq_of: HashMap<&[u8], u64> = peers[0]
+        .received
+        .iter()
+        .map(|(seq, payload)| (payload.as_slice(), *seq))
+        .collect();
+    for sender in 0..senders {
+        let seqs: Vec<u64> = (0..per_sender)
+            .map(|n| seq_of[payload(sender, n).as_slice()])
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "sender {sender}'s deltas are out of the order it sent them: {seqs:?}"
+        );
+    }
+}

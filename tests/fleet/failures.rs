@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use deltamesh_proto::Id;
 use deltamesh_proto::fleet::pb::ListRelaysRequest;
 
-use crate::common::{Fleet, TestPeer, assert_one_order};
+use crate::common::{Fleet, TestPeer, assert_one_order, assert_sender_order};
 use crate::spread::{exchange, join_all};
 
 /// Peers in the session of each test.
@@ -54,6 +54,7 @@ async fn a_killed_relays_peers_resume_on_others_and_lose_nothing() {
         killed_at.elapsed()
     );
     assert_one_order(&peers, PEERS, 200);
+    assert_sender_order(&peers, PEERS, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,6 +124,7 @@ async fn a_draining_relay_moves_its_peers_and_takes_no_new_ones() {
     let peers = sending.await.expect("exchange");
     assert!(peers.iter().all(|p| p.relay != draining));
     assert_one_order(&peers, 6, 200);
+    assert_sender_order(&peers, 6, 200);
     let relays = fleet
         .registry(0)
         .await

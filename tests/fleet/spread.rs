@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use deltamesh_proto::Id;
 
-use crate::common::{Fleet, TestPeer, assert_one_order, payload};
+use crate::common::{Fleet, TestPeer, assert_one_order, assert_sender_order, payload};
 
 /// Peers in the session.
 const PEERS: usize = 12;
@@ -84,4 +84,5 @@ async fn twelve_peers_on_three_relays_see_every_delta_in_one_order() {
     }
     let peers = exchange(peers, Duration::ZERO).await;
     assert_one_order(&peers, PEERS, PER_PEER);
+    assert_sender_order(&peers, PEERS, PER_PEER);
 }

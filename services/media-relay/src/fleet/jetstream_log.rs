@@ -469,7 +469,11 @@ async fn fetch_parts(
     Ok(frame)
 }
 
-/// Publishes deltas as they come, many in flight at once.
+/// Publishes deltas in the order they come, many in flight at once: each
+/// message is handed to the NATS connection in turn (so JetStream stores
+/// one sender's deltas in the order the relay accepted them), and only the
+/// acknowledgements are awaited together. A large delta's parts are stored
+/// before its session message is sent, so later deltas wait for them.
 async fn publisher(
     inner: Arc<Inner>,
     mut queue: mpsc::UnboundedReceiver<Publish>,
@@ -479,7 +483,10 @@ async fn publisher(
     loop {
         tokio::select! {
             publish = queue.recv() => match publish {
-                Some(publish) => in_flight.push(publish_until_stored(&inner, publish)),
+                Some(publish) => {
+                    let sent = send(&inner, publish).await;
+                    in_flight.push(finish(&inner, sent));
+                }
                 None => break,
             },
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {
@@ -490,13 +497,24 @@ async fn publisher(
     while in_flight.next().await.is_some() {}
 }
 
-/// Publishes one delta, retrying with the same message id until JetStream
-/// acknowledges it or `retry_for` runs out, and hands the verdict to the
-/// sender's shard.
-async fn publish_until_stored(inner: &Inner, publish: Publish) {
+/// One delta on its way into its session's stream.
+struct Sending {
+    publish: Publish,
+    started: Instant,
+    deadline: Instant,
+    span: Option<BoxedSpan>,
+    /// The session message, or why its parts could not be stored.
+    message: Result<SessionMessage, String>,
+    /// The first attempt's acknowledgement, once handed to the connection.
+    ack: Option<async_nats::jetstream::context::PublishAckFuture>,
+}
+
+/// Stores a large delta's parts, then hands the session message to the
+/// connection (the first attempt; [`finish`] retries).
+async fn send(inner: &Inner, publish: Publish) -> Sending {
     let started = Instant::now();
     let deadline = started + inner.limits.retry_for;
-    let mut span = sampled_span(inner, &publish);
+    let span = sampled_span(inner, &publish);
     let trace_headers = span
         .as_ref()
         .map(|span| {
@@ -504,45 +522,70 @@ async fn publish_until_stored(inner: &Inner, publish: Publish) {
             trace::inject(&Context::new().with_remote_span_context(context))
         })
         .unwrap_or_default();
+    let message = match &publish.parts_subject {
+        // The session's message takes the seq: the frame header and where
+        // its parts are.
+        Some(subject) => publish_parts(inner, &publish, subject, deadline)
+            .await
+            .map(|parts| {
+                let list = parts.iter().map(u64::to_string).collect::<Vec<_>>();
+                SessionMessage {
+                    payload: publish.frame.slice(..FRAME_HEADER_LEN),
+                    parts: Some(list.join(",")),
+                    trace_headers,
+                }
+            }),
+        None => Ok(SessionMessage {
+            payload: publish.frame.clone(),
+            parts: None,
+            trace_headers,
+        }),
+    };
+    let ack = match &message {
+        Ok(message) => inner
+            .js
+            .send_publish(publish.subject.clone(), message.build(&publish))
+            .await
+            .ok(),
+        Err(_) => None,
+    };
+    Sending {
+        publish,
+        started,
+        deadline,
+        span,
+        message,
+        ack,
+    }
+}
+
+/// Awaits a delta's acknowledgement, publishing again with the same message
+/// id until JetStream stores it or `retry_for` runs out, and hands the
+/// verdict to the sender's shard. (A retried delta may land after later
+/// ones of its sender: order holds while NATS answers.)
+async fn finish(inner: &Inner, sending: Sending) {
+    let Sending {
+        publish,
+        started,
+        deadline,
+        mut span,
+        message,
+        ack,
+    } = sending;
     let outcome: Result<u64, String> = async {
-        let parts = match &publish.parts_subject {
-            Some(subject) => Some(publish_parts(inner, &publish, subject, deadline).await?),
-            None => None,
-        };
-        let (payload, parts) = match parts {
-            // The session's message takes the seq: the frame header and
-            // where its parts are.
-            Some(parts) => (
-                publish.frame.slice(..FRAME_HEADER_LEN),
-                Some(
-                    parts
-                        .iter()
-                        .map(u64::to_string)
-                        .collect::<Vec<_>>()
-                        .join(","),
-                ),
-            ),
-            None => (publish.frame.clone(), None),
-        };
-        let ack = retrying(&publish.subject, deadline, || {
-            let mut message = PublishMessage::build()
-                .message_id(&publish.msg_id)
-                .header(fleet::ORIGIN_HEADER, publish.origin.to_string().as_str());
-            if let Some(parts) = &parts {
-                message = message.header(fleet::PARTS_HEADER, parts.as_str());
-            }
-            for (name, value) in &trace_headers {
-                message = message.header(*name, value.as_str());
-            }
-            let message = message.payload(payload.clone());
-            async {
-                inner
-                    .js
-                    .send_publish(publish.subject.clone(), message)
-                    .await?
-                    .await
-                    .map_err(Into::into)
-            }
+        let message = message?;
+        if let Some(ack) = ack
+            && let Ok(ack) = ack.await
+        {
+            return Ok(ack.sequence);
+        }
+        let ack = retrying(&publish.subject, deadline, || async {
+            inner
+                .js
+                .send_publish(publish.subject.clone(), message.build(&publish))
+                .await?
+                .await
+                .map_err(Into::into)
         })
         .await?;
         Ok(ack.sequence)
@@ -568,6 +611,32 @@ async fn publish_until_stored(inner: &Inner, publish: Publish) {
         client_seq: publish.client_seq,
         outcome,
     });
+}
+
+/// The message a delta is stored as in its session's stream: the whole
+/// frame, or its header and where its parts are.
+struct SessionMessage {
+    payload: Bytes,
+    /// The parts' sequences in the parts stream, comma-separated.
+    parts: Option<String>,
+    trace_headers: Vec<(&'static str, String)>,
+}
+
+impl SessionMessage {
+    /// The message, de-duplicated by the delta's message id, with its
+    /// origin, parts and trace headers.
+    fn build(&self, publish: &Publish) -> PublishMessage {
+        let mut message = PublishMessage::build()
+            .message_id(&publish.msg_id)
+            .header(fleet::ORIGIN_HEADER, publish.origin.to_string().as_str());
+        if let Some(parts) = &self.parts {
+            message = message.header(fleet::PARTS_HEADER, parts.as_str());
+        }
+        for (name, value) in &self.trace_headers {
+            message = message.header(*name, value.as_str());
+        }
+        message.payload(self.payload.clone())
+    }
 }
 
 /// Publishes the parts of a large delta (each stored once, by its message
