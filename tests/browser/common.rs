@@ -175,3 +175,39 @@ pub(crate) fn assert_no_exceptions(page: &Page) {
         page.console()
     );
 }
+
+/// A page of `stack`'s origin connected to `session` (waited for) that
+/// records the v1.1 callbacks into globals: `presence` (each peer's latest
+/// state as text, `""` when cleared), `presenceLog` (every `[peerId, text]`),
+/// `messages` (every direct `[peerId, text]`) and `notices`. The callbacks
+/// are set before the worker can report anything.
+pub(crate) async fn v11_page(browser: &Browser, stack: &RunningStack, session: &str) -> Page {
+    let page = browser
+        .new_page(&format!("{}/healthz", stack.signal_url()))
+        .await;
+    let script = format!(
+        r#"(async () => {{
+            const dm = await import("/pkg/deltamesh_worker.js");
+            await dm.default();
+            window.presence = {{}};
+            window.presenceLog = [];
+            window.messages = [];
+            window.notices = [];
+            const text = (bytes) => new TextDecoder().decode(bytes);
+            const conn = await dm.connect({session:?}, {TOKEN:?}, {{}});
+            conn.onPresence((peer, state) => {{
+                window.presence[peer] = text(state);
+                window.presenceLog.push([peer, text(state)]);
+            }});
+            conn.onMessage((peer, payload) => window.messages.push([peer, text(payload)]));
+            conn.onNotice((n) => window.notices.push(n));
+            window.conn = conn;
+            await conn.connected();
+            return true;
+        }})()"#
+    );
+    page.eval(&script)
+        .await
+        .expect("the bundle loads and the page connects");
+    page
+}

@@ -4,9 +4,11 @@ mod bulk;
 mod cdp;
 mod common;
 mod demo;
+mod direct;
 mod exchange;
 mod large;
 mod moves;
+mod presence;
 mod reconnect;
 mod signal_errors;
 

@@ -325,6 +325,18 @@ impl<M: AsRef<[u8]> + From<Vec<u8>>> PeerCore<M> {
         self.in_force.as_ref().is_some_and(feature)
     }
 
+    /// Whether a message on the presence channel is for this peer: presence
+    /// is in force, or asked for with the relay's answer still out. The
+    /// relay writes the current states right after that answer, and
+    /// `presence` is not ordered with `command` (PROTOCOL §5), so they can
+    /// come first; the relay writes on it only with presence in force (§8).
+    fn takes_presence(&self) -> bool {
+        match &self.in_force {
+            Some(options) => options.presence,
+            None => self.welcome.is_some() && self.wanted.presence,
+        }
+    }
+
     fn shaping(&self) -> Shaping {
         let max_frame_size = self.max_frame_size();
         // About 16 KiB per fragment (§6), less if the relay's messages are
@@ -478,9 +490,7 @@ impl<M: AsRef<[u8]> + From<Vec<u8>>> PeerCore<M> {
             Channel::Send => self.events.push_back(PeerEvent::ProtocolError(
                 "the relay wrote on the send channel".into(),
             )),
-            Channel::Presence if self.in_force(|o| o.presence) => {
-                self.on_presence(message.as_ref())
-            }
+            Channel::Presence if self.takes_presence() => self.on_presence(message.as_ref()),
             // Presence not in force: nothing on it is for this peer.
             Channel::Presence => {}
         }

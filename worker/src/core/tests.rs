@@ -621,6 +621,26 @@ fn presence_without_the_option_in_force_is_ignored() {
 }
 
 #[test]
+fn states_that_overtake_the_options_answer_are_kept() {
+    // The relay writes the current states right after its Options answer,
+    // on a channel not ordered with `command`: they may come first.
+    let mut core = PeerCore::with_features(16, ALL);
+    core.handle_message(Channel::Presence, presence_message(2, 1, b"before welcome"));
+    core.handle_message(Channel::Command, welcome_with(65_536, 0));
+    core.handle_message(Channel::Presence, presence_message(2, 3, b"current"));
+    core.handle_message(Channel::Command, options(false, true));
+    assert_eq!(
+        presence_events(&mut core),
+        vec![(Id([2; 16]), b"current".to_vec())]
+    );
+    // Without presence asked for, nothing on the channel is taken.
+    let mut v1 = PeerCore::new(16, false);
+    v1.handle_message(Channel::Command, welcome(0));
+    v1.handle_message(Channel::Presence, presence_message(2, 1, b"x"));
+    assert!(presence_events(&mut v1).is_empty());
+}
+
+#[test]
 fn own_presence_is_written_again_after_a_reconnect_and_stale_states_never_go() {
     let mut core = answered(false, true);
     core.set_presence(b"one").unwrap();
