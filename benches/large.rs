@@ -9,21 +9,18 @@
 //! Run: `cargo bench --bench large` (add `-- --quick` for a short run,
 //! `-- --window BYTES` for another in-flight window).
 
-use std::collections::VecDeque;
-use std::net::{Ipv4Addr, SocketAddr};
+#[path = "support/raw_str0m.rs"]
+mod raw_str0m;
+
 use std::process::Child;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use deltamesh_proto::Id;
-use deltamesh_proto::channel::Channel;
 use deltamesh_proto::fragment::{FRAGMENT_BODY, FRAGMENT_HEADER_LEN};
 use deltamesh_testkit::spawn_service;
 use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
-use str0m::change::SdpOffer;
-use str0m::channel::{ChannelConfig, ChannelId};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use raw_str0m::Pair;
 use tokio::sync::mpsc;
 
 const TOKEN: &str = "bench-token";
@@ -488,130 +485,19 @@ impl Drop for Relay {
     }
 }
 
-/// One sending `Rtc` and one receiving `Rtc` wired in memory: an offerer set
-/// up like the native peer, an ICE-lite answerer set up like the relay.
-struct Pair {
-    sender: Rtc,
-    receiver: Rtc,
-    sender_addr: SocketAddr,
-    receiver_addr: SocketAddr,
-    channel: ChannelId,
-    to_receiver: VecDeque<Vec<u8>>,
-    to_sender: VecDeque<Vec<u8>>,
-    sent: usize,
-    received: usize,
-}
-
-impl Pair {
-    fn new(index: u8) -> Pair {
-        let now = Instant::now();
-        let mut sender = Rtc::builder().clear_codecs().build(now);
-        let mut receiver = RtcConfig::new()
-            .set_ice_lite(true)
-            .clear_codecs()
-            .build(now);
-        let sender_addr = SocketAddr::from((Ipv4Addr::new(10, 0, 1, index), 5000));
-        let receiver_addr = SocketAddr::from((Ipv4Addr::new(10, 0, 2, index), 6000));
-        sender.add_local_candidate(Candidate::host(sender_addr, "udp").expect("candidate"));
-        receiver.add_local_candidate(Candidate::host(receiver_addr, "udp").expect("candidate"));
-        let mut sdp = sender.sdp_api();
-        let channels = Channel::ALL.map(|c| {
-            sdp.add_channel_with_config(ChannelConfig {
-                label: c.label().into(),
-                negotiated: Some(c.stream_id()),
-                ..ChannelConfig::default()
-            })
-        });
-        let (offer, pending) = sdp.apply().expect("offer");
-        for c in Channel::ALL {
-            receiver.direct_api().create_data_channel(ChannelConfig {
-                label: c.label().into(),
-                negotiated: Some(c.stream_id()),
-                ..ChannelConfig::default()
-            });
+/// Writes messages of `message`'s size on `pair`'s channel while the
+/// window has room, as the relay writes fragments, until `total` bytes are
+/// written (`sent` counts them).
+fn write_within_window(pair: &mut Pair, sent: &mut usize, message: &[u8], total: usize) {
+    let Some(mut channel) = pair.sender.channel(pair.channel) else {
+        return;
+    };
+    while *sent < total && channel.buffered_amount() < window() {
+        let len = message.len().min(total - *sent);
+        if !channel.write(true, &message[..len]).unwrap_or(false) {
+            break;
         }
-        let offer = SdpOffer::from_sdp_string(&offer.to_sdp_string()).expect("offer parses");
-        let answer = receiver.sdp_api().accept_offer(offer).expect("answer");
-        sender
-            .sdp_api()
-            .accept_answer(pending, answer)
-            .expect("accepted");
-        Pair {
-            sender,
-            receiver,
-            sender_addr,
-            receiver_addr,
-            channel: channels[Channel::Send.stream_id() as usize],
-            to_receiver: VecDeque::new(),
-            to_sender: VecDeque::new(),
-            sent: 0,
-            received: 0,
-        }
-    }
-
-    fn open(&mut self) -> bool {
-        self.sender.channel(self.channel).is_some()
-    }
-
-    /// Writes messages of `message`'s size while the window has room, as the
-    /// relay writes fragments, until `total` bytes are written.
-    fn write(&mut self, message: &[u8], total: usize) {
-        let Some(mut channel) = self.sender.channel(self.channel) else {
-            return;
-        };
-        while self.sent < total && channel.buffered_amount() < window() {
-            let len = message.len().min(total - self.sent);
-            if !channel.write(true, &message[..len]).unwrap_or(false) {
-                break;
-            }
-            self.sent += len;
-        }
-    }
-
-    /// Moves datagrams both ways until none are left; returns the earlier
-    /// of the two deadlines.
-    fn exchange(&mut self) -> Instant {
-        let mut next = drain(&mut self.sender, &mut self.to_receiver, &mut self.received).min(
-            drain(&mut self.receiver, &mut self.to_sender, &mut self.received),
-        );
-        while !self.to_receiver.is_empty() || !self.to_sender.is_empty() {
-            while let Some(datagram) = self.to_receiver.pop_front() {
-                deliver(
-                    &mut self.receiver,
-                    &datagram,
-                    self.sender_addr,
-                    self.receiver_addr,
-                );
-                next = next.min(drain(
-                    &mut self.receiver,
-                    &mut self.to_sender,
-                    &mut self.received,
-                ));
-            }
-            while let Some(datagram) = self.to_sender.pop_front() {
-                deliver(
-                    &mut self.sender,
-                    &datagram,
-                    self.receiver_addr,
-                    self.sender_addr,
-                );
-                next = next.min(drain(
-                    &mut self.sender,
-                    &mut self.to_receiver,
-                    &mut self.received,
-                ));
-            }
-        }
-        next
-    }
-
-    fn timeout(&mut self, now: Instant) {
-        self.sender
-            .handle_input(Input::Timeout(now))
-            .expect("timeout");
-        self.receiver
-            .handle_input(Input::Timeout(now))
-            .expect("timeout");
+        *sent += len;
     }
 }
 
@@ -625,16 +511,21 @@ fn raw_str0m_fan_out(size: usize, receivers: usize) -> Duration {
         .collect();
     let message = random_bytes(FRAGMENT_MESSAGE, 7);
     let deadline = Instant::now() + Duration::from_secs(120);
+    let mut sent = vec![0; receivers];
     let mut started = None;
-    while pairs.iter().any(|p| p.received < size) {
+    while pairs.iter().any(|p| p.received_bytes < size) {
         assert!(Instant::now() < deadline, "raw str0m finished in time");
-        if started.is_none() && pairs.iter_mut().all(Pair::open) {
+        if started.is_none()
+            && pairs
+                .iter_mut()
+                .all(|p| p.sender.channel(p.channel).is_some())
+        {
             started = Some(Instant::now());
         }
         let mut next = Instant::now() + Duration::from_secs(1);
-        for pair in &mut pairs {
+        for (pair, sent) in pairs.iter_mut().zip(&mut sent) {
             if started.is_some() {
-                pair.write(&message, size);
+                write_within_window(pair, sent, &message, size);
             }
             next = next.min(pair.exchange());
         }
@@ -646,30 +537,4 @@ fn raw_str0m_fan_out(size: usize, receivers: usize) -> Duration {
         }
     }
     started.map_or(Duration::ZERO, |s| s.elapsed())
-}
-
-/// Drains `rtc`'s output (str0m requires it after every input): datagrams
-/// go to `out`, received channel bytes are counted. Returns its deadline.
-fn drain(rtc: &mut Rtc, out: &mut VecDeque<Vec<u8>>, received: &mut usize) -> Instant {
-    loop {
-        match rtc.poll_output().expect("poll") {
-            Output::Transmit(t) => out.push_back(t.contents.to_vec()),
-            Output::Event(Event::ChannelData(data)) => *received += data.data.len(),
-            Output::Event(_) => {}
-            Output::Timeout(at) => return at,
-        }
-    }
-}
-
-fn deliver(rtc: &mut Rtc, datagram: &[u8], source: SocketAddr, destination: SocketAddr) {
-    let input = Input::Receive(
-        Instant::now(),
-        Receive {
-            proto: Protocol::Udp,
-            source,
-            destination,
-            contents: datagram.try_into().expect("datagram"),
-        },
-    );
-    rtc.handle_input(input).expect("input");
 }

@@ -6,14 +6,14 @@
 //!
 //! Run: `cargo bench --bench relay` (add `-- --quick` for a short run).
 
-use std::collections::VecDeque;
+#[path = "support/raw_str0m.rs"]
+mod raw_str0m;
+
 use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use deltamesh_proto::Id;
-use deltamesh_proto::channel::Channel;
 use deltamesh_proto::security::SECURITY_HEADER_LEN;
 use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -22,10 +22,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use str0m::change::SdpOffer;
-use str0m::channel::{ChannelConfig, ChannelId};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use raw_str0m::Pair;
 
 const TOKEN: &str = "bench-token";
 
@@ -506,49 +503,13 @@ async fn connect_many(relay: &Relay, count: usize) -> Vec<NativePeer> {
 /// Messages per second from one `Rtc` to another wired in memory: an offerer
 /// set up like the native peer, an ICE-lite answerer set up like the relay.
 fn raw_str0m_throughput(size: usize, count: u64, window: usize) -> f64 {
-    let now = Instant::now();
-    let mut offerer = Rtc::builder().clear_codecs().build(now);
-    let mut answerer = RtcConfig::new()
-        .set_ice_lite(true)
-        .clear_codecs()
-        .build(now);
-    let a_addr = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 5000));
-    let b_addr = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 2), 6000));
-    offerer.add_local_candidate(Candidate::host(a_addr, "udp").expect("candidate"));
-    answerer.add_local_candidate(Candidate::host(b_addr, "udp").expect("candidate"));
-    let mut sdp = offerer.sdp_api();
-    let sender_channels = Channel::ALL.map(|c| {
-        sdp.add_channel_with_config(ChannelConfig {
-            label: c.label().into(),
-            negotiated: Some(c.stream_id()),
-            ..ChannelConfig::default()
-        })
-    });
-    let (offer, pending) = sdp.apply().expect("offer");
-    for c in Channel::ALL {
-        answerer.direct_api().create_data_channel(ChannelConfig {
-            label: c.label().into(),
-            negotiated: Some(c.stream_id()),
-            ..ChannelConfig::default()
-        });
-    }
-    let offer = SdpOffer::from_sdp_string(&offer.to_sdp_string()).expect("offer parses");
-    let answer = answerer.sdp_api().accept_offer(offer).expect("answer");
-    offerer
-        .sdp_api()
-        .accept_answer(pending, answer)
-        .expect("accepted");
-
-    let send: ChannelId = sender_channels[Channel::Send.stream_id() as usize];
+    let mut pair = Pair::new(1);
     let message = vec![0x5A; size];
-    let mut received = 0u64;
     let mut sent = 0u64;
     let mut started = None;
-    let mut to_answerer = VecDeque::new();
-    let mut to_offerer = VecDeque::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while received < count && Instant::now() < deadline {
-        if let Some(mut channel) = offerer.channel(send) {
+    while pair.received_messages < count && Instant::now() < deadline {
+        if let Some(mut channel) = pair.sender.channel(pair.channel) {
             started.get_or_insert_with(Instant::now);
             while sent < count {
                 let in_flight = channel.buffered_amount();
@@ -561,53 +522,12 @@ fn raw_str0m_throughput(size: usize, count: u64, window: usize) -> f64 {
                 sent += 1;
             }
         }
-        let mut next = drain(&mut offerer, &mut to_answerer, &mut received).min(drain(
-            &mut answerer,
-            &mut to_offerer,
-            &mut received,
-        ));
-        while !to_answerer.is_empty() || !to_offerer.is_empty() {
-            while let Some(datagram) = to_answerer.pop_front() {
-                deliver(&mut answerer, &datagram, a_addr, b_addr);
-                next = next.min(drain(&mut answerer, &mut to_offerer, &mut received));
-            }
-            while let Some(datagram) = to_offerer.pop_front() {
-                deliver(&mut offerer, &datagram, b_addr, a_addr);
-                next = next.min(drain(&mut offerer, &mut to_answerer, &mut received));
-            }
-        }
+        let next = pair.exchange();
         let now = Instant::now();
         if next <= now {
-            offerer.handle_input(Input::Timeout(now)).expect("timeout");
-            answerer.handle_input(Input::Timeout(now)).expect("timeout");
+            pair.timeout(now);
         }
     }
     let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
-    received as f64 / elapsed.as_secs_f64().max(1e-9)
-}
-
-/// Drains `rtc`'s output (str0m requires it after every input): datagrams
-/// go to `out`, received channel messages are counted. Returns its deadline.
-fn drain(rtc: &mut Rtc, out: &mut VecDeque<Vec<u8>>, received: &mut u64) -> Instant {
-    loop {
-        match rtc.poll_output().expect("poll") {
-            Output::Transmit(t) => out.push_back(t.contents.to_vec()),
-            Output::Event(Event::ChannelData(_)) => *received += 1,
-            Output::Event(_) => {}
-            Output::Timeout(at) => return at,
-        }
-    }
-}
-
-fn deliver(rtc: &mut Rtc, datagram: &[u8], source: SocketAddr, destination: SocketAddr) {
-    let input = Input::Receive(
-        Instant::now(),
-        Receive {
-            proto: Protocol::Udp,
-            source,
-            destination,
-            contents: datagram.try_into().expect("datagram"),
-        },
-    );
-    rtc.handle_input(input).expect("input");
+    pair.received_messages as f64 / elapsed.as_secs_f64().max(1e-9)
 }
