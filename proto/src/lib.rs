@@ -13,6 +13,7 @@
 //! - [`id`] and [`session`]: peer, relay and document ids; session names.
 //! - [`trace`]: the W3C trace context a connection's trace travels in.
 //! - [`ports`]: binding the first free port of a range.
+//! - [`rfc4571`]: the two-byte length framing of datagrams on ICE-TCP.
 //! - [`time`]: wall-clock time since the Unix epoch, in the wire's units.
 //!
 //! This crate knows nothing of sockets, runtimes or WebRTC stacks, so the
@@ -28,6 +29,7 @@ pub mod grants;
 pub mod id;
 pub mod ports;
 pub mod presence;
+pub mod rfc4571;
 pub mod security;
 pub mod session;
 pub mod time;
