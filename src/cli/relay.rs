@@ -73,6 +73,10 @@ pub(crate) struct RelayArgs {
     /// range, so relays sharing a host each find theirs).
     #[arg(long, env = "DELTAMESH_UDP_PORT", default_value = "0")]
     pub(crate) udp_port: PortRange,
+    /// TCP port of the relay's passive ICE-TCP candidates (RFC 6544), in
+    /// the scheme of `--udp-port`; bound on the UDP bind address.
+    #[arg(long, env = "DELTAMESH_TCP_PORT", default_value = "0")]
+    pub(crate) tcp_port: PortRange,
     /// Relay event-loop shards.
     #[arg(long, env = "DELTAMESH_SHARDS", default_value_t = 1)]
     pub(crate) shards: usize,
@@ -107,6 +111,8 @@ impl RelayArgs {
             advertised_ip: self.advertise_ip.unwrap_or(self.udp_bind),
             udp_port: *self.udp_port.0.start(),
             udp_port_last: self.udp_port.is_range().then_some(*self.udp_port.0.end()),
+            tcp_port: *self.tcp_port.0.start(),
+            tcp_port_last: self.tcp_port.is_range().then_some(*self.tcp_port.0.end()),
             shards: self.shards,
             send_window: self.send_window,
             max_peers: limits.max_peers,

@@ -29,6 +29,21 @@ pub struct RelayConfig {
     /// the first free port of it, so relays sharing a host (replicas on a
     /// host network) each find ports inside one firewall rule.
     pub udp_port_last: Option<u16>,
+    /// Whether each shard also listens on TCP and answers with a passive
+    /// ICE-TCP host candidate (RFC 6544, RFC 4571 framing).
+    pub ice_tcp: bool,
+    /// First TCP port; shard `i` uses `tcp_port + i` (0: any free port),
+    /// unless `tcp_port_last` makes it a range (as `udp_port`).
+    pub tcp_port: u16,
+    /// The last port of a TCP range starting at `tcp_port`: each shard
+    /// listens on the first free port of it.
+    pub tcp_port_last: Option<u16>,
+    /// ICE-TCP connections (all shards) that have not yet carried a STUN
+    /// check a peer verified; more are closed as soon as they are accepted.
+    pub max_unverified_tcp: usize,
+    /// Time an ICE-TCP connection has to carry a STUN check a peer
+    /// verified before it is closed.
+    pub tcp_verify_timeout: Duration,
     /// Event-loop shards, each with its own socket.
     pub shards: usize,
     /// Peers this relay takes before answering offers with "no capacity".
@@ -110,6 +125,11 @@ impl Default for RelayConfig {
             advertised_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             udp_port: 0,
             udp_port_last: None,
+            ice_tcp: true,
+            tcp_port: 0,
+            tcp_port_last: None,
+            max_unverified_tcp: 256,
+            tcp_verify_timeout: Duration::from_secs(5),
             shards: 1,
             max_peers: 10_000,
             max_peers_per_session: 1_000,

@@ -4,8 +4,10 @@
 //! `poll_output` after every input as str0m requires, and runs the delta
 //! path through [`Peer`]. It never touches a socket, a clock or a runtime:
 //! time comes in as `now`, datagrams come in through
-//! [`handle_datagram`](RelayCore::handle_datagram) and go out through
-//! [`poll_transmit`](RelayCore::poll_transmit).
+//! [`handle_datagram`](RelayCore::handle_datagram) (UDP) or
+//! [`handle_tcp_frame`](RelayCore::handle_tcp_frame) (ICE-TCP, one RFC 4571
+//! frame) and go out through [`poll_transmit`](RelayCore::poll_transmit),
+//! each [`Transmit`] saying which transport it takes.
 //!
 //! A driver calls, in a loop:
 //! - A (input): [`handle_datagram`](RelayCore::handle_datagram) for each
@@ -29,12 +31,12 @@ use deltamesh_proto::channel::Channel;
 use opentelemetry::global::BoxedSpan;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, TcpType};
 use str0m::{Candidate, Input, Output, Rtc, RtcConfig};
 
 use crate::command::{Offer, OfferAnswer, PeerAccess};
 use crate::config::{SCTP_MAX_MESSAGE_SIZE, SCTP_SEND_BUFFER};
-use crate::demux::{Demux, Route};
+use crate::demux::{Demux, Remote, Route};
 use crate::directory::{Limits, Member, MemberState};
 use crate::error::RelayError;
 use crate::log::AckTo;
@@ -50,6 +52,9 @@ const MAX_TIMER: Duration = Duration::from_millis(500);
 /// A datagram the core wants sent from the shard's address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
+    /// UDP from the shard's socket, or TCP on the connection whose remote
+    /// end is `destination`.
+    pub proto: Protocol,
     /// Where it goes.
     pub destination: SocketAddr,
     /// Its bytes.
@@ -68,6 +73,8 @@ pub struct RelayCore {
     index: usize,
     /// The advertised host candidate address (the destination of every datagram).
     local_addr: SocketAddr,
+    /// The advertised passive ICE-TCP candidate address, if the shard listens on TCP.
+    tcp_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     wake: Arc<ShardWake>,
     rtc_config: RtcConfig,
@@ -113,6 +120,7 @@ impl RelayCore {
         Ok(RelayCore {
             index,
             local_addr,
+            tcp_addr: None,
             shared,
             wake,
             rtc_config,
@@ -134,6 +142,23 @@ impl RelayCore {
         self.local_addr
     }
 
+    /// Also answers offers with a passive ICE-TCP host candidate at `addr`
+    /// (RFC 6544), for a driver that listens there and hands the core each
+    /// frame through [`handle_tcp_frame`](Self::handle_tcp_frame).
+    pub fn set_tcp_addr(&mut self, addr: SocketAddr) {
+        self.tcp_addr = Some(addr);
+    }
+
+    /// Whether the TCP connection from `remote` carries a path a peer's
+    /// `Rtc` verified (a STUN check that passed its integrity check): a
+    /// driver reaps connections that are not, or are no longer.
+    pub fn is_tcp_path(&self, remote: SocketAddr) -> bool {
+        self.demux.knows(Remote {
+            proto: Protocol::Tcp,
+            addr: remote,
+        })
+    }
+
     /// The wake-up handle the driver waits on alongside its socket.
     pub fn wake_handle(&self) -> &Arc<ShardWake> {
         &self.wake
@@ -148,7 +173,18 @@ impl RelayCore {
 
     /// Handles one datagram from `source` that arrived at `now`.
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, datagram: &[u8]) {
-        self.route_datagram(now, source, datagram);
+        self.route_datagram(now, Remote::udp(source), datagram);
+        self.reap();
+    }
+
+    /// Handles one datagram (RFC 4571 frame, prefix removed) from the TCP
+    /// connection whose remote end is `source`, arrived at `now`.
+    pub fn handle_tcp_frame(&mut self, now: Instant, source: SocketAddr, datagram: &[u8]) {
+        let remote = Remote {
+            proto: Protocol::Tcp,
+            addr: source,
+        };
+        self.route_datagram(now, remote, datagram);
         self.reap();
     }
 
@@ -305,7 +341,14 @@ impl RelayCore {
 
     // Inside.
 
-    fn route_datagram(&mut self, now: Instant, source: SocketAddr, datagram: &[u8]) {
+    fn route_datagram(&mut self, now: Instant, source: Remote, datagram: &[u8]) {
+        let destination = match source.proto {
+            Protocol::Udp => self.local_addr,
+            _ => match self.tcp_addr {
+                Some(addr) => addr,
+                None => return,
+            },
+        };
         let (key, verify) = match self.demux.route(source, datagram) {
             Route::Known(key) => (key, false),
             Route::Candidate(key) => (key, true),
@@ -320,9 +363,9 @@ impl RelayCore {
         let input = Input::Receive(
             now,
             Receive {
-                proto: Protocol::Udp,
-                source,
-                destination: self.local_addr,
+                proto: source.proto,
+                source: source.addr,
+                destination,
                 contents,
             },
         );
@@ -390,6 +433,15 @@ impl RelayCore {
         let candidate = Candidate::host(self.local_addr, "udp")
             .map_err(|e| RelayError::BadOffer(format!("relay host candidate: {e}")))?;
         rtc.add_local_candidate(candidate);
+        if let Some(addr) = self.tcp_addr {
+            let candidate = Candidate::builder()
+                .tcp()
+                .host(addr)
+                .tcptype(TcpType::Passive)
+                .build()
+                .map_err(|e| RelayError::BadOffer(format!("relay TCP candidate: {e}")))?;
+            rtc.add_local_candidate(candidate);
+        }
         // Negotiated channels must exist before the offer is accepted, or
         // str0m drops them (see docs/ARCHITECTURE.md, "str0m traps").
         let channels = Channel::ALL.map(|channel| {
@@ -518,6 +570,7 @@ impl RelayCore {
         loop {
             match peer.rtc.poll_output() {
                 Ok(Output::Transmit(transmit)) => self.transmits.push_back(Transmit {
+                    proto: transmit.proto,
                     destination: transmit.destination,
                     contents: transmit.contents.into(),
                 }),
@@ -564,6 +617,7 @@ impl RelayCore {
                 while let Ok(output) = peer.rtc.poll_output() {
                     match output {
                         Output::Transmit(transmit) => self.transmits.push_back(Transmit {
+                            proto: transmit.proto,
                             destination: transmit.destination,
                             contents: transmit.contents.into(),
                         }),

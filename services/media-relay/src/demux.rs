@@ -1,17 +1,39 @@
-//! O(1) datagram demultiplexing for one shard's socket: a map from remote
-//! address to peer for established paths, and for a remote seen for the
-//! first time, the local ICE ufrag in its STUN USERNAME. Nothing here scans
-//! the shard's peers.
+//! O(1) datagram demultiplexing for one shard's sockets: a map from remote
+//! (transport and address) to peer for established paths, and for a remote
+//! seen for the first time, the local ICE ufrag in its STUN USERNAME.
+//! Nothing here scans the shard's peers. A UDP and a TCP path from the same
+//! address are different remotes: each is learned on its own STUN check.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::SocketAddr;
 
 use str0m::ice::StunMessage;
+use str0m::net::Protocol;
 
 /// Remote addresses one peer may be reached from (ICE candidate pairs); more
 /// are refused so a peer cannot grow the map.
 const MAX_ADDRS_PER_PEER: usize = 8;
+
+/// Where a datagram came from: its transport and the remote's address
+/// (for TCP, the connection's remote end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Remote {
+    /// UDP, or TCP (RFC 4571 framed).
+    pub(crate) proto: Protocol,
+    /// The remote transport address.
+    pub(crate) addr: SocketAddr,
+}
+
+impl Remote {
+    /// A remote reached over UDP.
+    pub(crate) fn udp(addr: SocketAddr) -> Self {
+        Remote {
+            proto: Protocol::Udp,
+            addr,
+        }
+    }
+}
 
 /// Where a datagram goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,9 +49,9 @@ pub(crate) enum Route<K> {
 
 /// The shard's routing tables.
 pub(crate) struct Demux<K> {
-    by_addr: HashMap<SocketAddr, K>,
+    by_addr: HashMap<Remote, K>,
     by_ufrag: HashMap<String, K>,
-    addrs: HashMap<K, Vec<SocketAddr>>,
+    addrs: HashMap<K, Vec<Remote>>,
 }
 
 impl<K: Copy + Eq + Hash> Default for Demux<K> {
@@ -58,7 +80,7 @@ impl<K: Copy + Eq + Hash> Demux<K> {
     }
 
     /// Routes a datagram from `source`.
-    pub(crate) fn route(&self, source: SocketAddr, datagram: &[u8]) -> Route<K> {
+    pub(crate) fn route(&self, source: Remote, datagram: &[u8]) -> Route<K> {
         if let Some(&key) = self.by_addr.get(&source) {
             return Route::Known(key);
         }
@@ -73,9 +95,14 @@ impl<K: Copy + Eq + Hash> Demux<K> {
         Route::Unknown
     }
 
+    /// Whether `remote` is a learned path of some peer.
+    pub(crate) fn knows(&self, remote: Remote) -> bool {
+        self.by_addr.contains_key(&remote)
+    }
+
     /// Remembers that `key` is reached from `source`. Returns false when the
     /// peer already has its maximum number of addresses.
-    pub(crate) fn learn(&mut self, key: K, source: SocketAddr) -> bool {
+    pub(crate) fn learn(&mut self, key: K, source: Remote) -> bool {
         let Some(addrs) = self.addrs.get_mut(&key) else {
             return false;
         };
@@ -99,7 +126,7 @@ mod tests {
     fn unknown_and_non_stun_datagrams_go_nowhere() {
         let mut demux = Demux::default();
         demux.add_peer(1u32, "abcd");
-        let from: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let from = Remote::udp("127.0.0.1:5000".parse().unwrap());
         assert_eq!(demux.route(from, &[0x16, 0xfe, 0xfd]), Route::Unknown);
         assert_eq!(demux.route(from, &[]), Route::Unknown);
         assert!(demux.learn(1, from));
@@ -113,8 +140,30 @@ mod tests {
         let mut demux = Demux::default();
         demux.add_peer(1u32, "abcd");
         for port in 0..MAX_ADDRS_PER_PEER as u16 {
-            assert!(demux.learn(1, SocketAddr::from(([127, 0, 0, 1], 6000 + port))));
+            let addr = SocketAddr::from(([127, 0, 0, 1], 6000 + port));
+            assert!(demux.learn(1, Remote::udp(addr)));
         }
-        assert!(!demux.learn(1, "127.0.0.1:7000".parse().unwrap()));
+        assert!(!demux.learn(1, Remote::udp("127.0.0.1:7000".parse().unwrap())));
+    }
+
+    #[test]
+    fn udp_and_tcp_from_one_address_are_different_paths() {
+        let mut demux = Demux::default();
+        demux.add_peer(1u32, "abcd");
+        demux.add_peer(2u32, "efgh");
+        let addr: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let tcp = Remote {
+            proto: Protocol::Tcp,
+            addr,
+        };
+        assert!(demux.learn(1, Remote::udp(addr)));
+        assert_eq!(demux.route(tcp, &[0x16]), Route::Unknown);
+        assert!(!demux.knows(tcp));
+        assert!(demux.learn(2, tcp));
+        assert_eq!(demux.route(tcp, &[0x16]), Route::Known(2));
+        assert_eq!(demux.route(Remote::udp(addr), &[0x16]), Route::Known(1));
+        demux.remove_peer(2, "efgh");
+        assert!(!demux.knows(tcp));
+        assert!(demux.knows(Remote::udp(addr)));
     }
 }

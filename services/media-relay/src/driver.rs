@@ -1,18 +1,21 @@
 //! The thin tokio driver of one shard: it owns the shard's UDP socket, its
 //! command queue and the clock, feeds the [`RelayCore`] datagrams,
 //! commands, wake-ups and timeouts, and sends what the core wants sent,
-//! keeping a bounded queue while the socket's buffer is full.
+//! keeping a bounded queue while the socket's buffer is full. The shard's
+//! ICE-TCP connections, if it listens on TCP, are its [`TcpLane`]'s.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::net::Protocol;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::command::ShardCommand;
 use crate::core::{RelayCore, Transmit};
+use crate::ice_tcp::TcpLane;
 
 /// Longest the driver sleeps while the core has no deadline.
 const IDLE_WAIT: Duration = Duration::from_millis(500);
@@ -29,6 +32,7 @@ const RECV_BUFFER: usize = 2048;
 pub(crate) async fn run(
     mut core: RelayCore,
     socket: UdpSocket,
+    mut tcp: Option<TcpLane>,
     mut commands: mpsc::Receiver<ShardCommand>,
 ) {
     let wake = Arc::clone(core.wake_handle());
@@ -55,16 +59,35 @@ pub(crate) async fn run(
                     }
                 }
             }
+            input = next_tcp(&mut tcp) => {
+                if let Some(lane) = tcp.as_mut() {
+                    lane.handle(&mut core, input, Instant::now());
+                }
+            }
             _ = tokio::time::sleep_until(deadline.into()) => {}
             _ = wake.notified() => {}
         }
         let now = Instant::now();
         core.handle_timeout(now);
         core.handle_wake(now);
-        outbound.send_all(&socket, &mut core);
+        outbound.send_all(&socket, tcp.as_mut(), &mut core);
+        if let Some(lane) = tcp.as_mut() {
+            lane.sweep(&core, now);
+        }
     }
     core.shutdown();
-    outbound.send_all(&socket, &mut core);
+    outbound.send_all(&socket, tcp.as_mut(), &mut core);
+    if let Some(lane) = tcp.as_mut() {
+        lane.shutdown();
+    }
+}
+
+/// The lane's next input; never, without a lane.
+async fn next_tcp(tcp: &mut Option<TcpLane>) -> crate::ice_tcp::TcpInput {
+    match tcp {
+        Some(lane) => lane.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Hands one command to the core and its result to the asker.
@@ -93,12 +116,24 @@ struct Outbound {
 impl Outbound {
     /// Sends everything the core has for the wire, queueing (bounded) what
     /// the socket does not take now. Never blocks the shard.
-    fn send_all(&mut self, socket: &UdpSocket, core: &mut RelayCore) {
+    fn send_all(
+        &mut self,
+        socket: &UdpSocket,
+        mut tcp: Option<&mut TcpLane>,
+        core: &mut RelayCore,
+    ) {
         while let Some(Transmit {
+            proto,
             destination,
             contents,
         }) = core.poll_transmit()
         {
+            if proto != Protocol::Udp {
+                if let Some(lane) = tcp.as_deref_mut() {
+                    lane.send(destination, &contents);
+                }
+                continue;
+            }
             if self.queue.is_empty() {
                 match socket.try_send_to(&contents, destination) {
                     Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}

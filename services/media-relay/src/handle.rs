@@ -1,5 +1,5 @@
-//! Starting a relay and talking to it: [`start`] binds one UDP socket per
-//! shard and spawns a [`driver`](crate::driver) around each shard's
+//! Starting a relay and talking to it: [`start`] binds one UDP socket (and,
+//! with ICE-TCP, one TCP listener) per shard and spawns a [`driver`](crate::driver) around each shard's
 //! [`RelayCore`]; [`RelayHandle`] is how signaling (directly in one process,
 //! over NATS in a fleet) offers, trickles and closes peer connections.
 
@@ -15,7 +15,7 @@ use opentelemetry::global::{self, BoxedSpan};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use str0m::Candidate;
 use str0m::change::SdpOffer;
-use tokio::net::UdpSocket;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::WallClock;
@@ -25,6 +25,7 @@ use crate::core::RelayCore;
 use crate::directory::{Member, MemberChange};
 use crate::driver;
 use crate::error::RelayError;
+use crate::ice_tcp::{TcpLane, TcpLimits, Unverified};
 use crate::log::DeltaLog;
 use crate::metrics::RelayMetrics;
 use crate::shared::Shared;
@@ -34,6 +35,7 @@ use crate::timeline;
 struct ShardLink {
     commands: mpsc::Sender<ShardCommand>,
     addr: SocketAddr,
+    tcp_addr: Option<SocketAddr>,
 }
 
 /// A cheap, clonable handle to a running relay.
@@ -58,6 +60,7 @@ pub async fn start(
     let clock = WallClock::new(Instant::now(), SystemTime::now());
     let shared = Shared::new(config, log, metrics, clock);
     let mut links = Vec::new();
+    let unverified = Arc::new(Unverified::default());
     for index in 0..shared.shard_count() {
         let config = &shared.config;
         let socket = match config.udp_port_last {
@@ -73,21 +76,80 @@ pub async fn start(
             }
         };
         let addr = SocketAddr::new(config.advertised_ip, socket.local_addr()?.port());
-        let core =
+        let mut core =
             RelayCore::new(Arc::clone(&shared), index, addr).map_err(std::io::Error::other)?;
+        let (tcp, tcp_addr) = match config.ice_tcp {
+            true => {
+                let listener = listen_tcp(config, index)?;
+                let tcp_addr = SocketAddr::new(config.advertised_ip, listener.local_addr()?.port());
+                core.set_tcp_addr(tcp_addr);
+                let limits = TcpLimits {
+                    max_unverified: config.max_unverified_tcp,
+                    verify_timeout: config.tcp_verify_timeout,
+                };
+                let lane = TcpLane::new(
+                    listener,
+                    limits,
+                    Arc::clone(&unverified),
+                    shared.metrics.tcp.clone(),
+                );
+                (Some(lane), Some(tcp_addr))
+            }
+            false => (None, None),
+        };
         let (commands, receiver) = mpsc::channel(1024);
-        tokio::spawn(driver::run(core, socket, receiver));
-        links.push(ShardLink { commands, addr });
+        tokio::spawn(driver::run(core, socket, tcp, receiver));
+        links.push(ShardLink {
+            commands,
+            addr,
+            tcp_addr,
+        });
     }
     tracing::info!(
         relay = %shared.config.relay_id,
         addrs = ?links.iter().map(|l| l.addr).collect::<Vec<_>>(),
+        tcp_addrs = ?links.iter().filter_map(|l| l.tcp_addr).collect::<Vec<_>>(),
         "relay serving"
     );
     Ok(RelayHandle {
         shared,
         shards: Arc::new(links),
     })
+}
+
+/// Shard `index`'s ICE-TCP listener, on the port scheme of UDP.
+fn listen_tcp(config: &RelayConfig, index: usize) -> std::io::Result<TcpListener> {
+    match config.tcp_port_last {
+        Some(last) => first_free("TCP", config.tcp_port..=last, |port| {
+            bind_tcp(SocketAddr::new(config.bind_ip, port))
+        }),
+        None => {
+            let port = match config.tcp_port {
+                0 => 0,
+                base => base + u16::try_from(index).unwrap_or(u16::MAX),
+            };
+            bind_tcp(SocketAddr::new(config.bind_ip, port))
+        }
+    }
+}
+
+/// Connections waiting to be accepted; a flood beyond this is refused by
+/// the kernel before it costs the relay anything.
+const TCP_BACKLOG: i32 = 1024;
+
+/// Binds a non-blocking TCP listener.
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    // A restarted relay takes its port back while old connections linger.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(TCP_BACKLOG)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// Socket buffers big enough for a burst of fan-out (the kernel caps them
@@ -118,6 +180,12 @@ impl RelayHandle {
     /// The UDP addresses peers reach the shards at.
     pub fn udp_addrs(&self) -> Vec<SocketAddr> {
         self.shards.iter().map(|s| s.addr).collect()
+    }
+
+    /// The TCP addresses of the shards' passive ICE-TCP candidates (empty
+    /// without ICE-TCP).
+    pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.shards.iter().filter_map(|s| s.tcp_addr).collect()
     }
 
     /// Peer connections on the relay now.

@@ -12,7 +12,8 @@
 //! The rooms, in the order a delta passes them:
 //! - `handle`: [`start`] binds the sockets and spawns the shards;
 //!   [`RelayHandle`] sends them offers, trickles and closes (`command`).
-//! - `driver`: one shard's socket, queue and clock around its core.
+//! - `driver`: one shard's socket, queue and clock around its core;
+//!   `ice_tcp`: its ICE-TCP listener and connections (RFC 4571 framing).
 //! - `core`: the shard's peers, routing (`demux`), timers (`timers`) and
 //!   str0m's poll loop.
 //! - `peer`: one connection's protocol: commands, rate limits (`rate`),
@@ -38,6 +39,7 @@ mod driver;
 mod error;
 pub mod fleet;
 mod handle;
+mod ice_tcp;
 mod log;
 mod metrics;
 mod peer;

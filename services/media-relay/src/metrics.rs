@@ -100,6 +100,73 @@ pub struct RelayMetrics {
     pub presence_dropped: Family<DropLabels, Counter>,
     /// Direct messages (`PeerSignal`) routed to their recipient (PROTOCOL §9).
     pub signals: Counter,
+    /// The ICE-TCP listeners' connections.
+    pub tcp: TcpMetrics,
+}
+
+/// Labels of `relay_tcp_closed_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TcpCloseLabels {
+    /// Why: `refused` (too many unverified connections), `unverified` (no
+    /// verified STUN check in time), `bad_frame` (RFC 4571 length 0 or too
+    /// long), `peer_gone` (its peer closed), `remote` (closed or reset by
+    /// the remote end).
+    pub reason: &'static str,
+}
+
+/// The `reason` label values of `relay_tcp_closed_total`.
+pub(crate) const TCP_CLOSES: [&str; 5] =
+    ["refused", "unverified", "bad_frame", "peer_gone", "remote"];
+
+/// Metrics of the ICE-TCP connections (RFC 6544 passive, RFC 4571).
+#[derive(Clone, Default)]
+pub struct TcpMetrics {
+    /// Open ICE-TCP connections.
+    pub connections: Gauge,
+    /// Open ICE-TCP connections no peer's `Rtc` verified yet.
+    pub unverified: Gauge,
+    /// ICE-TCP connections closed or refused, by reason.
+    pub closed: Family<TcpCloseLabels, Counter>,
+    /// Datagrams dropped because a connection's write queue was full.
+    pub dropped_datagrams: Counter,
+}
+
+impl TcpMetrics {
+    /// Counts one connection closed (or refused) for `reason`.
+    pub fn close(&self, reason: &'static str) {
+        self.closed.get_or_create(&TcpCloseLabels { reason }).inc();
+    }
+
+    /// Connections closed so far for `reason`.
+    pub fn closes(&self, reason: &'static str) -> u64 {
+        self.closed.get_or_create(&TcpCloseLabels { reason }).get()
+    }
+
+    fn register(&self, relay: &mut Registry) {
+        relay.register(
+            "tcp_connections",
+            "Open ICE-TCP connections",
+            self.connections.clone(),
+        );
+        relay.register(
+            "tcp_unverified",
+            "Open ICE-TCP connections without a verified STUN check yet",
+            self.unverified.clone(),
+        );
+        relay.register(
+            "tcp_closed",
+            "ICE-TCP connections closed or refused, by reason",
+            self.closed.clone(),
+        );
+        relay.register(
+            "tcp_dropped_datagrams",
+            "Datagrams dropped because an ICE-TCP connection's write queue was full",
+            self.dropped_datagrams.clone(),
+        );
+        for reason in TCP_CLOSES {
+            let _ = self.closed.get_or_create(&TcpCloseLabels { reason });
+        }
+    }
 }
 
 impl Default for RelayMetrics {
@@ -122,6 +189,7 @@ impl Default for RelayMetrics {
             presence_out: Counter::default(),
             presence_dropped: Family::default(),
             signals: Counter::default(),
+            tcp: TcpMetrics::default(),
         }
     }
 }
@@ -220,6 +288,7 @@ impl RelayMetrics {
             "Direct messages (PeerSignal) routed to their recipient",
             metrics.signals.clone(),
         );
+        metrics.tcp.register(relay);
         for reason in PRESENCE_DROPS {
             let _ = metrics
                 .presence_dropped
