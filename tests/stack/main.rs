@@ -4,6 +4,7 @@
 mod common;
 mod delta_flow;
 mod disconnect;
+mod ice_tcp;
 mod resume;
 mod security;
 mod signaling;

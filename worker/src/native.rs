@@ -8,6 +8,10 @@
 //! only the `send` channel). A `Drain` moves the peer after the relay's
 //! `reconnect_after_ms`; `HISTORY_LOST` ends it with
 //! [`PeerEvent::Stopped`].
+//!
+//! With [`ConnectOptions::ice_tcp`] it also offers an active ICE-TCP
+//! candidate (RFC 6544) and reaches a relay's passive TCP candidate
+//! through `ice_tcp` when UDP does not get through.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -19,13 +23,16 @@ use deltamesh_proto::trace::{TRACEPARENT, random_traceparent};
 use deltamesh_proto::{Id, pb};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, TcpType};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backoff::ReconnectPolicy;
+
+mod ice_tcp;
 use crate::core::{Features, PeerCore, PeerEvent, SendError};
+use ice_tcp::TcpPaths;
 
 /// The bit that marks a ping nonce as the driver's own keepalive.
 const KEEPALIVE_NONCE: u64 = 1 << 63;
@@ -61,6 +68,12 @@ pub struct ConnectOptions {
     /// Keepalive pings, when the relay counts as gone, and the reconnect
     /// backoff (hearing from the relay means any datagram).
     pub reconnect: ReconnectPolicy,
+    /// Offer a UDP host candidate. Default: on.
+    pub udp: bool,
+    /// Offer an active ICE-TCP candidate, so the peer connects over TCP to
+    /// a relay's passive candidate when UDP is blocked. Default: off (ICE
+    /// would open a TCP connection beside every working UDP path).
+    pub ice_tcp: bool,
 }
 
 impl ConnectOptions {
@@ -77,6 +90,8 @@ impl ConnectOptions {
             send_window: 16 * 1024,
             connect_timeout: Duration::from_secs(10),
             reconnect: ReconnectPolicy::default(),
+            udp: true,
+            ice_tcp: false,
         }
     }
 }
@@ -358,6 +373,9 @@ struct Link {
     rtc: Rtc,
     socket: Arc<UdpSocket>,
     local_addr: SocketAddr,
+    /// The active TCP candidate's address, when the peer offers one.
+    tcp_local: Option<SocketAddr>,
+    tcp: TcpPaths,
     channels: [ChannelId; 4],
     /// The peer resource's URL, for `DELETE`.
     resource: String,
@@ -379,9 +397,23 @@ impl Link {
             .set_sctp_max_buffered_amount(SCTP_SEND_BUFFER)
             .clear_codecs()
             .build(Instant::now());
-        let candidate =
-            Candidate::host(local_addr, "udp").map_err(|e| ConnectError::Rtc(e.to_string()))?;
-        rtc.add_local_candidate(candidate);
+        if options.udp {
+            let candidate =
+                Candidate::host(local_addr, "udp").map_err(|e| ConnectError::Rtc(e.to_string()))?;
+            rtc.add_local_candidate(candidate);
+        }
+        let tcp_local = options
+            .ice_tcp
+            .then(|| SocketAddr::new(local_ip, ice_tcp::ACTIVE_PORT));
+        if let Some(addr) = tcp_local {
+            let candidate = Candidate::builder()
+                .tcp()
+                .host(addr)
+                .tcptype(TcpType::Active)
+                .build()
+                .map_err(|e| ConnectError::Rtc(e.to_string()))?;
+            rtc.add_local_candidate(candidate);
+        }
         let mut sdp = rtc.sdp_api();
         let channels =
             Channel::ALL.map(|channel| sdp.add_channel_with_config(channel_config(channel)));
@@ -420,10 +452,24 @@ impl Link {
             rtc,
             socket: Arc::new(socket),
             local_addr,
+            tcp_local,
+            tcp: TcpPaths::default(),
             channels,
             resource: format!("{}{}", options.signal_url, location),
             traceparent,
         })
+    }
+
+    /// Sends one of str0m's datagrams on its transport.
+    fn transmit(&mut self, transmit: &str0m::net::Transmit) {
+        match transmit.proto {
+            Protocol::Udp => {
+                let _ = self
+                    .socket
+                    .try_send_to(&transmit.contents, transmit.destination);
+            }
+            _ => self.tcp.send(transmit.destination, &transmit.contents),
+        }
     }
 
     fn channel_of(&self, id: ChannelId) -> Option<Channel> {
@@ -535,8 +581,12 @@ impl Driver {
                 received = socket.recv_from(&mut buf) => {
                     if let Ok((len, source)) = received {
                         last_rx = Instant::now();
-                        self.receive(source, &buf[..len]);
+                        self.receive(Protocol::Udp, source, &buf[..len]);
                     }
+                }
+                (source, datagram) = self.link.tcp.recv() => {
+                    last_rx = Instant::now();
+                    self.receive(Protocol::Tcp, source, &datagram);
                 }
                 _ = tokio::time::sleep_until(timeout.min(check_at).into()) => {
                     if let Err(error) = self.link.rtc.handle_input(Input::Timeout(Instant::now())) {
@@ -609,16 +659,23 @@ impl Driver {
         }
     }
 
-    fn receive(&mut self, source: SocketAddr, datagram: &[u8]) {
+    fn receive(&mut self, proto: Protocol, source: SocketAddr, datagram: &[u8]) {
+        let destination = match proto {
+            Protocol::Udp => self.link.local_addr,
+            _ => match self.link.tcp_local {
+                Some(addr) => addr,
+                None => return,
+            },
+        };
         let Ok(contents) = datagram.try_into() else {
             return;
         };
         let input = Input::Receive(
             Instant::now(),
             Receive {
-                proto: Protocol::Udp,
+                proto,
                 source,
-                destination: self.link.local_addr,
+                destination,
                 contents,
             },
         );
@@ -637,12 +694,7 @@ impl Driver {
                 .poll_output()
                 .map_err(|e| Ended::Lost(format!("webrtc: {e}")))?;
             match output {
-                Output::Transmit(transmit) => {
-                    let _ = self
-                        .link
-                        .socket
-                        .try_send_to(&transmit.contents, transmit.destination);
-                }
+                Output::Transmit(transmit) => self.link.transmit(&transmit),
                 Output::Event(event) => self.on_event(event)?,
                 Output::Timeout(_) if self.core.wants_to_transmit() && !retried => {
                     // str0m applies acknowledgements while polling, so the
@@ -702,12 +754,7 @@ impl Driver {
     fn flush_transmits(&mut self) {
         while let Ok(output) = self.link.rtc.poll_output() {
             match output {
-                Output::Transmit(transmit) => {
-                    let _ = self
-                        .link
-                        .socket
-                        .try_send_to(&transmit.contents, transmit.destination);
-                }
+                Output::Transmit(transmit) => self.link.transmit(&transmit),
                 Output::Event(_) => {}
                 Output::Timeout(_) => return,
             }
