@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::common::{TOKEN, next_matching, stack};
+use crate::common::{TOKEN, next_matching, stack_with};
 use deltamesh_proto::Id;
 use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent, ReceivedDelta};
 
@@ -24,7 +24,8 @@ async fn receive(peer: &mut NativePeer, count: usize) -> Vec<ReceivedDelta> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_on_ice_tcp_only_and_a_peer_on_udp_share_one_order() {
-    let stack = stack().await;
+    // Verified connections outlive the deadline for unverified ones.
+    let stack = stack_with(|relay| relay.tcp_verify_timeout = Duration::from_millis(300)).await;
     assert_eq!(
         stack.relays[0].tcp_addrs().len(),
         1,
@@ -40,6 +41,7 @@ async fn a_peer_on_ice_tcp_only_and_a_peer_on_udp_share_one_order() {
     let mut udp_options = ConnectOptions::new(&stack.signal_url(), "tcp-doc", TOKEN);
     udp_options.echo = true;
     let mut udp = NativePeer::connect(udp_options).await.expect("UDP peer");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     let per_peer = 300usize;
     let payload = |lane: &str, i: usize| format!("{lane} {i} ").repeat(i % 5 + 1).into_bytes();
@@ -88,7 +90,7 @@ async fn a_peer_on_ice_tcp_only_and_a_peer_on_udp_share_one_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_relays_tcp_candidate_a_peer_without_udp_does_not_connect() {
-    let stack = crate::common::stack_with(|relay| relay.ice_tcp = false).await;
+    let stack = stack_with(|relay| relay.ice_tcp = false).await;
     assert!(stack.relays[0].tcp_addrs().is_empty());
     let mut options = ConnectOptions::new(&stack.signal_url(), "tcp-doc", TOKEN);
     options.udp = false;
