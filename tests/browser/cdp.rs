@@ -34,6 +34,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::netns::NetNs;
+
 /// How long one CDP request may take before the driver panics.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long Chromium may take to print its DevTools endpoint.
@@ -57,6 +59,16 @@ impl Browser {
     /// Starts Chromium with a fresh profile and connects to it; panics with
     /// the reason (and Chromium's stderr) if that fails.
     pub(crate) async fn launch() -> Browser {
+        Browser::launch_with(None).await
+    }
+
+    /// Like [`launch`](Self::launch), with Chromium inside `netns` (its
+    /// network is the namespace's; DevTools is reached from inside it).
+    pub(crate) async fn launch_in(netns: &NetNs) -> Browser {
+        Browser::launch_with(Some(netns)).await
+    }
+
+    async fn launch_with(netns: Option<&NetNs>) -> Browser {
         let exe = std::env::var_os("CHROMIUM")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
@@ -67,7 +79,10 @@ impl Browser {
             exe.display()
         );
         let profile_dir = fresh_profile_dir();
-        let mut command = Command::new(&exe);
+        let mut command = match netns {
+            Some(netns) => netns.exec(&exe),
+            None => Command::new(&exe),
+        };
         command
             .args([
                 "--headless",
@@ -143,8 +158,15 @@ impl Browser {
                 );
             }
         };
-        let (socket, _) = tokio_tungstenite::connect_async(endpoint.as_str())
-            .await
+        let connected = match netns {
+            Some(netns) => {
+                let stream = devtools_stream_in(netns, &endpoint);
+                let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+                tokio_tungstenite::client_async(endpoint.as_str(), stream).await
+            }
+            None => tokio_tungstenite::connect_async(endpoint.as_str()).await,
+        };
+        let (socket, _) = connected
             .unwrap_or_else(|e| panic!("cannot open Chromium's DevTools socket {endpoint}: {e}"));
         let (mut sink, mut stream) = socket.split();
 
@@ -624,6 +646,28 @@ fn drain_stderr(
         }
         tail.push(line);
     }
+}
+
+/// A TCP connection to the DevTools `endpoint` (`ws://127.0.0.1:PORT/…`)
+/// of a Chromium inside `netns`: made from a thread that entered it.
+fn devtools_stream_in(netns: &NetNs, endpoint: &str) -> tokio::net::TcpStream {
+    let authority = endpoint
+        .strip_prefix("ws://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("unexpected DevTools endpoint {endpoint}"))
+        .to_owned();
+    let stream = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                netns.enter();
+                std::net::TcpStream::connect(&authority)
+            })
+            .join()
+            .expect("the thread entering the namespace")
+    })
+    .unwrap_or_else(|e| panic!("cannot reach DevTools at {authority} in the namespace: {e}"));
+    stream.set_nonblocking(true).expect("non-blocking");
+    tokio::net::TcpStream::from_std(stream).expect("a tokio stream")
 }
 
 /// A new, empty directory for one browser's profile.

@@ -6,8 +6,11 @@ mod common;
 mod demo;
 mod direct;
 mod exchange;
+mod ice_tcp;
 mod large;
 mod moves;
+#[path = "../support/netns.rs"]
+mod netns;
 mod presence;
 mod reconnect;
 mod signal_errors;
