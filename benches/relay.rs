@@ -2,9 +2,12 @@
 //! (the `deltamesh` binary, its own process) with native peers over
 //! loopback UDP, printed side by side with ratios; then what security
 //! costs: signing deltas (against the unsigned relay) and token checks;
-//! then what tracing costs (spans exported over OTLP against tracing off).
+//! then what tracing costs (spans exported over OTLP against tracing off);
+//! then the lanes side by side: connect time, throughput and memory per
+//! idle peer over UDP and over ICE-TCP (RFC 4571 on loopback TCP).
 //!
-//! Run: `cargo bench --bench relay` (add `-- --quick` for a short run).
+//! Run: `cargo bench --bench relay` (add `-- --quick` for a short run, and
+//! `--lanes` for the lanes section alone).
 
 #[path = "support/raw_str0m.rs"]
 mod raw_str0m;
@@ -36,6 +39,7 @@ struct Sizes {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let lanes_only = args.iter().any(|a| a == "--lanes");
     // The in-flight window, the same for raw str0m, the relay and the peers.
     let window: usize = args
         .iter()
@@ -63,16 +67,20 @@ fn main() {
         window / 1024
     );
 
-    println!(
-        "1. fan-out throughput: 1 sender, {} receivers",
-        sizes.receivers
-    );
     // The clients share one thread, so the relay process has the other core
     // and client tasks wake each other without crossing threads.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
+    if lanes_only {
+        lanes(&runtime, window, &sizes);
+        return;
+    }
+    println!(
+        "1. fan-out throughput: 1 sender, {} receivers",
+        sizes.receivers
+    );
     for size in [100usize, 1024] {
         // Raw str0m carries messages of the relayed size (security header +
         // frame), the bytes str0m moves per delivered delta: a 1 KiB frame
@@ -182,6 +190,65 @@ fn main() {
         sizes.receivers, sizes.connects
     );
     tracing_cost(&runtime, window, &sizes);
+    lanes(&runtime, window, &sizes);
+}
+
+/// How a benchmark peer reaches the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// A UDP host candidate (the default).
+    Udp,
+    /// Only an active ICE-TCP candidate, to the relay's passive one.
+    IceTcp,
+}
+
+/// Section 7: connect time, fan-out throughput and memory per idle peer,
+/// over UDP and over ICE-TCP, each against a fresh relay, in one run.
+fn lanes(runtime: &tokio::runtime::Runtime, window: usize, sizes: &Sizes) {
+    println!(
+        "\n7. lanes: UDP beside ICE-TCP (loopback), {} sequential connects, fan-out 1 -> {}, {} idle peers",
+        sizes.connects, sizes.receivers, sizes.idle_peers
+    );
+    for lane in [Lane::Udp, Lane::IceTcp] {
+        let relay = Relay::spawn(window);
+        let mut times = runtime.block_on(sequential_connects_on(&relay, sizes.connects, lane));
+        times.sort();
+        let mut rates = Vec::new();
+        for size in [100usize, 1024] {
+            let (delivered, elapsed, cpu) = runtime.block_on(fan_out_on(
+                &relay,
+                lane,
+                size,
+                sizes.deltas,
+                sizes.receivers,
+            ));
+            rates.push((
+                size,
+                delivered as f64 / elapsed.as_secs_f64(),
+                cpu.as_secs_f64() * 1e6 / delivered as f64,
+            ));
+        }
+        drop(relay);
+        let relay = Relay::spawn(window);
+        let before = relay.rss_bytes();
+        let peers = runtime.block_on(connect_many_on(&relay, sizes.idle_peers, lane));
+        std::thread::sleep(Duration::from_secs(2));
+        let after = relay.rss_bytes();
+        let per_peer = after.saturating_sub(before) as f64 / 1024.0 / peers.len() as f64;
+        drop(peers);
+        println!(
+            "   {lane:?}: connect p50 {:.2} ms, p99 {:.2} ms | {} | idle peer {per_peer:.1} KiB RSS",
+            ms(percentile(&times, 0.50)),
+            ms(percentile(&times, 0.99)),
+            rates
+                .iter()
+                .map(|(size, rate, us)| format!(
+                    "{size} B: {rate:.0} deltas/s, {us:.2} us relay CPU each"
+                ))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
 }
 
 /// An OTLP trace receiver that only counts the spans it gets.
@@ -383,13 +450,21 @@ impl Relay {
     }
 
     fn options(&self, session: &str) -> ConnectOptions {
+        self.options_on(session, Lane::Udp)
+    }
+
+    fn options_on(&self, session: &str, lane: Lane) -> ConnectOptions {
         let mut options = ConnectOptions::new(&self.url, session, TOKEN);
         options.send_window = self.window;
+        if lane == Lane::IceTcp {
+            options.udp = false;
+            options.ice_tcp = true;
+        }
         options
     }
 
-    async fn join(&self, session: &str) -> NativePeer {
-        NativePeer::connect(self.options(session))
+    async fn join_on(&self, session: &str, lane: Lane) -> NativePeer {
+        NativePeer::connect(self.options_on(session, lane))
             .await
             .expect("peer connects")
     }
@@ -411,11 +486,23 @@ async fn fan_out(
     count: u64,
     receivers: usize,
 ) -> (u64, Duration, Duration) {
+    fan_out_on(relay, Lane::Udp, size, count, receivers).await
+}
+
+/// [`fan_out`] with every peer on `lane`.
+async fn fan_out_on(
+    relay: &Relay,
+    lane: Lane,
+    size: usize,
+    count: u64,
+    receivers: usize,
+) -> (u64, Duration, Duration) {
+    let session = format!("fan-out-{lane:?}-{size}");
     let mut sinks = Vec::new();
     for _ in 0..receivers {
-        sinks.push(relay.join("fan-out").await);
+        sinks.push(relay.join_on(&session, lane).await);
     }
-    let mut sender = relay.join("fan-out").await;
+    let mut sender = relay.join_on(&session, lane).await;
     let started = Instant::now();
     let cpu_before = relay.cpu_time();
     let counting: Vec<_> = sinks
@@ -460,10 +547,14 @@ async fn fan_out(
 }
 
 async fn sequential_connects(relay: &Relay, count: usize) -> Vec<Duration> {
+    sequential_connects_on(relay, count, Lane::Udp).await
+}
+
+async fn sequential_connects_on(relay: &Relay, count: usize, lane: Lane) -> Vec<Duration> {
     let mut times = Vec::with_capacity(count);
     for i in 0..count {
         let started = Instant::now();
-        let peer = relay.join(&format!("connect-{i}")).await;
+        let peer = relay.join_on(&format!("connect-{i}"), lane).await;
         times.push(started.elapsed());
         peer.close().await;
     }
@@ -493,9 +584,13 @@ async fn concurrent_connects(relay: &Relay, count: usize, parallel: usize) -> us
 }
 
 async fn connect_many(relay: &Relay, count: usize) -> Vec<NativePeer> {
+    connect_many_on(relay, count, Lane::Udp).await
+}
+
+async fn connect_many_on(relay: &Relay, count: usize, lane: Lane) -> Vec<NativePeer> {
     let mut peers = Vec::with_capacity(count);
     for i in 0..count {
-        peers.push(relay.join(&format!("idle-{}", i % 50)).await);
+        peers.push(relay.join_on(&format!("idle-{}", i % 50), lane).await);
     }
     peers
 }

@@ -41,6 +41,9 @@ use crate::metrics::TcpMetrics;
 const WRITE_QUEUE: usize = 256;
 /// Frames from all of a shard's connections waiting for the shard.
 const FRAME_QUEUE: usize = 1024;
+/// Frames handled per wake-up before timers and wake-ups get a turn (as
+/// the UDP driver's batch).
+const EVENT_BATCH: usize = 64;
 /// Bytes one read takes from a socket.
 const READ_CHUNK: usize = 4096;
 /// Longest one write may wait on a remote that does not read before the
@@ -157,7 +160,8 @@ impl TcpLane {
         }
     }
 
-    /// Handles what [`next`](Self::next) returned.
+    /// Handles what [`next`](Self::next) returned, and up to
+    /// [`EVENT_BATCH`] more frames already waiting.
     pub(crate) fn handle(&mut self, core: &mut RelayCore, input: TcpInput, now: Instant) {
         match input {
             TcpInput::Accepted(Ok((stream, remote))) => self.accept(stream, remote, now),
@@ -165,6 +169,12 @@ impl TcpLane {
                 tracing::debug!(%error, "ICE-TCP accept failed");
             }
             TcpInput::Event(event) => self.on_event(core, event, now),
+        }
+        for _ in 1..EVENT_BATCH {
+            match self.frames.try_recv() {
+                Ok(event) => self.on_event(core, event, now),
+                Err(_) => break,
+            }
         }
     }
 
