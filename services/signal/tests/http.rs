@@ -1041,7 +1041,7 @@ async fn preflight_options_answer_204_with_cors_and_accept_post() {
         );
         assert_eq!(
             header(&response, "access-control-expose-headers"),
-            "Location, ETag, Retry-After, Accept-Post"
+            "Location, ETag, Retry-After, Accept-Post, Link"
         );
         assert_eq!(header(&response, "accept-post"), "application/sdp");
     }
@@ -1644,4 +1644,155 @@ async fn a_rate_limited_client_still_writing_its_body_sees_its_429() {
     let path = format!("/v1/sessions/{SESSION}/peers");
     let got = slow_post(&signal.base, &path, &headers, OFFER.as_bytes()).await;
     assert_eq!(got.ok(), Some(429));
+}
+
+// ---------------------------------------------------------------- ICE servers (§10)
+
+const TURN_SECRET: &[u8] = b"turn-shared-secret";
+
+/// A signal service with a STUN and two TURN servers, and signed tokens.
+async fn signal_with_ice_servers() -> Signal {
+    signal_with_keys(|config| {
+        config.ice_servers = deltamesh_signal::IceServers::new(
+            vec!["stun:stun.example.net:3478".into()],
+            vec![
+                "turn:turn.example.net:3478?transport=udp".into(),
+                "turn:turn.example.net:3478?transport=tcp".into(),
+            ],
+            Some(TURN_SECRET),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    })
+    .await
+}
+
+fn links(response: &Response) -> Vec<String> {
+    response
+        .headers()
+        .get_all("link")
+        .iter()
+        .map(|value| value.to_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The TURN REST credential for `username`, computed here on its own.
+fn turn_password(username: &str) -> String {
+    use aws_lc_rs::hmac;
+    use base64::Engine;
+    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, TURN_SECRET);
+    base64::engine::general_purpose::STANDARD.encode(hmac::sign(&key, username.as_bytes()))
+}
+
+/// The `username` of a TURN `link`, split into expiry and identity.
+fn turn_username(link: &str) -> (u64, String) {
+    let start = link.find("username=\"").expect("a username") + "username=\"".len();
+    let username = &link[start..start + link[start..].find('"').unwrap()];
+    let (expiry, identity) = username.split_once(':').unwrap();
+    (expiry.parse().unwrap(), identity.to_owned())
+}
+
+fn assert_turn_links(links: &[String], identity: &str, latest_expiry: u64) {
+    assert_eq!(links.len(), 3, "{links:?}");
+    assert_eq!(links[0], "<stun:stun.example.net:3478>; rel=\"ice-server\"");
+    for (link, transport) in links[1..].iter().zip(["udp", "tcp"]) {
+        let (expiry, who) = turn_username(link);
+        assert_eq!(who, identity, "{link}");
+        assert!(
+            expiry <= latest_expiry && expiry + 60 > latest_expiry,
+            "{link}"
+        );
+        let username = format!("{expiry}:{identity}");
+        assert_eq!(
+            *link,
+            format!(
+                "<turn:turn.example.net:3478?transport={transport}>; rel=\"ice-server\"; \
+                 username=\"{username}\"; credential=\"{}\"; credential-type=\"password\"",
+                turn_password(&username)
+            )
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_201_and_an_authenticated_options_list_the_same_ice_servers() {
+    let signal = signal_with_ice_servers().await;
+    // The token expires before the lifetime ends: the credential with it.
+    let token_expiry = unix_now() + 120;
+    let token = signed("alice", SESSION, Grants::ALL, token_expiry);
+    let created = signal
+        .request(Method::POST, &format!("/v1/sessions/{SESSION}/peers"))
+        .bearer_auth(&token)
+        .header("content-type", "application/sdp")
+        .body(OFFER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_turn_links(&links(&created), "alice", token_expiry);
+    assert!(header(&created, "access-control-expose-headers").contains("Link"));
+
+    let options = signal
+        .request(Method::OPTIONS, &format!("/v1/sessions/{SESSION}/peers"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(options.status(), StatusCode::NO_CONTENT);
+    assert_eq!(links(&options), links(&created));
+    assert_eq!(header(&options, "accept-post"), "application/sdp");
+}
+
+#[tokio::test]
+async fn the_development_token_gets_credentials_for_dev_within_the_lifetime() {
+    let signal = signal_with_ice_servers().await;
+    let response = signal
+        .api(Method::OPTIONS, &format!("/v1/sessions/{SESSION}/peers"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_turn_links(&links(&response), DEV_SUBJECT, unix_now() + 600);
+}
+
+#[tokio::test]
+async fn a_preflight_lists_stun_but_never_turn_credentials() {
+    let signal = signal_with_ice_servers().await;
+    let response = signal
+        .request(Method::OPTIONS, &format!("/v1/sessions/{SESSION}/peers"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "OPTIONS")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        links(&response),
+        ["<stun:stun.example.net:3478>; rel=\"ice-server\""]
+    );
+    assert!(signal.network.calls().is_empty());
+}
+
+#[tokio::test]
+async fn an_options_with_a_bad_token_is_refused_and_hands_out_nothing() {
+    let signal = signal_with_ice_servers().await;
+    let path = format!("/v1/sessions/{SESSION}/peers");
+    let forged = signal
+        .request(Method::OPTIONS, &path)
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert!(links(&forged).is_empty());
+    problem(forged, StatusCode::UNAUTHORIZED).await;
+    let other = signed("alice", "another-session", Grants::ALL, in_an_hour());
+    let elsewhere = signal
+        .request(Method::OPTIONS, &path)
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert!(links(&elsewhere).is_empty());
+    problem(elsewhere, StatusCode::FORBIDDEN).await;
 }

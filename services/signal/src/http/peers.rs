@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
-use axum::http::header::{CONTENT_TYPE, ETAG, LOCATION};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, ETAG, LINK, LOCATION};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use deltamesh_proto::Id;
@@ -20,6 +20,9 @@ use serde::Serialize;
 
 use super::App;
 use super::body::{self, SDP, TRICKLE_ICE};
+use super::cors;
+use crate::auth::Caller;
+use crate::ice_servers::Holder;
 use crate::network::{ConnectRequest, Network, PeerInfo};
 use crate::problem::ApiError;
 use crate::{etag, ids, sdp};
@@ -77,7 +80,7 @@ async fn offer<N: Network>(
     let offer_sdp = sdp::check_offer(&body)?.to_owned();
     let connect = ConnectRequest {
         session: session.clone(),
-        identity: caller.subject,
+        identity: caller.subject.clone(),
         grants: caller.grants,
         offer_sdp,
         trace: trace.clone(),
@@ -108,7 +111,55 @@ async fn offer<N: Network>(
         (LOCATION, location),
         (ETAG, etag),
     ];
-    Ok((StatusCode::CREATED, headers, connected.answer_sdp).into_response())
+    let mut response = (StatusCode::CREATED, headers, connected.answer_sdp).into_response();
+    add_ice_servers(app, Some(&caller), &mut response);
+    Ok(response)
+}
+
+/// `OPTIONS /v1/sessions/{session}/peers`: the CORS preflight answer and
+/// the ICE servers (§10). A request with a token (not a preflight: browsers
+/// send none there) must carry a valid one for the session and gets TURN
+/// credentials bound to it; one without gets the STUN servers only.
+pub(super) async fn options<N: Network>(
+    State(app): State<Arc<App<N>>>,
+    path: PathParams<String>,
+    request: Request,
+) -> Response {
+    answer("ice servers", ice_servers(&app, path, request))
+}
+
+fn ice_servers<N: Network>(
+    app: &App<N>,
+    path: PathParams<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let caller = if request.headers().contains_key(AUTHORIZATION) {
+        let caller = app.admit(&request)?;
+        caller.may_enter(&session(path)?)?;
+        Some(caller)
+    } else {
+        None
+    };
+    let mut response = cors::preflight(cors::COLLECTION_METHODS);
+    add_ice_servers(app, caller.as_ref(), &mut response);
+    Ok(response)
+}
+
+/// Appends the configured ICE servers to `response` as `Link` headers, with
+/// TURN credentials for `caller` when there is one.
+fn add_ice_servers<N>(app: &App<N>, caller: Option<&Caller>, response: &mut Response) {
+    let now_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    let holder = caller.map(|caller| Holder {
+        identity: &caller.subject,
+        expires_at: caller.expires_at,
+    });
+    let headers = response.headers_mut();
+    for link in app.config.ice_servers.links(holder, now_unix) {
+        headers.append(LINK, link);
+    }
 }
 
 /// `PATCH /v1/sessions/{session}/peers/{peer}`: trickled ICE candidates, or
