@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::backoff::ReconnectPolicy;
 use crate::core::{Features, PeerCore, PeerEvent, SendError};
+use crate::ice_servers::{IceServer, parse_links};
 
 /// The bit that marks a ping nonce as the driver's own keepalive.
 const KEEPALIVE_NONCE: u64 = 1 << 63;
@@ -146,6 +147,7 @@ pub struct NativePeer {
     events: mpsc::Receiver<PeerEvent>,
     welcome: pb::Welcome,
     traceparent: String,
+    ice_servers: Vec<IceServer>,
 }
 
 impl NativePeer {
@@ -154,6 +156,7 @@ impl NativePeer {
         let http = shared_http_client();
         let link = Link::establish(&options, &http).await?;
         let traceparent = link.traceparent.clone();
+        let ice_servers = link.ice_servers.clone();
         let (requests, request_rx) = mpsc::channel(1024);
         let (event_tx, mut events) = mpsc::channel(65_536);
         let features = Features {
@@ -186,7 +189,17 @@ impl NativePeer {
             events,
             welcome,
             traceparent,
+            ice_servers,
         })
+    }
+
+    /// The ICE servers signal listed with the first connection's answer
+    /// (PROTOCOL §10), TURN credentials included. The native peer reports
+    /// them but gathers no candidates through them: str0m has no STUN or
+    /// TURN client (docs/ARCHITECTURE.md, "ICE servers, TURN and trickle"),
+    /// so it connects where UDP reaches a relay's host candidate.
+    pub fn ice_servers(&self) -> &[IceServer] {
+        &self.ice_servers
     }
 
     /// The `traceparent` the first connection's offer carried: each
@@ -363,6 +376,8 @@ struct Link {
     resource: String,
     /// The trace this connection is (sent with its offer).
     traceparent: String,
+    /// The ICE servers listed with the answer.
+    ice_servers: Vec<IceServer>,
 }
 
 impl Link {
@@ -408,6 +423,13 @@ impl Link {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
+        let ice_servers = parse_links(
+            response
+                .headers()
+                .get_all("link")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
         let body = response.text().await?;
         if status.as_u16() != 201 {
             return Err(ConnectError::Refused {
@@ -423,6 +445,7 @@ impl Link {
             channels,
             resource: format!("{}{}", options.signal_url, location),
             traceparent,
+            ice_servers,
         })
     }
 
