@@ -11,6 +11,7 @@ mod moves;
 mod presence;
 mod reconnect;
 mod signal_errors;
+mod turn;
 
 use std::time::{Duration, Instant};
 

@@ -12,9 +12,9 @@
 pub mod backoff;
 pub mod core;
 pub mod ice_servers;
-pub mod trickle;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
+pub mod trickle;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod verify;
 #[cfg(target_arch = "wasm32")]

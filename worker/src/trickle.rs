@@ -78,7 +78,9 @@ fn is_worth_sending(line: &str) -> bool {
         && fields
             .get(4)
             .is_some_and(|address| address.parse::<std::net::IpAddr>().is_ok())
-        && fields.get(5).is_some_and(|port| port.parse::<u16>().is_ok())
+        && fields
+            .get(5)
+            .is_some_and(|port| port.parse::<u16>().is_ok())
 }
 
 #[cfg(test)]
