@@ -4,6 +4,7 @@
 mod common;
 mod delta_flow;
 mod disconnect;
+mod ice_restart;
 mod ice_servers;
 mod resume;
 mod security;

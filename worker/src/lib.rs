@@ -1,8 +1,9 @@
 //! The deltamesh peer. [`core`] is the protocol as a sans-IO state machine
 //! (client_seq, acks, resume, in-order delivery, the command channel) and
 //! [`backoff`] paces reconnects; [`ice_servers`] reads the STUN and TURN
-//! servers signal hands out and [`trickle`] queues late candidates for
-//! `PATCH`. Two thin drivers run them:
+//! servers signal hands out, [`trickle`] queues late candidates for
+//! `PATCH` and [`ice_restart`] writes and reads the sdpfrags of an ICE
+//! restart. Two thin drivers run them:
 //! - `native` (not on wasm32) drives the core with str0m over UDP for
 //!   servers, the command-line client and benchmarks (with [`verify`] for
 //!   relay signatures);
@@ -11,6 +12,7 @@
 
 pub mod backoff;
 pub mod core;
+pub mod ice_restart;
 pub mod ice_servers;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;

@@ -30,13 +30,14 @@ use opentelemetry::global::BoxedSpan;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, IceCreds, Input, Output, Rtc, RtcConfig};
 
 use crate::command::{Offer, OfferAnswer, PeerAccess};
 use crate::config::{SCTP_MAX_MESSAGE_SIZE, SCTP_SEND_BUFFER};
 use crate::demux::{Demux, Route};
 use crate::directory::{Limits, Member, MemberState};
 use crate::error::RelayError;
+use crate::ice_restart::{IceRestart, IceRestarted};
 use crate::log::AckTo;
 use crate::peer::Peer;
 use crate::shared::Shared;
@@ -256,6 +257,43 @@ impl RelayCore {
         self.drive(key, now);
         self.reap();
         Ok(())
+    }
+
+    /// Restarts `peer_id`'s ICE (RFC 9725 §4.4): fresh local credentials,
+    /// the peer's new ones and candidates; the connection (DTLS, SCTP,
+    /// channels, its place in the stream) stays. The demux and the
+    /// directory learn the new local ufrag (the resource's new ETag); a
+    /// check from a new address under it is verified and learned as any
+    /// first check is.
+    pub fn restart_ice(
+        &mut self,
+        now: Instant,
+        peer_id: Id,
+        restart: IceRestart,
+    ) -> Result<IceRestarted, RelayError> {
+        let key = *self.by_id.get(&peer_id).ok_or(RelayError::UnknownPeer)?;
+        let peer = self.peers.get_mut(&key).ok_or(RelayError::UnknownPeer)?;
+        let candidate = Candidate::host(self.local_addr, "udp")
+            .map_err(|e| RelayError::BadCandidate(format!("relay host candidate: {e}")))?;
+        let local = IceCreds::new();
+        let mut api = peer.rtc.direct_api();
+        api.set_local_ice_credentials(local.clone());
+        api.set_remote_ice_credentials(restart.remote);
+        for remote in restart.candidates {
+            peer.rtc.add_remote_candidate(remote);
+        }
+        self.demux.rename_peer(key, &peer.ice_ufrag, &local.ufrag);
+        peer.ice_ufrag.clone_from(&local.ufrag);
+        self.shared
+            .directory
+            .set_ice_ufrag(&peer.session, peer_id, &local.ufrag);
+        self.drive(key, now);
+        self.reap();
+        Ok(IceRestarted {
+            ice_ufrag: local.ufrag,
+            ice_pwd: local.pass,
+            candidates: vec![candidate.to_sdp_string()],
+        })
     }
 
     /// Tells every peer to reconnect elsewhere after `reconnect_after`.

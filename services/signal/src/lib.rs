@@ -33,4 +33,7 @@ pub use http::{router, serve};
 pub use ice_servers::{DEFAULT_CREDENTIAL_LIFETIME, IceServerError, IceServers};
 pub use limits::RateLimit;
 pub use metrics::{SignalMetrics, openmetrics_response};
-pub use network::{ConnectRequest, Connected, Network, NetworkError, PeerInfo, PeerState};
+pub use network::{
+    ConnectRequest, Connected, IceRestartAnswer, IceRestartRequest, Network, NetworkError,
+    PeerInfo, PeerState,
+};

@@ -7,8 +7,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use deltamesh_proto::{Grants, Id};
 use deltamesh_signal::token::{Claims, TokenSigner, TokenVerifier, unix_now};
 use deltamesh_signal::{
-    BODY_LIMIT, ConnectRequest, Connected, DEV_SUBJECT, Network, NetworkError, PeerInfo, PeerState,
-    RateLimit, SignalConfig, SignalMetrics, router, serve,
+    BODY_LIMIT, ConnectRequest, Connected, DEV_SUBJECT, IceRestartAnswer, IceRestartRequest,
+    Network, NetworkError, PeerInfo, PeerState, RateLimit, SignalConfig, SignalMetrics, router,
+    serve,
 };
 use prometheus_client::registry::Registry;
 use reqwest::{Method, Response, StatusCode};
@@ -59,6 +60,12 @@ enum Call {
         peer: Id,
         identity: String,
     },
+    RestartIce {
+        session: String,
+        peer: Id,
+        identity: String,
+        restart: IceRestartRequest,
+    },
     Peers {
         session: String,
     },
@@ -75,6 +82,8 @@ struct FakeState {
     not_ready: Option<String>,
     /// When set, the ufrag of the next answers.
     ufrag: Option<String>,
+    /// Whether ICE restarts are supported (answered with ufrag `restarted`).
+    restarts: bool,
 }
 
 /// A network that places every peer on relay 0xee…, numbers peers 1, 2, …
@@ -193,6 +202,29 @@ impl Network for FakeNetwork {
         }
         state.peers.remove(at);
         Ok(())
+    }
+
+    async fn restart_ice(
+        &self,
+        session: &str,
+        peer: Id,
+        identity: &str,
+        restart: IceRestartRequest,
+    ) -> Result<IceRestartAnswer, NetworkError> {
+        let state = self.record(Call::RestartIce {
+            session: session.to_owned(),
+            peer,
+            identity: identity.to_owned(),
+            restart,
+        })?;
+        if !state.restarts {
+            return Err(NetworkError::Unsupported("ICE restart"));
+        }
+        Ok(IceRestartAnswer {
+            ufrag: "restarted".into(),
+            pwd: "restartedpasswordrestarted".into(),
+            candidates: vec!["candidate:1 1 udp 2130706431 192.0.2.9 4000 typ host".into()],
+        })
     }
 
     async fn peers(&self, session: &str) -> Result<Vec<PeerInfo>, NetworkError> {
@@ -775,9 +807,66 @@ async fn an_ice_restart_the_network_does_not_support_is_a_501() {
         )
         .await;
     }
+    // Asked as a restart with the new credentials, never as a trickle.
+    let expected = IceRestartRequest {
+        ufrag: "new1".into(),
+        pwd: "newpasswordnewpassword12".into(),
+        candidates: vec![],
+    };
     assert!(
-        matches!(&signal.network.calls()[1], Call::Trickle { if_match: Some(tag), .. } if tag == "*")
+        matches!(&signal.network.calls()[1], Call::RestartIce { restart, .. } if *restart == expected)
     );
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn an_ice_restart_answers_200_with_the_relays_sdpfrag_and_a_new_etag() {
+    let signal = Signal::start().await;
+    signal.network.state().restarts = true;
+    let (location, _) = signal.join().await;
+    let frag = "a=ice-ufrag:new1\r\na=ice-pwd:newpasswordnewpassword12\r\n\
+        m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:dc\r\n\
+        a=candidate:7 1 udp 2130706431 127.0.0.2 5000 typ host\r\n";
+    let response = signal.patch(&location, Some("*"), frag).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(&response, "etag"), "\"restarted\"");
+    assert_eq!(
+        header(&response, "content-type"),
+        "application/trickle-ice-sdpfrag"
+    );
+    assert_eq!(
+        response.text().await.unwrap(),
+        "a=ice-ufrag:restarted\r\na=ice-pwd:restartedpasswordrestarted\r\n\
+         m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:dc\r\n\
+         a=candidate:1 1 udp 2130706431 192.0.2.9 4000 typ host\r\n"
+    );
+    assert!(matches!(
+        &signal.network.calls()[1],
+        Call::RestartIce { restart, identity, .. }
+            if restart.candidates == ["a=candidate:7 1 udp 2130706431 127.0.0.2 5000 typ host"]
+                && identity == DEV_SUBJECT
+    ));
+}
+
+#[tokio::test]
+async fn an_ice_restart_without_new_credentials_is_a_400_and_reaches_no_relay() {
+    let signal = Signal::start().await;
+    signal.network.state().restarts = true;
+    let (location, _) = signal.join().await;
+    for frag in [
+        "a=candidate:7 1 udp 2130706431 127.0.0.2 5000 typ host\r\n",
+        "a=ice-ufrag:new1\r\n",
+        "a=ice-ufrag:new1\r\na=ice-pwd:short\r\n",
+        "a=ice-ufrag:n w1\r\na=ice-pwd:newpasswordnewpassword12\r\n",
+    ] {
+        let detail = problem(
+            signal.patch(&location, Some("*"), frag).await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        assert!(detail.contains("ice-ufrag"), "{frag}: {detail}");
+    }
+    assert_eq!(signal.network.calls().len(), 1);
     signal.assert_alive().await;
 }
 

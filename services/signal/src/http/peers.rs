@@ -23,7 +23,7 @@ use super::body::{self, SDP, TRICKLE_ICE};
 use super::cors;
 use crate::auth::Caller;
 use crate::ice_servers::Holder;
-use crate::network::{ConnectRequest, Network, PeerInfo};
+use crate::network::{ConnectRequest, ICE_RESTART, Network, PeerInfo};
 use crate::problem::ApiError;
 use crate::{etag, ids, sdp};
 
@@ -162,8 +162,9 @@ fn add_ice_servers<N>(app: &App<N>, caller: Option<&Caller>, response: &mut Resp
     }
 }
 
-/// `PATCH /v1/sessions/{session}/peers/{peer}`: trickled ICE candidates, or
-/// an ICE restart with `If-Match: *`; `204` when the network took them.
+/// `PATCH /v1/sessions/{session}/peers/{peer}`: trickled ICE candidates
+/// (`204` when the network took them), or an ICE restart with
+/// `If-Match: *` (`200` with the relay's sdpfrag).
 pub(super) async fn trickle<N: Network>(
     State(app): State<Arc<App<N>>>,
     path: PathParams<(String, String)>,
@@ -183,12 +184,41 @@ async fn trickle_ice<N: Network>(
     body::require_content_type(request.headers(), TRICKLE_ICE)?;
     let if_match = etag::if_match(request.headers())?.to_owned();
     let body = body::read(request).await?;
+    if if_match == ICE_RESTART {
+        return restart_ice(app, &session, peer, &caller.subject, &body).await;
+    }
     let candidates = sdp::trickle_candidates(&body)?;
     app.network
         .trickle(&session, peer, &caller.subject, Some(&if_match), candidates)
         .await
         .map_err(|e| app.network_error(e))?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// An ICE restart (`If-Match: *`, RFC 9725 §4.4): the peer's new
+/// credentials and candidates to the network, answered `200` with the
+/// relay's new ones as an sdpfrag and the new `ETag`.
+async fn restart_ice<N: Network>(
+    app: &App<N>,
+    session: &str,
+    peer: Id,
+    identity: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let (restart, mid) = sdp::ice_restart(body)?;
+    let answer = app
+        .network
+        .restart_ice(session, peer, identity, restart)
+        .await
+        .map_err(|e| app.network_error(e))?;
+    let etag = etag::header(&answer.ufrag)?;
+    tracing::info!(session, %peer, "ICE restarted");
+    let headers = [
+        (CONTENT_TYPE, HeaderValue::from_static(TRICKLE_ICE)),
+        (ETAG, etag),
+    ];
+    let frag = sdp::ice_restart_answer(&answer, mid.as_deref());
+    Ok((StatusCode::OK, headers, frag).into_response())
 }
 
 /// `DELETE /v1/sessions/{session}/peers/{peer}`: closes the peer connection.
