@@ -7,6 +7,11 @@
 
 #[path = "../tests/browser/cdp.rs"]
 mod cdp;
+// cdp.rs can launch Chromium inside a network namespace; the benchmark
+// does not, so the namespace's API is unused here.
+#[allow(dead_code)]
+#[path = "../tests/support/netns.rs"]
+mod netns;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

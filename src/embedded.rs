@@ -7,7 +7,10 @@ use deltamesh_proto::Id;
 use deltamesh_registry::{PlacementError, RelayLoad, place};
 use deltamesh_relay::fleet::control;
 use deltamesh_relay::{MemberState, PeerAccess, RelayError, RelayHandle};
-use deltamesh_signal::{ConnectRequest, Connected, Network, NetworkError, PeerInfo, PeerState};
+use deltamesh_signal::{
+    ConnectRequest, Connected, IceRestartAnswer, IceRestartRequest, Network, NetworkError,
+    PeerInfo, PeerState,
+};
 
 /// How long a relay may take to answer an offer.
 const OFFER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -106,6 +109,31 @@ impl Network for EmbeddedNetwork {
             .trickle(session, peer, if_match, &candidates)
             .await
             .map_err(network_error)
+    }
+
+    async fn restart_ice(
+        &self,
+        session: &str,
+        peer: Id,
+        identity: &str,
+        restart: IceRestartRequest,
+    ) -> Result<IceRestartAnswer, NetworkError> {
+        let restarted = self
+            .hosting(session, peer, identity)?
+            .restart_ice(
+                session,
+                peer,
+                &restart.ufrag,
+                &restart.pwd,
+                &restart.candidates,
+            )
+            .await
+            .map_err(network_error)?;
+        Ok(IceRestartAnswer {
+            ufrag: restarted.ice_ufrag,
+            pwd: restarted.ice_pwd,
+            candidates: restarted.candidates,
+        })
     }
 
     async fn disconnect(

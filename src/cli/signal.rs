@@ -4,11 +4,12 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use deltamesh_signal::token::TokenVerifier;
-use deltamesh_signal::{RateLimit, SignalConfig};
+use deltamesh_signal::{IceServers, RateLimit, SignalConfig};
 
 use super::{FleetArgs, ProductionArgs};
 use crate::production;
@@ -57,6 +58,8 @@ pub(crate) struct SignalArgs {
     pub(crate) auth: AuthArgs,
     #[command(flatten)]
     limits: HttpLimitArgs,
+    #[command(flatten)]
+    ice_servers: IceServerArgs,
     /// The browser bundle (demo page and wasm) that `scripts/build-web` makes.
     #[arg(long, env = "DELTAMESH_WEB_DIR", default_value = "target/web")]
     web_dir: PathBuf,
@@ -102,6 +105,7 @@ impl SignalArgs {
                 burst: limits.token_burst,
             },
             web_dir: Some(self.web_dir.clone()),
+            ice_servers: self.ice_servers.to_config()?,
             ..SignalConfig::new(if dev_mode {
                 self.auth.dev_token.clone()
             } else {
@@ -186,4 +190,37 @@ struct HttpLimitArgs {
     /// HTTP requests in one burst per token.
     #[arg(long, env = "DELTAMESH_TOKEN_BURST", default_value_t = deltamesh_signal::DEFAULT_TOKEN_RATE.burst)]
     token_burst: u32,
+}
+
+/// The ICE servers handed to peers as `Link` headers (PROTOCOL.md §10).
+#[derive(Debug, Args)]
+struct IceServerArgs {
+    /// A STUN server URL (`stun:host:port`) for peers. Repeatable, or
+    /// separate with commas.
+    #[arg(long = "stun-url", env = "DELTAMESH_STUN_URLS", value_delimiter = ',')]
+    stun_urls: Vec<String>,
+    /// A TURN server URL (`turn:host:port?transport=udp`, `turns:…`) for
+    /// peers, with credentials made from --turn-secret. Repeatable, or
+    /// separate with commas.
+    #[arg(long = "turn-url", env = "DELTAMESH_TURN_URLS", value_delimiter = ',')]
+    turn_urls: Vec<String>,
+    /// The TURN server's shared secret (coturn's `static-auth-secret`), that
+    /// TURN REST credentials are made with.
+    #[arg(long, env = "DELTAMESH_TURN_SECRET", hide_env_values = true)]
+    turn_secret: Option<String>,
+    /// The longest life of a TURN credential (never past the token's expiry).
+    #[arg(long, env = "DELTAMESH_TURN_CREDENTIAL_LIFETIME", default_value = "1h", value_parser = humantime::parse_duration)]
+    turn_credential_lifetime: Duration,
+}
+
+impl IceServerArgs {
+    fn to_config(&self) -> anyhow::Result<IceServers> {
+        IceServers::new(
+            self.stun_urls.clone(),
+            self.turn_urls.clone(),
+            self.turn_secret.as_deref().map(str::as_bytes),
+            self.turn_credential_lifetime,
+        )
+        .context("--stun-url/--turn-url/--turn-secret")
+    }
 }

@@ -64,6 +64,7 @@ impl Browser {
 
     /// Like [`launch`](Self::launch), with Chromium inside `netns` (its
     /// network is the namespace's; DevTools is reached from inside it).
+    #[allow(dead_code)] // benches/browser.rs includes this file and uses no namespace
     pub(crate) async fn launch_in(netns: &NetNs) -> Browser {
         Browser::launch_with(Some(netns)).await
     }

@@ -14,6 +14,7 @@ mod netns;
 mod presence;
 mod reconnect;
 mod signal_errors;
+mod turn;
 
 use std::time::{Duration, Instant};
 

@@ -4,6 +4,8 @@
 mod common;
 mod delta_flow;
 mod disconnect;
+mod ice_restart;
+mod ice_servers;
 mod ice_tcp;
 mod resume;
 mod security;

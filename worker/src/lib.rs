@@ -1,6 +1,9 @@
 //! The deltamesh peer. [`core`] is the protocol as a sans-IO state machine
 //! (client_seq, acks, resume, in-order delivery, the command channel) and
-//! [`backoff`] paces reconnects. Two thin drivers run them:
+//! [`backoff`] paces reconnects; [`ice_servers`] reads the STUN and TURN
+//! servers signal hands out, [`trickle`] queues late candidates for
+//! `PATCH` and [`ice_restart`] writes and reads the sdpfrags of an ICE
+//! restart. Two thin drivers run them:
 //! - `native` (not on wasm32) drives the core with str0m over UDP for
 //!   servers, the command-line client and benchmarks (with [`verify`] for
 //!   relay signatures);
@@ -9,8 +12,11 @@
 
 pub mod backoff;
 pub mod core;
+pub mod ice_restart;
+pub mod ice_servers;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
+pub mod trickle;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod verify;
 #[cfg(target_arch = "wasm32")]
@@ -18,6 +24,7 @@ pub mod web;
 
 pub use backoff::{Backoff, ReconnectPolicy};
 pub use core::{PeerCore, PeerEvent, ReceivedDelta, SendError};
+pub use ice_servers::IceServer;
 #[cfg(not(target_arch = "wasm32"))]
 pub use native::{ConnectError, ConnectOptions, NativePeer, channel_config};
 #[cfg(not(target_arch = "wasm32"))]

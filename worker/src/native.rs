@@ -24,7 +24,7 @@ use deltamesh_proto::{Id, pb};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::net::{Protocol, Receive, TcpType};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -32,12 +32,17 @@ use crate::backoff::ReconnectPolicy;
 
 mod ice_tcp;
 use crate::core::{Features, PeerCore, PeerEvent, SendError};
+use crate::ice_restart::{RestartFrag, host_candidate};
+use crate::ice_servers::{IceServer, parse_links};
 use ice_tcp::TcpPaths;
 
 /// The bit that marks a ping nonce as the driver's own keepalive.
 const KEEPALIVE_NONCE: u64 = 1 << 63;
 /// SCTP send buffer: room for the largest message the relay accepts.
 const SCTP_SEND_BUFFER: usize = 1 << 20;
+/// How long an ICE restart's `PATCH` may take before the peer falls back to
+/// a new offer.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How to reach a session.
 #[derive(Debug, Clone)]
@@ -145,6 +150,10 @@ enum Request {
     },
     Ping(u64),
     Raw(Channel, Vec<u8>),
+    MoveTo {
+        ip: IpAddr,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Stop; with `leave`, first `DELETE` the peer resource.
     Close {
         leave: bool,
@@ -161,14 +170,16 @@ pub struct NativePeer {
     events: mpsc::Receiver<PeerEvent>,
     welcome: pb::Welcome,
     traceparent: String,
+    ice_servers: Vec<IceServer>,
 }
 
 impl NativePeer {
     /// Connects to a session and waits for the relay's `Welcome`.
     pub async fn connect(options: ConnectOptions) -> Result<NativePeer, ConnectError> {
         let http = shared_http_client();
-        let link = Link::establish(&options, &http).await?;
+        let link = Link::establish(&options, &http, None).await?;
         let traceparent = link.traceparent.clone();
+        let ice_servers = link.ice_servers.clone();
         let (requests, request_rx) = mpsc::channel(1024);
         let (event_tx, mut events) = mpsc::channel(65_536);
         let features = Features {
@@ -184,6 +195,8 @@ impl NativePeer {
             events: event_tx,
             options,
             http,
+            local_ip: None,
+            restarts: 0,
         };
         tokio::spawn(driver.run(request_rx));
         let welcome = tokio::time::timeout(connect_timeout, async {
@@ -201,7 +214,17 @@ impl NativePeer {
             events,
             welcome,
             traceparent,
+            ice_servers,
         })
+    }
+
+    /// The ICE servers signal listed with the first connection's answer
+    /// (PROTOCOL §10), TURN credentials included. The native peer reports
+    /// them but gathers no candidates through them: str0m has no STUN or
+    /// TURN client (docs/ARCHITECTURE.md, "ICE servers, TURN and trickle"),
+    /// so it connects where UDP reaches a relay's host candidate.
+    pub fn ice_servers(&self) -> &[IceServer] {
+        &self.ice_servers
     }
 
     /// The `traceparent` the first connection's offer carried: each
@@ -294,6 +317,27 @@ impl NativePeer {
         self.stop(true).await
     }
 
+    /// The network changed: moves the connection to a UDP socket on
+    /// `local_ip` with an ICE restart (PROTOCOL §1, `If-Match: *`), keeping
+    /// the peer id, the channels and the place in the stream (no new
+    /// `Welcome`, nothing lost or doubled). If the relay refuses the
+    /// restart (or does not answer in 5 s) the peer falls back to a new
+    /// offer from `local_ip` and resumes, and this returns the reason.
+    /// Later reconnects start from `local_ip` too.
+    pub async fn move_to(&self, local_ip: IpAddr) -> Result<(), String> {
+        let (reply, result) = oneshot::channel();
+        let request = Request::MoveTo {
+            ip: local_ip,
+            reply,
+        };
+        if self.requests.send(request).await.is_err() {
+            return Err("the peer is closed".into());
+        }
+        result
+            .await
+            .unwrap_or_else(|_| Err("the peer is closed".into()))
+    }
+
     /// Stops without telling anyone, as a crashed process would.
     pub async fn vanish(self) {
         self.stop(false).await
@@ -381,15 +425,22 @@ struct Link {
     resource: String,
     /// The trace this connection is (sent with its offer).
     traceparent: String,
+    /// The ICE servers listed with the answer.
+    ice_servers: Vec<IceServer>,
 }
 
 impl Link {
-    /// Offers, posts the offer to signal and applies the answer.
+    /// Offers from `local_ip` (by default the address towards signal),
+    /// posts the offer to signal and applies the answer.
     async fn establish(
         options: &ConnectOptions,
         http: &reqwest::Client,
+        local_ip: Option<IpAddr>,
     ) -> Result<Link, ConnectError> {
-        let local_ip = local_ip_towards(&options.signal_url).await?;
+        let local_ip = match local_ip {
+            Some(ip) => ip,
+            None => local_ip_towards(&options.signal_url).await?,
+        };
         let socket = bind_udp(SocketAddr::new(local_ip, 0))?;
         let local_addr = socket.local_addr()?;
         let mut rtc = Rtc::builder()
@@ -440,6 +491,13 @@ impl Link {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
+        let ice_servers = parse_links(
+            response
+                .headers()
+                .get_all("link")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
         let body = response.text().await?;
         if status.as_u16() != 201 {
             return Err(ConnectError::Refused {
@@ -457,6 +515,7 @@ impl Link {
             channels,
             resource: format!("{}{}", options.signal_url, location),
             traceparent,
+            ice_servers,
         })
     }
 
@@ -496,6 +555,12 @@ struct Driver {
     events: mpsc::Sender<PeerEvent>,
     options: ConnectOptions,
     http: reqwest::Client,
+    /// The local address the application moved the peer to, for every
+    /// later connection; `None`: the one towards signal.
+    local_ip: Option<IpAddr>,
+    /// ICE restarts on the current connection (each new path's candidate
+    /// outranks the last).
+    restarts: u32,
 }
 
 impl Driver {
@@ -536,7 +601,7 @@ impl Driver {
 
     /// Drives the current connection until it drops or the peer is closed.
     async fn serve(&mut self, requests: &mut mpsc::Receiver<Request>) -> Ended {
-        let socket = Arc::clone(&self.link.socket);
+        let mut socket = Arc::clone(&self.link.socket);
         let mut buf = vec![0u8; 2048];
         let mut last_rx = Instant::now();
         let mut pinged_at = last_rx;
@@ -575,6 +640,18 @@ impl Driver {
                         let _ = done.send(());
                         return Ended::Closed;
                     }
+                    Some(Request::MoveTo { ip, reply }) => match self.restart_ice(ip).await {
+                        Ok(()) => {
+                            socket = Arc::clone(&self.link.socket);
+                            let _ = reply.send(Ok(()));
+                        }
+                        Err(error) => {
+                            let _ = reply.send(Err(error.to_string()));
+                            return Ended::Lost(format!(
+                                "ICE restart failed ({error}); reconnecting with a new offer"
+                            ));
+                        }
+                    },
                     Some(request) => self.handle(request),
                     None => return Ended::Closed,
                 },
@@ -618,7 +695,74 @@ impl Driver {
             Request::Close { done, .. } => {
                 let _ = done.send(());
             }
+            // Between connections: the next one starts from `ip`.
+            Request::MoveTo { ip, reply } => {
+                self.local_ip = Some(ip);
+                let _ = reply.send(Ok(()));
+            }
         }
+    }
+
+    /// Moves the connection to a socket on `ip` with an ICE restart
+    /// (`PATCH` with `If-Match: *`): new local credentials and host
+    /// candidate; the relay answers with its new credentials. The `Rtc`
+    /// (DTLS, SCTP, channels) stays, so the peer keeps its id and its
+    /// place in the stream.
+    async fn restart_ice(&mut self, ip: IpAddr) -> Result<(), ConnectError> {
+        let socket = bind_udp(SocketAddr::new(ip, 0))?;
+        let local_addr = socket.local_addr()?;
+        let rtc_error = |e: str0m::error::IceError| ConnectError::Rtc(e.to_string());
+        let candidate = Candidate::host(local_addr, "udp").map_err(rtc_error)?;
+        let old_candidate = Candidate::host(self.link.local_addr, "udp").map_err(rtc_error)?;
+        let creds = IceCreds::new();
+        self.restarts = self.restarts.saturating_add(1);
+        let ours = RestartFrag {
+            ufrag: creds.ufrag.clone(),
+            pwd: creds.pass.clone(),
+            candidates: vec![host_candidate(local_addr, candidate.prio(), self.restarts)],
+        };
+        let response = self
+            .http
+            .patch(&self.link.resource)
+            .bearer_auth(&self.options.token)
+            .header("content-type", "application/trickle-ice-sdpfrag")
+            .header("if-match", "*")
+            .timeout(RESTART_TIMEOUT)
+            .body(ours.to_sdpfrag("0"))
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let body = response.text().await?;
+        if status != 200 {
+            return Err(ConnectError::Refused { status, body });
+        }
+        let theirs = RestartFrag::parse(&body).ok_or_else(|| {
+            ConnectError::Rtc(format!("the restart answer has no ICE credentials: {body}"))
+        })?;
+        let remote_candidates = theirs
+            .candidates
+            .iter()
+            .map(|line| {
+                Candidate::from_sdp_string(line).map_err(|e| ConnectError::Rtc(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let rtc = &mut self.link.rtc;
+        let mut api = rtc.direct_api();
+        api.set_local_ice_credentials(creds);
+        api.set_remote_ice_credentials(IceCreds {
+            ufrag: theirs.ufrag,
+            pass: theirs.pwd,
+        });
+        rtc.add_local_candidate(candidate);
+        rtc.direct_api().invalidate_candidate(&old_candidate);
+        for remote in remote_candidates {
+            rtc.add_remote_candidate(remote);
+        }
+        self.link.socket = Arc::new(socket);
+        self.link.local_addr = local_addr;
+        self.local_ip = Some(ip);
+        tracing::info!(%local_addr, "ICE restarted on a new address");
+        Ok(())
     }
 
     /// Connects again with the policy's exponential backoff (with jitter),
@@ -649,8 +793,11 @@ impl Driver {
                     },
                 }
             }
-            match Link::establish(&self.options, &self.http).await {
-                Ok(link) => return Some(link),
+            match Link::establish(&self.options, &self.http, self.local_ip).await {
+                Ok(link) => {
+                    self.restarts = 0;
+                    return Some(link);
+                }
                 Err(error) => {
                     let event = PeerEvent::Disconnected(format!("reconnecting: {error}"));
                     self.events.send(event).await.ok()?;

@@ -13,6 +13,7 @@ use str0m::change::SdpOffer;
 use tokio::sync::oneshot;
 
 use crate::error::RelayError;
+use crate::ice_restart::{IceRestart, IceRestarted};
 
 /// Who is connecting, and what the connection may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +58,8 @@ pub(crate) enum ShardCommand {
     Offer(Box<Offer>, Reply<OfferAnswer>),
     /// Add trickled remote candidates to a peer.
     Trickle(Id, Vec<Candidate>, Reply<()>),
+    /// Restart a peer's ICE with its new credentials and candidates.
+    IceRestart(Id, IceRestart, Reply<IceRestarted>),
     /// Tell every peer to reconnect elsewhere after the duration, and why.
     Drain(Duration, String),
     /// Close a peer connection, with why.

@@ -32,13 +32,14 @@ use opentelemetry::global::BoxedSpan;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::net::{Protocol, Receive, TcpType};
-use str0m::{Candidate, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, IceCreds, Input, Output, Rtc, RtcConfig};
 
 use crate::command::{Offer, OfferAnswer, PeerAccess};
 use crate::config::{SCTP_MAX_MESSAGE_SIZE, SCTP_SEND_BUFFER};
 use crate::demux::{Demux, Remote, Route};
 use crate::directory::{Limits, Member, MemberState};
 use crate::error::RelayError;
+use crate::ice_restart::{IceRestart, IceRestarted};
 use crate::log::AckTo;
 use crate::peer::Peer;
 use crate::shared::Shared;
@@ -294,6 +295,42 @@ impl RelayCore {
         Ok(())
     }
 
+    /// Restarts `peer_id`'s ICE (RFC 9725 §4.4): fresh local credentials,
+    /// the peer's new ones and candidates; the connection (DTLS, SCTP,
+    /// channels, its place in the stream) stays. The demux and the
+    /// directory learn the new local ufrag (the resource's new ETag); a
+    /// check from a new address under it is verified and learned as any
+    /// first check is.
+    pub fn restart_ice(
+        &mut self,
+        now: Instant,
+        peer_id: Id,
+        restart: IceRestart,
+    ) -> Result<IceRestarted, RelayError> {
+        let key = *self.by_id.get(&peer_id).ok_or(RelayError::UnknownPeer)?;
+        let candidates = self.local_candidates().map_err(RelayError::BadCandidate)?;
+        let peer = self.peers.get_mut(&key).ok_or(RelayError::UnknownPeer)?;
+        let local = IceCreds::new();
+        let mut api = peer.rtc.direct_api();
+        api.set_local_ice_credentials(local.clone());
+        api.set_remote_ice_credentials(restart.remote);
+        for remote in restart.candidates {
+            peer.rtc.add_remote_candidate(remote);
+        }
+        self.demux.rename_peer(key, &peer.ice_ufrag, &local.ufrag);
+        peer.ice_ufrag.clone_from(&local.ufrag);
+        self.shared
+            .directory
+            .set_ice_ufrag(&peer.session, peer_id, &local.ufrag);
+        self.drive(key, now);
+        self.reap();
+        Ok(IceRestarted {
+            ice_ufrag: local.ufrag,
+            ice_pwd: local.pass,
+            candidates: candidates.iter().map(Candidate::to_sdp_string).collect(),
+        })
+    }
+
     /// Tells every peer to reconnect elsewhere after `reconnect_after`.
     pub fn drain(&mut self, now: Instant, reconnect_after: Duration, reason: &str) {
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
@@ -424,22 +461,33 @@ impl RelayCore {
     }
 
     /// Builds an `Rtc` that answers `offer`, with the three channels.
+    /// This shard's host candidates: UDP, and passive TCP when it listens
+    /// on TCP.
+    fn local_candidates(&self) -> Result<Vec<Candidate>, String> {
+        let mut candidates = vec![
+            Candidate::host(self.local_addr, "udp")
+                .map_err(|e| format!("relay host candidate: {e}"))?,
+        ];
+        if let Some(addr) = self.tcp_addr {
+            candidates.push(
+                Candidate::builder()
+                    .tcp()
+                    .host(addr)
+                    .tcptype(TcpType::Passive)
+                    .build()
+                    .map_err(|e| format!("relay TCP candidate: {e}"))?,
+            );
+        }
+        Ok(candidates)
+    }
+
     fn answer(
         &self,
         now: Instant,
         offer: SdpOffer,
     ) -> Result<(Rtc, [ChannelId; 4], SdpAnswer), RelayError> {
         let mut rtc = self.rtc_config.clone().build(now);
-        let candidate = Candidate::host(self.local_addr, "udp")
-            .map_err(|e| RelayError::BadOffer(format!("relay host candidate: {e}")))?;
-        rtc.add_local_candidate(candidate);
-        if let Some(addr) = self.tcp_addr {
-            let candidate = Candidate::builder()
-                .tcp()
-                .host(addr)
-                .tcptype(TcpType::Passive)
-                .build()
-                .map_err(|e| RelayError::BadOffer(format!("relay TCP candidate: {e}")))?;
+        for candidate in self.local_candidates().map_err(RelayError::BadOffer)? {
             rtc.add_local_candidate(candidate);
         }
         // Negotiated channels must exist before the offer is accepted, or

@@ -71,6 +71,15 @@ impl<K: Copy + Eq + Hash> Demux<K> {
         self.addrs.insert(key, Vec::new());
     }
 
+    /// Routes a peer's first checks by `new_ufrag` instead of `old_ufrag`
+    /// (an ICE restart); its known addresses stay.
+    pub(crate) fn rename_peer(&mut self, key: K, old_ufrag: &str, new_ufrag: &str) {
+        if self.by_ufrag.get(old_ufrag) == Some(&key) {
+            self.by_ufrag.remove(old_ufrag);
+        }
+        self.by_ufrag.insert(new_ufrag.to_owned(), key);
+    }
+
     /// Forgets a peer and every address learned for it.
     pub(crate) fn remove_peer(&mut self, key: K, local_ufrag: &str) {
         self.by_ufrag.remove(local_ufrag);

@@ -100,6 +100,9 @@ fn on_command(core: &mut RelayCore, command: ShardCommand) {
         ShardCommand::Trickle(peer, candidates, reply) => {
             let _ = reply.send(core.trickle(now, peer, candidates));
         }
+        ShardCommand::IceRestart(peer, restart, reply) => {
+            let _ = reply.send(core.restart_ice(now, peer, restart));
+        }
         ShardCommand::Drain(reconnect_after, reason) => core.drain(now, reconnect_after, &reason),
         ShardCommand::Close(peer, reason, reply) => {
             let _ = reply.send(core.close(peer, &reason));

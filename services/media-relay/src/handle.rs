@@ -13,8 +13,8 @@ use deltamesh_proto::trace::attribute;
 use opentelemetry::KeyValue;
 use opentelemetry::global::{self, BoxedSpan};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
-use str0m::Candidate;
 use str0m::change::SdpOffer;
+use str0m::{Candidate, IceCreds};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 
@@ -25,6 +25,7 @@ use crate::core::RelayCore;
 use crate::directory::{Member, MemberChange};
 use crate::driver;
 use crate::error::RelayError;
+use crate::ice_restart::{IceRestart, IceRestarted};
 use crate::ice_tcp::{TcpLane, TcpLimits, Unverified};
 use crate::log::DeltaLog;
 use crate::metrics::RelayMetrics;
@@ -359,16 +360,35 @@ impl RelayHandle {
         if if_match.is_some_and(|etag| etag != member.ice_ufrag) {
             return Err(RelayError::EtagMismatch);
         }
-        let candidates = candidate_lines
-            .iter()
-            .map(|line| {
-                let text = line.trim().trim_start_matches("a=");
-                Candidate::from_sdp_string(text)
-                    .map_err(|e| RelayError::BadCandidate(format!("{text}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let candidates = parse_candidates(candidate_lines)?;
         self.ask(member.shard, |reply| {
             ShardCommand::Trickle(peer, candidates, reply)
+        })
+        .await
+    }
+
+    /// Restarts a peer's ICE (an `If-Match: *` PATCH): `ufrag` and `pwd`
+    /// are its new credentials, `candidate_lines` its candidates. Answers
+    /// the relay's new credentials (the new ETag) and candidates.
+    pub async fn restart_ice(
+        &self,
+        session: &str,
+        peer: Id,
+        ufrag: &str,
+        pwd: &str,
+        candidate_lines: &[String],
+    ) -> Result<IceRestarted, RelayError> {
+        let member = self.member(session, peer)?;
+        let candidates = parse_candidates(candidate_lines)?;
+        let restart = IceRestart {
+            remote: IceCreds {
+                ufrag: ufrag.to_owned(),
+                pass: pwd.to_owned(),
+            },
+            candidates,
+        };
+        self.ask(member.shard, |reply| {
+            ShardCommand::IceRestart(peer, restart, reply)
         })
         .await
     }
@@ -408,11 +428,11 @@ impl RelayHandle {
             .ok_or(RelayError::UnknownPeer)
     }
 
-    async fn ask(
+    async fn ask<T>(
         &self,
         shard: usize,
-        command: impl FnOnce(Reply<()>) -> ShardCommand,
-    ) -> Result<(), RelayError> {
+        command: impl FnOnce(Reply<T>) -> ShardCommand,
+    ) -> Result<T, RelayError> {
         let link = self.shards.get(shard).ok_or(RelayError::ShuttingDown)?;
         let (reply, done) = oneshot::channel();
         link.commands
@@ -421,4 +441,17 @@ impl RelayHandle {
             .map_err(|_| RelayError::ShuttingDown)?;
         done.await.map_err(|_| RelayError::ShuttingDown)?
     }
+}
+
+/// `a=candidate:` lines as str0m candidates; the first that does not parse
+/// refuses them all.
+fn parse_candidates(lines: &[String]) -> Result<Vec<Candidate>, RelayError> {
+    lines
+        .iter()
+        .map(|line| {
+            let text = line.trim().trim_start_matches("a=");
+            Candidate::from_sdp_string(text)
+                .map_err(|e| RelayError::BadCandidate(format!("{text}: {e}")))
+        })
+        .collect()
 }

@@ -55,6 +55,9 @@ pub(crate) struct Caller {
     pub(crate) grants: Grants,
     /// The raw token, the key of the per-token rate limit.
     pub(crate) token: String,
+    /// The token's expiry, seconds since the Unix epoch; `None` for the
+    /// development token.
+    pub(crate) expires_at: Option<u64>,
 }
 
 impl Caller {
@@ -99,6 +102,7 @@ impl Authenticator {
                 session: None,
                 grants: Grants::ALL,
                 token: token.to_owned(),
+                expires_at: None,
             });
         }
         if self.verifier.is_empty() {
@@ -108,12 +112,14 @@ impl Authenticator {
             subject,
             session,
             grants,
+            expires_at,
         } = self.verifier.verify(token)?;
         Ok(Caller {
             subject,
             session: Some(session),
             grants,
             token: token.to_owned(),
+            expires_at: Some(expires_at),
         })
     }
 }
@@ -180,6 +186,7 @@ mod tests {
             session: Some("a".into()),
             grants: Grants::default(),
             token: "t".into(),
+            expires_at: None,
         };
         assert_eq!(caller.may_enter("a"), Ok(()));
         assert_eq!(caller.may_enter("b"), Err(AuthError::WrongSession));

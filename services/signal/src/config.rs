@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ice_servers::IceServers;
 use crate::limits::RateLimit;
 use crate::token::TokenVerifier;
 
@@ -33,12 +34,15 @@ pub struct SignalConfig {
     pub web_dir: Option<PathBuf>,
     /// The `Retry-After` of a 503 when the network names no delay itself.
     pub retry_after: Duration,
+    /// The STUN and TURN servers handed out as `Link` headers (§10).
+    pub ice_servers: IceServers,
 }
 
 impl SignalConfig {
     /// A development configuration: `dev_token` opens every session, no
     /// signed token is accepted, the home page is a short built-in one, 503s
-    /// ask clients to retry after 5 s, and the rate limits are the defaults.
+    /// ask clients to retry after 5 s, the rate limits are the defaults and
+    /// there are no ICE servers.
     pub fn new(dev_token: impl Into<String>) -> Self {
         SignalConfig {
             dev_token: dev_token.into(),
@@ -48,6 +52,7 @@ impl SignalConfig {
             home_page: DEFAULT_HOME_PAGE.to_owned(),
             web_dir: None,
             retry_after: Duration::from_secs(5),
+            ice_servers: IceServers::default(),
         }
     }
 }
@@ -81,6 +86,7 @@ impl fmt::Debug for SignalConfig {
             )
             .field("web_dir", &self.web_dir)
             .field("retry_after", &self.retry_after)
+            .field("ice_servers", &self.ice_servers)
             .field("body_limit", &BODY_LIMIT)
             .finish()
     }

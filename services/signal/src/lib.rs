@@ -16,6 +16,7 @@ mod etag;
 #[cfg(feature = "fleet")]
 pub mod fleet;
 mod http;
+mod ice_servers;
 mod ids;
 mod limits;
 mod metrics;
@@ -29,6 +30,10 @@ pub use config::{BODY_LIMIT, DEFAULT_ADDRESS_RATE, DEFAULT_TOKEN_RATE, SignalCon
 #[cfg(feature = "fleet")]
 pub use fleet::{FleetMetrics, FleetNetwork, FleetTimeouts};
 pub use http::{router, serve};
+pub use ice_servers::{DEFAULT_CREDENTIAL_LIFETIME, IceServerError, IceServers};
 pub use limits::RateLimit;
 pub use metrics::{SignalMetrics, openmetrics_response};
-pub use network::{ConnectRequest, Connected, Network, NetworkError, PeerInfo, PeerState};
+pub use network::{
+    ConnectRequest, Connected, IceRestartAnswer, IceRestartRequest, Network, NetworkError,
+    PeerInfo, PeerState,
+};

@@ -46,6 +46,29 @@ pub struct Connected {
     pub ice_ufrag: String,
 }
 
+/// A peer's ICE restart (a `PATCH` with `If-Match: *`, RFC 9725 §4.4):
+/// its new ICE credentials and candidates, from its sdpfrag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceRestartRequest {
+    /// The peer's new `ice-ufrag`.
+    pub ufrag: String,
+    /// The peer's new `ice-pwd`.
+    pub pwd: String,
+    /// Its `a=candidate:` lines (may be none).
+    pub candidates: Vec<String>,
+}
+
+/// The relay's side of an ICE restart: what the `200` sdpfrag carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceRestartAnswer {
+    /// The relay's new `ice-ufrag` (the resource's new ETag).
+    pub ufrag: String,
+    /// The relay's new `ice-pwd`.
+    pub pwd: String,
+    /// The relay's candidates, as `candidate:` attribute values.
+    pub candidates: Vec<String>,
+}
+
 /// Connection state of a peer, as listed by `GET .../peers`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerState {
@@ -133,8 +156,8 @@ impl NetworkError {
         }
     }
 
-    /// Refuses an `If-Match` naming an ICE restart ([`ICE_RESTART`]), which
-    /// no network supports: the client reconnects with a new offer instead.
+    /// Refuses an `If-Match` naming an ICE restart ([`ICE_RESTART`]) on a
+    /// trickle: a restart goes to [`Network::restart_ice`], never here.
     pub fn refuse_ice_restart(if_match: Option<&str>) -> Result<(), NetworkError> {
         if if_match == Some(ICE_RESTART) {
             Err(NetworkError::Unsupported(
@@ -202,6 +225,26 @@ pub trait Network: Send + Sync + 'static {
         if_match: Option<&str>,
         candidates: Vec<String>,
     ) -> impl Future<Output = Result<(), NetworkError>> + Send;
+
+    /// Restarts the ICE of a peer of `identity` with its new credentials
+    /// and candidates; the connection, its peer id and its place in the
+    /// stream stay. A network that cannot answers
+    /// [`NetworkError::Unsupported`] (501): the client reconnects with a
+    /// new offer.
+    fn restart_ice(
+        &self,
+        session: &str,
+        peer: Id,
+        identity: &str,
+        restart: IceRestartRequest,
+    ) -> impl Future<Output = Result<IceRestartAnswer, NetworkError>> + Send {
+        let _ = (session, peer, identity, restart);
+        async {
+            Err(NetworkError::Unsupported(
+                "ICE restart; reconnect with a new offer",
+            ))
+        }
+    }
 
     /// Closes a peer connection of `identity`.
     fn disconnect(

@@ -2,7 +2,9 @@
 //! SDP text with an SCTP application m-line (deltamesh's three data channels
 //! ride on it), and a trickle sdpfrag yields its `a=candidate:` lines. The
 //! relay parses SDP properly; these checks only turn garbage away early with a
-//! clear 400.
+//! clear 400. An ICE restart sdpfrag yields the peer's new credentials too.
+
+use crate::network::{IceRestartAnswer, IceRestartRequest};
 
 /// Why a body is not acceptable SDP.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,6 +24,13 @@ pub(crate) enum SdpError {
         /// The 1-based line number.
         line: usize,
     },
+    /// An ICE restart sdpfrag without `a=ice-ufrag` and `a=ice-pwd`, or
+    /// with ones that are not ICE credentials.
+    #[error(
+        "an ICE restart sdpfrag needs the new `a=ice-ufrag` (4 to 256 ice-chars) and \
+         `a=ice-pwd` (22 to 256 ice-chars; ice-char is A-Z a-z 0-9 + /)"
+    )]
+    BadIceCredentials,
     /// An offer without the data channel m-line.
     #[error(
         "the offer has no `m=application` line with an SCTP protocol \
@@ -60,6 +69,51 @@ pub(crate) fn trickle_candidates(body: &[u8]) -> Result<Vec<String>, SdpError> {
         .filter(|&(kind, value)| kind == 'a' && value.starts_with("candidate:"))
         .map(|(_, value)| format!("a={value}"))
         .collect())
+}
+
+/// The new credentials, the `a=mid` (if any) and the candidates of an ICE
+/// restart sdpfrag (RFC 8840, RFC 9725 §4.4).
+pub(crate) fn ice_restart(body: &[u8]) -> Result<(IceRestartRequest, Option<String>), SdpError> {
+    let lines = lines(text(body)?)?;
+    let value = |name: &str| {
+        lines
+            .iter()
+            .find_map(|&(kind, value)| (kind == 'a').then(|| value.strip_prefix(name)).flatten())
+    };
+    let credential = |name: &str, min: usize| {
+        value(name)
+            .filter(|v| (min..=256).contains(&v.len()) && v.bytes().all(is_ice_char))
+            .map(str::to_owned)
+            .ok_or(SdpError::BadIceCredentials)
+    };
+    let restart = IceRestartRequest {
+        ufrag: credential("ice-ufrag:", 4)?,
+        pwd: credential("ice-pwd:", 22)?,
+        candidates: trickle_candidates(body)?,
+    };
+    Ok((restart, value("mid:").map(str::to_owned)))
+}
+
+/// The `200` sdpfrag of an ICE restart: the relay's new credentials, the
+/// data channel's media section under `mid` and the relay's candidates.
+pub(crate) fn ice_restart_answer(answer: &IceRestartAnswer, mid: Option<&str>) -> String {
+    let mut frag = format!(
+        "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:{}\r\n",
+        answer.ufrag,
+        answer.pwd,
+        mid.unwrap_or("0")
+    );
+    for candidate in &answer.candidates {
+        frag.push_str("a=");
+        frag.push_str(candidate.trim_start_matches("a="));
+        frag.push_str("\r\n");
+    }
+    frag
+}
+
+/// ice-char (RFC 8839 §5.4): ALPHA / DIGIT / "+" / "/".
+fn is_ice_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'+' || b == b'/'
 }
 
 /// `body` as text, when it is non-empty UTF-8.

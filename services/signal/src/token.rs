@@ -89,6 +89,8 @@ pub struct Access {
     pub session: String,
     /// The connection's grants.
     pub grants: Grants,
+    /// The token's expiry (`exp`), seconds since the Unix epoch.
+    pub expires_at: u64,
 }
 
 /// Why a token is refused.
@@ -264,6 +266,7 @@ impl TokenVerifier {
             subject: claims.sub,
             session: claims.session,
             grants: claims.grants.into(),
+            expires_at: claims.exp,
         })
     }
 }

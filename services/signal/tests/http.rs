@@ -7,8 +7,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use deltamesh_proto::{Grants, Id};
 use deltamesh_signal::token::{Claims, TokenSigner, TokenVerifier, unix_now};
 use deltamesh_signal::{
-    BODY_LIMIT, ConnectRequest, Connected, DEV_SUBJECT, Network, NetworkError, PeerInfo, PeerState,
-    RateLimit, SignalConfig, SignalMetrics, router, serve,
+    BODY_LIMIT, ConnectRequest, Connected, DEV_SUBJECT, IceRestartAnswer, IceRestartRequest,
+    Network, NetworkError, PeerInfo, PeerState, RateLimit, SignalConfig, SignalMetrics, router,
+    serve,
 };
 use prometheus_client::registry::Registry;
 use reqwest::{Method, Response, StatusCode};
@@ -59,6 +60,12 @@ enum Call {
         peer: Id,
         identity: String,
     },
+    RestartIce {
+        session: String,
+        peer: Id,
+        identity: String,
+        restart: IceRestartRequest,
+    },
     Peers {
         session: String,
     },
@@ -75,6 +82,8 @@ struct FakeState {
     not_ready: Option<String>,
     /// When set, the ufrag of the next answers.
     ufrag: Option<String>,
+    /// Whether ICE restarts are supported (answered with ufrag `restarted`).
+    restarts: bool,
 }
 
 /// A network that places every peer on relay 0xee…, numbers peers 1, 2, …
@@ -193,6 +202,29 @@ impl Network for FakeNetwork {
         }
         state.peers.remove(at);
         Ok(())
+    }
+
+    async fn restart_ice(
+        &self,
+        session: &str,
+        peer: Id,
+        identity: &str,
+        restart: IceRestartRequest,
+    ) -> Result<IceRestartAnswer, NetworkError> {
+        let state = self.record(Call::RestartIce {
+            session: session.to_owned(),
+            peer,
+            identity: identity.to_owned(),
+            restart,
+        })?;
+        if !state.restarts {
+            return Err(NetworkError::Unsupported("ICE restart"));
+        }
+        Ok(IceRestartAnswer {
+            ufrag: "restarted".into(),
+            pwd: "restartedpasswordrestarted".into(),
+            candidates: vec!["candidate:1 1 udp 2130706431 192.0.2.9 4000 typ host".into()],
+        })
     }
 
     async fn peers(&self, session: &str) -> Result<Vec<PeerInfo>, NetworkError> {
@@ -775,9 +807,66 @@ async fn an_ice_restart_the_network_does_not_support_is_a_501() {
         )
         .await;
     }
+    // Asked as a restart with the new credentials, never as a trickle.
+    let expected = IceRestartRequest {
+        ufrag: "new1".into(),
+        pwd: "newpasswordnewpassword12".into(),
+        candidates: vec![],
+    };
     assert!(
-        matches!(&signal.network.calls()[1], Call::Trickle { if_match: Some(tag), .. } if tag == "*")
+        matches!(&signal.network.calls()[1], Call::RestartIce { restart, .. } if *restart == expected)
     );
+    signal.assert_alive().await;
+}
+
+#[tokio::test]
+async fn an_ice_restart_answers_200_with_the_relays_sdpfrag_and_a_new_etag() {
+    let signal = Signal::start().await;
+    signal.network.state().restarts = true;
+    let (location, _) = signal.join().await;
+    let frag = "a=ice-ufrag:new1\r\na=ice-pwd:newpasswordnewpassword12\r\n\
+        m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:dc\r\n\
+        a=candidate:7 1 udp 2130706431 127.0.0.2 5000 typ host\r\n";
+    let response = signal.patch(&location, Some("*"), frag).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(&response, "etag"), "\"restarted\"");
+    assert_eq!(
+        header(&response, "content-type"),
+        "application/trickle-ice-sdpfrag"
+    );
+    assert_eq!(
+        response.text().await.unwrap(),
+        "a=ice-ufrag:restarted\r\na=ice-pwd:restartedpasswordrestarted\r\n\
+         m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:dc\r\n\
+         a=candidate:1 1 udp 2130706431 192.0.2.9 4000 typ host\r\n"
+    );
+    assert!(matches!(
+        &signal.network.calls()[1],
+        Call::RestartIce { restart, identity, .. }
+            if restart.candidates == ["a=candidate:7 1 udp 2130706431 127.0.0.2 5000 typ host"]
+                && identity == DEV_SUBJECT
+    ));
+}
+
+#[tokio::test]
+async fn an_ice_restart_without_new_credentials_is_a_400_and_reaches_no_relay() {
+    let signal = Signal::start().await;
+    signal.network.state().restarts = true;
+    let (location, _) = signal.join().await;
+    for frag in [
+        "a=candidate:7 1 udp 2130706431 127.0.0.2 5000 typ host\r\n",
+        "a=ice-ufrag:new1\r\n",
+        "a=ice-ufrag:new1\r\na=ice-pwd:short\r\n",
+        "a=ice-ufrag:n w1\r\na=ice-pwd:newpasswordnewpassword12\r\n",
+    ] {
+        let detail = problem(
+            signal.patch(&location, Some("*"), frag).await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        assert!(detail.contains("ice-ufrag"), "{frag}: {detail}");
+    }
+    assert_eq!(signal.network.calls().len(), 1);
     signal.assert_alive().await;
 }
 
@@ -1041,7 +1130,7 @@ async fn preflight_options_answer_204_with_cors_and_accept_post() {
         );
         assert_eq!(
             header(&response, "access-control-expose-headers"),
-            "Location, ETag, Retry-After, Accept-Post"
+            "Location, ETag, Retry-After, Accept-Post, Link"
         );
         assert_eq!(header(&response, "accept-post"), "application/sdp");
     }
@@ -1644,4 +1733,155 @@ async fn a_rate_limited_client_still_writing_its_body_sees_its_429() {
     let path = format!("/v1/sessions/{SESSION}/peers");
     let got = slow_post(&signal.base, &path, &headers, OFFER.as_bytes()).await;
     assert_eq!(got.ok(), Some(429));
+}
+
+// ---------------------------------------------------------------- ICE servers (§10)
+
+const TURN_SECRET: &[u8] = b"turn-shared-secret";
+
+/// A signal service with a STUN and two TURN servers, and signed tokens.
+async fn signal_with_ice_servers() -> Signal {
+    signal_with_keys(|config| {
+        config.ice_servers = deltamesh_signal::IceServers::new(
+            vec!["stun:stun.example.net:3478".into()],
+            vec![
+                "turn:turn.example.net:3478?transport=udp".into(),
+                "turn:turn.example.net:3478?transport=tcp".into(),
+            ],
+            Some(TURN_SECRET),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    })
+    .await
+}
+
+fn links(response: &Response) -> Vec<String> {
+    response
+        .headers()
+        .get_all("link")
+        .iter()
+        .map(|value| value.to_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The TURN REST credential for `username`, computed here on its own.
+fn turn_password(username: &str) -> String {
+    use aws_lc_rs::hmac;
+    use base64::Engine;
+    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, TURN_SECRET);
+    base64::engine::general_purpose::STANDARD.encode(hmac::sign(&key, username.as_bytes()))
+}
+
+/// The `username` of a TURN `link`, split into expiry and identity.
+fn turn_username(link: &str) -> (u64, String) {
+    let start = link.find("username=\"").expect("a username") + "username=\"".len();
+    let username = &link[start..start + link[start..].find('"').unwrap()];
+    let (expiry, identity) = username.split_once(':').unwrap();
+    (expiry.parse().unwrap(), identity.to_owned())
+}
+
+fn assert_turn_links(links: &[String], identity: &str, latest_expiry: u64) {
+    assert_eq!(links.len(), 3, "{links:?}");
+    assert_eq!(links[0], "<stun:stun.example.net:3478>; rel=\"ice-server\"");
+    for (link, transport) in links[1..].iter().zip(["udp", "tcp"]) {
+        let (expiry, who) = turn_username(link);
+        assert_eq!(who, identity, "{link}");
+        assert!(
+            expiry <= latest_expiry && expiry + 60 > latest_expiry,
+            "{link}"
+        );
+        let username = format!("{expiry}:{identity}");
+        assert_eq!(
+            *link,
+            format!(
+                "<turn:turn.example.net:3478?transport={transport}>; rel=\"ice-server\"; \
+                 username=\"{username}\"; credential=\"{}\"; credential-type=\"password\"",
+                turn_password(&username)
+            )
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_201_and_an_authenticated_options_list_the_same_ice_servers() {
+    let signal = signal_with_ice_servers().await;
+    // The token expires before the lifetime ends: the credential with it.
+    let token_expiry = unix_now() + 120;
+    let token = signed("alice", SESSION, Grants::ALL, token_expiry);
+    let created = signal
+        .request(Method::POST, &format!("/v1/sessions/{SESSION}/peers"))
+        .bearer_auth(&token)
+        .header("content-type", "application/sdp")
+        .body(OFFER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_turn_links(&links(&created), "alice", token_expiry);
+    assert!(header(&created, "access-control-expose-headers").contains("Link"));
+
+    let options = signal
+        .request(Method::OPTIONS, &format!("/v1/sessions/{SESSION}/peers"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(options.status(), StatusCode::NO_CONTENT);
+    assert_eq!(links(&options), links(&created));
+    assert_eq!(header(&options, "accept-post"), "application/sdp");
+}
+
+#[tokio::test]
+async fn the_development_token_gets_credentials_for_dev_within_the_lifetime() {
+    let signal = signal_with_ice_servers().await;
+    let response = signal
+        .api(Method::OPTIONS, &format!("/v1/sessions/{SESSION}/peers"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_turn_links(&links(&response), DEV_SUBJECT, unix_now() + 600);
+}
+
+#[tokio::test]
+async fn a_preflight_lists_stun_but_never_turn_credentials() {
+    let signal = signal_with_ice_servers().await;
+    let response = signal
+        .request(Method::OPTIONS, &format!("/v1/sessions/{SESSION}/peers"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "OPTIONS")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        links(&response),
+        ["<stun:stun.example.net:3478>; rel=\"ice-server\""]
+    );
+    assert!(signal.network.calls().is_empty());
+}
+
+#[tokio::test]
+async fn an_options_with_a_bad_token_is_refused_and_hands_out_nothing() {
+    let signal = signal_with_ice_servers().await;
+    let path = format!("/v1/sessions/{SESSION}/peers");
+    let forged = signal
+        .request(Method::OPTIONS, &path)
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert!(links(&forged).is_empty());
+    problem(forged, StatusCode::UNAUTHORIZED).await;
+    let other = signed("alice", "another-session", Grants::ALL, in_an_hour());
+    let elsewhere = signal
+        .request(Method::OPTIONS, &path)
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert!(links(&elsewhere).is_empty());
+    problem(elsewhere, StatusCode::FORBIDDEN).await;
 }

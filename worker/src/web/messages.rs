@@ -15,6 +15,7 @@ use web_sys::RtcDataChannel;
 
 use super::js::{get, get_instance, get_integer, get_number, get_string, object};
 use crate::backoff::ReconnectPolicy;
+use crate::ice_servers::IceServer;
 
 /// Largest integer a JavaScript number holds exactly (seqs, counters).
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
@@ -39,6 +40,43 @@ pub struct Config {
     /// Keepalive pings, when the relay counts as gone, and the reconnect
     /// backoff: the native peer's policy, as the page's options set it.
     pub reconnect: ReconnectPolicy,
+    /// Which candidates the peer connection may use.
+    pub ice_transport_policy: IceTransportPolicy,
+}
+
+/// `RTCConfiguration.iceTransportPolicy`: every candidate, or TURN relay
+/// candidates only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IceTransportPolicy {
+    /// Host, server-reflexive and relay candidates (the default).
+    #[default]
+    All,
+    /// Relay candidates only: every packet goes through a TURN server.
+    Relay,
+}
+
+impl IceTransportPolicy {
+    /// The policy's name in `RTCConfiguration`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IceTransportPolicy::All => "all",
+            IceTransportPolicy::Relay => "relay",
+        }
+    }
+}
+
+impl FromStr for IceTransportPolicy {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "all" => Ok(IceTransportPolicy::All),
+            "relay" => Ok(IceTransportPolicy::Relay),
+            other => Err(format!(
+                "iceTransportPolicy must be \"all\" or \"relay\", got {other:?}"
+            )),
+        }
+    }
 }
 
 /// The connection's state as the application sees it.
@@ -128,6 +166,14 @@ pub enum ToWorker {
         /// The offer.
         sdp: String,
     },
+    /// Peer connection `generation` gathered a candidate (after its offer
+    /// was made), to trickle to the relay.
+    Candidate {
+        /// Which connection attempt.
+        generation: u32,
+        /// The `RTCIceCandidate.candidate` string.
+        candidate: String,
+    },
     /// Peer connection `generation` failed, or could not be made.
     LinkFailed {
         /// Which connection attempt.
@@ -182,10 +228,13 @@ pub struct Notice {
 pub enum ToPage {
     /// The worker is running and listening.
     Ready,
-    /// Make peer connection `generation` and transfer its channels.
+    /// Make peer connection `generation` with these ICE servers and
+    /// transfer its channels.
     OpenLink {
         /// The attempt's number.
         generation: u32,
+        /// The STUN and TURN servers signal listed (PROTOCOL §10).
+        ice_servers: Vec<IceServer>,
     },
     /// The relay's answer for peer connection `generation`.
     Answer {
@@ -322,6 +371,10 @@ impl ToWorker {
                 ("maxRetryMs", millis(config.reconnect.max_retry)),
                 ("keepaliveMs", millis(config.reconnect.keepalive)),
                 ("silenceTimeoutMs", millis(config.reconnect.silence_timeout)),
+                (
+                    "iceTransportPolicy",
+                    config.ice_transport_policy.as_str().into(),
+                ),
             ]),
             ToWorker::Channels {
                 generation,
@@ -342,6 +395,14 @@ impl ToWorker {
                 ("type", "offer".into()),
                 ("generation", number(*generation)),
                 ("sdp", sdp.as_str().into()),
+            ]),
+            ToWorker::Candidate {
+                generation,
+                candidate,
+            } => object(&[
+                ("type", "candidate".into()),
+                ("generation", number(*generation)),
+                ("candidate", candidate.as_str().into()),
             ]),
             ToWorker::LinkFailed { generation, reason } => object(&[
                 ("type", "linkFailed".into()),
@@ -390,6 +451,7 @@ impl ToWorker {
                     keepalive: get_millis(message, "keepaliveMs")?,
                     silence_timeout: get_millis(message, "silenceTimeoutMs")?,
                 },
+                ice_transport_policy: get_string(message, "iceTransportPolicy")?.parse()?,
             }),
             "channels" => {
                 let list: Array = get_instance(message, "channels")?;
@@ -406,6 +468,10 @@ impl ToWorker {
             "offer" => ToWorker::Offer {
                 generation: get_u32(message, "generation")?,
                 sdp: get_string(message, "sdp")?,
+            },
+            "candidate" => ToWorker::Candidate {
+                generation: get_u32(message, "generation")?,
+                candidate: get_string(message, "candidate")?,
             },
             "linkFailed" => ToWorker::LinkFailed {
                 generation: get_u32(message, "generation")?,
@@ -436,9 +502,13 @@ impl ToPage {
     pub fn encode(&self, transfer: &Array) -> JsValue {
         let message = match self {
             ToPage::Ready => object(&[("type", "ready".into())]),
-            ToPage::OpenLink { generation } => object(&[
+            ToPage::OpenLink {
+                generation,
+                ice_servers,
+            } => object(&[
                 ("type", "openLink".into()),
                 ("generation", number(*generation)),
+                ("iceServers", ice_servers_array(ice_servers).into()),
             ]),
             ToPage::Answer { generation, sdp } => object(&[
                 ("type", "answer".into()),
@@ -535,6 +605,7 @@ impl ToPage {
             "ready" => ToPage::Ready,
             "openLink" => ToPage::OpenLink {
                 generation: get_u32(message, "generation")?,
+                ice_servers: read_ice_servers(&get_instance(message, "iceServers")?)?,
             },
             "answer" => ToPage::Answer {
                 generation: get_u32(message, "generation")?,
@@ -607,6 +678,38 @@ impl ToPage {
     }
 }
 
+/// `servers` as `RTCIceServer` dictionaries (`urls`, and `username` and
+/// `credential` when there are any), ready for `RTCConfiguration`.
+pub fn ice_servers_array(servers: &[IceServer]) -> Array {
+    servers
+        .iter()
+        .map(|server| {
+            let dictionary = object(&[("urls", server.url.as_str().into())]);
+            for (key, value) in [
+                ("username", &server.username),
+                ("credential", &server.credential),
+            ] {
+                if let Some(value) = value {
+                    let _ = js_sys::Reflect::set(&dictionary, &key.into(), &value.into());
+                }
+            }
+            JsValue::from(dictionary)
+        })
+        .collect()
+}
+
+fn read_ice_servers(list: &Array) -> Result<Vec<IceServer>, String> {
+    list.iter()
+        .map(|server| {
+            Ok(IceServer {
+                url: get_string(&server, "urls")?,
+                username: get(&server, "username").as_string(),
+                credential: get(&server, "credential").as_string(),
+            })
+        })
+        .collect()
+}
+
 /// A notice as the object applications get in `onNotice`.
 pub fn notice_object(notice: &Notice) -> JsValue {
     object(&[
@@ -661,7 +764,25 @@ mod tests {
     fn every_worker_to_page_message_survives_encoding() {
         let id = Id([7; 16]);
         page_round_trip(ToPage::Ready);
-        page_round_trip(ToPage::OpenLink { generation: 3 });
+        page_round_trip(ToPage::OpenLink {
+            generation: 3,
+            ice_servers: Vec::new(),
+        });
+        page_round_trip(ToPage::OpenLink {
+            generation: 4,
+            ice_servers: vec![
+                IceServer {
+                    url: "stun:127.0.0.1:3478".into(),
+                    username: None,
+                    credential: None,
+                },
+                IceServer {
+                    url: "turn:127.0.0.1:3478?transport=udp".into(),
+                    username: Some("1795330331:dev".into()),
+                    credential: Some("c3VwZXI=".into()),
+                },
+            ],
+        });
         page_round_trip(ToPage::Answer {
             generation: 3,
             sdp: "v=0\r\n".into(),
@@ -750,7 +871,12 @@ mod tests {
                     first_retry: Duration::from_millis(100),
                     ..ReconnectPolicy::default()
                 },
+                ice_transport_policy: IceTransportPolicy::Relay,
             }),
+            ToWorker::Candidate {
+                generation: 1,
+                candidate: "candidate:1 1 udp 41885439 127.0.0.1 50002 typ relay".into(),
+            },
             ToWorker::Offer {
                 generation: 1,
                 sdp: "v=0\r\n".into(),

@@ -2,9 +2,10 @@
 //! worker that runs the connection and returns a [`Connection`] handle.
 //!
 //! The page keeps only what cannot live in the worker: the
-//! `RTCPeerConnection` (made on the worker's request, its three channels
-//! transferred to the worker in the same task) and the application's
-//! callbacks. Received payloads arrive as views into the buffer the worker
+//! `RTCPeerConnection` (made on the worker's request, with the ICE servers
+//! the worker got from signal, its channels transferred to the worker in
+//! the same task, its late candidates passed on for trickling) and the
+//! application's callbacks. Received payloads arrive as views into the buffer the worker
 //! transferred, so the page copies nothing. Sending copies the payload once
 //! into the `postMessage` (the application keeps its buffer), whatever its
 //! size: a large delta crosses to the worker whole, and only the worker
@@ -29,17 +30,17 @@ use web_sys::{ErrorEvent, MessageEvent, Worker, WorkerOptions, WorkerType};
 
 use super::js::{error_text, get, object};
 use super::messages::{
-    Config, ConnectionState, Stats, ToPage, ToWorker, notice_object, stats_object,
+    Config, ConnectionState, IceTransportPolicy, Stats, ToPage, ToWorker, notice_object,
+    stats_object,
 };
 use super::peer_connection::{self, PeerConnection};
 use crate::backoff::ReconnectPolicy;
+use crate::ice_servers::IceServer;
 
 /// Where the worker script is served unless options say otherwise.
 const DEFAULT_WORKER_URL: &str = "/pkg/worker.js";
 /// Deltas that may await acknowledgement unless options say otherwise.
 const DEFAULT_MAX_UNACKED: u32 = 4096;
-/// The worker numbers its connection attempts from 1.
-const FIRST_GENERATION: u32 = 1;
 
 #[wasm_bindgen(typescript_custom_section)]
 const TYPES: &str = r#"
@@ -71,6 +72,11 @@ export interface ConnectOptions {
     keepaliveMs?: number;
     /** Silence from the relay after which the connection counts as lost, in ms. Default: 2000. */
     silenceTimeoutMs?: number;
+    /**
+     * The peer connection's `iceTransportPolicy`: "relay" sends everything
+     * through the TURN servers signal lists (PROTOCOL §10). Default: "all".
+     */
+    iceTransportPolicy?: "all" | "relay";
 }
 
 /** A delta from another peer, delivered once each, in `seq` order. */
@@ -201,6 +207,7 @@ struct Shared {
     waiting_connected: Vec<(Function, Function)>,
     waiting_closed: Vec<Function>,
     link: Option<(u32, PeerConnection)>,
+    ice_transport_policy: IceTransportPolicy,
 }
 
 /// An application callback and its argument(s), to run once the shared
@@ -249,6 +256,10 @@ fn start_worker(session: String, token: String, options: &JsValue) -> Result<Pro
         Some(n) if n >= 1.0 && n <= u32::MAX as f64 && n.fract() == 0.0 => n as u32,
         Some(_) => return Err(type_error("maxUnacked must be a whole number from 1")),
     };
+    let ice_transport_policy = match get(options, "iceTransportPolicy").as_string() {
+        None => IceTransportPolicy::All,
+        Some(name) => name.parse().map_err(|e: String| type_error(&e))?,
+    };
     let policy = ReconnectPolicy::default();
     let config = Config {
         signal_url,
@@ -264,6 +275,7 @@ fn start_worker(session: String, token: String, options: &JsValue) -> Result<Pro
             keepalive: millis_option(options, "keepaliveMs", policy.keepalive)?,
             silence_timeout: millis_option(options, "silenceTimeoutMs", policy.silence_timeout)?,
         },
+        ice_transport_policy,
     };
     let worker_options = WorkerOptions::new();
     worker_options.set_type(WorkerType::Module);
@@ -289,6 +301,7 @@ fn start_worker(session: String, token: String, options: &JsValue) -> Result<Pro
         waiting_connected: Vec::new(),
         waiting_closed: Vec::new(),
         link: None,
+        ice_transport_policy,
     }));
     let on_message = {
         let shared = shared.clone();
@@ -333,11 +346,10 @@ fn start_worker(session: String, token: String, options: &JsValue) -> Result<Pro
     }
     on_page_hide.forget();
     // While the worker loads: hand it this page's compiled module (so it
-    // neither fetches nor compiles the wasm again), its configuration, and
-    // the first peer connection, whose offer is made meanwhile.
+    // neither fetches nor compiles the wasm again) and its configuration.
+    // It asks for the first peer connection once it has the ICE servers.
     worker.post_message(&wasm_bindgen::module())?;
     worker.post_message(&ToWorker::Start(config).encode().0)?;
-    shared.borrow_mut().open_link(FIRST_GENERATION);
     let connection = Connection {
         shared: shared.clone(),
     };
@@ -398,10 +410,12 @@ fn on_page_message(shared: &Rc<RefCell<Shared>>, message: ToPage) -> Vec<Call> {
             .take()
             .map(|(resolve, _, connection)| vec![(resolve, connection, JsValue::UNDEFINED)])
             .unwrap_or_default(),
-        ToPage::OpenLink { generation } => {
-            // The first link was opened before the worker asked.
+        ToPage::OpenLink {
+            generation,
+            ice_servers,
+        } => {
             if s.link.as_ref().is_none_or(|(g, _)| *g != generation) {
-                s.open_link(generation);
+                s.open_link(generation, &ice_servers);
             }
             Vec::new()
         }
@@ -523,10 +537,10 @@ fn post(worker: &Worker, message: &ToWorker) {
 }
 
 impl Shared {
-    /// Makes peer connection `generation` and transfers its channels to
-    /// the worker in this same task (the browser requires it), then makes
-    /// the offer.
-    fn open_link(&mut self, generation: u32) {
+    /// Makes peer connection `generation` with `ice_servers` and transfers
+    /// its channels to the worker in this same task (the browser requires
+    /// it), then makes the offer. Candidates it gathers go to the worker.
+    fn open_link(&mut self, generation: u32, ice_servers: &[IceServer]) {
         if let Some((_, old)) = self.link.take() {
             old.close();
         }
@@ -534,12 +548,24 @@ impl Shared {
         let on_failed = move |reason: String| {
             post(&worker, &ToWorker::LinkFailed { generation, reason });
         };
-        let (link, channels) = match PeerConnection::open(on_failed) {
-            Ok(opened) => opened,
-            Err(reason) => {
-                return post(&self.worker, &ToWorker::LinkFailed { generation, reason });
-            }
+        let worker = self.worker.clone();
+        let on_candidate = move |candidate: String| {
+            post(
+                &worker,
+                &ToWorker::Candidate {
+                    generation,
+                    candidate,
+                },
+            );
         };
+        let policy = self.ice_transport_policy;
+        let (link, channels) =
+            match PeerConnection::open(ice_servers, policy, on_failed, on_candidate) {
+                Ok(opened) => opened,
+                Err(reason) => {
+                    return post(&self.worker, &ToWorker::LinkFailed { generation, reason });
+                }
+            };
         post(
             &self.worker,
             &ToWorker::Channels {

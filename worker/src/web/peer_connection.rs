@@ -1,9 +1,11 @@
 //! One `RTCPeerConnection` with deltamesh's four pre-negotiated channels:
 //! made by the page (Chromium has none in workers) or, where the browser
-//! offers it, by the worker itself.
+//! offers it, by the worker itself, with the ICE servers signal listed
+//! (PROTOCOL §10) and the application's `iceTransportPolicy`. Candidates it
+//! gathers are reported for trickling.
 
 use deltamesh_proto::channel::Channel;
-use js_sys::Promise;
+use js_sys::{Array, Promise, Reflect};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{
@@ -11,12 +13,16 @@ use web_sys::{
     RtcSessionDescriptionInit,
 };
 
-use super::js::{error_text, get};
+use super::js::{error_text, get, object};
+use super::messages::{IceTransportPolicy, ice_servers_array};
+use crate::ice_servers::IceServer;
 
-/// A peer connection and the handler that reports its failure.
+/// A peer connection and the handlers that report its failure and its
+/// candidates.
 pub struct PeerConnection {
     pc: RtcPeerConnection,
     _on_state_change: Closure<dyn FnMut()>,
+    _on_candidate: Closure<dyn FnMut(JsValue)>,
 }
 
 impl PeerConnection {
@@ -28,12 +34,17 @@ impl PeerConnection {
 
     /// Makes the connection and its `command`, `send` and `receive`
     /// channels (ordered, reliable) and `presence` (unordered, no
-    /// retransmits; PROTOCOL §8), all negotiated by stream id. `on_failed`
-    /// runs once if the connection fails or closes under us.
+    /// retransmits; PROTOCOL §8), all negotiated by stream id, gathering
+    /// through `ice_servers` under `policy`. `on_failed` runs once if the
+    /// connection fails or closes under us; `on_candidate` with each
+    /// candidate gathered (the `RTCIceCandidate.candidate` string).
     pub fn open(
+        ice_servers: &[IceServer],
+        policy: IceTransportPolicy,
         on_failed: impl FnOnce(String) + 'static,
+        on_candidate: impl FnMut(String) + 'static,
     ) -> Result<(PeerConnection, [RtcDataChannel; 4]), String> {
-        let pc = RtcPeerConnection::new().map_err(|e| error_text(&e))?;
+        let pc = new_peer_connection(ice_servers, policy)?;
         let channel = |channel: Channel| {
             let init = RtcDataChannelInit::new();
             init.set_negotiated(true);
@@ -58,10 +69,21 @@ impl PeerConnection {
             }
         });
         pc.set_onconnectionstatechange(Some(on_state_change.as_ref().unchecked_ref()));
+        let mut on_candidate = on_candidate;
+        let on_ice_candidate = Closure::<dyn FnMut(JsValue)>::new(move |event: JsValue| {
+            // `candidate` is null at the end of gathering.
+            if let Some(line) = get(&get(&event, "candidate"), "candidate").as_string()
+                && !line.is_empty()
+            {
+                on_candidate(line);
+            }
+        });
+        pc.set_onicecandidate(Some(on_ice_candidate.as_ref().unchecked_ref()));
         Ok((
             PeerConnection {
                 pc,
                 _on_state_change: on_state_change,
+                _on_candidate: on_ice_candidate,
             },
             channels,
         ))
@@ -75,8 +97,29 @@ impl PeerConnection {
     /// Closes the connection and its channels.
     pub fn close(&self) {
         self.pc.set_onconnectionstatechange(None);
+        self.pc.set_onicecandidate(None);
         self.pc.close();
     }
+}
+
+/// `new RTCPeerConnection({iceServers, iceTransportPolicy})`, built from a
+/// plain object (the configuration dictionary needs nothing more).
+fn new_peer_connection(
+    ice_servers: &[IceServer],
+    policy: IceTransportPolicy,
+) -> Result<RtcPeerConnection, String> {
+    let configuration = object(&[
+        ("iceServers", ice_servers_array(ice_servers).into()),
+        ("iceTransportPolicy", policy.as_str().into()),
+    ]);
+    let constructor =
+        Reflect::get(&js_sys::global(), &"RTCPeerConnection".into()).map_err(|e| error_text(&e))?;
+    let constructor: js_sys::Function = constructor
+        .dyn_into()
+        .map_err(|_| "RTCPeerConnection is not available here".to_owned())?;
+    Reflect::construct(&constructor, &Array::of1(&configuration))
+        .map(JsCast::unchecked_into)
+        .map_err(|e| format!("RTCPeerConnection: {}", error_text(&e)))
 }
 
 /// Makes the offer and sets it as the local description; returns its SDP.

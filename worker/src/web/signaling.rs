@@ -1,6 +1,7 @@
-//! The HTTP half of connecting, from the worker: `POST` the offer to
-//! `signal` and read the answer (PROTOCOL §1), `DELETE` the peer resource on
-//! close. Every failure becomes a [`SignalError`] that says what happened and
+//! The HTTP half of connecting, from the worker: ask `signal` for the ICE
+//! servers with an authenticated `OPTIONS` (§10), `POST` the offer and read
+//! the answer (PROTOCOL §1), `PATCH` late candidates (trickle), `DELETE`
+//! the peer resource on close. Every failure becomes a [`SignalError`] that says what happened and
 //! whether the server asked for a pause (`Retry-After`).
 
 use std::fmt;
@@ -14,6 +15,8 @@ use web_sys::{AbortController, Headers, Request, RequestInit, Response, WorkerGl
 
 use super::js::{error_text, get};
 use super::messages::Config;
+use crate::ice_servers::{IceServer, parse_links};
+use crate::trickle;
 
 /// How long one request may take before it is abandoned.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,8 +26,18 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Answer {
     /// The SDP answer.
     pub sdp: String,
-    /// The peer resource's URL (from `Location`), for `DELETE`.
+    /// The peer resource's URL (from `Location`), for `PATCH` and `DELETE`.
     pub resource: String,
+    /// The resource's `ETag` as sent (quoted), for `If-Match` on a trickle.
+    pub etag: Option<String>,
+}
+
+/// What a request carries.
+enum Body<'a> {
+    /// An SDP offer (and a fresh `traceparent`).
+    Offer(&'a str),
+    /// Trickled candidates for the resource whose ETag is `etag`.
+    Trickle { etag: &'a str, sdpfrag: String },
 }
 
 /// Why an offer got no answer.
@@ -79,28 +92,68 @@ impl fmt::Display for SignalError {
     }
 }
 
-/// Posts `offer` for `config.session` and returns the relay's answer.
-pub async fn post_offer(config: &Config, offer: &str) -> Result<Answer, SignalError> {
-    let url = format!(
+/// The peers collection of `config.session`.
+fn collection(config: &Config) -> String {
+    format!(
         "{}/v1/sessions/{}/peers",
         config.signal_url.trim_end_matches('/'),
         config.session
-    );
-    let response = fetch("POST", &url, &config.token, Some(offer)).await?;
+    )
+}
+
+/// The ICE servers signal lists for this token (an authenticated
+/// `OPTIONS` of the peers collection: TURN credentials included).
+pub async fn ice_servers(config: &Config) -> Result<Vec<IceServer>, SignalError> {
+    let response = fetch("OPTIONS", &collection(config), &config.token, None).await?;
+    if response.status() != 204 && response.status() != 200 {
+        return Err(refusal(&response, &body_text(&response).await));
+    }
+    let links = response.headers().get("link").ok().flatten();
+    Ok(parse_links(links.as_deref()))
+}
+
+/// Sends `candidates` (`a=candidate:` lines) to the peer resource whose
+/// ETag is `etag`, as an sdpfrag.
+pub async fn trickle(
+    resource: &str,
+    token: &str,
+    etag: &str,
+    candidates: &[String],
+) -> Result<(), SignalError> {
+    let body = Body::Trickle {
+        etag,
+        sdpfrag: trickle::sdpfrag(candidates),
+    };
+    let response = fetch("PATCH", resource, token, Some(body)).await?;
+    if response.status() != 204 {
+        return Err(refusal(&response, &body_text(&response).await));
+    }
+    Ok(())
+}
+
+/// An error status as a [`SignalError`], with the server's `Retry-After`.
+fn refusal(response: &Response, text: &str) -> SignalError {
+    SignalError::Refused {
+        status: response.status(),
+        detail: problem_detail(text, &response.status_text()),
+        retry_after: response
+            .headers()
+            .get("retry-after")
+            .ok()
+            .flatten()
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .map(Duration::from_secs),
+    }
+}
+
+/// Posts `offer` for `config.session` and returns the relay's answer.
+pub async fn post_offer(config: &Config, offer: &str) -> Result<Answer, SignalError> {
+    let url = collection(config);
+    let response = fetch("POST", &url, &config.token, Some(Body::Offer(offer))).await?;
     let status = response.status();
     let text = body_text(&response).await;
     if status != 201 {
-        return Err(SignalError::Refused {
-            status,
-            detail: problem_detail(&text, &response.status_text()),
-            retry_after: response
-                .headers()
-                .get("retry-after")
-                .ok()
-                .flatten()
-                .and_then(|value| value.trim().parse::<u64>().ok())
-                .map(Duration::from_secs),
-        });
+        return Err(refusal(&response, &text));
     }
     let location = response
         .headers()
@@ -121,6 +174,7 @@ pub async fn post_offer(config: &Config, offer: &str) -> Result<Answer, SignalEr
     Ok(Answer {
         sdp: text,
         resource,
+        etag: response.headers().get("etag").ok().flatten(),
     })
 }
 
@@ -138,7 +192,7 @@ async fn fetch(
     method: &str,
     url: &str,
     token: &str,
-    sdp: Option<&str>,
+    body: Option<Body<'_>>,
 ) -> Result<Response, SignalError> {
     let unreachable = |e: JsValue| SignalError::Unreachable(error_text(&e));
     let scope: WorkerGlobalScope = js_sys::global().unchecked_into();
@@ -148,17 +202,27 @@ async fn fetch(
         .map_err(unreachable)?;
     let init = RequestInit::new();
     init.set_method(method);
-    if let Some(sdp) = sdp {
-        headers
-            .set("content-type", "application/sdp")
-            .map_err(unreachable)?;
-        // Each connection is one trace, which the services continue.
-        let traceparent = random_traceparent();
-        tracing::info!(%traceparent, "posting the offer");
-        headers
-            .set(TRACEPARENT, &traceparent)
-            .map_err(unreachable)?;
-        init.set_body(&JsValue::from_str(sdp));
+    match body {
+        Some(Body::Offer(sdp)) => {
+            headers
+                .set("content-type", "application/sdp")
+                .map_err(unreachable)?;
+            // Each connection is one trace, which the services continue.
+            let traceparent = random_traceparent();
+            tracing::info!(%traceparent, "posting the offer");
+            headers
+                .set(TRACEPARENT, &traceparent)
+                .map_err(unreachable)?;
+            init.set_body(&JsValue::from_str(sdp));
+        }
+        Some(Body::Trickle { etag, sdpfrag }) => {
+            headers
+                .set("content-type", "application/trickle-ice-sdpfrag")
+                .map_err(unreachable)?;
+            headers.set("if-match", etag).map_err(unreachable)?;
+            init.set_body(&JsValue::from_str(&sdpfrag));
+        }
+        None => {}
     }
     init.set_headers(&headers);
     let abort = AbortController::new().map_err(unreachable)?;

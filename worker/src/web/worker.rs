@@ -39,6 +39,8 @@ use super::peer_connection::{self, PeerConnection};
 use super::signaling::{self, Answer, SignalError};
 use crate::backoff::Backoff;
 use crate::core::{Features, PAYLOAD_OFFSET, PeerCore, PeerEvent};
+use crate::ice_servers::IceServer;
+use crate::trickle::TrickleQueue;
 
 /// How long one attempt may take from offer to `Welcome`.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -87,9 +89,20 @@ enum Input {
     Writable {
         generation: u32,
     },
+    /// The ICE servers for attempt `generation` (empty when signal lists
+    /// none or could not be asked: the attempt goes on without them).
+    IceServers {
+        generation: u32,
+        servers: Vec<IceServer>,
+    },
     LocalOffer {
         generation: u32,
         offer: Result<String, String>,
+    },
+    /// A `PATCH` of trickled candidates was answered.
+    Trickled {
+        generation: u32,
+        result: Result<(), SignalError>,
     },
     Answer {
         generation: u32,
@@ -106,6 +119,17 @@ enum Input {
 
 /// Something the driver wants started outside its borrow.
 enum Effect {
+    FetchIceServers {
+        generation: u32,
+        config: Config,
+    },
+    Trickle {
+        generation: u32,
+        resource: String,
+        token: String,
+        etag: String,
+        candidates: Vec<String>,
+    },
     PostOffer {
         generation: u32,
         config: Config,
@@ -221,6 +245,11 @@ struct Driver {
     link: Option<Link>,
     /// The current attempt's peer resource, for `DELETE` on close.
     resource: Option<String>,
+    /// The current attempt's candidates gathered after its offer, for
+    /// `PATCH` once the resource exists.
+    trickle: TrickleQueue,
+    /// The current attempt's resource ETag (quoted), for `If-Match`.
+    etag: Option<String>,
     backoff: Backoff,
     /// The page's request id for each client_seq awaiting its ack.
     requests: HashMap<u64, u32>,
@@ -292,6 +321,32 @@ fn handle(input: Input) {
 
 fn start(effect: Effect) {
     match effect {
+        Effect::FetchIceServers { generation, config } => {
+            wasm_bindgen_futures::spawn_local(async move {
+                let servers = signaling::ice_servers(&config)
+                    .await
+                    .inspect_err(|error| {
+                        tracing::warn!("no ICE servers ({error}); connecting without them")
+                    })
+                    .unwrap_or_default();
+                handle(Input::IceServers {
+                    generation,
+                    servers,
+                });
+            });
+        }
+        Effect::Trickle {
+            generation,
+            resource,
+            token,
+            etag,
+            candidates,
+        } => {
+            wasm_bindgen_futures::spawn_local(async move {
+                let result = signaling::trickle(&resource, &token, &etag, &candidates).await;
+                handle(Input::Trickled { generation, result });
+            });
+        }
         Effect::PostOffer {
             generation,
             config,
@@ -376,6 +431,8 @@ impl Driver {
             phase: Phase::Connecting,
             link: None,
             resource: None,
+            trickle: TrickleQueue::default(),
+            etag: None,
             backoff,
             requests: HashMap::new(),
             stats: Stats::default(),
@@ -411,6 +468,17 @@ impl Driver {
                 channel,
             } if generation == self.generation => {
                 self.lose_link(format!("the {} channel closed", channel.label()))
+            }
+            Input::IceServers {
+                generation,
+                servers,
+            } if generation == self.generation => self.open_link(generation, servers),
+            Input::Trickled { generation, result } if generation == self.generation => {
+                if let Err(error) = result {
+                    tracing::warn!("trickled candidates refused: {error}");
+                }
+                self.trickle.sent();
+                self.send_trickle();
             }
             Input::LocalOffer { generation, offer } if generation == self.generation => match offer
             {
@@ -457,7 +525,14 @@ impl Driver {
             ToWorker::LinkFailed { generation, reason } if generation == self.generation => {
                 self.lose_link(reason)
             }
-            ToWorker::Offer { .. } | ToWorker::LinkFailed { .. } => {}
+            ToWorker::Candidate {
+                generation,
+                candidate,
+            } if generation == self.generation => {
+                self.trickle.push(&candidate);
+                self.send_trickle();
+            }
+            ToWorker::Offer { .. } | ToWorker::LinkFailed { .. } | ToWorker::Candidate { .. } => {}
             ToWorker::Send {
                 id,
                 kind,
@@ -497,33 +572,73 @@ impl Driver {
         }
     }
 
-    /// Starts a new attempt: a new peer connection (made here when the
-    /// browser allows it, by the page otherwise), then the offer.
+    /// Starts a new attempt: the ICE servers (an `OPTIONS` to signal), then
+    /// a new peer connection with them, then the offer.
     fn begin_attempt(&mut self) {
         self.generation += 1;
         let generation = self.generation;
         // The state stays what it is (connecting, reconnecting with its
         // reason, failed with its reason) until this attempt's outcome.
         self.phase = Phase::Connecting;
+        self.trickle = TrickleQueue::default();
+        self.etag = None;
+        self.effects.push(Effect::FetchIceServers {
+            generation,
+            config: self.config.clone(),
+        });
+        self.effects.push(Effect::Timer {
+            after: ATTEMPT_TIMEOUT,
+            input: Input::AttemptTimeout { generation },
+        });
+    }
+
+    /// Makes attempt `generation`'s peer connection with `ice_servers`:
+    /// here when the browser allows it, by the page otherwise.
+    fn open_link(&mut self, generation: u32, ice_servers: Vec<IceServer>) {
+        if !matches!(self.phase, Phase::Connecting) || self.link.is_some() {
+            return;
+        }
         if PeerConnection::available() {
             let on_failed = move |reason: String| {
                 handle(Input::Page(ToWorker::LinkFailed { generation, reason }))
             };
-            match PeerConnection::open(on_failed) {
+            let on_candidate = move |candidate: String| {
+                handle(Input::Page(ToWorker::Candidate {
+                    generation,
+                    candidate,
+                }))
+            };
+            let policy = self.config.ice_transport_policy;
+            match PeerConnection::open(&ice_servers, policy, on_failed, on_candidate) {
                 Ok((own, channels)) => {
                     let pc = own.handle();
                     self.link = Some(Link::attach(generation, channels, Some(own)));
                     self.effects.push(Effect::MakeOffer { generation, pc });
                 }
-                Err(reason) => return self.attempt_failed(reason, None),
+                Err(reason) => self.attempt_failed(reason, None),
             }
         } else {
-            self.out.push(ToPage::OpenLink { generation });
+            self.out.push(ToPage::OpenLink {
+                generation,
+                ice_servers,
+            });
         }
-        self.effects.push(Effect::Timer {
-            after: ATTEMPT_TIMEOUT,
-            input: Input::AttemptTimeout { generation },
-        });
+    }
+
+    /// Sends the next batch of trickled candidates, when one may go.
+    fn send_trickle(&mut self) {
+        let (Some(resource), Some(etag)) = (&self.resource, &self.etag) else {
+            return;
+        };
+        if let Some(candidates) = self.trickle.next_batch() {
+            self.effects.push(Effect::Trickle {
+                generation: self.generation,
+                resource: resource.clone(),
+                token: self.config.token.clone(),
+                etag: etag.clone(),
+                candidates,
+            });
+        }
     }
 
     fn on_answer(&mut self, generation: u32, answer: Result<Answer, SignalError>) {
@@ -533,6 +648,9 @@ impl Driver {
             Ok(answer) if !current => self.delete(Some(answer.resource), false),
             Ok(answer) => {
                 self.resource = Some(answer.resource);
+                self.etag = answer.etag;
+                self.trickle.set_ready();
+                self.send_trickle();
                 let own = self.link.as_ref().and_then(|l| l.own.as_ref());
                 if let Some(own) = own {
                     let pc = own.handle();

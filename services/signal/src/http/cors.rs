@@ -1,6 +1,7 @@
 //! CORS, so that pages on any origin can signal from a browser: preflight
 //! answers for the `/v1` resources, and the headers that let scripts read
-//! every response (including `Location`, `ETag` and `Retry-After`).
+//! every response (including `Location`, `ETag`, `Retry-After` and the ICE
+//! servers' `Link`s).
 
 use axum::http::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -40,7 +41,7 @@ pub(super) async fn expose(mut response: Response) -> Response {
     headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     headers.insert(
         ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Location, ETag, Retry-After, Accept-Post"),
+        HeaderValue::from_static("Location, ETag, Retry-After, Accept-Post, Link"),
     );
     response
 }

@@ -101,7 +101,7 @@ pub fn router<N: Network>(
             "/v1/sessions/{session}/peers",
             post(peers::create::<N>)
                 .get(peers::list::<N>)
-                .options(|| async { cors::preflight(cors::COLLECTION_METHODS) }),
+                .options(peers::options::<N>),
         )
         .route(
             "/v1/sessions/{session}/peers/{peer}",

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
-use axum::http::header::{CONTENT_TYPE, ETAG, LOCATION};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, ETAG, LINK, LOCATION};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use deltamesh_proto::Id;
@@ -20,7 +20,10 @@ use serde::Serialize;
 
 use super::App;
 use super::body::{self, SDP, TRICKLE_ICE};
-use crate::network::{ConnectRequest, Network, PeerInfo};
+use super::cors;
+use crate::auth::Caller;
+use crate::ice_servers::Holder;
+use crate::network::{ConnectRequest, ICE_RESTART, Network, PeerInfo};
 use crate::problem::ApiError;
 use crate::{etag, ids, sdp};
 
@@ -77,7 +80,7 @@ async fn offer<N: Network>(
     let offer_sdp = sdp::check_offer(&body)?.to_owned();
     let connect = ConnectRequest {
         session: session.clone(),
-        identity: caller.subject,
+        identity: caller.subject.clone(),
         grants: caller.grants,
         offer_sdp,
         trace: trace.clone(),
@@ -108,11 +111,60 @@ async fn offer<N: Network>(
         (LOCATION, location),
         (ETAG, etag),
     ];
-    Ok((StatusCode::CREATED, headers, connected.answer_sdp).into_response())
+    let mut response = (StatusCode::CREATED, headers, connected.answer_sdp).into_response();
+    add_ice_servers(app, Some(&caller), &mut response);
+    Ok(response)
 }
 
-/// `PATCH /v1/sessions/{session}/peers/{peer}`: trickled ICE candidates, or
-/// an ICE restart with `If-Match: *`; `204` when the network took them.
+/// `OPTIONS /v1/sessions/{session}/peers`: the CORS preflight answer and
+/// the ICE servers (§10). A request with a token (not a preflight: browsers
+/// send none there) must carry a valid one for the session and gets TURN
+/// credentials bound to it; one without gets the STUN servers only.
+pub(super) async fn options<N: Network>(
+    State(app): State<Arc<App<N>>>,
+    path: PathParams<String>,
+    request: Request,
+) -> Response {
+    answer("ice servers", ice_servers(&app, path, request))
+}
+
+fn ice_servers<N: Network>(
+    app: &App<N>,
+    path: PathParams<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let caller = if request.headers().contains_key(AUTHORIZATION) {
+        let caller = app.admit(&request)?;
+        caller.may_enter(&session(path)?)?;
+        Some(caller)
+    } else {
+        None
+    };
+    let mut response = cors::preflight(cors::COLLECTION_METHODS);
+    add_ice_servers(app, caller.as_ref(), &mut response);
+    Ok(response)
+}
+
+/// Appends the configured ICE servers to `response` as `Link` headers, with
+/// TURN credentials for `caller` when there is one.
+fn add_ice_servers<N>(app: &App<N>, caller: Option<&Caller>, response: &mut Response) {
+    let now_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    let holder = caller.map(|caller| Holder {
+        identity: &caller.subject,
+        expires_at: caller.expires_at,
+    });
+    let headers = response.headers_mut();
+    for link in app.config.ice_servers.links(holder, now_unix) {
+        headers.append(LINK, link);
+    }
+}
+
+/// `PATCH /v1/sessions/{session}/peers/{peer}`: trickled ICE candidates
+/// (`204` when the network took them), or an ICE restart with
+/// `If-Match: *` (`200` with the relay's sdpfrag).
 pub(super) async fn trickle<N: Network>(
     State(app): State<Arc<App<N>>>,
     path: PathParams<(String, String)>,
@@ -132,12 +184,41 @@ async fn trickle_ice<N: Network>(
     body::require_content_type(request.headers(), TRICKLE_ICE)?;
     let if_match = etag::if_match(request.headers())?.to_owned();
     let body = body::read(request).await?;
+    if if_match == ICE_RESTART {
+        return restart_ice(app, &session, peer, &caller.subject, &body).await;
+    }
     let candidates = sdp::trickle_candidates(&body)?;
     app.network
         .trickle(&session, peer, &caller.subject, Some(&if_match), candidates)
         .await
         .map_err(|e| app.network_error(e))?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// An ICE restart (`If-Match: *`, RFC 9725 §4.4): the peer's new
+/// credentials and candidates to the network, answered `200` with the
+/// relay's new ones as an sdpfrag and the new `ETag`.
+async fn restart_ice<N: Network>(
+    app: &App<N>,
+    session: &str,
+    peer: Id,
+    identity: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let (restart, mid) = sdp::ice_restart(body)?;
+    let answer = app
+        .network
+        .restart_ice(session, peer, identity, restart)
+        .await
+        .map_err(|e| app.network_error(e))?;
+    let etag = etag::header(&answer.ufrag)?;
+    tracing::info!(session, %peer, "ICE restarted");
+    let headers = [
+        (CONTENT_TYPE, HeaderValue::from_static(TRICKLE_ICE)),
+        (ETAG, etag),
+    ];
+    let frag = sdp::ice_restart_answer(&answer, mid.as_deref());
+    Ok((StatusCode::OK, headers, frag).into_response())
 }
 
 /// `DELETE /v1/sessions/{session}/peers/{peer}`: closes the peer connection.
