@@ -9,3 +9,4 @@ mod security;
 mod signaling;
 mod slow_consumer;
 mod v1_1;
+mod websocket;

@@ -29,6 +29,9 @@ pub struct RelayConfig {
     /// the first free port of it, so relays sharing a host (replicas on a
     /// host network) each find ports inside one firewall rule.
     pub udp_port_last: Option<u16>,
+    /// TCP port of the WebSocket lane (PROTOCOL §11), where signal brings
+    /// a WebSocket peer's socket with its ticket (0: any free port).
+    pub socket_port: u16,
     /// Event-loop shards, each with its own socket.
     pub shards: usize,
     /// Peers this relay takes before answering offers with "no capacity".
@@ -110,6 +113,7 @@ impl Default for RelayConfig {
             advertised_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             udp_port: 0,
             udp_port_last: None,
+            socket_port: 0,
             shards: 1,
             max_peers: 10_000,
             max_peers_per_session: 1_000,

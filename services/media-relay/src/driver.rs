@@ -1,6 +1,6 @@
 //! The thin tokio driver of one shard: it owns the shard's UDP socket, its
 //! command queue and the clock, feeds the [`RelayCore`] datagrams,
-//! commands, wake-ups and timeouts, and sends what the core wants sent,
+//! commands, wake-ups, lane sockets' events and timeouts, and sends what the core wants sent,
 //! keeping a bounded queue while the socket's buffer is full.
 
 use std::collections::VecDeque;
@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::command::ShardCommand;
 use crate::core::{RelayCore, Transmit};
+use crate::socket_lane::ShardSockets;
 
 /// Longest the driver sleeps while the core has no deadline.
 const IDLE_WAIT: Duration = Duration::from_millis(500);
@@ -30,6 +31,7 @@ pub(crate) async fn run(
     mut core: RelayCore,
     socket: UdpSocket,
     mut commands: mpsc::Receiver<ShardCommand>,
+    mut sockets: ShardSockets,
 ) {
     let wake = Arc::clone(core.wake_handle());
     let mut outbound = Outbound::default();
@@ -57,14 +59,17 @@ pub(crate) async fn run(
             }
             _ = tokio::time::sleep_until(deadline.into()) => {}
             _ = wake.notified() => {}
+            event = sockets.recv() => sockets.handle(&mut core, event),
         }
         let now = Instant::now();
         core.handle_timeout(now);
         core.handle_wake(now);
         outbound.send_all(&socket, &mut core);
+        sockets.send_all(&mut core);
     }
     core.shutdown();
     outbound.send_all(&socket, &mut core);
+    sockets.send_all(&mut core);
 }
 
 /// Hands one command to the core and its result to the asker.
@@ -80,6 +85,9 @@ fn on_command(core: &mut RelayCore, command: ShardCommand) {
         ShardCommand::Drain(reconnect_after, reason) => core.drain(now, reconnect_after, &reason),
         ShardCommand::Close(peer, reason, reply) => {
             let _ = reply.send(core.close(peer, &reason));
+        }
+        ShardCommand::OpenSocket(open, reply) => {
+            let _ = reply.send(core.open_socket(now, *open));
         }
     }
 }

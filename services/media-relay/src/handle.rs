@@ -28,7 +28,13 @@ use crate::error::RelayError;
 use crate::log::DeltaLog;
 use crate::metrics::RelayMetrics;
 use crate::shared::Shared;
+use crate::socket_lane::{self, ShardSockets};
 use crate::timeline;
+
+mod socket;
+
+use socket::SocketLane;
+pub use socket::SocketTicket;
 
 /// How the handle reaches one shard.
 struct ShardLink {
@@ -41,6 +47,7 @@ struct ShardLink {
 pub struct RelayHandle {
     shared: Arc<Shared>,
     shards: Arc<Vec<ShardLink>>,
+    lane: Arc<SocketLane>,
 }
 
 /// Binds the relay's sockets and starts its shards on the current runtime.
@@ -58,6 +65,7 @@ pub async fn start(
     let clock = WallClock::new(Instant::now(), SystemTime::now());
     let shared = Shared::new(config, log, metrics, clock);
     let mut links = Vec::new();
+    let mut socket_events = Vec::new();
     for index in 0..shared.shard_count() {
         let config = &shared.config;
         let socket = match config.udp_port_last {
@@ -76,9 +84,17 @@ pub async fn start(
         let core =
             RelayCore::new(Arc::clone(&shared), index, addr).map_err(std::io::Error::other)?;
         let (commands, receiver) = mpsc::channel(1024);
-        tokio::spawn(driver::run(core, socket, receiver));
+        let (events, sockets) = mpsc::channel(socket_lane::SHARD_EVENTS);
+        socket_events.push(events);
+        tokio::spawn(driver::run(
+            core,
+            socket,
+            receiver,
+            ShardSockets::new(sockets),
+        ));
         links.push(ShardLink { commands, addr });
     }
+    let lane = SocketLane::start(&shared.config, socket_events).await?;
     tracing::info!(
         relay = %shared.config.relay_id,
         addrs = ?links.iter().map(|l| l.addr).collect::<Vec<_>>(),
@@ -87,6 +103,7 @@ pub async fn start(
     Ok(RelayHandle {
         shared,
         shards: Arc::new(links),
+        lane: Arc::new(lane),
     })
 }
 

@@ -31,4 +31,7 @@ pub use fleet::{FleetMetrics, FleetNetwork, FleetTimeouts};
 pub use http::{router, serve};
 pub use limits::RateLimit;
 pub use metrics::{SignalMetrics, openmetrics_response};
-pub use network::{ConnectRequest, Connected, Network, NetworkError, PeerInfo, PeerState};
+pub use network::{
+    ConnectRequest, Connected, Network, NetworkError, PeerInfo, PeerState, SocketPlaced,
+    SocketRequest,
+};
