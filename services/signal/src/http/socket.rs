@@ -10,7 +10,7 @@
 //! Signal never judges a message: the relay does, as for WebRTC.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Query, Request, State};
 use axum::http::header::{
@@ -192,8 +192,10 @@ fn websocket_key(headers: &HeaderMap) -> Result<String, ApiError> {
 
 /// Forwards messages between the client's socket and the relay's until
 /// either closes; a close (its code and reason) goes on to the other side.
-/// Pings and pongs are each hop's own: signal pings the client and closes
-/// a client silent for [`CLIENT_SILENCE`]; the relay pings signal.
+/// The two directions run side by side, each waiting for its own writes
+/// only, so a client busy writing can still be read from and the other way
+/// round. Pings and pongs are each hop's own: signal pings the client and
+/// closes a client silent for [`CLIENT_SILENCE`]; the relay pings signal.
 async fn forward<C, R>(client: WebSocketStream<C>, relay: WebSocketStream<R>)
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -201,63 +203,75 @@ where
 {
     let (mut client_out, mut client_in) = client.split();
     let (mut relay_out, mut relay_in) = relay.split();
-    let first_ping = tokio::time::Instant::now() + PING_EVERY;
-    let mut ping = tokio::time::interval_at(first_ping, PING_EVERY);
-    let mut heard = Instant::now();
-    loop {
-        tokio::select! {
-            message = client_in.next() => match message {
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-                    heard = Instant::now();
+    // Set when the client's side ends the exchange with a close of
+    // signal's own making (too big, silent).
+    let (close_client, mut closed_by_up) = tokio::sync::oneshot::channel::<CloseFrame>();
+    let up = async move {
+        let refusal = loop {
+            let message = match tokio::time::timeout(CLIENT_SILENCE, client_in.next()).await {
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => continue,
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(WsError::Capacity(_)))) => {
+                    break Some(close(CloseCode::Size, "message too big"));
                 }
-                Some(Ok(message)) => {
-                    heard = Instant::now();
-                    let closing = matches!(message, Message::Close(_));
-                    if relay_out.send(message).await.is_err() || closing {
-                        break;
+                Ok(Some(Err(_)) | None) => break None,
+                Err(_) => break Some(close(CloseCode::Away, "the client was silent too long")),
+            };
+            let closing = matches!(message, Message::Close(_));
+            if relay_out.send(message).await.is_err() || closing {
+                return client_in;
+            }
+        };
+        let _ = relay_out.send(Message::Close(None)).await;
+        if let Some(frame) = refusal {
+            let _ = close_client.send(frame);
+        }
+        client_in
+    };
+    let down = async move {
+        let first_ping = tokio::time::Instant::now() + PING_EVERY;
+        let mut ping = tokio::time::interval_at(first_ping, PING_EVERY);
+        let mut up_ended = false;
+        loop {
+            let message = tokio::select! {
+                message = relay_in.next() => match message {
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                    Some(Ok(message)) => message,
+                    Some(Err(_)) | None => {
+                        Message::Close(Some(close(CloseCode::Away, "the relay went away")))
                     }
-                }
-                Some(Err(WsError::Capacity(_))) => {
-                    let frame = close(CloseCode::Size, "message too big");
-                    let _ = client_out.send(Message::Close(Some(frame))).await;
-                    let _ = relay_out.send(Message::Close(None)).await;
-                    break;
-                }
-                Some(Err(_)) | None => {
-                    let _ = relay_out.send(Message::Close(None)).await;
-                    break;
-                }
-            },
-            message = relay_in.next() => match message {
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Ok(message)) => {
-                    let closing = matches!(message, Message::Close(_));
-                    if client_out.send(message).await.is_err() || closing {
-                        break;
+                },
+                frame = &mut closed_by_up, if !up_ended => match frame {
+                    Ok(frame) => Message::Close(Some(frame)),
+                    // The client's side ended without a close of signal's:
+                    // the relay's close follows.
+                    Err(_) => {
+                        up_ended = true;
+                        continue;
                     }
-                }
-                Some(Err(_)) | None => {
-                    let frame = close(CloseCode::Away, "the relay went away");
-                    let _ = client_out.send(Message::Close(Some(frame))).await;
-                    break;
-                }
-            },
-            _ = ping.tick() => {
-                if heard.elapsed() > CLIENT_SILENCE {
-                    let frame = close(CloseCode::Away, "the client was silent too long");
-                    let _ = client_out.send(Message::Close(Some(frame))).await;
-                    let _ = relay_out.send(Message::Close(None)).await;
-                    break;
-                }
-                if client_out.send(Message::Ping(Default::default())).await.is_err() {
-                    let _ = relay_out.send(Message::Close(None)).await;
-                    break;
-                }
+                },
+                _ = ping.tick() => Message::Ping(Default::default()),
+            };
+            let closing = matches!(message, Message::Close(_));
+            if client_out.send(message).await.is_err() || closing {
+                return;
             }
         }
-    }
+    };
+    tokio::pin!(up, down);
+    let client_in = tokio::select! {
+        client_in = &mut up => {
+            let _ = tokio::time::timeout(CLOSE_GRACE, &mut down).await;
+            client_in
+        }
+        () = &mut down => match tokio::time::timeout(CLOSE_GRACE, &mut up).await {
+            Ok(client_in) => client_in,
+            Err(_) => return,
+        },
+    };
     // Let the client answer the close, so dropping the connection cannot
     // reset it before the close frame is read.
+    let mut client_in = client_in;
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         while let Some(Ok(_)) = client_in.next().await {}
     })
