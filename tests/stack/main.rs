@@ -4,6 +4,7 @@
 mod common;
 mod delta_flow;
 mod disconnect;
+mod lanes;
 mod resume;
 mod security;
 mod signaling;

@@ -9,6 +9,7 @@
 
 pub mod backoff;
 pub mod core;
+pub mod lane;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
 #[cfg(not(target_arch = "wasm32"))]
@@ -18,6 +19,7 @@ pub mod web;
 
 pub use backoff::{Backoff, ReconnectPolicy};
 pub use core::{PeerCore, PeerEvent, ReceivedDelta, SendError};
+pub use lane::{Lane, LaneChoice, LanePolicy, LaneTimes, Transport};
 #[cfg(not(target_arch = "wasm32"))]
 pub use native::{ConnectError, ConnectOptions, NativePeer, channel_config};
 #[cfg(not(target_arch = "wasm32"))]

@@ -8,6 +8,12 @@
 //! only the `send` channel). A `Drain` moves the peer after the relay's
 //! `reconnect_after_ms`; `HISTORY_LOST` ends it with
 //! [`PeerEvent::Stopped`].
+//!
+//! Lanes (PROTOCOL §11): WebRTC first; the WebSocket lane (`socket`) when
+//! WebRTC has not reached `Welcome` within the fallback time or fails, as
+//! [`LanePolicy`] decides (`lanes` runs one connection after another over
+//! whichever lane it picks, with the same core, so a peer resumes on one
+//! lane what it began on the other).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -26,6 +32,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::backoff::ReconnectPolicy;
 use crate::core::{Features, PeerCore, PeerEvent, SendError};
+use crate::lane::{Lane, LaneChoice, LanePolicy, LaneTimes};
+
+mod lanes;
+mod socket;
 
 /// The bit that marks a ping nonce as the driver's own keepalive.
 const KEEPALIVE_NONCE: u64 = 1 << 63;
@@ -61,6 +71,11 @@ pub struct ConnectOptions {
     /// Keepalive pings, when the relay counts as gone, and the reconnect
     /// backoff (hearing from the relay means any datagram).
     pub reconnect: ReconnectPolicy,
+    /// Which lanes to use: WebRTC, then the WebSocket lane (default), or one only.
+    pub lane: LaneChoice,
+    /// How long WebRTC may take before the WebSocket lane, and when to try
+    /// WebRTC again.
+    pub lane_times: LaneTimes,
 }
 
 impl ConnectOptions {
@@ -77,6 +92,8 @@ impl ConnectOptions {
             send_window: 16 * 1024,
             connect_timeout: Duration::from_secs(10),
             reconnect: ReconnectPolicy::default(),
+            lane: LaneChoice::Auto,
+            lane_times: LaneTimes::default(),
         }
     }
 }
@@ -110,6 +127,9 @@ pub enum ConnectError {
     /// The connection closed while connecting.
     #[error("connection closed while connecting")]
     Closed,
+    /// The WebSocket lane could not be opened.
+    #[error("websocket: {0}")]
+    WebSocket(String),
 }
 
 enum Request {
@@ -146,14 +166,14 @@ pub struct NativePeer {
     events: mpsc::Receiver<PeerEvent>,
     welcome: pb::Welcome,
     traceparent: String,
+    lane: tokio::sync::watch::Receiver<Lane>,
+    lane_choice: tokio::sync::watch::Sender<LaneChoice>,
 }
 
 impl NativePeer {
     /// Connects to a session and waits for the relay's `Welcome`.
     pub async fn connect(options: ConnectOptions) -> Result<NativePeer, ConnectError> {
         let http = shared_http_client();
-        let link = Link::establish(&options, &http).await?;
-        let traceparent = link.traceparent.clone();
         let (requests, request_rx) = mpsc::channel(1024);
         let (event_tx, mut events) = mpsc::channel(65_536);
         let features = Features {
@@ -163,14 +183,21 @@ impl NativePeer {
         };
         let core = PeerCore::with_features(options.max_unacked, features);
         let connect_timeout = options.connect_timeout;
-        let driver = Driver {
-            link,
+        let (lane_tx, lane) = tokio::sync::watch::channel(Lane::WebRtcUdp);
+        let (lane_choice, choice) = tokio::sync::watch::channel(options.lane);
+        let mut parts = lanes::Parts {
             core,
             events: event_tx,
+            policy: LanePolicy::new(options.lane, options.lane_times),
             options,
             http,
+            lane: lane_tx,
+            choice,
+            started: Instant::now(),
         };
-        tokio::spawn(driver.run(request_rx));
+        let first = parts.connect().await?;
+        let traceparent = first.traceparent().to_owned();
+        tokio::spawn(lanes::run(parts, first, request_rx));
         let welcome = tokio::time::timeout(connect_timeout, async {
             while let Some(event) = events.recv().await {
                 if let PeerEvent::Welcomed(welcome) = event {
@@ -186,7 +213,20 @@ impl NativePeer {
             events,
             welcome,
             traceparent,
+            lane,
+            lane_choice,
         })
+    }
+
+    /// Uses `choice` of lanes from the next connection on (a reconnect
+    /// after the current one drops).
+    pub fn set_lane(&self, choice: LaneChoice) {
+        let _ = self.lane_choice.send(choice);
+    }
+
+    /// The lane the current connection runs over.
+    pub fn lane(&self) -> Lane {
+        *self.lane.borrow()
     }
 
     /// The `traceparent` the first connection's offer carried: each
@@ -444,50 +484,19 @@ enum Ended {
     Closed,
 }
 
+/// One WebRTC connection being served, with what the peer keeps across
+/// connections.
 struct Driver {
     link: Link,
     core: PeerCore,
     events: mpsc::Sender<PeerEvent>,
     options: ConnectOptions,
     http: reqwest::Client,
+    /// Give up on this connection if it has no `Welcome` by then.
+    fallback_at: Option<Instant>,
 }
 
 impl Driver {
-    async fn run(mut self, mut requests: mpsc::Receiver<Request>) {
-        loop {
-            let (reason, after) = match self.serve(&mut requests).await {
-                Ended::Closed => return,
-                Ended::Lost(reason) => (reason, None),
-                Ended::Moved(reason, after) => {
-                    let _ = self.link.rtc.close();
-                    let _ = self.drive().await;
-                    (reason, Some(after))
-                }
-            };
-            if self.core.is_stopped() {
-                // `HISTORY_LOST` came with the connection's end: no
-                // reconnect can deliver what is gone; report and end.
-                while let Some(event) = self.core.poll_event() {
-                    let _ = self.events.send(event).await;
-                }
-                return;
-            }
-            self.core.connection_lost();
-            if self
-                .events
-                .send(PeerEvent::Disconnected(reason))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            match self.reconnect(&mut requests, after).await {
-                Some(link) => self.link = link,
-                None => return,
-            }
-        }
-    }
-
     /// Drives the current connection until it drops or the peer is closed.
     async fn serve(&mut self, requests: &mut mpsc::Receiver<Request>) -> Ended {
         let socket = Arc::clone(&self.link.socket);
@@ -505,6 +514,12 @@ impl Driver {
             if silent >= self.options.reconnect.silence_timeout {
                 return Ended::Lost(format!("nothing from the relay for {silent:?}"));
             }
+            if let Some(at) = self.fallback_at
+                && self.core.welcome().is_none()
+                && now >= at
+            {
+                return Ended::Lost("WebRTC did not connect in time".into());
+            }
             let keepalive = self.options.reconnect.keepalive;
             if silent >= keepalive && now.duration_since(pinged_at) >= keepalive {
                 nonce += 1;
@@ -512,7 +527,10 @@ impl Driver {
                 pinged_at = now;
                 continue;
             }
-            let check_at = (last_rx + keepalive).max(pinged_at + keepalive);
+            let mut check_at = (last_rx + keepalive).max(pinged_at + keepalive);
+            if let Some(at) = self.fallback_at.filter(|_| self.core.welcome().is_none()) {
+                check_at = check_at.min(at);
+            }
             tokio::select! {
                 request = requests.recv() => match request {
                     Some(Request::Close { leave, done }) => {
@@ -548,65 +566,7 @@ impl Driver {
     }
 
     fn handle(&mut self, request: Request) {
-        match request {
-            Request::Send {
-                kind,
-                doc_id,
-                payload,
-                reply,
-            } => {
-                let _ = reply.send(self.core.send(kind, doc_id, &payload, unix_micros()));
-            }
-            Request::SetPresence { state, reply } => {
-                let _ = reply.send(self.core.set_presence(&state));
-            }
-            Request::SendTo { to, payload, reply } => {
-                let _ = reply.send(self.core.send_to(to, &payload));
-            }
-            Request::Ping(nonce) => self.core.ping(nonce),
-            Request::Raw(channel, bytes) => self.core.unpoll_transmit(channel, bytes),
-            Request::Close { done, .. } => {
-                let _ = done.send(());
-            }
-        }
-    }
-
-    /// Connects again with the policy's exponential backoff (with jitter),
-    /// still taking the application's requests; the first attempt waits
-    /// `first` when the relay named a delay. `None` once closed.
-    async fn reconnect(
-        &mut self,
-        requests: &mut mpsc::Receiver<Request>,
-        mut first: Option<Duration>,
-    ) -> Option<Link> {
-        let mut backoff = self.options.reconnect.backoff();
-        loop {
-            let delay = first
-                .take()
-                .unwrap_or_else(|| backoff.next_delay(fastrand::f64()));
-            let sleep = tokio::time::sleep(delay);
-            tokio::pin!(sleep);
-            loop {
-                tokio::select! {
-                    _ = &mut sleep => break,
-                    request = requests.recv() => match request {
-                        Some(Request::Close { done, .. }) => {
-                            let _ = done.send(());
-                            return None;
-                        }
-                        Some(request) => self.handle(request),
-                        None => return None,
-                    },
-                }
-            }
-            match Link::establish(&self.options, &self.http).await {
-                Ok(link) => return Some(link),
-                Err(error) => {
-                    let event = PeerEvent::Disconnected(format!("reconnecting: {error}"));
-                    self.events.send(event).await.ok()?;
-                }
-            }
-        }
+        handle_request(&mut self.core, request);
     }
 
     fn receive(&mut self, source: SocketAddr, datagram: &[u8]) {
@@ -744,6 +704,31 @@ impl Driver {
                 return;
             }
             in_flight += bytes.len();
+        }
+    }
+}
+
+/// Does what the application asked of the core.
+fn handle_request(core: &mut PeerCore, request: Request) {
+    match request {
+        Request::Send {
+            kind,
+            doc_id,
+            payload,
+            reply,
+        } => {
+            let _ = reply.send(core.send(kind, doc_id, &payload, unix_micros()));
+        }
+        Request::SetPresence { state, reply } => {
+            let _ = reply.send(core.set_presence(&state));
+        }
+        Request::SendTo { to, payload, reply } => {
+            let _ = reply.send(core.send_to(to, &payload));
+        }
+        Request::Ping(nonce) => core.ping(nonce),
+        Request::Raw(channel, bytes) => core.unpoll_transmit(channel, bytes),
+        Request::Close { done, .. } => {
+            let _ = done.send(());
         }
     }
 }

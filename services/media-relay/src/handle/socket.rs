@@ -48,7 +48,14 @@ impl SocketLane {
     ) -> std::io::Result<SocketLane> {
         let listener =
             TcpListener::bind(SocketAddr::new(config.bind_ip, config.socket_port)).await?;
-        let addr = SocketAddr::new(config.advertised_ip, listener.local_addr()?.port());
+        // Signal, not the peer, opens this socket: a concrete bind
+        // address is how it reaches the relay, else the advertised one.
+        let host = if config.bind_ip.is_unspecified() {
+            config.advertised_ip
+        } else {
+            config.bind_ip
+        };
+        let addr = SocketAddr::new(host, listener.local_addr()?.port());
         let tickets = Arc::new(Tickets::default());
         tokio::spawn(socket_lane::serve(listener, Arc::clone(&tickets), shards));
         Ok(SocketLane { addr, tickets })
