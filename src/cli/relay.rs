@@ -73,6 +73,10 @@ pub(crate) struct RelayArgs {
     /// range, so relays sharing a host each find theirs).
     #[arg(long, env = "DELTAMESH_UDP_PORT", default_value = "0")]
     pub(crate) udp_port: PortRange,
+    /// TCP port of the relay's WebSocket lane, on the UDP bind address,
+    /// where signal brings WebSocket peers (0 picks a free port).
+    #[arg(long, env = "DELTAMESH_SOCKET_PORT", default_value_t = 0)]
+    pub(crate) socket_port: u16,
     /// Relay event-loop shards.
     #[arg(long, env = "DELTAMESH_SHARDS", default_value_t = 1)]
     pub(crate) shards: usize,
@@ -107,6 +111,7 @@ impl RelayArgs {
             advertised_ip: self.advertise_ip.unwrap_or(self.udp_bind),
             udp_port: *self.udp_port.0.start(),
             udp_port_last: self.udp_port.is_range().then_some(*self.udp_port.0.end()),
+            socket_port: self.socket_port,
             shards: self.shards,
             send_window: self.send_window,
             max_peers: limits.max_peers,
