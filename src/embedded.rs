@@ -9,7 +9,7 @@ use deltamesh_relay::fleet::control;
 use deltamesh_relay::{MemberState, PeerAccess, RelayError, RelayHandle};
 use deltamesh_signal::{
     ConnectRequest, Connected, IceRestartAnswer, IceRestartRequest, Network, NetworkError,
-    PeerInfo, PeerState,
+    PeerInfo, PeerState, SocketPlaced, SocketRequest,
 };
 
 /// How long a relay may take to answer an offer.
@@ -24,6 +24,27 @@ impl EmbeddedNetwork {
     /// A network of these relays.
     pub fn new(relays: Vec<RelayHandle>) -> Self {
         EmbeddedNetwork { relays }
+    }
+
+    /// The relay placement picks for a new peer of `session`.
+    fn place(&self, session: &str) -> Result<(Id, &RelayHandle), NetworkError> {
+        let loads: Vec<RelayLoad> = self
+            .relays
+            .iter()
+            .map(|relay| RelayLoad {
+                id: relay.id(),
+                peers: relay.peer_count(),
+                capacity: relay.capacity(),
+                draining: false,
+                hosts_session: !relay.members(session).is_empty(),
+            })
+            .collect();
+        let relay_id = place(&loads, |n| fastrand::usize(..n))
+            .map_err(|PlacementError::NoCapacity| NetworkError::no_relay_room(None))?;
+        let relay = self
+            .relay(relay_id)
+            .ok_or_else(|| NetworkError::Unavailable("placed on an unknown relay".into()))?;
+        Ok((relay_id, relay))
     }
 
     fn relay(&self, id: Id) -> Option<&RelayHandle> {
@@ -57,22 +78,7 @@ fn network_error(error: RelayError) -> NetworkError {
 
 impl Network for EmbeddedNetwork {
     async fn connect(&self, request: ConnectRequest) -> Result<Connected, NetworkError> {
-        let loads: Vec<RelayLoad> = self
-            .relays
-            .iter()
-            .map(|relay| RelayLoad {
-                id: relay.id(),
-                peers: relay.peer_count(),
-                capacity: relay.capacity(),
-                draining: false,
-                hosts_session: !relay.members(&request.session).is_empty(),
-            })
-            .collect();
-        let relay_id = place(&loads, |n| fastrand::usize(..n))
-            .map_err(|PlacementError::NoCapacity| NetworkError::no_relay_room(None))?;
-        let relay = self
-            .relay(relay_id)
-            .ok_or_else(|| NetworkError::Unavailable("placed on an unknown relay".into()))?;
+        let (relay_id, relay) = self.place(&request.session)?;
         let answer = tokio::time::timeout(
             OFFER_TIMEOUT,
             relay.offer(
@@ -93,6 +99,26 @@ impl Network for EmbeddedNetwork {
             relay_id,
             answer_sdp: answer.answer_sdp,
             ice_ufrag: answer.ice_ufrag,
+        })
+    }
+
+    async fn open_socket(&self, request: SocketRequest) -> Result<SocketPlaced, NetworkError> {
+        let (relay_id, relay) = self.place(&request.session)?;
+        let access = PeerAccess {
+            identity: request.identity.into(),
+            grants: request.grants,
+        };
+        let ticket = tokio::time::timeout(
+            OFFER_TIMEOUT,
+            relay.open_socket(&request.session, access, &request.trace),
+        )
+        .await
+        .map_err(|_| NetworkError::Timeout("the relay's ticket"))?
+        .map_err(network_error)?;
+        Ok(SocketPlaced {
+            peer_id: ticket.peer_id,
+            relay_id,
+            url: ticket.url,
         })
     }
 

@@ -77,6 +77,10 @@ pub(crate) struct RelayArgs {
     /// the scheme of `--udp-port`; bound on the UDP bind address.
     #[arg(long, env = "DELTAMESH_TCP_PORT", default_value = "0")]
     pub(crate) tcp_port: PortRange,
+    /// TCP port of the relay's WebSocket lane, on the UDP bind address,
+    /// where signal brings WebSocket peers (0 picks a free port).
+    #[arg(long, env = "DELTAMESH_SOCKET_PORT", default_value_t = 0)]
+    pub(crate) socket_port: u16,
     /// Relay event-loop shards.
     #[arg(long, env = "DELTAMESH_SHARDS", default_value_t = 1)]
     pub(crate) shards: usize,
@@ -113,6 +117,7 @@ impl RelayArgs {
             udp_port_last: self.udp_port.is_range().then_some(*self.udp_port.0.end()),
             tcp_port: *self.tcp_port.0.start(),
             tcp_port_last: self.tcp_port.is_range().then_some(*self.tcp_port.0.end()),
+            socket_port: self.socket_port,
             shards: self.shards,
             send_window: self.send_window,
             max_peers: limits.max_peers,

@@ -349,6 +349,26 @@ impl TestPeer {
         }
     }
 
+    /// [`TestPeer::join`] over `lane`.
+    pub(crate) async fn join_over(
+        signal_url: &str,
+        session: &str,
+        lane: deltamesh_worker::LaneChoice,
+    ) -> TestPeer {
+        let mut options = ConnectOptions::new(signal_url, session, TOKEN);
+        options.echo = true;
+        options.lane = lane;
+        let peer = NativePeer::connect(options).await.expect("peer connects");
+        let relay = Id::from_slice(&peer.welcome().relay_id).unwrap();
+        TestPeer {
+            peer,
+            relay,
+            received: HashMap::new(),
+            acked: HashSet::new(),
+            welcomes: 1,
+        }
+    }
+
     /// Sends `payload` and handles events until the relay acknowledged it;
     /// returns its client_seq.
     pub(crate) async fn send_acked(&mut self, payload: &[u8]) -> u64 {

@@ -14,6 +14,7 @@ pub mod backoff;
 pub mod core;
 pub mod ice_restart;
 pub mod ice_servers;
+pub mod lane;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
 pub mod trickle;
@@ -25,6 +26,7 @@ pub mod web;
 pub use backoff::{Backoff, ReconnectPolicy};
 pub use core::{PeerCore, PeerEvent, ReceivedDelta, SendError};
 pub use ice_servers::IceServer;
+pub use lane::{Lane, LaneChoice, LanePolicy, LaneTimes, Transport};
 #[cfg(not(target_arch = "wasm32"))]
 pub use native::{ConnectError, ConnectOptions, NativePeer, channel_config};
 #[cfg(not(target_arch = "wasm32"))]

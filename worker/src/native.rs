@@ -12,6 +12,12 @@
 //! With [`ConnectOptions::ice_tcp`] it also offers an active ICE-TCP
 //! candidate (RFC 6544) and reaches a relay's passive TCP candidate
 //! through `ice_tcp` when UDP does not get through.
+//!
+//! Lanes (PROTOCOL §11): WebRTC first; the WebSocket lane (`socket`) when
+//! WebRTC has not reached `Welcome` within the fallback time or fails, as
+//! [`LanePolicy`] decides (`lanes` runs one connection after another over
+//! whichever lane it picks, with the same core, so a peer resumes on one
+//! lane what it began on the other).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -29,12 +35,15 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backoff::ReconnectPolicy;
-
-mod ice_tcp;
 use crate::core::{Features, PeerCore, PeerEvent, SendError};
 use crate::ice_restart::{RestartFrag, host_candidate};
 use crate::ice_servers::{IceServer, parse_links};
+use crate::lane::{Lane, LaneChoice, LanePolicy, LaneTimes};
 use ice_tcp::TcpPaths;
+
+mod ice_tcp;
+mod lanes;
+mod socket;
 
 /// The bit that marks a ping nonce as the driver's own keepalive.
 const KEEPALIVE_NONCE: u64 = 1 << 63;
@@ -73,6 +82,11 @@ pub struct ConnectOptions {
     /// Keepalive pings, when the relay counts as gone, and the reconnect
     /// backoff (hearing from the relay means any datagram).
     pub reconnect: ReconnectPolicy,
+    /// Which lanes to use: WebRTC, then the WebSocket lane (default), or one only.
+    pub lane: LaneChoice,
+    /// How long WebRTC may take before the WebSocket lane, and when to try
+    /// WebRTC again.
+    pub lane_times: LaneTimes,
     /// Offer a UDP host candidate. Default: on.
     pub udp: bool,
     /// Offer an active ICE-TCP candidate, so the peer connects over TCP to
@@ -95,6 +109,8 @@ impl ConnectOptions {
             send_window: 16 * 1024,
             connect_timeout: Duration::from_secs(10),
             reconnect: ReconnectPolicy::default(),
+            lane: LaneChoice::Auto,
+            lane_times: LaneTimes::default(),
             udp: true,
             ice_tcp: false,
         }
@@ -130,6 +146,9 @@ pub enum ConnectError {
     /// The connection closed while connecting.
     #[error("connection closed while connecting")]
     Closed,
+    /// The WebSocket lane could not be opened.
+    #[error("websocket: {0}")]
+    WebSocket(String),
 }
 
 enum Request {
@@ -170,6 +189,8 @@ pub struct NativePeer {
     events: mpsc::Receiver<PeerEvent>,
     welcome: pb::Welcome,
     traceparent: String,
+    lane: tokio::sync::watch::Receiver<Lane>,
+    lane_choice: tokio::sync::watch::Sender<LaneChoice>,
     ice_servers: Vec<IceServer>,
 }
 
@@ -177,9 +198,6 @@ impl NativePeer {
     /// Connects to a session and waits for the relay's `Welcome`.
     pub async fn connect(options: ConnectOptions) -> Result<NativePeer, ConnectError> {
         let http = shared_http_client();
-        let link = Link::establish(&options, &http, None).await?;
-        let traceparent = link.traceparent.clone();
-        let ice_servers = link.ice_servers.clone();
         let (requests, request_rx) = mpsc::channel(1024);
         let (event_tx, mut events) = mpsc::channel(65_536);
         let features = Features {
@@ -189,16 +207,23 @@ impl NativePeer {
         };
         let core = PeerCore::with_features(options.max_unacked, features);
         let connect_timeout = options.connect_timeout;
-        let driver = Driver {
-            link,
+        let (lane_tx, lane) = tokio::sync::watch::channel(Lane::WebRtcUdp);
+        let (lane_choice, choice) = tokio::sync::watch::channel(options.lane);
+        let mut parts = lanes::Parts {
             core,
             events: event_tx,
+            policy: LanePolicy::new(options.lane, options.lane_times),
+            local_ip: None,
             options,
             http,
-            local_ip: None,
-            restarts: 0,
+            lane: lane_tx,
+            choice,
+            started: Instant::now(),
         };
-        tokio::spawn(driver.run(request_rx));
+        let first = parts.connect().await?;
+        let traceparent = first.traceparent().to_owned();
+        let ice_servers = first.ice_servers().to_vec();
+        tokio::spawn(lanes::run(parts, first, request_rx));
         let welcome = tokio::time::timeout(connect_timeout, async {
             while let Some(event) = events.recv().await {
                 if let PeerEvent::Welcomed(welcome) = event {
@@ -214,6 +239,8 @@ impl NativePeer {
             events,
             welcome,
             traceparent,
+            lane,
+            lane_choice,
             ice_servers,
         })
     }
@@ -225,6 +252,17 @@ impl NativePeer {
     /// so it connects where UDP reaches a relay's host candidate.
     pub fn ice_servers(&self) -> &[IceServer] {
         &self.ice_servers
+    }
+
+    /// Uses `choice` of lanes from the next connection on (a reconnect
+    /// after the current one drops).
+    pub fn set_lane(&self, choice: LaneChoice) {
+        let _ = self.lane_choice.send(choice);
+    }
+
+    /// The lane the current connection runs over.
+    pub fn lane(&self) -> Lane {
+        *self.lane.borrow()
     }
 
     /// The `traceparent` the first connection's offer carried: each
@@ -549,56 +587,25 @@ enum Ended {
     Closed,
 }
 
+/// One WebRTC connection being served, with what the peer keeps across
+/// connections.
 struct Driver {
     link: Link,
     core: PeerCore,
     events: mpsc::Sender<PeerEvent>,
-    options: ConnectOptions,
-    http: reqwest::Client,
     /// The local address the application moved the peer to, for every
     /// later connection; `None`: the one towards signal.
     local_ip: Option<IpAddr>,
     /// ICE restarts on the current connection (each new path's candidate
     /// outranks the last).
     restarts: u32,
+    options: ConnectOptions,
+    http: reqwest::Client,
+    /// Give up on this connection if it has no `Welcome` by then.
+    fallback_at: Option<Instant>,
 }
 
 impl Driver {
-    async fn run(mut self, mut requests: mpsc::Receiver<Request>) {
-        loop {
-            let (reason, after) = match self.serve(&mut requests).await {
-                Ended::Closed => return,
-                Ended::Lost(reason) => (reason, None),
-                Ended::Moved(reason, after) => {
-                    let _ = self.link.rtc.close();
-                    let _ = self.drive().await;
-                    (reason, Some(after))
-                }
-            };
-            if self.core.is_stopped() {
-                // `HISTORY_LOST` came with the connection's end: no
-                // reconnect can deliver what is gone; report and end.
-                while let Some(event) = self.core.poll_event() {
-                    let _ = self.events.send(event).await;
-                }
-                return;
-            }
-            self.core.connection_lost();
-            if self
-                .events
-                .send(PeerEvent::Disconnected(reason))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            match self.reconnect(&mut requests, after).await {
-                Some(link) => self.link = link,
-                None => return,
-            }
-        }
-    }
-
     /// Drives the current connection until it drops or the peer is closed.
     async fn serve(&mut self, requests: &mut mpsc::Receiver<Request>) -> Ended {
         let mut socket = Arc::clone(&self.link.socket);
@@ -616,6 +623,12 @@ impl Driver {
             if silent >= self.options.reconnect.silence_timeout {
                 return Ended::Lost(format!("nothing from the relay for {silent:?}"));
             }
+            if let Some(at) = self.fallback_at
+                && self.core.welcome().is_none()
+                && now >= at
+            {
+                return Ended::Lost("WebRTC did not connect in time".into());
+            }
             let keepalive = self.options.reconnect.keepalive;
             if silent >= keepalive && now.duration_since(pinged_at) >= keepalive {
                 nonce += 1;
@@ -623,7 +636,10 @@ impl Driver {
                 pinged_at = now;
                 continue;
             }
-            let check_at = (last_rx + keepalive).max(pinged_at + keepalive);
+            let mut check_at = (last_rx + keepalive).max(pinged_at + keepalive);
+            if let Some(at) = self.fallback_at.filter(|_| self.core.welcome().is_none()) {
+                check_at = check_at.min(at);
+            }
             tokio::select! {
                 request = requests.recv() => match request {
                     Some(Request::Close { leave, done }) => {
@@ -674,41 +690,14 @@ impl Driver {
         }
     }
 
-    fn handle(&mut self, request: Request) {
-        match request {
-            Request::Send {
-                kind,
-                doc_id,
-                payload,
-                reply,
-            } => {
-                let _ = reply.send(self.core.send(kind, doc_id, &payload, unix_micros()));
-            }
-            Request::SetPresence { state, reply } => {
-                let _ = reply.send(self.core.set_presence(&state));
-            }
-            Request::SendTo { to, payload, reply } => {
-                let _ = reply.send(self.core.send_to(to, &payload));
-            }
-            Request::Ping(nonce) => self.core.ping(nonce),
-            Request::Raw(channel, bytes) => self.core.unpoll_transmit(channel, bytes),
-            Request::Close { done, .. } => {
-                let _ = done.send(());
-            }
-            // Between connections: the next one starts from `ip`.
-            Request::MoveTo { ip, reply } => {
-                self.local_ip = Some(ip);
-                let _ = reply.send(Ok(()));
-            }
-        }
-    }
-
     /// Moves the connection to a socket on `ip` with an ICE restart
     /// (`PATCH` with `If-Match: *`): new local credentials and host
     /// candidate; the relay answers with its new credentials. The `Rtc`
     /// (DTLS, SCTP, channels) stays, so the peer keeps its id and its
     /// place in the stream.
     async fn restart_ice(&mut self, ip: IpAddr) -> Result<(), ConnectError> {
+        // A new offer after a failed restart starts from `ip` too.
+        self.local_ip = Some(ip);
         let socket = bind_udp(SocketAddr::new(ip, 0))?;
         let local_addr = socket.local_addr()?;
         let rtc_error = |e: str0m::error::IceError| ConnectError::Rtc(e.to_string());
@@ -760,50 +749,12 @@ impl Driver {
         }
         self.link.socket = Arc::new(socket);
         self.link.local_addr = local_addr;
-        self.local_ip = Some(ip);
         tracing::info!(%local_addr, "ICE restarted on a new address");
         Ok(())
     }
 
-    /// Connects again with the policy's exponential backoff (with jitter),
-    /// still taking the application's requests; the first attempt waits
-    /// `first` when the relay named a delay. `None` once closed.
-    async fn reconnect(
-        &mut self,
-        requests: &mut mpsc::Receiver<Request>,
-        mut first: Option<Duration>,
-    ) -> Option<Link> {
-        let mut backoff = self.options.reconnect.backoff();
-        loop {
-            let delay = first
-                .take()
-                .unwrap_or_else(|| backoff.next_delay(fastrand::f64()));
-            let sleep = tokio::time::sleep(delay);
-            tokio::pin!(sleep);
-            loop {
-                tokio::select! {
-                    _ = &mut sleep => break,
-                    request = requests.recv() => match request {
-                        Some(Request::Close { done, .. }) => {
-                            let _ = done.send(());
-                            return None;
-                        }
-                        Some(request) => self.handle(request),
-                        None => return None,
-                    },
-                }
-            }
-            match Link::establish(&self.options, &self.http, self.local_ip).await {
-                Ok(link) => {
-                    self.restarts = 0;
-                    return Some(link);
-                }
-                Err(error) => {
-                    let event = PeerEvent::Disconnected(format!("reconnecting: {error}"));
-                    self.events.send(event).await.ok()?;
-                }
-            }
-        }
+    fn handle(&mut self, request: Request) {
+        handle_request(&mut self.core, &mut self.local_ip, request);
     }
 
     fn receive(&mut self, proto: Protocol, source: SocketAddr, datagram: &[u8]) {
@@ -938,6 +889,37 @@ impl Driver {
                 return;
             }
             in_flight += bytes.len();
+        }
+    }
+}
+
+/// Does what the application asked of the core.
+fn handle_request(core: &mut PeerCore, local_ip: &mut Option<IpAddr>, request: Request) {
+    match request {
+        Request::Send {
+            kind,
+            doc_id,
+            payload,
+            reply,
+        } => {
+            let _ = reply.send(core.send(kind, doc_id, &payload, unix_micros()));
+        }
+        Request::SetPresence { state, reply } => {
+            let _ = reply.send(core.set_presence(&state));
+        }
+        Request::SendTo { to, payload, reply } => {
+            let _ = reply.send(core.send_to(to, &payload));
+        }
+        Request::Ping(nonce) => core.ping(nonce),
+        Request::Raw(channel, bytes) => core.unpoll_transmit(channel, bytes),
+        Request::Close { done, .. } => {
+            let _ = done.send(());
+        }
+        // No UDP socket to move (between connections, or on the socket
+        // lane): the next WebRTC connection starts from `ip`.
+        Request::MoveTo { ip, reply } => {
+            *local_ip = Some(ip);
+            let _ = reply.send(Ok(()));
         }
     }
 }

@@ -64,4 +64,6 @@ pub(crate) enum ShardCommand {
     Drain(Duration, String),
     /// Close a peer connection, with why.
     Close(Id, String, Reply<()>),
+    /// Admit a WebSocket peer whose socket is still to come (PROTOCOL §11).
+    OpenSocket(Box<crate::websocket::SocketOpen>, Reply<()>),
 }

@@ -44,6 +44,9 @@ pub struct RelayConfig {
     /// Time an ICE-TCP connection has to carry a STUN check a peer
     /// verified before it is closed.
     pub tcp_verify_timeout: Duration,
+    /// TCP port of the WebSocket lane (PROTOCOL §11), where signal brings
+    /// a WebSocket peer's socket with its ticket (0: any free port).
+    pub socket_port: u16,
     /// Event-loop shards, each with its own socket.
     pub shards: usize,
     /// Peers this relay takes before answering offers with "no capacity".
@@ -130,6 +133,7 @@ impl Default for RelayConfig {
             tcp_port_last: None,
             max_unverified_tcp: 256,
             tcp_verify_timeout: Duration::from_secs(5),
+            socket_port: 0,
             shards: 1,
             max_peers: 10_000,
             max_peers_per_session: 1_000,

@@ -41,11 +41,14 @@ use crate::directory::{Limits, Member, MemberState};
 use crate::error::RelayError;
 use crate::ice_restart::{IceRestart, IceRestarted};
 use crate::log::AckTo;
-use crate::peer::Peer;
+use crate::peer::{Link, Peer};
 use crate::shared::Shared;
 use crate::timeline::{self, Timeline};
 use crate::timers::Timers;
 use crate::wake::{DirectMessage, LogAck, News, ShardWake};
+use crate::websocket::SocketOutput;
+
+mod socket;
 
 /// Longest a peer goes without a timer, so idle and connect deadlines are checked.
 const MAX_TIMER: Duration = Duration::from_millis(500);
@@ -91,6 +94,8 @@ pub struct RelayCore {
     transmits: VecDeque<Transmit>,
     next_key: PeerKey,
     members_scratch: HashSet<Id>,
+    /// What the socket driver must write or close, in order.
+    socket_out: VecDeque<SocketOutput>,
 }
 
 impl RelayCore {
@@ -135,6 +140,7 @@ impl RelayCore {
             transmits: VecDeque::new(),
             next_key: 0,
             members_scratch: HashSet::new(),
+            socket_out: VecDeque::new(),
         })
     }
 
@@ -213,7 +219,11 @@ impl RelayCore {
                 && now.duration_since(peer.created) > config.connect_timeout
             {
                 peer.close("timed out connecting");
-            } else if let Err(error) = peer.rtc.handle_input(Input::Timeout(now)) {
+            } else if let Some(Err(error)) = peer
+                .link
+                .rtc()
+                .map(|rtc| rtc.handle_input(Input::Timeout(now)))
+            {
                 peer.close(format!("webrtc error: {error}"));
             } else {
                 peer.check_progress(now, &self.shared);
@@ -285,9 +295,9 @@ impl RelayCore {
         candidates: Vec<Candidate>,
     ) -> Result<(), RelayError> {
         let key = *self.by_id.get(&peer_id).ok_or(RelayError::UnknownPeer)?;
-        if let Some(peer) = self.peers.get_mut(&key) {
+        if let Some(rtc) = self.peers.get_mut(&key).and_then(|p| p.link.rtc()) {
             for candidate in candidates {
-                peer.rtc.add_remote_candidate(candidate);
+                rtc.add_remote_candidate(candidate);
             }
         }
         self.drive(key, now);
@@ -310,12 +320,17 @@ impl RelayCore {
         let key = *self.by_id.get(&peer_id).ok_or(RelayError::UnknownPeer)?;
         let candidates = self.local_candidates().map_err(RelayError::BadCandidate)?;
         let peer = self.peers.get_mut(&key).ok_or(RelayError::UnknownPeer)?;
+        let Some(rtc) = peer.link.rtc() else {
+            return Err(RelayError::BadCandidate(
+                "the peer is on the WebSocket lane: it has no ICE to restart".into(),
+            ));
+        };
         let local = IceCreds::new();
-        let mut api = peer.rtc.direct_api();
+        let mut api = rtc.direct_api();
         api.set_local_ice_credentials(local.clone());
         api.set_remote_ice_credentials(restart.remote);
         for remote in restart.candidates {
-            peer.rtc.add_remote_candidate(remote);
+            rtc.add_remote_candidate(remote);
         }
         self.demux.rename_peer(key, &peer.ice_ufrag, &local.ufrag);
         peer.ice_ufrag.clone_from(&local.ufrag);
@@ -409,12 +424,13 @@ impl RelayCore {
         if verify {
             // Learn a new address only from a STUN message that passes
             // this peer's integrity check.
-            if !peer.rtc.accepts(&input) || !self.demux.learn(key, source) {
+            let accepted = peer.link.rtc().is_some_and(|rtc| rtc.accepts(&input));
+            if !accepted || !self.demux.learn(key, source) {
                 return;
             }
         }
         peer.last_rx = now;
-        if let Err(error) = peer.rtc.handle_input(input) {
+        if let Some(Err(error)) = peer.link.rtc().map(|rtc| rtc.handle_input(input)) {
             peer.close(format!("webrtc error: {error}"));
         }
         // Acknowledgements in this datagram may have opened the window; a
@@ -522,30 +538,39 @@ impl RelayCore {
             ack_to,
             Arc::clone(&session),
             grants,
-            rtc,
-            channels,
+            Link::webrtc(rtc, channels),
             timeline,
             &self.shared,
         );
         let ice_ufrag = peer.ice_ufrag.clone();
-        let key = self.next_key;
-        self.next_key += 1;
+        let key = self.insert_peer(peer);
         self.demux.add_peer(key, &ice_ufrag);
         self.shared
             .directory
             .set_ice_ufrag(&session, peer_id, &ice_ufrag);
-        self.shared.log.watch(&session, &self.wake);
-        self.sessions.entry(session).or_default().push(key);
-        self.by_id.insert(peer_id, key);
-        self.peers.insert(key, peer);
-        self.shared.count_peer(self.index, true);
-        self.shared.metrics.peers.inc();
         self.drive(key, now);
         OfferAnswer {
             peer_id,
             answer_sdp: answer.to_sdp_string(),
             ice_ufrag,
         }
+    }
+
+    /// Adds an admitted peer to the shard: its session's watch, its key,
+    /// the counts. Routes for its transport are the caller's.
+    fn insert_peer(&mut self, peer: Peer) -> PeerKey {
+        let key = self.next_key;
+        self.next_key += 1;
+        self.shared.log.watch(&peer.session, &self.wake);
+        self.sessions
+            .entry(Arc::clone(&peer.session))
+            .or_default()
+            .push(key);
+        self.by_id.insert(peer.id, key);
+        self.peers.insert(key, peer);
+        self.shared.count_peer(self.index, true);
+        self.shared.metrics.peers.inc();
+        key
     }
 
     /// Hands the log's late verdicts to the peers that sent the deltas.
@@ -614,9 +639,12 @@ impl RelayCore {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
+        if peer.link.rtc().is_none() {
+            return self.drive_socket(key, now);
+        }
         let mut retried = false;
-        loop {
-            match peer.rtc.poll_output() {
+        while let Some(rtc) = peer.link.rtc() {
+            match rtc.poll_output() {
                 Ok(Output::Transmit(transmit)) => self.transmits.push_back(Transmit {
                     proto: transmit.proto,
                     destination: transmit.destination,
@@ -648,7 +676,7 @@ impl RelayCore {
                 }
             }
         }
-        if peer.closing.is_some() || !peer.rtc.is_alive() {
+        if peer.closing.is_some() || peer.link.rtc().is_some_and(|rtc| !rtc.is_alive()) {
             peer.close("connection ended");
             self.closing.push(key);
         }
@@ -661,8 +689,12 @@ impl RelayCore {
             let Some(mut peer) = self.peers.remove(&key) else {
                 continue;
             };
-            if peer.rtc.is_alive() && peer.rtc.close().is_ok() {
-                while let Ok(output) = peer.rtc.poll_output() {
+            self.socket_closed(&mut peer);
+            if let Some(rtc) = peer.link.rtc()
+                && rtc.is_alive()
+                && rtc.close().is_ok()
+            {
+                while let Ok(output) = rtc.poll_output() {
                     match output {
                         Output::Transmit(transmit) => self.transmits.push_back(Transmit {
                             proto: transmit.proto,

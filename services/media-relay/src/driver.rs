@@ -1,8 +1,9 @@
 //! The thin tokio driver of one shard: it owns the shard's UDP socket, its
 //! command queue and the clock, feeds the [`RelayCore`] datagrams,
-//! commands, wake-ups and timeouts, and sends what the core wants sent,
-//! keeping a bounded queue while the socket's buffer is full. The shard's
-//! ICE-TCP connections, if it listens on TCP, are its [`TcpLane`]'s.
+//! commands, wake-ups, lane sockets' events and timeouts, and sends what
+//! the core wants sent, keeping a bounded queue while the socket's buffer is
+//! full. The shard's ICE-TCP connections, if it listens on TCP, are its
+//! [`TcpLane`]'s; its WebSocket peers' sockets are its [`ShardSockets`].
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use tokio::sync::mpsc;
 use crate::command::ShardCommand;
 use crate::core::{RelayCore, Transmit};
 use crate::ice_tcp::TcpLane;
+use crate::socket_lane::ShardSockets;
 
 /// Longest the driver sleeps while the core has no deadline.
 const IDLE_WAIT: Duration = Duration::from_millis(500);
@@ -34,6 +36,7 @@ pub(crate) async fn run(
     socket: UdpSocket,
     mut tcp: Option<TcpLane>,
     mut commands: mpsc::Receiver<ShardCommand>,
+    mut sockets: ShardSockets,
 ) {
     let wake = Arc::clone(core.wake_handle());
     let mut outbound = Outbound::default();
@@ -66,17 +69,20 @@ pub(crate) async fn run(
             }
             _ = tokio::time::sleep_until(deadline.into()) => {}
             _ = wake.notified() => {}
+            event = sockets.recv() => sockets.handle(&mut core, event),
         }
         let now = Instant::now();
         core.handle_timeout(now);
         core.handle_wake(now);
         outbound.send_all(&socket, tcp.as_mut(), &mut core);
+        sockets.send_all(&mut core);
         if let Some(lane) = tcp.as_mut() {
             lane.sweep(&core, now);
         }
     }
     core.shutdown();
     outbound.send_all(&socket, tcp.as_mut(), &mut core);
+    sockets.send_all(&mut core);
     if let Some(lane) = tcp.as_mut() {
         lane.shutdown();
     }
@@ -106,6 +112,9 @@ fn on_command(core: &mut RelayCore, command: ShardCommand) {
         ShardCommand::Drain(reconnect_after, reason) => core.drain(now, reconnect_after, &reason),
         ShardCommand::Close(peer, reason, reply) => {
             let _ = reply.send(core.close(peer, &reason));
+        }
+        ShardCommand::OpenSocket(open, reply) => {
+            let _ = reply.send(core.open_socket(now, *open));
         }
     }
 }

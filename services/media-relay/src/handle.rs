@@ -30,7 +30,13 @@ use crate::ice_tcp::{TcpLane, TcpLimits, Unverified};
 use crate::log::DeltaLog;
 use crate::metrics::RelayMetrics;
 use crate::shared::Shared;
+use crate::socket_lane::{self, ShardSockets};
 use crate::timeline;
+
+mod socket;
+
+use socket::SocketLane;
+pub use socket::SocketTicket;
 
 /// How the handle reaches one shard.
 struct ShardLink {
@@ -44,6 +50,7 @@ struct ShardLink {
 pub struct RelayHandle {
     shared: Arc<Shared>,
     shards: Arc<Vec<ShardLink>>,
+    lane: Arc<SocketLane>,
 }
 
 /// Binds the relay's sockets and starts its shards on the current runtime.
@@ -62,6 +69,7 @@ pub async fn start(
     let shared = Shared::new(config, log, metrics, clock);
     let mut links = Vec::new();
     let unverified = Arc::new(Unverified::default());
+    let mut socket_events = Vec::new();
     for index in 0..shared.shard_count() {
         let config = &shared.config;
         let socket = match config.udp_port_last {
@@ -99,13 +107,22 @@ pub async fn start(
             false => (None, None),
         };
         let (commands, receiver) = mpsc::channel(1024);
-        tokio::spawn(driver::run(core, socket, tcp, receiver));
+        let (events, sockets) = mpsc::channel(socket_lane::SHARD_EVENTS);
+        socket_events.push(events);
+        tokio::spawn(driver::run(
+            core,
+            socket,
+            tcp,
+            receiver,
+            ShardSockets::new(sockets),
+        ));
         links.push(ShardLink {
             commands,
             addr,
             tcp_addr,
         });
     }
+    let lane = SocketLane::start(&shared.config, socket_events).await?;
     tracing::info!(
         relay = %shared.config.relay_id,
         addrs = ?links.iter().map(|l| l.addr).collect::<Vec<_>>(),
@@ -115,6 +132,7 @@ pub async fn start(
     Ok(RelayHandle {
         shared,
         shards: Arc::new(links),
+        lane: Arc::new(lane),
     })
 }
 

@@ -26,6 +26,8 @@
 //! - `presence`: every session's latest presence states (PROTOCOL §8);
 //!   `direct`: where a direct message (`PeerSignal`, §9) goes.
 //! - `shared`, `config`, `metrics`, `error`, `clock`: what every room reads.
+//! - `websocket`, `socket_lane`: the WebSocket lane (PROTOCOL §11): its
+//!   messages as the core sees them, and its port, tickets and sockets.
 //! - [`fleet`]: the same relay among others, over NATS and the registry.
 
 mod clock;
@@ -49,10 +51,12 @@ mod rate;
 mod reassembly;
 mod shared;
 mod signing;
+mod socket_lane;
 mod store;
 mod timeline;
 mod timers;
 mod wake;
+mod websocket;
 
 pub use clock::WallClock;
 pub use command::{Offer, OfferAnswer, PeerAccess};
@@ -60,7 +64,7 @@ pub use config::RelayConfig;
 pub use core::{NoCertificate, RelayCore, Transmit};
 pub use directory::{Member, MemberChange, MemberState};
 pub use error::RelayError;
-pub use handle::{RelayHandle, start};
+pub use handle::{RelayHandle, SocketTicket, start};
 pub use ice_restart::{IceRestart, IceRestarted};
 pub use log::{DeltaLog, MemoryLog};
 pub use metrics::RelayMetrics;
@@ -68,3 +72,6 @@ pub use rate::Rate;
 pub use shared::Shared;
 pub use signing::{DeltaSigner, SigningKeyError, hex};
 pub use store::ChunkStore;
+pub use websocket::{
+    CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_UNSUPPORTED, SocketInput, SocketOpen, SocketOutput,
+};

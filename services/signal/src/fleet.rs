@@ -36,7 +36,10 @@ use prost::Message as _;
 use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::{Code, Status};
 
-use crate::network::{ConnectRequest, Connected, Network, NetworkError, PeerInfo, PeerState};
+use crate::network::{
+    ConnectRequest, Connected, Network, NetworkError, PeerInfo, PeerState, SocketPlaced,
+    SocketRequest,
+};
 
 /// How many relays an offer is placed on at most before giving up, when the
 /// placed ones turn out to be gone.
@@ -318,9 +321,11 @@ impl FleetNetwork {
             Asked::NoResponders => Err(NetworkError::UnknownPeer),
             Asked::Reply(relay_reply::Reply::Done(_)) => Ok(()),
             Asked::Reply(relay_reply::Reply::Failure(failure)) => Err(NetworkError::from(failure)),
-            Asked::Reply(relay_reply::Reply::Answer(_)) => Err(NetworkError::Unavailable(format!(
-                "relay {relay} answered a request that was not an offer"
-            ))),
+            Asked::Reply(relay_reply::Reply::Answer(_) | relay_reply::Reply::Ticket(_)) => {
+                Err(NetworkError::Unavailable(format!(
+                    "relay {relay} answered a request that was not an offer or a socket"
+                )))
+            }
         }
     }
 }
@@ -371,33 +376,34 @@ fn is_out_of_room(failure: &pb::RelayFailure) -> bool {
     )
 }
 
-impl Network for FleetNetwork {
-    async fn connect(&self, request: ConnectRequest) -> Result<Connected, NetworkError> {
-        let offer = relay_request::Request::Offer(pb::OfferRequest {
-            session: request.session.clone(),
-            identity: request.identity,
-            grants: Some(request.grants.into()),
-            offer_sdp: request.offer_sdp,
-        });
+/// A relay's peer id, which must be 16 bytes.
+fn peer_id_from(relay_id: Id, bytes: &[u8]) -> Result<Id, NetworkError> {
+    Id::from_slice(bytes).map_err(|_| {
+        NetworkError::Unavailable(format!("relay {relay_id} answered with an invalid peer id"))
+    })
+}
+
+impl FleetNetwork {
+    /// Places a new peer of `session` and asks the placed relay `request`
+    /// (an offer or a lane socket). A relay may refuse for room the
+    /// registry thought it had (its load is a heartbeat old): the peer is
+    /// placed again elsewhere, and the last refusal is the answer if no
+    /// relay takes it. Any other failure is the answer at once.
+    async fn place_and_ask(
+        &self,
+        session: &str,
+        request: relay_request::Request,
+        trace: &Context,
+        what: &'static str,
+    ) -> Result<(Id, relay_reply::Reply), NetworkError> {
         let mut gone = Vec::new();
-        // A relay may refuse for room the registry thought it had (its load
-        // is a heartbeat old): the peer is placed again elsewhere, and the
-        // last refusal is the answer if no relay takes it.
         let mut refused = None;
         for _ in 0..MAX_PLACEMENTS {
-            let relay_id = match self.place(&request.session, &gone, &request.trace).await {
+            let relay_id = match self.place(session, &gone, trace).await {
                 Ok(relay_id) => relay_id,
                 Err(error) => return Err(refused.unwrap_or(error)),
             };
-            let asked = self
-                .ask(
-                    relay_id,
-                    offer.clone(),
-                    &request.trace,
-                    "the relay's answer",
-                )
-                .await?;
-            let reply = match asked {
+            let reply = match self.ask(relay_id, request.clone(), trace, what).await? {
                 Asked::Reply(reply) => reply,
                 Asked::NoResponders => {
                     tracing::warn!(relay = %relay_id, "placed relay has no responders; placing again");
@@ -406,16 +412,6 @@ impl Network for FleetNetwork {
                 }
             };
             return match reply {
-                relay_reply::Reply::Answer(answer) => Ok(Connected {
-                    peer_id: Id::from_slice(&answer.peer_id).map_err(|_| {
-                        NetworkError::Unavailable(format!(
-                            "relay {relay_id} answered with an invalid peer id"
-                        ))
-                    })?,
-                    relay_id,
-                    answer_sdp: answer.answer_sdp,
-                    ice_ufrag: answer.ice_ufrag,
-                }),
                 relay_reply::Reply::Failure(failure) if is_out_of_room(&failure) => {
                     tracing::info!(relay = %relay_id, detail = %failure.detail, "placed relay has no room; placing again");
                     gone.push(relay_id);
@@ -423,9 +419,7 @@ impl Network for FleetNetwork {
                     continue;
                 }
                 relay_reply::Reply::Failure(failure) => Err(NetworkError::from(failure)),
-                relay_reply::Reply::Done(_) => Err(NetworkError::Unavailable(format!(
-                    "relay {relay_id} did not answer the offer"
-                ))),
+                reply => Ok((relay_id, reply)),
             };
         }
         Err(refused.unwrap_or_else(|| {
@@ -434,6 +428,62 @@ impl Network for FleetNetwork {
                 gone.len()
             ))
         }))
+    }
+}
+
+impl Network for FleetNetwork {
+    async fn connect(&self, request: ConnectRequest) -> Result<Connected, NetworkError> {
+        let offer = relay_request::Request::Offer(pb::OfferRequest {
+            session: request.session.clone(),
+            identity: request.identity,
+            grants: Some(request.grants.into()),
+            offer_sdp: request.offer_sdp,
+        });
+        let (relay_id, reply) = self
+            .place_and_ask(
+                &request.session,
+                offer,
+                &request.trace,
+                "the relay's answer",
+            )
+            .await?;
+        match reply {
+            relay_reply::Reply::Answer(answer) => Ok(Connected {
+                peer_id: peer_id_from(relay_id, &answer.peer_id)?,
+                relay_id,
+                answer_sdp: answer.answer_sdp,
+                ice_ufrag: answer.ice_ufrag,
+            }),
+            _ => Err(NetworkError::Unavailable(format!(
+                "relay {relay_id} did not answer the offer"
+            ))),
+        }
+    }
+
+    async fn open_socket(&self, request: SocketRequest) -> Result<SocketPlaced, NetworkError> {
+        let socket = relay_request::Request::Socket(pb::SocketRequest {
+            session: request.session.clone(),
+            identity: request.identity,
+            grants: Some(request.grants.into()),
+        });
+        let (relay_id, reply) = self
+            .place_and_ask(
+                &request.session,
+                socket,
+                &request.trace,
+                "the relay's ticket",
+            )
+            .await?;
+        match reply {
+            relay_reply::Reply::Ticket(ticket) => Ok(SocketPlaced {
+                peer_id: peer_id_from(relay_id, &ticket.peer_id)?,
+                relay_id,
+                url: ticket.url,
+            }),
+            _ => Err(NetworkError::Unavailable(format!(
+                "relay {relay_id} did not answer with a ticket"
+            ))),
+        }
     }
 
     async fn trickle(

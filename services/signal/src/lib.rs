@@ -35,5 +35,5 @@ pub use limits::RateLimit;
 pub use metrics::{SignalMetrics, openmetrics_response};
 pub use network::{
     ConnectRequest, Connected, IceRestartAnswer, IceRestartRequest, Network, NetworkError,
-    PeerInfo, PeerState,
+    PeerInfo, PeerState, SocketPlaced, SocketRequest,
 };

@@ -33,6 +33,30 @@ pub struct ConnectRequest {
     pub trace: opentelemetry::Context,
 }
 
+/// A new WebSocket peer asked for by `GET .../socket` (PROTOCOL §11).
+#[derive(Debug, Clone)]
+pub struct SocketRequest {
+    /// The session, already checked against the id rules.
+    pub session: String,
+    /// The peer's identity: its token's subject.
+    pub identity: String,
+    /// What the connection may do, from its token.
+    pub grants: Grants,
+    /// The trace the connection is part of (signal's span for the request).
+    pub trace: opentelemetry::Context,
+}
+
+/// A WebSocket peer a relay admitted, and where signal takes its socket.
+#[derive(Debug, Clone)]
+pub struct SocketPlaced {
+    /// The new peer's id.
+    pub peer_id: Id,
+    /// The relay that terminates it.
+    pub relay_id: Id,
+    /// The relay's lane URL with a single-use ticket (`ws://…/lane/<ticket>`).
+    pub url: String,
+}
+
 /// A peer connection a relay accepted.
 #[derive(Debug, Clone)]
 pub struct Connected {
@@ -244,6 +268,17 @@ pub trait Network: Send + Sync + 'static {
                 "ICE restart; reconnect with a new offer",
             ))
         }
+    }
+
+    /// Places a new WebSocket peer of `request.session` on a relay (as
+    /// [`connect`](Network::connect) places an offer) and says where its
+    /// socket goes. A network without the lane answers `Unsupported` (501).
+    fn open_socket(
+        &self,
+        request: SocketRequest,
+    ) -> impl Future<Output = Result<SocketPlaced, NetworkError>> + Send {
+        let _ = request;
+        async { Err(NetworkError::Unsupported("the WebSocket lane")) }
     }
 
     /// Closes a peer connection of `identity`.

@@ -71,6 +71,9 @@ pub(crate) enum ApiError {
     /// The route exists but not for this method: 405.
     #[error("{0} is not allowed on this resource")]
     MethodNotAllowed(Method),
+    /// A `GET .../socket` that is not a WebSocket upgrade: 400.
+    #[error("not a WebSocket upgrade: {0}")]
+    NotUpgrade(&'static str),
     /// Signal itself could not build an answer: 500.
     #[error("{0}")]
     Internal(String),
@@ -174,6 +177,7 @@ impl ApiError {
                 S::METHOD_NOT_ALLOWED,
                 "Method not allowed",
             ),
+            ApiError::NotUpgrade(_) => ("not-websocket", S::BAD_REQUEST, "Not a WebSocket upgrade"),
             ApiError::Internal(_) => ("internal", S::INTERNAL_SERVER_ERROR, "Internal error"),
         }
     }

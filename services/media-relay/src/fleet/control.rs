@@ -1,4 +1,4 @@
-//! A relay's control subject: signal's offers, trickles and disconnects
+//! A relay's control subject: signal's offers, lane sockets, trickles and disconnects
 //! arrive over NATS request/reply as `RelayRequest`s and are answered with
 //! `RelayReply`s. Every request is checked before it reaches the relay; a
 //! malformed one gets `BAD_REQUEST`, never silence. An offer's trace
@@ -78,6 +78,22 @@ async fn run(
                 peer_id: answer.peer_id.0.to_vec(),
                 answer_sdp: answer.answer_sdp,
                 ice_ufrag: answer.ice_ufrag,
+            }))
+        }
+        Request::Socket(socket) => {
+            check_session(&socket.session)?;
+            check_identity(&socket.identity)?;
+            let access = PeerAccess {
+                identity: socket.identity.into(),
+                grants: socket.grants.map(Grants::from).unwrap_or_default(),
+            };
+            let ticket = relay
+                .open_socket(&socket.session, access, trace)
+                .await
+                .map_err(failure)?;
+            Ok(pb::relay_reply::Reply::Ticket(pb::SocketTicket {
+                peer_id: ticket.peer_id.0.to_vec(),
+                url: ticket.url,
             }))
         }
         Request::Trickle(trickle) => {

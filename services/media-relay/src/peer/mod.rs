@@ -1,10 +1,10 @@
-//! One peer connection on a relay: its `Rtc`, its channels and the per-peer
+//! One peer connection on a relay: its link (WebRTC or a WebSocket, `link`) and the per-peer
 //! protocol, one room each: `commands` (the command channel: options,
 //! resume, membership, drain), `inbound` (the delta path in: rates, grants,
 //! validation, acknowledgement), `outbound` (delivery from a cursor into
 //! the session log), `presence` (the presence channel, PROTOCOL §8) and
 //! `direct` (`PeerSignal`, §9). This module holds the connection itself: its state,
-//! str0m's events, and writing to the channels.
+//! str0m's events or a socket's messages, and writing to the channels.
 //!
 //! The peer's outbound delta queue is its cursor: deltas wait in the shared
 //! log, not in per-peer copies, and a peer that falls `slow_consumer_warn`
@@ -20,8 +20,7 @@ use deltamesh_proto::channel::Channel;
 use deltamesh_proto::command;
 use deltamesh_proto::pb::{self, command::Body};
 use deltamesh_proto::{Grants, Id};
-use str0m::channel::ChannelId;
-use str0m::{Event, IceConnectionState, Rtc};
+use str0m::{Event, IceConnectionState};
 
 use crate::log::AckTo;
 use crate::rate::{self, TokenBucket};
@@ -32,9 +31,12 @@ use crate::timeline::{Phase, Timeline};
 mod commands;
 mod direct;
 mod inbound;
+mod link;
 mod outbound;
 mod presence;
 
+use link::Write;
+pub(crate) use link::{Link, SocketLink};
 use presence::PresenceLink;
 
 /// Why a peer connection ended.
@@ -47,9 +49,9 @@ pub(crate) struct Peer {
     pub(crate) id: Id,
     /// The session it belongs to.
     pub(crate) session: Arc<str>,
-    /// Its WebRTC state machine.
-    pub(crate) rtc: Rtc,
-    /// Its relay-side ICE ufrag.
+    /// What carries its channels.
+    pub(crate) link: Link,
+    /// Its relay-side ICE ufrag (empty on a WebSocket).
     pub(crate) ice_ufrag: String,
     /// The earliest live deadline scheduled for it in the shard's timer heap.
     pub(crate) timer_at: Option<Instant>,
@@ -75,7 +77,6 @@ pub(crate) struct Peer {
     /// Messages over a rate since `violations_since`.
     violations: u32,
     violations_since: Instant,
-    channels: [Option<ChannelId>; 4],
     open: [bool; 4],
     welcomed: bool,
     /// Channels are open, but the log is still catching up with the session.
@@ -108,15 +109,14 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
-    /// A peer whose `rtc` has accepted the offer, with its channel ids;
-    /// `ack_to` names it (`ack_to.peer` is its id) and its shard, and its
-    /// `timeline` starts when the offer was accepted.
+    /// A peer over `link` (an `Rtc` that has accepted the offer, or a
+    /// socket still to come); `ack_to` names it (`ack_to.peer` is its id)
+    /// and its shard, and its `timeline` starts when it was admitted.
     pub(crate) fn new(
         ack_to: AckTo,
         session: Arc<str>,
         grants: Grants,
-        mut rtc: Rtc,
-        channels: [ChannelId; 4],
+        mut link: Link,
         timeline: Timeline,
         shared: &Shared,
     ) -> Self {
@@ -127,11 +127,14 @@ impl Peer {
         );
         let id = ack_to.peer;
         let now = timeline.started();
-        let ice_ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        let ice_ufrag = link
+            .rtc()
+            .map(|rtc| rtc.direct_api().local_ice_credentials().ufrag)
+            .unwrap_or_default();
         Peer {
             id,
             session,
-            rtc,
+            link,
             ice_ufrag,
             timer_at: None,
             last_rx: now,
@@ -147,7 +150,6 @@ impl Peer {
             command_budget: TokenBucket::new(config.command_rate, now),
             violations: 0,
             violations_since: now,
-            channels: channels.map(Some),
             open: [false; 4],
             welcomed: false,
             awaiting_current: false,
@@ -189,40 +191,18 @@ impl Peer {
     pub(crate) fn on_event(&mut self, event: Event, shared: &Shared, now: Instant) {
         match event {
             Event::ChannelOpen(id, _label) => {
-                if let Some(channel) = self.channel_of(id) {
-                    self.open[channel.stream_id() as usize] = true;
+                if let Some(channel) = self.link.channel_of(id) {
                     // Ask str0m to say when a blocked writer has room again.
-                    if let Some(mut handle) = self.rtc.channel(id) {
+                    if let Some(mut handle) = self.link.rtc().and_then(|rtc| rtc.channel(id)) {
                         handle.set_buffered_amount_low_threshold(shared.config.send_window / 2);
                     }
-                }
-                let v1_open = Channel::V1
-                    .iter()
-                    .all(|c| self.open[c.stream_id() as usize]);
-                if !self.welcomed && v1_open {
-                    self.timeline.reached(Phase::Channels, now, &shared.metrics);
-                    self.try_welcome(shared);
+                    self.opened(channel, shared, now);
                 }
             }
-            Event::ChannelData(data) => match self.channel_of(data.id) {
-                Some(Channel::Command) => {
-                    if rate::take(&mut self.command_budget, 1, now) {
-                        self.on_command(&data.data, shared, now);
-                    } else {
-                        shared.metrics.limit_hit("command_rate");
-                        self.violated_rate(shared, now);
-                    }
-                }
-                Some(Channel::Send) => self.on_send(&data.data, shared, now),
-                Some(Channel::Presence) => self.on_presence(&data.data, shared, now),
-                Some(Channel::Receive) | None => self.send_command(
-                    Body::Error(pb::Error {
-                        code: pb::ErrorCode::WrongChannel.into(),
-                        detail: "the receive channel is relay-to-peer only".into(),
-                    }),
-                    shared,
-                ),
-            },
+            Event::ChannelData(data) => {
+                let channel = self.link.channel_of(data.id);
+                self.on_channel_data(channel, &data.data, shared, now);
+            }
             Event::ChannelBufferedAmountLow(_) => self.flush(shared, now),
             Event::ChannelClose(_) => self.close("channel closed"),
             Event::IceConnectionStateChange(
@@ -237,10 +217,47 @@ impl Peer {
         }
     }
 
-    fn channel_of(&self, id: ChannelId) -> Option<Channel> {
-        Channel::ALL
-            .into_iter()
-            .find(|c| self.channels[c.stream_id() as usize] == Some(id))
+    /// `channel` is open; with every v1 channel open, the peer is welcomed
+    /// (once the log is current).
+    pub(crate) fn opened(&mut self, channel: Channel, shared: &Shared, now: Instant) {
+        self.open[channel.stream_id() as usize] = true;
+        let v1_open = Channel::V1
+            .iter()
+            .all(|c| self.open[c.stream_id() as usize]);
+        if !self.welcomed && v1_open {
+            self.timeline.reached(Phase::Channels, now, &shared.metrics);
+            self.try_welcome(shared);
+        }
+    }
+
+    /// Handles one message that arrived on `channel` (`None`: one this
+    /// connection does not have).
+    pub(crate) fn on_channel_data(
+        &mut self,
+        channel: Option<Channel>,
+        data: &[u8],
+        shared: &Shared,
+        now: Instant,
+    ) {
+        match channel {
+            Some(Channel::Command) => {
+                if rate::take(&mut self.command_budget, 1, now) {
+                    self.on_command(data, shared, now);
+                } else {
+                    shared.metrics.limit_hit("command_rate");
+                    self.violated_rate(shared, now);
+                }
+            }
+            Some(Channel::Send) => self.on_send(data, shared, now),
+            Some(Channel::Presence) => self.on_presence(data, shared, now),
+            Some(Channel::Receive) | None => self.send_command(
+                Body::Error(pb::Error {
+                    code: pb::ErrorCode::WrongChannel.into(),
+                    detail: "the receive channel is relay-to-peer only".into(),
+                }),
+                shared,
+            ),
+        }
     }
 
     /// Welcomes the peer once the log is current with its session.
@@ -339,7 +356,7 @@ impl Peer {
             return false;
         }
         while let Some(message) = self.commands.front() {
-            match write(&mut self.rtc, self.channels[0], message) {
+            match self.link.write(Channel::Command, message) {
                 Write::Done => {
                     self.commands.pop_front();
                 }
@@ -360,33 +377,12 @@ impl Peer {
             code: code.into(),
             detail: format!("{detail}; disconnecting"),
         }));
-        let _ = write(&mut self.rtc, self.channels[0], &message);
+        let _ = self.link.write(Channel::Command, &message);
         self.close(detail);
     }
 
     /// Bytes written to the peer's channels and not yet acknowledged.
     fn in_flight(&mut self) -> usize {
-        self.channels
-            .iter()
-            .flatten()
-            .filter_map(|&id| self.rtc.channel(id).map(|mut c| c.buffered_amount()))
-            .sum()
-    }
-}
-
-pub(super) enum Write {
-    Done,
-    Full,
-    Closed,
-}
-
-pub(super) fn write(rtc: &mut Rtc, channel: Option<ChannelId>, bytes: &[u8]) -> Write {
-    let Some(mut handle) = channel.and_then(|id| rtc.channel(id)) else {
-        return Write::Closed;
-    };
-    match handle.write(true, bytes) {
-        Ok(true) => Write::Done,
-        Ok(false) => Write::Full,
-        Err(_) => Write::Closed,
+        self.link.in_flight()
     }
 }

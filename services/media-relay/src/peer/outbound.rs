@@ -11,7 +11,10 @@ use deltamesh_proto::frame::FRAME_HEADER_LEN;
 use deltamesh_proto::pb::{self, command::Body};
 use deltamesh_proto::security::SECURITY_HEADER_LEN;
 
-use super::{Peer, Write, write};
+use deltamesh_proto::channel::Channel;
+
+use super::Peer;
+use super::link::Write;
 use crate::log::LogError;
 use crate::shared::Shared;
 use crate::store::StoredDelta;
@@ -71,7 +74,7 @@ impl Peer {
                     code: pb::ErrorCode::SlowConsumer.into(),
                     detail: format!("{lag} deltas behind; disconnecting"),
                 })));
-            let _ = write(&mut self.rtc, self.channels[0], &self.commands[0]);
+            let _ = self.link.write(Channel::Command, &self.commands[0]);
             return self.close("slow consumer");
         }
         if fallen > shared.config.slow_consumer_warn && !self.slow_warned {
@@ -197,7 +200,7 @@ impl Peer {
             self.cursor = pending.covered;
             return true;
         }
-        let written = match write(&mut self.rtc, self.channels[2], &pending.message) {
+        let written = match self.link.write(Channel::Receive, &pending.message) {
             Write::Done => {
                 self.cursor = pending.covered;
                 *in_flight += pending.message.len();
@@ -253,7 +256,7 @@ impl Peer {
             out.delta
                 .view()
                 .write_relayed_range(out.flags, out.offset..end, &mut message);
-            match write(&mut self.rtc, self.channels[2], &message) {
+            match self.link.write(Channel::Receive, &message) {
                 Write::Done => {
                     out.offset = end;
                     *in_flight += message.len();

@@ -12,7 +12,10 @@ use deltamesh_proto::Id;
 use deltamesh_proto::pb::{self, command::Body};
 use deltamesh_proto::presence::PresenceState;
 
-use super::{Peer, Write, write};
+use deltamesh_proto::channel::Channel;
+
+use super::Peer;
+use super::link::Write;
 use crate::presence::Stored;
 use crate::shared::Shared;
 use crate::wake::News;
@@ -192,7 +195,7 @@ impl Peer {
                 state: &stored.state,
             }
             .encode();
-            match write(&mut self.rtc, self.channels[3], &message) {
+            match self.link.write(Channel::Presence, &message) {
                 Write::Done => {
                     self.presence.seen.insert(peer, stored.version);
                     shared.metrics.presence_out.inc();

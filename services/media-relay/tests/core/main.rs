@@ -7,6 +7,7 @@ mod direct;
 mod fragments;
 mod harness;
 mod presence;
+mod websocket;
 
 use std::time::Duration;
 

@@ -9,6 +9,7 @@ mod body;
 mod cors;
 mod ops;
 mod peers;
+mod socket;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -109,6 +110,7 @@ pub fn router<N: Network>(
                 .delete(peers::delete::<N>)
                 .options(|| async { cors::preflight(cors::PEER_METHODS) }),
         )
+        .route("/v1/sessions/{session}/socket", get(socket::open::<N>))
         .method_not_allowed_fallback(ops::method_not_allowed)
         .fallback(ops::not_found)
         .layer(middleware::from_fn(body::read_first))

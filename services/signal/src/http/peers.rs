@@ -29,7 +29,7 @@ use crate::{etag, ids, sdp};
 
 /// Path parameters, with a failure to decode them kept for the handler so it
 /// becomes a problem in the handler's order of checks.
-type PathParams<T> = Result<Path<T>, PathRejection>;
+pub(super) type PathParams<T> = Result<Path<T>, PathRejection>;
 
 /// `POST /v1/sessions/{session}/peers`: a new peer connection from an SDP
 /// offer, answered `201` with the SDP answer.
@@ -302,7 +302,7 @@ fn rfc3339(time: SystemTime) -> String {
 }
 
 /// The checked `{session}`.
-fn session(path: PathParams<String>) -> Result<String, ApiError> {
+pub(super) fn session(path: PathParams<String>) -> Result<String, ApiError> {
     let Path(session) = path.map_err(|rejection| ApiError::InvalidId(rejection.body_text()))?;
     ids::session(session)
 }
@@ -315,7 +315,7 @@ fn session_and_peer(path: PathParams<(String, String)>) -> Result<(String, Id), 
 }
 
 /// `result` as the response, with a refusal logged.
-fn answer(action: &'static str, result: Result<Response, ApiError>) -> Response {
+pub(super) fn answer(action: &'static str, result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(|error| {
         tracing::warn!(
             action,
