@@ -22,7 +22,7 @@ use deltamesh::{RunningStack, StackConfig, start};
 use deltamesh_proto::Id;
 use deltamesh_relay::{Rate, RelayConfig};
 use deltamesh_signal::{RateLimit, SignalConfig};
-use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
+use deltamesh_worker::{ConnectOptions, LaneChoice, NativePeer, PeerEvent};
 
 const TOKEN: &str = "bench-token";
 const DOC: &str = "00000000-0000-4000-8000-000000000009";
@@ -313,9 +313,11 @@ fn ms(value: &serde_json::Value) -> Duration {
 }
 
 async fn native(stack: &RunningStack, session: &str) -> NativePeer {
-    NativePeer::connect(ConnectOptions::new(&stack.signal_url(), session, TOKEN))
-        .await
-        .expect("native peer connects")
+    NativePeer::connect(
+        ConnectOptions::new(&stack.signal_url(), session, TOKEN).with_lane(LaneChoice::WebRtc),
+    )
+    .await
+    .expect("native peer connects")
 }
 
 fn unix_micros() -> f64 {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer, stream};
 use deltamesh_proto::Id;
 use deltamesh_testkit::{NatsServer, spawn_service};
-use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
+use deltamesh_worker::{ConnectOptions, LaneChoice, NativePeer, PeerEvent};
 use futures_util::{FutureExt, StreamExt};
 
 const TOKEN: &str = "bench-token";
@@ -451,7 +451,8 @@ impl Fleet {
 
     /// A peer of `session`; with `echo` it receives its own deltas too.
     async fn join(&self, session: &str, echo: bool) -> NativePeer {
-        let mut options = ConnectOptions::new(&self.signal_url, session, TOKEN);
+        let mut options =
+            ConnectOptions::new(&self.signal_url, session, TOKEN).with_lane(LaneChoice::WebRtc);
         options.echo = echo;
         NativePeer::connect(options).await.expect("peer connects")
     }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use deltamesh_proto::Id;
 use deltamesh_proto::fragment::{FRAGMENT_BODY, FRAGMENT_HEADER_LEN};
 use deltamesh_testkit::spawn_service;
-use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
+use deltamesh_worker::{ConnectOptions, LaneChoice, NativePeer, PeerEvent};
 use raw_str0m::Pair;
 use tokio::sync::mpsc;
 
@@ -472,7 +472,8 @@ impl Relay {
     }
 
     async fn join(&self, session: &str) -> NativePeer {
-        let mut options = ConnectOptions::new(&self.url, session, TOKEN);
+        let mut options =
+            ConnectOptions::new(&self.url, session, TOKEN).with_lane(LaneChoice::WebRtc);
         options.send_window = window();
         NativePeer::connect(options).await.expect("peer connects")
     }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use deltamesh_proto::Id;
 use deltamesh_proto::security::SECURITY_HEADER_LEN;
-use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
+use deltamesh_worker::{ConnectOptions, LaneChoice, NativePeer, PeerEvent};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -456,6 +456,7 @@ impl Relay {
     fn options_on(&self, session: &str, lane: Lane) -> ConnectOptions {
         let mut options = ConnectOptions::new(&self.url, session, TOKEN);
         options.send_window = self.window;
+        options.lane = LaneChoice::WebRtc;
         if lane == Lane::IceTcp {
             options.udp = false;
             options.ice_tcp = true;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use deltamesh_proto::Id;
 use deltamesh_testkit::{NatsServer, spawn_service, terminate};
-use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
+use deltamesh_worker::{ConnectOptions, LaneChoice, NativePeer, PeerEvent};
 
 const TOKEN: &str = "soak-token";
 const SESSION: &str = "soak";
@@ -185,7 +185,8 @@ async fn churn(signal_url: String, end: Instant, record: Arc<Mutex<Record>>) {
     while Instant::now() < end {
         let next = Instant::now() + Duration::from_secs(1);
         number += 1;
-        let mut options = ConnectOptions::new(&signal_url, SESSION, TOKEN);
+        let mut options =
+            ConnectOptions::new(&signal_url, SESSION, TOKEN).with_lane(LaneChoice::WebRtc);
         options.echo = true;
         if let Ok(Ok(mut peer)) =
             tokio::time::timeout(Duration::from_secs(10), NativePeer::connect(options)).await
@@ -372,7 +373,8 @@ impl Fleet {
     }
 
     async fn join(&self) -> NativePeer {
-        let mut options = ConnectOptions::new(&self.signal_url, SESSION, TOKEN);
+        let mut options =
+            ConnectOptions::new(&self.signal_url, SESSION, TOKEN).with_lane(LaneChoice::WebRtc);
         options.echo = true;
         NativePeer::connect(options).await.expect("peer connects")
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use deltamesh::{RunningStack, StackConfig, start, start_on};
 use deltamesh_relay::RelayConfig;
 use deltamesh_signal::SignalConfig;
-use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
+use deltamesh_worker::{ConnectOptions, LaneChoice, NativePeer, PeerEvent};
 use serde_json::Value;
 
 use crate::cdp::{Browser, Page};
@@ -60,9 +60,11 @@ pub(crate) async fn stack() -> RunningStack {
 
 /// A native peer joined to `session`.
 pub(crate) async fn native_peer(stack: &RunningStack, session: &str) -> NativePeer {
-    NativePeer::connect(ConnectOptions::new(&stack.signal_url(), session, TOKEN))
-        .await
-        .expect("native peer connects")
+    NativePeer::connect(
+        ConnectOptions::new(&stack.signal_url(), session, TOKEN).with_lane(LaneChoice::WebRtc),
+    )
+    .await
+    .expect("native peer connects")
 }
 
 /// The next `count` deltas `native` receives, as `(seq, payload text)`.

@@ -12,7 +12,7 @@ use deltamesh::{RunningStack, StackConfig, start};
 use deltamesh_proto::Id;
 use deltamesh_relay::RelayConfig;
 use deltamesh_signal::SignalConfig;
-use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
+use deltamesh_worker::{ConnectOptions, LaneChoice, NativePeer, PeerEvent};
 
 use crate::cdp::Browser;
 use crate::common::{
@@ -188,6 +188,7 @@ fn native_inside(netns: &NetNs, signal_url: String, session: &'static str) -> Ve
                     let mut options = ConnectOptions::new(&signal_url, session, TOKEN);
                     options.echo = true;
                     options.ice_tcp = true;
+                    options.lane = LaneChoice::WebRtc;
                     let mut peer = NativePeer::connect(options)
                         .await
                         .expect("the peer inside connects over ICE-TCP");

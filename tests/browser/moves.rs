@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use deltamesh_proto::Id;
 use deltamesh_testkit::{NatsServer, spawn_service};
-use deltamesh_worker::{ConnectOptions, NativePeer};
+use deltamesh_worker::{ConnectOptions, LaneChoice, NativePeer};
 
 use crate::cdp::{Browser, Page};
 use crate::common::{self, TOKEN, assert_no_exceptions, eval, received, wait, web_dir};
@@ -153,7 +153,11 @@ impl Drop for Fleet {
 async fn native_peer(signal: &str, session: &str) -> NativePeer {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        match NativePeer::connect(ConnectOptions::new(signal, session, TOKEN)).await {
+        match NativePeer::connect(
+            ConnectOptions::new(signal, session, TOKEN).with_lane(LaneChoice::WebRtc),
+        )
+        .await
+        {
             Ok(peer) => return peer,
             Err(error) if Instant::now() < deadline => {
                 eprintln!("native peer not placed yet: {error}");

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use deltamesh_proto::Id;
 use deltamesh_proto::fleet::pb::ListRelaysRequest;
 use deltamesh_proto::fleet::pb::registry_client::RegistryClient;
-use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
+use deltamesh_worker::{ConnectOptions, LaneChoice, NativePeer, PeerEvent};
 
 use crate::otlp::Collector;
 
@@ -185,7 +185,7 @@ struct Peer {
 
 impl Peer {
     async fn join(index: usize) -> Result<Peer, String> {
-        let mut options = ConnectOptions::new(SIGNAL, SESSION, TOKEN);
+        let mut options = ConnectOptions::new(SIGNAL, SESSION, TOKEN).with_lane(LaneChoice::WebRtc);
         options.echo = true;
         let peer = NativePeer::connect(options)
             .await

@@ -336,7 +336,8 @@ impl TestPeer {
     /// Joins `session` through the signal at `signal_url`, receiving its own
     /// deltas too.
     pub(crate) async fn join(signal_url: &str, session: &str) -> TestPeer {
-        let mut options = ConnectOptions::new(signal_url, session, TOKEN);
+        let mut options = ConnectOptions::new(signal_url, session, TOKEN)
+            .with_lane(deltamesh_worker::LaneChoice::WebRtc);
         options.echo = true;
         let peer = NativePeer::connect(options).await.expect("peer connects");
         let relay = Id::from_slice(&peer.welcome().relay_id).unwrap();

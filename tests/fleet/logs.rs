@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use deltamesh_worker::{ConnectOptions, NativePeer};
+use deltamesh_worker::{ConnectOptions, LaneChoice, NativePeer};
 use serde_json::Value;
 
 use crate::common::{TOKEN, lines};
@@ -42,9 +42,11 @@ async fn json_log_lines_carry_the_connections_trace_id() {
         }
     };
 
-    let peer = NativePeer::connect(ConnectOptions::new(&signal, "logged", TOKEN))
-        .await
-        .expect("peer connects");
+    let peer = NativePeer::connect(
+        ConnectOptions::new(&signal, "logged", TOKEN).with_lane(LaneChoice::WebRtc),
+    )
+    .await
+    .expect("peer connects");
     let trace_id = peer.traceparent().split('-').nth(1).unwrap().to_owned();
 
     let mut seen = Vec::new();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use deltamesh::{RunningStack, StackConfig, start};
 use deltamesh_relay::RelayConfig;
 use deltamesh_signal::SignalConfig;
-use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
+use deltamesh_worker::{ConnectOptions, LaneChoice, NativePeer, PeerEvent};
 
 /// The development token the test stacks accept.
 pub(crate) const TOKEN: &str = "test-token";
@@ -31,9 +31,11 @@ pub(crate) async fn stack() -> RunningStack {
 
 /// A native peer joined to `session`.
 pub(crate) async fn join(stack: &RunningStack, session: &str) -> NativePeer {
-    NativePeer::connect(ConnectOptions::new(&stack.signal_url(), session, TOKEN))
-        .await
-        .expect("peer connects")
+    NativePeer::connect(
+        ConnectOptions::new(&stack.signal_url(), session, TOKEN).with_lane(LaneChoice::WebRtc),
+    )
+    .await
+    .expect("peer connects")
 }
 
 /// The next event matching `pick`, skipping others; panics after `wait`.

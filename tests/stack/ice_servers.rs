@@ -10,7 +10,7 @@ use deltamesh::{StackConfig, start};
 use deltamesh_relay::RelayConfig;
 use deltamesh_signal::{IceServers, SignalConfig};
 use deltamesh_worker::ice_servers::parse_links;
-use deltamesh_worker::{ConnectOptions, IceServer, NativePeer};
+use deltamesh_worker::{ConnectOptions, IceServer, LaneChoice, NativePeer};
 
 use crate::common::TOKEN;
 
@@ -67,9 +67,11 @@ async fn the_native_peer_gets_the_ice_servers_with_its_answer_and_options_lists_
     })
     .await
     .unwrap();
-    let peer = NativePeer::connect(ConnectOptions::new(&stack.signal_url(), "ice", TOKEN))
-        .await
-        .expect("connects");
+    let peer = NativePeer::connect(
+        ConnectOptions::new(&stack.signal_url(), "ice", TOKEN).with_lane(LaneChoice::WebRtc),
+    )
+    .await
+    .expect("connects");
     assert_servers(peer.ice_servers(), 600);
 
     let http = reqwest::Client::new();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::common::{TOKEN, next_matching, stack_with};
 use deltamesh_proto::Id;
-use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent, ReceivedDelta};
+use deltamesh_worker::{ConnectOptions, LaneChoice, NativePeer, PeerEvent, ReceivedDelta};
 
 /// Deltas of the session, in the order `peer` receives them.
 async fn receive(peer: &mut NativePeer, count: usize) -> Vec<ReceivedDelta> {
@@ -34,6 +34,8 @@ async fn a_peer_on_ice_tcp_only_and_a_peer_on_udp_share_one_order() {
     let mut tcp_options = ConnectOptions::new(&stack.signal_url(), "tcp-doc", TOKEN);
     tcp_options.udp = false;
     tcp_options.ice_tcp = true;
+    // ICE-TCP or nothing: no falling back to the WebSocket lane.
+    tcp_options.lane = LaneChoice::WebRtc;
     tcp_options.echo = true;
     let mut tcp = NativePeer::connect(tcp_options)
         .await
@@ -95,6 +97,7 @@ async fn without_the_relays_tcp_candidate_a_peer_without_udp_does_not_connect() 
     let mut options = ConnectOptions::new(&stack.signal_url(), "tcp-doc", TOKEN);
     options.udp = false;
     options.ice_tcp = true;
+    options.lane = LaneChoice::WebRtc;
     options.connect_timeout = Duration::from_secs(2);
     let connected = NativePeer::connect(options).await;
     assert!(

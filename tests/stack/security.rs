@@ -18,7 +18,7 @@ use deltamesh_relay::{DeltaSigner, Rate, RelayConfig};
 use deltamesh_signal::token::{Claims, TokenSigner, TokenVerifier, unix_now};
 use deltamesh_signal::{RateLimit, SignalConfig};
 use deltamesh_worker::{
-    ConnectError, ConnectOptions, NativePeer, PeerEvent, VerifyError, verify_relayed,
+    ConnectError, ConnectOptions, LaneChoice, NativePeer, PeerEvent, VerifyError, verify_relayed,
 };
 use futures_util::StreamExt;
 
@@ -66,7 +66,10 @@ async fn join_as(
     grants: Grants,
 ) -> Result<NativePeer, ConnectError> {
     let token = token(subject, session, grants);
-    NativePeer::connect(ConnectOptions::new(&stack.signal_url(), session, &token)).await
+    NativePeer::connect(
+        ConnectOptions::new(&stack.signal_url(), session, &token).with_lane(LaneChoice::WebRtc),
+    )
+    .await
 }
 
 const PUBLISH: Grants = Grants {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{TOKEN, join, next_matching, stack_with};
 use deltamesh_proto::Id;
-use deltamesh_worker::{ConnectOptions, NativePeer, PeerEvent};
+use deltamesh_worker::{ConnectOptions, LaneChoice, NativePeer, PeerEvent};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_peer_is_disconnected_and_never_stalls_the_others() {
@@ -62,7 +62,8 @@ async fn a_peer_that_resumes_further_behind_than_the_limit_catches_up_instead_of
     // The reader stays away for 3 s (± 20%) after it is dropped, long
     // after the burst below is stored, so it comes back to the whole
     // backlog at once rather than racing a burst still under way.
-    let mut options = ConnectOptions::new(&stack.signal_url(), "backlog", TOKEN);
+    let mut options =
+        ConnectOptions::new(&stack.signal_url(), "backlog", TOKEN).with_lane(LaneChoice::WebRtc);
     options.reconnect.first_retry = Duration::from_secs(3);
     let mut reader = NativePeer::connect(options).await.unwrap();
     stack.relays[0]

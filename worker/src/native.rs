@@ -115,6 +115,13 @@ impl ConnectOptions {
             ice_tcp: false,
         }
     }
+
+    /// These options over `lane` only, e.g. [`LaneChoice::WebRtc`] where
+    /// falling back to the WebSocket lane would hide a WebRTC failure.
+    pub fn with_lane(mut self, lane: LaneChoice) -> Self {
+        self.lane = lane;
+        self
+    }
 }
 
 /// Why connecting failed.
