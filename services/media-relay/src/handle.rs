@@ -292,23 +292,9 @@ impl RelayHandle {
         access: PeerAccess,
         trace: &opentelemetry::Context,
     ) -> Result<OfferAnswer, RelayError> {
-        let tracer = global::tracer("deltamesh-relay");
         let peer_id = Id::random();
-        let attributes = vec![
-            KeyValue::new(attribute::SESSION, session.to_owned()),
-            KeyValue::new(attribute::PEER_ID, peer_id.to_string()),
-            KeyValue::new(attribute::RELAY_ID, self.id().to_string()),
-        ];
-        let span = tracer
-            .span_builder("relay offer")
-            .with_kind(SpanKind::Server)
-            .with_attributes(attributes.clone())
-            .start_with_context(&tracer, trace);
-        let offer_trace = trace.with_span(span);
-        let connection = tracer
-            .span_builder("peer connection")
-            .with_attributes(attributes)
-            .start_with_context(&tracer, &offer_trace);
+        let (offer_trace, connection) =
+            self.connection_spans("relay offer", session, peer_id, trace);
         let answered = self
             .place_offer(peer_id, session, offer_sdp, access, connection)
             .await;
@@ -318,6 +304,34 @@ impl RelayHandle {
                 .set_status(Status::error(error.to_string()));
         }
         answered
+    }
+
+    /// A new peer's two spans under `trace`: the request's (`name`), and
+    /// the connection's under it, both naming session, peer and relay.
+    pub(crate) fn connection_spans(
+        &self,
+        name: &'static str,
+        session: &str,
+        peer_id: Id,
+        trace: &opentelemetry::Context,
+    ) -> (opentelemetry::Context, BoxedSpan) {
+        let tracer = global::tracer("deltamesh-relay");
+        let attributes = vec![
+            KeyValue::new(attribute::SESSION, session.to_owned()),
+            KeyValue::new(attribute::PEER_ID, peer_id.to_string()),
+            KeyValue::new(attribute::RELAY_ID, self.id().to_string()),
+        ];
+        let span = tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes.clone())
+            .start_with_context(&tracer, trace);
+        let request = trace.with_span(span);
+        let connection = tracer
+            .span_builder("peer connection")
+            .with_attributes(attributes)
+            .start_with_context(&tracer, &request);
+        (request, connection)
     }
 
     async fn place_offer(

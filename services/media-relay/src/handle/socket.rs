@@ -9,10 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use deltamesh_proto::Id;
-use deltamesh_proto::trace::attribute;
-use opentelemetry::KeyValue;
 use opentelemetry::global;
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{Status, TraceContextExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
@@ -76,23 +74,9 @@ impl RelayHandle {
         access: PeerAccess,
         trace: &opentelemetry::Context,
     ) -> Result<SocketTicket, RelayError> {
-        let tracer = global::tracer("deltamesh-relay");
         let peer_id = Id::random();
-        let attributes = vec![
-            KeyValue::new(attribute::SESSION, session.to_owned()),
-            KeyValue::new(attribute::PEER_ID, peer_id.to_string()),
-            KeyValue::new(attribute::RELAY_ID, self.id().to_string()),
-        ];
-        let span = tracer
-            .span_builder("relay socket")
-            .with_kind(SpanKind::Server)
-            .with_attributes(attributes.clone())
-            .start_with_context(&tracer, trace);
-        let open_trace = trace.with_span(span);
-        let connection = tracer
-            .span_builder("peer connection")
-            .with_attributes(attributes)
-            .start_with_context(&tracer, &open_trace);
+        let (open_trace, connection) =
+            self.connection_spans("relay socket", session, peer_id, trace);
         let opened = self
             .admit_socket(peer_id, session, access, connection)
             .await;
