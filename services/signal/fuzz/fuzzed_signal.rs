@@ -14,8 +14,8 @@ use axum::Router;
 use deltamesh_proto::Id;
 use deltamesh_signal::token::TokenVerifier;
 use deltamesh_signal::{
-    ConnectRequest, Connected, Network, NetworkError, PeerInfo, RateLimit, SignalConfig,
-    SignalMetrics, router,
+    ConnectRequest, Connected, IceRestartAnswer, IceRestartRequest, Network, NetworkError,
+    PeerInfo, RateLimit, SignalConfig, SignalMetrics, router,
 };
 use prometheus_client::registry::Registry;
 
@@ -26,8 +26,8 @@ pub(crate) const KEY_ID: &str = "fuzz";
 /// The HS256 secret of [`KEY_ID`].
 pub(crate) const SECRET: &[u8] = b"fuzz-secret-fuzz-secret-fuzz-sec";
 
-/// A network that takes every request: a fixed peer for every offer, no peers
-/// in any session, always ready.
+/// A network that takes every request: a fixed peer for every offer, a fixed
+/// answer to every ICE restart, no peers in any session, always ready.
 pub(crate) struct AcceptingNetwork;
 
 impl Network for AcceptingNetwork {
@@ -49,6 +49,20 @@ impl Network for AcceptingNetwork {
         _: Vec<String>,
     ) -> Result<(), NetworkError> {
         Ok(())
+    }
+
+    async fn restart_ice(
+        &self,
+        _: &str,
+        _: Id,
+        _: &str,
+        _: IceRestartRequest,
+    ) -> Result<IceRestartAnswer, NetworkError> {
+        Ok(IceRestartAnswer {
+            ufrag: "fuzz2".to_owned(),
+            pwd: "fuzzpasswordfuzzpassword".to_owned(),
+            candidates: vec!["1 1 udp 2130706431 127.0.0.1 9 typ host".to_owned()],
+        })
     }
 
     async fn disconnect(&self, _: &str, _: Id, _: &str) -> Result<(), NetworkError> {

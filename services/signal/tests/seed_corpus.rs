@@ -151,7 +151,7 @@ fn seeds() -> Vec<Seed> {
         ),
         seed(
             "seed-ice-restart",
-            204,
+            200,
             "PATCH",
             PEER,
             &[BEARER, TRICKLE, ("If-Match", "*")],
