@@ -66,6 +66,32 @@ impl Lane {
             Lane::WebSocket => "websocket",
         }
     }
+
+    /// The lane named `name` ([`Lane::as_str`]).
+    pub fn from_name(name: &str) -> Option<Lane> {
+        [
+            Lane::WebRtcUdp,
+            Lane::WebRtcTcp,
+            Lane::Turn,
+            Lane::WebSocket,
+        ]
+        .into_iter()
+        .find(|lane| lane.as_str() == name)
+    }
+
+    /// The WebRTC lane of a selected candidate pair whose local candidate
+    /// has this `candidateType` and `protocol` (as `RTCPeerConnection`'s
+    /// stats name them): a relay candidate goes through TURN (over UDP or
+    /// TCP to the TURN server alike), a TCP one is ICE-TCP, any other UDP.
+    pub fn of_local_candidate(candidate_type: &str, protocol: &str) -> Lane {
+        if candidate_type.eq_ignore_ascii_case("relay") {
+            Lane::Turn
+        } else if protocol.eq_ignore_ascii_case("tcp") {
+            Lane::WebRtcTcp
+        } else {
+            Lane::WebRtcUdp
+        }
+    }
 }
 
 /// How long WebRTC may take, and when to try it again.
@@ -231,5 +257,16 @@ mod tests {
             Some(LaneChoice::WebSocket)
         );
         assert_eq!(LaneChoice::from_name("x"), None);
+        assert_eq!(Lane::from_name("webrtc-tcp"), Some(Lane::WebRtcTcp));
+        assert_eq!(Lane::from_name("tcp"), None);
+    }
+
+    #[test]
+    fn a_selected_local_candidate_names_its_lane() {
+        assert_eq!(Lane::of_local_candidate("host", "udp"), Lane::WebRtcUdp);
+        assert_eq!(Lane::of_local_candidate("srflx", "udp"), Lane::WebRtcUdp);
+        assert_eq!(Lane::of_local_candidate("host", "tcp"), Lane::WebRtcTcp);
+        assert_eq!(Lane::of_local_candidate("relay", "udp"), Lane::Turn);
+        assert_eq!(Lane::of_local_candidate("relay", "tcp"), Lane::Turn);
     }
 }

@@ -57,9 +57,12 @@ const TOKEN_PLACEHOLDER: &str = "__DELTAMESH_DEV_TOKEN__";
 /// The pen's colour before the relay has named this peer.
 const NO_COLOR: [u8; 3] = [128, 128, 128];
 
-/// Starts the demo: reads `?session=` (default `demo`) and the token
-/// (`?token=`, else the page's `deltamesh-dev-token` meta tag), connects
-/// and wires the board and the panel. Problems are shown on the page.
+/// Starts the demo: reads `?session=` (default `demo`), the token
+/// (`?token=`, else the page's `deltamesh-dev-token` meta tag) and the
+/// connection options `?lane=auto|webrtc|websocket`, `?webrtcFallbackMs=`
+/// and `?iceTransportPolicy=all|relay`,
+/// connects and wires the board and the panel. Problems are shown on the
+/// page.
 #[wasm_bindgen(js_name = startDemo)]
 pub fn start_demo() {
     if let Err(why) = start() {
@@ -92,9 +95,20 @@ fn start() -> Result<(), String> {
         );
         return Ok(());
     };
+    let options = js_sys::Object::new();
+    for key in ["lane", "iceTransportPolicy"] {
+        if let Some(value) = params.get(key) {
+            let _ = js_sys::Reflect::set(&options, &key.into(), &value.into());
+        }
+    }
+    if let Some(ms) = params.get("webrtcFallbackMs") {
+        // Not a number: `connect` refuses it, and the page says why.
+        let ms = ms.parse::<f64>().unwrap_or(f64::NAN);
+        let _ = js_sys::Reflect::set(&options, &"webrtcFallbackMs".into(), &ms.into());
+    }
     ui.show_state("connecting", "");
     spawn_local(async move {
-        let connecting = page::connect(session, token, JsValue::UNDEFINED);
+        let connecting = page::connect(session, token, options.into());
         match JsFuture::from(connecting).await {
             Ok(value) => match Connection::try_from_js_value(value) {
                 Ok(conn) => Demo::run(ui, Rc::new(conn)),
@@ -520,6 +534,8 @@ impl Demo {
             .set("rate", &rate.map_or_else(none, |r| format!("{r} /s")));
         let stats = self.conn.stats();
         let number = |key: &str| get(&stats, key).as_f64().unwrap_or(0.0);
+        let lane = get(&stats, "lane").as_string();
+        self.ui.set("lane", lane.as_deref().unwrap_or("–"));
         self.ui.set("rtt", &show_rtt(get(&stats, "rttMs").as_f64()));
         self.ui.set("bytes-sent", &show_bytes(number("bytesSent")));
         self.ui

@@ -16,6 +16,7 @@ use web_sys::RtcDataChannel;
 use super::js::{get, get_instance, get_integer, get_number, get_string, object};
 use crate::backoff::ReconnectPolicy;
 use crate::ice_servers::IceServer;
+use crate::lane::{Lane, LaneChoice, LaneTimes, Transport};
 
 /// Largest integer a JavaScript number holds exactly (seqs, counters).
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
@@ -42,6 +43,34 @@ pub struct Config {
     pub reconnect: ReconnectPolicy,
     /// Which candidates the peer connection may use.
     pub ice_transport_policy: IceTransportPolicy,
+    /// Which lanes the worker may connect over (PROTOCOL §11).
+    pub lane: LaneChoice,
+    /// How long WebRTC may take before the WebSocket lane, and when to
+    /// try WebRTC again.
+    pub lane_times: LaneTimes,
+}
+
+/// A lane choice's name in the page's options.
+pub fn lane_choice_name(choice: LaneChoice) -> &'static str {
+    match choice {
+        LaneChoice::Auto => "auto",
+        LaneChoice::WebRtc => "webrtc",
+        LaneChoice::WebSocket => "websocket",
+    }
+}
+
+/// A transport's name in the stats the worker sends.
+fn transport_name(transport: Transport) -> &'static str {
+    match transport {
+        Transport::WebRtc => "webrtc",
+        Transport::WebSocket => "websocket",
+    }
+}
+
+fn transport_named(name: &str) -> Option<Transport> {
+    [Transport::WebRtc, Transport::WebSocket]
+        .into_iter()
+        .find(|t| transport_name(*t) == name)
 }
 
 /// `RTCConfiguration.iceTransportPolicy`: every candidate, or TURN relay
@@ -145,6 +174,12 @@ pub struct Stats {
     pub buffered_bytes: f64,
     /// Highest session seq delivered.
     pub last_seq: f64,
+    /// The transport of the welcomed connection, `None` while there is none.
+    pub transport: Option<Transport>,
+    /// The lane in use, when the worker knows it: always on the WebSocket
+    /// lane; over WebRTC only when the worker made the peer connection
+    /// (the page reads it from its own otherwise).
+    pub lane: Option<Lane>,
 }
 
 /// A message from the page to the worker.
@@ -375,6 +410,12 @@ impl ToWorker {
                     "iceTransportPolicy",
                     config.ice_transport_policy.as_str().into(),
                 ),
+                ("lane", lane_choice_name(config.lane).into()),
+                (
+                    "webrtcFallbackMs",
+                    millis(config.lane_times.webrtc_fallback),
+                ),
+                ("retryWebrtcMs", millis(config.lane_times.retry_webrtc)),
             ]),
             ToWorker::Channels {
                 generation,
@@ -452,6 +493,12 @@ impl ToWorker {
                     silence_timeout: get_millis(message, "silenceTimeoutMs")?,
                 },
                 ice_transport_policy: get_string(message, "iceTransportPolicy")?.parse()?,
+                lane: LaneChoice::from_name(&get_string(message, "lane")?)
+                    .ok_or("`lane` must be \"auto\", \"webrtc\" or \"websocket\"")?,
+                lane_times: LaneTimes {
+                    webrtc_fallback: get_millis(message, "webrtcFallbackMs")?,
+                    retry_webrtc: get_millis(message, "retryWebrtcMs")?,
+                },
             }),
             "channels" => {
                 let list: Array = get_instance(message, "channels")?;
@@ -732,6 +779,16 @@ pub fn stats_object(stats: &Stats) -> JsValue {
         ("unacked", number(stats.unacked)),
         ("bufferedBytes", number(stats.buffered_bytes)),
         ("lastSeq", number(stats.last_seq)),
+        (
+            "transport",
+            stats
+                .transport
+                .map_or(JsValue::NULL, |t| transport_name(t).into()),
+        ),
+        (
+            "lane",
+            stats.lane.map_or(JsValue::NULL, |l| l.as_str().into()),
+        ),
     ])
     .into()
 }
@@ -746,6 +803,12 @@ fn read_stats(stats: &JsValue) -> Result<Stats, String> {
         unacked: get_number(stats, "unacked")?,
         buffered_bytes: get_number(stats, "bufferedBytes")?,
         last_seq: get_number(stats, "lastSeq")?,
+        transport: get(stats, "transport")
+            .as_string()
+            .and_then(|name| transport_named(&name)),
+        lane: get(stats, "lane")
+            .as_string()
+            .and_then(|name| Lane::from_name(&name)),
     })
 }
 
@@ -832,6 +895,8 @@ mod tests {
             rtt_ms: Some(1.5),
             bytes_sent: 10.0,
             last_seq: 4.0,
+            transport: Some(Transport::WebSocket),
+            lane: Some(Lane::WebSocket),
             ..Stats::default()
         }));
         page_round_trip(ToPage::Stats(Stats::default()));
@@ -872,6 +937,8 @@ mod tests {
                     ..ReconnectPolicy::default()
                 },
                 ice_transport_policy: IceTransportPolicy::Relay,
+                lane: LaneChoice::WebSocket,
+                lane_times: LaneTimes::default(),
             }),
             ToWorker::Candidate {
                 generation: 1,

@@ -24,6 +24,7 @@ pub mod messages;
 pub mod page;
 pub mod peer_connection;
 pub mod signaling;
+mod socket;
 pub mod worker;
 
 use wasm_bindgen::prelude::*;

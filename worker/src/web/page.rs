@@ -36,6 +36,7 @@ use super::messages::{
 use super::peer_connection::{self, PeerConnection};
 use crate::backoff::ReconnectPolicy;
 use crate::ice_servers::IceServer;
+use crate::lane::{Lane, LaneChoice, LaneTimes, Transport};
 
 /// Where the worker script is served unless options say otherwise.
 const DEFAULT_WORKER_URL: &str = "/pkg/worker.js";
@@ -77,6 +78,18 @@ export interface ConnectOptions {
      * through the TURN servers signal lists (PROTOCOL §10). Default: "all".
      */
     iceTransportPolicy?: "all" | "relay";
+    /**
+     * Which lanes to connect over: "auto" tries WebRTC and falls back to the
+     * WebSocket lane (PROTOCOL §11) when WebRTC has not connected within
+     * `webrtcFallbackMs` or failed, remembers what worked for the next
+     * reconnect and tries WebRTC again after `retryWebrtcMs`; "webrtc" and
+     * "websocket" use only that lane. Default: "auto".
+     */
+    lane?: "auto" | "webrtc" | "websocket";
+    /** How long WebRTC may take before "auto" falls back, in ms. Default: 3000. */
+    webrtcFallbackMs?: number;
+    /** Time on the WebSocket lane after which a reconnect tries WebRTC again, in ms. Default: 60000. */
+    retryWebrtcMs?: number;
 }
 
 /** A delta from another peer, delivered once each, in `seq` order. */
@@ -157,6 +170,14 @@ export interface PeerStats {
     bufferedBytes: number;
     /** Highest session seq delivered. */
     lastSeq: number;
+    /** The transport of the current connection, null while there is none. */
+    transport: "webrtc" | "websocket" | null;
+    /**
+     * The lane in use: "webrtc-udp", "webrtc-tcp" (ICE-TCP), "turn" (through a
+     * TURN server) or "websocket"; null while not connected, or over WebRTC
+     * until the peer connection has reported its selected candidate pair.
+     */
+    lane: "webrtc-udp" | "webrtc-tcp" | "turn" | "websocket" | null;
 }
 "#;
 
@@ -207,6 +228,9 @@ struct Shared {
     waiting_connected: Vec<(Function, Function)>,
     waiting_closed: Vec<Function>,
     link: Option<(u32, PeerConnection)>,
+    /// The lane the page's peer connection of that generation uses, from
+    /// its stats.
+    link_lane: Option<(u32, Lane)>,
     ice_transport_policy: IceTransportPolicy,
 }
 
@@ -260,6 +284,19 @@ fn start_worker(session: String, token: String, options: &JsValue) -> Result<Pro
         None => IceTransportPolicy::All,
         Some(name) => name.parse().map_err(|e: String| type_error(&e))?,
     };
+    let lane = match get(options, "lane").as_string() {
+        None => LaneChoice::Auto,
+        Some(name) => LaneChoice::from_name(&name).ok_or_else(|| {
+            type_error(&format!(
+                "lane must be \"auto\", \"webrtc\" or \"websocket\", got {name:?}"
+            ))
+        })?,
+    };
+    let times = LaneTimes::default();
+    let lane_times = LaneTimes {
+        webrtc_fallback: millis_option(options, "webrtcFallbackMs", times.webrtc_fallback)?,
+        retry_webrtc: millis_option(options, "retryWebrtcMs", times.retry_webrtc)?,
+    };
     let policy = ReconnectPolicy::default();
     let config = Config {
         signal_url,
@@ -276,6 +313,8 @@ fn start_worker(session: String, token: String, options: &JsValue) -> Result<Pro
             silence_timeout: millis_option(options, "silenceTimeoutMs", policy.silence_timeout)?,
         },
         ice_transport_policy,
+        lane,
+        lane_times,
     };
     let worker_options = WorkerOptions::new();
     worker_options.set_type(WorkerType::Module);
@@ -301,6 +340,7 @@ fn start_worker(session: String, token: String, options: &JsValue) -> Result<Pro
         waiting_connected: Vec::new(),
         waiting_closed: Vec::new(),
         link: None,
+        link_lane: None,
         ice_transport_policy,
     }));
     let on_message = {
@@ -524,6 +564,9 @@ fn on_page_message(shared: &Rc<RefCell<Shared>>, message: ToPage) -> Vec<Call> {
         },
         ToPage::Stats(stats) => {
             s.stats = stats;
+            if stats.transport == Some(Transport::WebRtc) && stats.lane.is_none() {
+                s.read_link_lane(shared);
+            }
             Vec::new()
         }
     }
@@ -583,6 +626,36 @@ impl Shared {
             post(&worker, &message);
         });
         self.link = Some((generation, link));
+    }
+
+    /// Reads which lane the page's peer connection uses from its stats
+    /// (again on every refresh: ICE may move to another candidate pair).
+    fn read_link_lane(&self, shared: &Rc<RefCell<Shared>>) {
+        let Some((generation, link)) = &self.link else {
+            return;
+        };
+        let (generation, pc) = (*generation, link.handle());
+        let shared = Rc::downgrade(shared);
+        wasm_bindgen_futures::spawn_local(async move {
+            let lane = peer_connection::lane(pc).await;
+            if let (Some(lane), Some(shared)) = (lane, shared.upgrade()) {
+                shared.borrow_mut().link_lane = Some((generation, lane));
+            }
+        });
+    }
+
+    /// The statistics with the lane filled in from the page's peer
+    /// connection when the worker could not know it.
+    fn stats(&self) -> Stats {
+        let mut stats = self.stats;
+        if stats.transport == Some(Transport::WebRtc) && stats.lane.is_none() {
+            let current = self.link.as_ref().map(|(g, _)| *g);
+            stats.lane = self
+                .link_lane
+                .filter(|(g, _)| Some(*g) == current)
+                .map(|(_, lane)| lane);
+        }
+        stats
     }
 
     fn set_state(&mut self, state: ConnectionState, detail: String) -> Vec<Call> {
@@ -833,7 +906,7 @@ impl Connection {
     /// The latest statistics.
     #[wasm_bindgen(unchecked_return_type = "PeerStats")]
     pub fn stats(&self) -> JsValue {
-        stats_object(&self.shared.borrow().stats)
+        stats_object(&self.shared.borrow().stats())
     }
 
     /// Leaves the session: unacknowledged sends are rejected, the peer

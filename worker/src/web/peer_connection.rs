@@ -16,6 +16,7 @@ use web_sys::{
 use super::js::{error_text, get, object};
 use super::messages::{IceTransportPolicy, ice_servers_array};
 use crate::ice_servers::IceServer;
+use crate::lane::Lane;
 
 /// A peer connection and the handlers that report its failure and its
 /// candidates.
@@ -149,4 +150,38 @@ pub async fn accept(pc: RtcPeerConnection, sdp: String) -> Result<(), String> {
         .await
         .map(|_| ())
         .map_err(|e| format!("setRemoteDescription: {}", error_text(&e)))
+}
+
+/// The lane the connection's selected candidate pair runs on, from
+/// `getStats()`: its local candidate's type and protocol
+/// ([`Lane::of_local_candidate`]). `None` until a pair is selected (or if
+/// the stats cannot be read).
+pub async fn lane(pc: RtcPeerConnection) -> Option<Lane> {
+    let report = JsFuture::from(pc.get_stats()).await.ok()?;
+    // An `RTCStatsReport` is a map of id to stats object.
+    let stats: Vec<JsValue> = Array::from(&report)
+        .iter()
+        .map(|entry| Array::from(&entry).get(1))
+        .collect();
+    let text = |value: &JsValue, key: &str| get(value, key).as_string();
+    let by_id = |id: String| {
+        stats
+            .iter()
+            .find(|s| text(s, "id").as_deref() == Some(id.as_str()))
+    };
+    let of_type = |kind: &'static str| {
+        stats
+            .iter()
+            .filter(move |s| text(s, "type").as_deref() == Some(kind))
+    };
+    // Chromium names the pair on the transport; others flag it `selected`.
+    let pair = of_type("transport")
+        .find_map(|t| text(t, "selectedCandidatePairId").and_then(by_id))
+        .or_else(|| {
+            of_type("candidate-pair").find(|p| get(p, "selected").as_bool() == Some(true))
+        })?;
+    let local = by_id(text(pair, "localCandidateId")?)?;
+    let candidate_type = text(local, "candidateType")?;
+    let protocol = text(local, "protocol").unwrap_or_default();
+    Some(Lane::of_local_candidate(&candidate_type, &protocol))
 }

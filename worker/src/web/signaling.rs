@@ -178,6 +178,32 @@ pub async fn post_offer(config: &Config, offer: &str) -> Result<Answer, SignalEr
     })
 }
 
+/// Why signal refused the lane socket of `config.session`, asked after a
+/// WebSocket closed before it opened (a browser cannot read a refused
+/// upgrade): the same `GET` over `fetch`, with the token as a header,
+/// judged as the upgrade was (rate, token, session) up to the upgrade
+/// itself. `None`: signal accepts it that far (its `400
+/// not-websocket`), so the refusal came later (no relay, the relay's
+/// lane) or the network dropped the socket.
+pub async fn socket_refusal(config: &Config) -> Option<SignalError> {
+    let url = format!(
+        "{}/v1/sessions/{}/socket",
+        config.signal_url.trim_end_matches('/'),
+        config.session
+    );
+    let response = match fetch("GET", &url, &config.token, None).await {
+        Ok(response) => response,
+        Err(error) => return Some(error),
+    };
+    let text = body_text(&response).await;
+    let not_upgrade = response.status() == 400
+        && JSON::parse(&text)
+            .ok()
+            .and_then(|problem| get(&problem, "type").as_string())
+            .is_some_and(|kind| kind.ends_with(":not-websocket"));
+    (response.status() >= 400 && !not_upgrade).then(|| refusal(&response, &text))
+}
+
 /// Deletes the peer resource (leaving the session at once rather than when
 /// the relay notices the silence). Best effort: failures are only logged.
 pub async fn delete(resource: &str, token: &str) {

@@ -37,9 +37,11 @@ use web_sys::{
 use super::messages::{Config, ConnectionState, Notice, Stats, ToPage, ToWorker};
 use super::peer_connection::{self, PeerConnection};
 use super::signaling::{self, Answer, SignalError};
+use super::socket::{self, LaneSocket, SocketEvent};
 use crate::backoff::Backoff;
 use crate::core::{Features, PAYLOAD_OFFSET, PeerCore, PeerEvent};
 use crate::ice_servers::IceServer;
+use crate::lane::{Lane, LanePolicy, Transport};
 use crate::trickle::TrickleQueue;
 
 /// How long one attempt may take from offer to `Welcome`.
@@ -50,12 +52,17 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 const HIGH_WATER: u32 = 1 << 20;
 /// The level that fires `bufferedamountlow`.
 const LOW_WATER: u32 = 256 << 10;
+/// How soon to look again at a lane socket whose buffer was full.
+const SOCKET_DRAIN_CHECK: Duration = Duration::from_millis(10);
 
 /// A relayed message as the core keeps it: a copy in wasm memory to read,
 /// and the original buffer to hand to the page.
 pub struct Received {
     bytes: Vec<u8>,
     buffer: ArrayBuffer,
+    /// Where the message starts in `buffer` (after a lane message's
+    /// channel id byte).
+    start: u32,
 }
 
 impl AsRef<[u8]> for Received {
@@ -69,7 +76,11 @@ impl AsRef<[u8]> for Received {
 impl From<Vec<u8>> for Received {
     fn from(bytes: Vec<u8>) -> Self {
         let buffer = Uint8Array::from(&bytes[..]).buffer();
-        Received { bytes, buffer }
+        Received {
+            bytes,
+            buffer,
+            start: 0,
+        }
     }
 }
 
@@ -114,6 +125,29 @@ enum Input {
     AttemptTimeout {
         generation: u32,
     },
+    /// WebRTC attempt `generation` has had its time: the WebSocket lane
+    /// next, unless it was welcomed.
+    WebRtcDeadline {
+        generation: u32,
+    },
+    /// The lane socket of attempt `generation` reported something.
+    Socket {
+        generation: u32,
+        event: SocketEvent,
+    },
+    /// Why the lane socket of attempt `generation` did not open, as
+    /// signal answered over `fetch` (`None`: signal would take it).
+    SocketRefused {
+        generation: u32,
+        refusal: Option<SignalError>,
+        closed: String,
+    },
+    /// The worker's own peer connection of attempt `generation` runs on
+    /// `lane`.
+    LinkLane {
+        generation: u32,
+        lane: Lane,
+    },
     Tick,
 }
 
@@ -147,6 +181,17 @@ enum Effect {
         after: Duration,
         input: Input,
     },
+    /// Asks signal why the lane socket did not open.
+    DiagnoseSocket {
+        generation: u32,
+        config: Config,
+        closed: String,
+    },
+    /// Reads the lane of the worker's own peer connection from its stats.
+    ReadLane {
+        generation: u32,
+        pc: RtcPeerConnection,
+    },
     /// Deletes a peer resource (best effort); when `closing`, then tells
     /// the page the connection is closed (the page stops the worker on
     /// that, so the order matters).
@@ -170,8 +215,38 @@ enum Phase {
     Closed,
 }
 
+/// What the current attempt runs over.
+enum Link {
+    /// WebRTC data channels.
+    Channels(Channels),
+    /// The WebSocket lane.
+    Socket(LaneSocket),
+}
+
+impl Link {
+    /// The worker's own peer connection, if it made one.
+    fn own(&self) -> Option<&PeerConnection> {
+        match self {
+            Link::Channels(channels) => channels.own.as_ref(),
+            Link::Socket(_) => None,
+        }
+    }
+
+    /// Bytes waiting to be sent.
+    fn buffered_bytes(&self) -> f64 {
+        match self {
+            Link::Channels(link) => link
+                .channels
+                .iter()
+                .map(|c| f64::from(c.buffered_amount()))
+                .sum(),
+            Link::Socket(socket) => f64::from(socket.buffered_amount()),
+        }
+    }
+}
+
 /// The channels of the current attempt and their listeners.
-struct Link {
+struct Channels {
     generation: u32,
     channels: [RtcDataChannel; 4],
     /// Only when the worker made the peer connection itself.
@@ -180,9 +255,13 @@ struct Link {
     _listeners: Vec<Closure<dyn FnMut(JsValue)>>,
 }
 
-impl Link {
+impl Channels {
     /// The link of attempt `generation`, listening to its channels.
-    fn attach(generation: u32, channels: [RtcDataChannel; 4], own: Option<PeerConnection>) -> Link {
+    fn attach(
+        generation: u32,
+        channels: [RtcDataChannel; 4],
+        own: Option<PeerConnection>,
+    ) -> Channels {
         let mut listeners = Vec::new();
         for (channel, dc) in Channel::ALL.into_iter().zip(&channels) {
             dc.set_binary_type(RtcDataChannelType::Arraybuffer);
@@ -214,7 +293,7 @@ impl Link {
             dc.set_onbufferedamountlow(Some(on_low.as_ref().unchecked_ref()));
             listeners.extend([on_message, on_close, on_open, on_low]);
         }
-        Link {
+        Channels {
             generation,
             channels,
             own,
@@ -242,6 +321,12 @@ struct Driver {
     core: PeerCore<Received>,
     generation: u32,
     phase: Phase,
+    /// Which lane each attempt tries.
+    policy: LanePolicy,
+    /// The transport of the current attempt.
+    transport: Transport,
+    /// A look at whether the full lane socket drained is due.
+    drain_check: bool,
     link: Option<Link>,
     /// The current attempt's peer resource, for `DELETE` on close.
     resource: Option<String>,
@@ -370,6 +455,23 @@ fn start(effect: Effect) {
                 }
             });
         }
+        Effect::DiagnoseSocket {
+            generation,
+            config,
+            closed,
+        } => wasm_bindgen_futures::spawn_local(async move {
+            let refusal = signaling::socket_refusal(&config).await;
+            handle(Input::SocketRefused {
+                generation,
+                refusal,
+                closed,
+            });
+        }),
+        Effect::ReadLane { generation, pc } => wasm_bindgen_futures::spawn_local(async move {
+            if let Some(lane) = peer_connection::lane(pc).await {
+                handle(Input::LinkLane { generation, lane });
+            }
+        }),
         Effect::Timer { after, input } => {
             let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
             let fire = Closure::once_into_js(move || handle(input));
@@ -423,12 +525,16 @@ impl Driver {
         };
         let core = PeerCore::with_features(config.max_unacked as usize, features);
         let backoff = config.reconnect.backoff();
+        let policy = LanePolicy::new(config.lane, config.lane_times);
         Driver {
             scope: js_sys::global().unchecked_into(),
             config,
             core,
             generation: 0,
             phase: Phase::Connecting,
+            policy,
+            transport: Transport::WebRtc,
+            drain_check: false,
             link: None,
             resource: None,
             trickle: TrickleQueue::default(),
@@ -462,7 +568,10 @@ impl Driver {
                 channel,
                 buffer,
             } if generation == self.generation => self.on_channel_message(channel, buffer),
-            Input::Writable { generation } if generation == self.generation => self.write_outbox(),
+            Input::Writable { generation } if generation == self.generation => {
+                self.drain_check = false;
+                self.write_outbox()
+            }
             Input::ChannelClosed {
                 generation,
                 channel,
@@ -497,6 +606,39 @@ impl Driver {
                     self.attempt_failed(format!("not connected within {limit} s"), None);
                 }
             }
+            Input::WebRtcDeadline { generation } if generation == self.generation => {
+                if matches!(self.phase, Phase::Connecting) {
+                    let limit = self.config.lane_times.webrtc_fallback.as_secs_f64();
+                    self.attempt_failed(format!("WebRTC not connected within {limit} s"), None);
+                }
+            }
+            Input::Socket { generation, event } if generation == self.generation => {
+                self.on_socket(event)
+            }
+            Input::SocketRefused {
+                generation,
+                refusal,
+                closed,
+            } if generation == self.generation && matches!(self.phase, Phase::Connecting) => {
+                match refusal {
+                    Some(error) if error.is_auth_failure() => self.give_up(format!(
+                        "{error}; not retrying: connect again with a valid token"
+                    )),
+                    Some(error) => {
+                        let retry_after = error.retry_after();
+                        self.attempt_refused(format!("the WebSocket lane: {error}"), retry_after)
+                    }
+                    None => self.attempt_failed(
+                        format!(
+                            "the WebSocket lane did not open ({closed}); signal takes the token"
+                        ),
+                        None,
+                    ),
+                }
+            }
+            Input::LinkLane { generation, lane } if generation == self.generation => {
+                self.stats.lane = Some(lane);
+            }
             Input::Tick => self.on_tick(),
             // An input of an attempt that is over.
             _ => {}
@@ -517,7 +659,7 @@ impl Driver {
                     channels.iter().for_each(RtcDataChannel::close);
                     return;
                 }
-                self.link = Some(Link::attach(generation, channels, None));
+                self.link = Some(Link::Channels(Channels::attach(generation, channels, None)));
             }
             ToWorker::Offer { generation, sdp } if generation == self.generation => {
                 self.post_offer(generation, sdp);
@@ -582,14 +724,33 @@ impl Driver {
         self.phase = Phase::Connecting;
         self.trickle = TrickleQueue::default();
         self.etag = None;
-        self.effects.push(Effect::FetchIceServers {
-            generation,
-            config: self.config.clone(),
-        });
+        self.transport = self.policy.next(now_ms() as u64);
         self.effects.push(Effect::Timer {
             after: ATTEMPT_TIMEOUT,
             input: Input::AttemptTimeout { generation },
         });
+        match self.transport {
+            Transport::WebRtc => {
+                self.effects.push(Effect::FetchIceServers {
+                    generation,
+                    config: self.config.clone(),
+                });
+                if let Some(after) = self.policy.webrtc_deadline() {
+                    let input = Input::WebRtcDeadline { generation };
+                    self.effects.push(Effect::Timer { after, input });
+                }
+            }
+            Transport::WebSocket => self.open_socket(generation),
+        }
+    }
+
+    /// Opens attempt `generation`'s lane socket.
+    fn open_socket(&mut self, generation: u32) {
+        let on_event = move |event| handle(Input::Socket { generation, event });
+        match LaneSocket::open(&self.config, on_event) {
+            Ok(socket) => self.link = Some(Link::Socket(socket)),
+            Err(reason) => self.attempt_failed(reason, None),
+        }
     }
 
     /// Makes attempt `generation`'s peer connection with `ice_servers`:
@@ -612,7 +773,8 @@ impl Driver {
             match PeerConnection::open(&ice_servers, policy, on_failed, on_candidate) {
                 Ok((own, channels)) => {
                     let pc = own.handle();
-                    self.link = Some(Link::attach(generation, channels, Some(own)));
+                    let channels = Channels::attach(generation, channels, Some(own));
+                    self.link = Some(Link::Channels(channels));
                     self.effects.push(Effect::MakeOffer { generation, pc });
                 }
                 Err(reason) => self.attempt_failed(reason, None),
@@ -651,7 +813,7 @@ impl Driver {
                 self.etag = answer.etag;
                 self.trickle.set_ready();
                 self.send_trickle();
-                let own = self.link.as_ref().and_then(|l| l.own.as_ref());
+                let own = self.link.as_ref().and_then(Link::own);
                 if let Some(own) = own {
                     let pc = own.handle();
                     self.effects.push(Effect::AcceptAnswer {
@@ -668,10 +830,11 @@ impl Driver {
             Err(error) if current && error.is_auth_failure() => self.give_up(format!(
                 "{error}; not retrying: connect again with a valid token"
             )),
-            Err(error) if current => {
+            Err(error @ SignalError::Refused { .. }) if current => {
                 let retry_after = error.retry_after();
-                self.attempt_failed(error.to_string(), retry_after)
+                self.attempt_refused(error.to_string(), retry_after)
             }
+            Err(error) if current => self.attempt_failed(error.to_string(), None),
             Err(_) => {}
         }
     }
@@ -680,9 +843,63 @@ impl Driver {
         self.last_heard_ms = now_ms();
         self.stats.bytes_received += f64::from(buffer.byte_length());
         let bytes = Uint8Array::new(&buffer).to_vec();
-        self.core
-            .handle_message(channel, Received { bytes, buffer });
+        let received = Received {
+            bytes,
+            buffer,
+            start: 0,
+        };
+        self.core.handle_message(channel, received);
         self.drain_core();
+    }
+
+    fn on_socket(&mut self, event: SocketEvent) {
+        match event {
+            SocketEvent::Opened => self.write_outbox(),
+            SocketEvent::Message(buffer) => {
+                self.last_heard_ms = now_ms();
+                self.stats.bytes_received += f64::from(buffer.byte_length());
+                match socket::read(&buffer) {
+                    Ok(message) => {
+                        let received = Received {
+                            bytes: message.bytes,
+                            buffer,
+                            start: 1,
+                        };
+                        self.core.handle_message(message.channel, received);
+                    }
+                    Err(error) => {
+                        tracing::warn!("{error}");
+                        self.notice("protocolError", "", error);
+                    }
+                }
+                self.drain_core();
+            }
+            SocketEvent::Text => {
+                let error = "a text message on the WebSocket lane was ignored".to_owned();
+                tracing::warn!("{error}");
+                self.notice("protocolError", "", error);
+            }
+            SocketEvent::Closed {
+                opened,
+                code,
+                reason,
+            } => {
+                let closed = format!("code {code} {reason}").trim_end().to_owned();
+                if opened || !matches!(self.phase, Phase::Connecting) {
+                    return self.lose_link(format!("the WebSocket lane closed ({closed})"));
+                }
+                // Refused before the upgrade (or unreachable): ask signal
+                // why, then fail the attempt with its answer.
+                if let Some(Link::Socket(socket)) = self.link.take() {
+                    socket.close();
+                }
+                self.effects.push(Effect::DiagnoseSocket {
+                    generation: self.generation,
+                    config: self.config.clone(),
+                    closed,
+                });
+            }
+        }
     }
 
     fn drain_core(&mut self) {
@@ -692,6 +909,10 @@ impl Driver {
                     self.phase = Phase::Connected;
                     self.backoff.reset();
                     self.last_heard_ms = now_ms();
+                    self.policy.connected(self.transport, now_ms() as u64);
+                    self.stats.transport = Some(self.transport);
+                    self.stats.lane =
+                        (self.transport == Transport::WebSocket).then_some(Lane::WebSocket);
                     let peer_id = Id::from_slice(&welcome.peer_id).unwrap_or_default();
                     let peers = welcome
                         .peers
@@ -699,7 +920,9 @@ impl Driver {
                         .filter_map(|p| Id::from_slice(p).ok())
                         .collect();
                     tracing::info!(%peer_id, session = welcome.session, "connected");
+                    tracing::info!(transport = ?self.transport, "welcomed");
                     self.out.push(ToPage::Welcomed { peer_id, peers });
+                    self.out.push(ToPage::Stats(self.stats));
                     self.set_state(ConnectionState::Connected, String::new());
                 }
                 PeerEvent::Acked { client_seq, seq } => {
@@ -737,7 +960,7 @@ impl Driver {
                 PeerEvent::Delta(delta) => {
                     self.stats.deltas_received += 1.0;
                     let buffer = delta.message.buffer;
-                    let offset = PAYLOAD_OFFSET as u32;
+                    let offset = delta.message.start + PAYLOAD_OFFSET as u32;
                     self.out.push(ToPage::Delta {
                         seq: delta.seq,
                         origin: delta.origin,
@@ -795,7 +1018,11 @@ impl Driver {
 
     /// Writes what the core wants sent while the channels take it.
     fn write_outbox(&mut self) {
-        let Some(link) = &self.link else { return };
+        let link = match &self.link {
+            Some(Link::Channels(link)) => link,
+            Some(Link::Socket(_)) => return self.write_socket(),
+            None => return,
+        };
         while let Some((channel, bytes)) = self.core.poll_transmit() {
             let dc = &link.channels[usize::from(channel.stream_id())];
             if dc.ready_state() != RtcDataChannelState::Open || dc.buffered_amount() > HIGH_WATER {
@@ -808,6 +1035,37 @@ impl Driver {
                 return self.lose_link(reason);
             }
             self.stats.bytes_sent += bytes.len() as f64;
+        }
+    }
+
+    /// [`Driver::write_outbox`] on the WebSocket lane: while the socket
+    /// takes it; when its buffer is full, looks again shortly (the browser
+    /// says nothing when it drains), the core holding the rest.
+    fn write_socket(&mut self) {
+        let Some(Link::Socket(socket)) = &self.link else {
+            return;
+        };
+        while let Some((channel, bytes)) = self.core.poll_transmit() {
+            match socket.send(channel, &bytes) {
+                Ok(true) => self.stats.bytes_sent += (bytes.len() + 1) as f64,
+                Ok(false) => {
+                    self.core.unpoll_transmit(channel, bytes);
+                    if socket.is_full() && !self.drain_check {
+                        self.drain_check = true;
+                        self.effects.push(Effect::Timer {
+                            after: SOCKET_DRAIN_CHECK,
+                            input: Input::Writable {
+                                generation: self.generation,
+                            },
+                        });
+                    }
+                    return;
+                }
+                Err(reason) => {
+                    self.core.unpoll_transmit(channel, bytes);
+                    return self.lose_link(reason);
+                }
+            }
         }
     }
 
@@ -827,22 +1085,47 @@ impl Driver {
         }
         self.stats.unacked = self.core.unacked() as f64;
         self.stats.last_seq = self.core.last_seq() as f64;
-        self.stats.buffered_bytes = self.link.as_ref().map_or(0.0, |link| {
-            link.channels
-                .iter()
-                .map(|c| f64::from(c.buffered_amount()))
-                .sum()
-        });
+        self.stats.buffered_bytes = self.link.as_ref().map_or(0.0, Link::buffered_bytes);
+        if matches!(self.phase, Phase::Connected)
+            && let Some(own) = self.link.as_ref().and_then(Link::own)
+        {
+            self.effects.push(Effect::ReadLane {
+                generation: self.generation,
+                pc: own.handle(),
+            });
+        }
         self.out.push(ToPage::Stats(self.stats));
     }
 
-    /// The current attempt failed before `Welcome`: report it, free what it
-    /// holds and retry after a backoff (longer if the server asked).
+    /// The current attempt failed before `Welcome` on its lane: over
+    /// WebRTC, when the policy allows it, the WebSocket lane is tried at
+    /// once; otherwise as [`Driver::attempt_refused`].
     fn attempt_failed(&mut self, reason: String, retry_after: Option<Duration>) {
+        self.policy.failed(self.transport);
+        if self.transport == Transport::WebRtc
+            && self.policy.next(now_ms() as u64) == Transport::WebSocket
+        {
+            tracing::warn!("{reason}; trying the WebSocket lane");
+            self.end_attempt();
+            return self.begin_attempt();
+        }
+        self.attempt_refused(reason, retry_after)
+    }
+
+    /// Frees what the current attempt holds.
+    fn end_attempt(&mut self) {
         self.end_link();
         if let Some(resource) = self.resource.take() {
             self.delete(Some(resource), false);
         }
+    }
+
+    /// Signal refused the attempt (the other lane would be refused too,
+    /// and a refusal says nothing about the lane), or it failed for good on
+    /// its lane: report it, free what it holds and retry after a backoff
+    /// (longer if the server asked).
+    fn attempt_refused(&mut self, reason: String, retry_after: Option<Duration>) {
+        self.end_attempt();
         let mut delay = self.backoff.next_delay(js_sys::Math::random());
         if let Some(asked) = retry_after {
             delay = delay.max(asked.min(MAX_RETRY_AFTER));
@@ -900,17 +1183,22 @@ impl Driver {
     fn end_link(&mut self) {
         self.core.connection_lost();
         self.ping = None;
-        if let Some(link) = self.link.take() {
-            link.close();
-            if link.own.is_none() {
-                self.out.push(ToPage::CloseLink {
-                    generation: link.generation,
-                });
+        self.stats.transport = None;
+        self.stats.lane = None;
+        match self.link.take() {
+            Some(Link::Socket(socket)) => socket.close(),
+            Some(Link::Channels(link)) => {
+                link.close();
+                if link.own.is_none() {
+                    self.out.push(ToPage::CloseLink {
+                        generation: link.generation,
+                    });
+                }
             }
-        } else {
-            self.out.push(ToPage::CloseLink {
+            None if self.transport == Transport::WebSocket => {}
+            None => self.out.push(ToPage::CloseLink {
                 generation: self.generation,
-            });
+            }),
         }
     }
 
