@@ -86,7 +86,9 @@ pub(crate) async fn native_receives(native: &mut NativePeer, count: usize) -> Ve
 }
 
 /// A page of `stack`'s origin that has imported the bundle and called
-/// `connect(session, TOKEN, options)` (`options` is a JS object literal).
+/// `connect(session, TOKEN, options)` (`options` is a JS object literal;
+/// unless it names a `lane`, the page uses WebRTC only, so a test about
+/// WebRTC cannot pass by falling back to the WebSocket lane).
 /// The page records into globals: `got` (received deltas as
 /// `{seq, origin, kind, text}`), `states` (every state change), `peerChanges`.
 pub(crate) async fn connected_page(browser: &Browser, stack: &RunningStack, session: &str) -> Page {
@@ -123,7 +125,8 @@ pub(crate) async fn page_at(
             window.got = [];
             window.states = [];
             window.peerChanges = [];
-            const conn = await dm.connect({session:?}, {TOKEN:?}, {options});
+            const conn = await dm.connect({session:?}, {TOKEN:?},
+                Object.assign({{lane: "webrtc"}}, {options}));
             conn.onDelta((d) => window.got.push({{
                 seq: d.seq, origin: d.origin, kind: d.kind, docId: d.docId,
                 text: new TextDecoder().decode(d.payload),
@@ -196,7 +199,7 @@ pub(crate) async fn v11_page(browser: &Browser, stack: &RunningStack, session: &
             window.messages = [];
             window.notices = [];
             const text = (bytes) => new TextDecoder().decode(bytes);
-            const conn = await dm.connect({session:?}, {TOKEN:?}, {{}});
+            const conn = await dm.connect({session:?}, {TOKEN:?}, {{lane: "webrtc"}});
             conn.onPresence((peer, state) => {{
                 window.presence[peer] = text(state);
                 window.presenceLog.push([peer, text(state)]);

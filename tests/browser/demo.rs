@@ -12,12 +12,14 @@ fn text_of(testid: &str) -> String {
 async fn two_demo_tabs_connect_see_each_other_and_count_each_others_deltas() {
     let stack = common::stack().await;
     let browser = Browser::launch().await;
-    let url = format!("{}/?session=browser-demo", stack.signal_url());
+    let url = format!("{}/?session=browser-demo&lane=webrtc", stack.signal_url());
     let a = browser.new_page(&url).await;
     let b = browser.new_page(&url).await;
     for tab in [&a, &b] {
         wait(tab, &format!("{} === 'connected'", text_of("state")), 20).await;
         wait(tab, &format!("{} === '1'", text_of("peers")), 20).await;
+        // On loopback the selected pair is a UDP host pair.
+        wait(tab, &format!("{} === 'webrtc-udp'", text_of("lane")), 5).await;
     }
     let count = text_of("delta-count");
     let before: u64 = eval(&b, &format!("Number({count})"))
@@ -39,7 +41,10 @@ async fn two_demo_tabs_connect_see_each_other_and_count_each_others_deltas() {
 async fn a_closed_tab_leaves_the_session_at_once_not_after_the_idle_timeout() {
     let stack = common::stack().await;
     let browser = Browser::launch().await;
-    let url = format!("{}/?session=browser-demo-leave", stack.signal_url());
+    let url = format!(
+        "{}/?session=browser-demo-leave&lane=webrtc",
+        stack.signal_url()
+    );
     let stays = browser.new_page(&url).await;
     let leaves = browser.new_page(&url).await;
     wait(&stays, &format!("{} === '1'", text_of("peers")), 20).await;

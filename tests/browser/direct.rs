@@ -22,7 +22,10 @@ async fn id_of(page: &Page) -> String {
 async fn two_demo_tabs_set_up_a_direct_call_signalled_through_direct_messages() {
     let stack = common::stack().await;
     let browser = Browser::launch().await;
-    let url = format!("{}/?session=browser-direct-call", stack.signal_url());
+    let url = format!(
+        "{}/?session=browser-direct-call&lane=webrtc",
+        stack.signal_url()
+    );
     let caller = browser.new_page(&url).await;
     let callee = browser.new_page(&url).await;
     for tab in [&caller, &callee] {

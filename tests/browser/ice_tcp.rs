@@ -24,7 +24,7 @@ const PER_PEER: u64 = 200;
 
 /// A stack whose signal and relay (UDP and TCP) listen on the host's end
 /// of `netns`'s veth pair.
-async fn stack_for(netns: &NetNs) -> RunningStack {
+pub(crate) async fn stack_for(netns: &NetNs) -> RunningStack {
     stack_for_with(netns, true).await
 }
 
@@ -48,9 +48,11 @@ async fn stack_for_with(netns: &NetNs, ice_tcp: bool) -> RunningStack {
     .expect("stack starts")
 }
 
-/// A native peer on UDP outside the namespace, receiving its own deltas too.
-async fn udp_peer(stack: &RunningStack, session: &str) -> NativePeer {
-    let mut options = ConnectOptions::new(&stack.signal_url(), session, TOKEN);
+/// A native peer on UDP (WebRTC only) outside the namespace, receiving
+/// its own deltas too.
+pub(crate) async fn udp_peer(stack: &RunningStack, session: &str) -> NativePeer {
+    let mut options =
+        ConnectOptions::new(&stack.signal_url(), session, TOKEN).with_lane(LaneChoice::WebRtc);
     options.echo = true;
     NativePeer::connect(options)
         .await
@@ -105,6 +107,16 @@ async fn chromium_with_udp_blocked_connects_over_ice_tcp_and_shares_one_order_wi
     let browser = Browser::launch_in(&netns).await;
     let page = page_with(&browser, &stack, session, "{echo: true}").await;
     eval(&page, "window.conn.connected()").await;
+    wait(&page, "window.conn.stats().lane === 'webrtc-tcp'", 5).await;
+    // The demo says so too.
+    let demo = browser
+        .new_page(&format!(
+            "{}/?session=ice-tcp-demo&lane=webrtc",
+            stack.signal_url()
+        ))
+        .await;
+    let lane = "document.querySelector('[data-testid=lane]').textContent";
+    wait(&demo, &format!("{lane} === 'webrtc-tcp'"), 20).await;
 
     let script = format!(
         r#"(async () => {{

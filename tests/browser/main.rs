@@ -15,6 +15,7 @@ mod presence;
 mod reconnect;
 mod signal_errors;
 mod turn;
+mod websocket;
 
 use std::time::{Duration, Instant};
 

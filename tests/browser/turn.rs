@@ -223,6 +223,16 @@ async fn chromium_connects_through_turn_only_and_exchanges_deltas_with_a_native_
     let page = page_with(&browser, &stack, "turn", r#"{iceTransportPolicy: "relay"}"#).await;
     eval(&page, "window.conn.connected()").await;
     let via_turn = started.elapsed();
+    wait(&page, "window.conn.stats().lane === 'turn'", 5).await;
+    // The demo says so too.
+    let demo = browser
+        .new_page(&format!(
+            "{}/?session=turn-demo&lane=webrtc&iceTransportPolicy=relay",
+            stack.signal_url()
+        ))
+        .await;
+    let lane = "document.querySelector('[data-testid=lane]').textContent";
+    wait(&demo, &format!("{lane} === 'turn'"), 20).await;
 
     // Every packet went through coturn: an allocation for the development
     // token's TURN REST user, a permission and a channel to the relay.
@@ -304,7 +314,7 @@ async fn chromium_connects_through_turn_only_and_exchanges_deltas_with_a_native_
                 for (const policy of ["relay", "all"]) {
                     const start = performance.now();
                     const conn = await dm.connect("turn-timing", TOKEN,
-                        { iceTransportPolicy: policy });
+                        { iceTransportPolicy: policy, lane: "webrtc" });
                     await conn.connected();
                     times[policy].push(performance.now() - start);
                     await conn.close();

@@ -1,0 +1,317 @@
+//! The WebSocket lane (PROTOCOL §11) from Chromium: the worker opens the
+//! lane socket itself and runs the same protocol over it as over data
+//! channels, so a page on the lane shares one order with a native peer on
+//! WebRTC, large deltas go as fragments and presence arrives; a refused
+//! token is reported as such; and with UDP and the relay's ICE-TCP port
+//! blocked, a page on "auto" falls back to the lane by itself.
+
+use std::time::{Duration, Instant};
+
+use deltamesh_proto::Id;
+use deltamesh_worker::{PeerEvent, ReceivedDelta};
+use serde_json::{Value, json};
+
+use crate::cdp::{Browser, Page};
+use crate::common::{
+    TOKEN, assert_no_exceptions, eval, native_receives, page_with, received, wait,
+};
+use crate::ice_tcp::{stack_for, udp_peer};
+use crate::netns::NetNs;
+
+const PER_PEER: u64 = 200;
+/// A payload long enough to be sent as fragments (64 KiB frames).
+const LARGE: usize = 300 * 1024;
+
+fn text(tag: &str, i: u64) -> String {
+    format!("{tag}-{i}-{}", "z".repeat((i * 17 % 400) as usize))
+}
+
+/// `len` letters cycling from `a` to `z`, after `tag`.
+fn large_text(tag: &str, len: usize) -> String {
+    let mut text = format!("{tag}:");
+    text.extend((0..len).map(|i| char::from(b'a' + (i % 26) as u8)));
+    text
+}
+
+/// The page's version of [`large_text`].
+const LARGE_TEXT_JS: &str = r#"window.largeText = (tag, len) => {
+    const letters = new Array(len);
+    for (let i = 0; i < len; i++) letters[i] = String.fromCharCode(97 + (i % 26));
+    return tag + ":" + letters.join("");
+}; true"#;
+
+/// Sends `PER_PEER` deltas from `page` and from `native` at once, then
+/// checks that both saw all `2 * PER_PEER` in one order, each sender's in
+/// its own order, nothing lost.
+async fn exchange(page: &Page, native: &mut deltamesh_worker::NativePeer) {
+    let script = format!(
+        r#"(async () => {{
+            const sends = [];
+            for (let i = 0; i < {PER_PEER}; i++) {{
+                const text = `page-${{i}}-` + 'z'.repeat(i * 17 % 400);
+                sends.push(window.conn.send(2, "00000000-0000-4000-8000-000000000011",
+                    new TextEncoder().encode(text)));
+            }}
+            await Promise.all(sends);
+            return true;
+        }})()"#
+    );
+    let before = eval(page, "window.got.length").await.as_u64().unwrap();
+    let page_sends = eval(page, &script);
+    let native_sends = async {
+        for i in 0..PER_PEER {
+            native
+                .send(2, Id::default(), text("native", i).into_bytes())
+                .await
+                .expect("queued");
+        }
+    };
+    tokio::join!(page_sends, native_sends);
+    let at_native = native_receives(native, 2 * PER_PEER as usize).await;
+    let wanted = before + 2 * PER_PEER;
+    wait(page, &format!("window.got.length >= {wanted}"), 60).await;
+    let at_page: Vec<(u64, String)> = received(page)
+        .await
+        .into_iter()
+        .skip(before as usize)
+        .map(|(seq, _, text)| (seq, text))
+        .collect();
+    assert_eq!(at_page, at_native, "one order on both sides");
+    let first = at_page[0].0;
+    let seqs: Vec<u64> = at_page.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(
+        seqs,
+        (first..first + 2 * PER_PEER).collect::<Vec<_>>(),
+        "nothing lost or doubled"
+    );
+    for tag in ["page", "native"] {
+        let texts: Vec<&str> = at_page
+            .iter()
+            .map(|(_, text)| text.as_str())
+            .filter(|t| t.starts_with(&format!("{tag}-")))
+            .collect();
+        let expected: Vec<String> = (0..PER_PEER).map(|i| text(tag, i)).collect();
+        assert_eq!(texts, expected, "{tag}'s deltas intact, in its order");
+    }
+}
+
+async fn lane_of(page: &Page) -> Value {
+    eval(page, "window.conn.stats().lane").await
+}
+
+/// The next delta `native` receives (other events skipped).
+async fn next_delta(native: &mut deltamesh_worker::NativePeer) -> ReceivedDelta {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), native.next_event())
+            .await
+            .expect("a delta within 30 s")
+            .expect("connection alive");
+        if let PeerEvent::Delta(delta) = event {
+            return delta;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_on_the_websocket_lane_exchanges_deltas_fragments_and_presence_with_a_native_peer() {
+    let stack = crate::common::stack().await;
+    let session = "websocket-lane";
+    let mut native = udp_peer(&stack, session).await;
+    let browser = Browser::launch().await;
+    let page = page_with(
+        &browser,
+        &stack,
+        session,
+        r#"{lane: "websocket", echo: true}"#,
+    )
+    .await;
+    eval(&page, "window.conn.connected()").await;
+    wait(&page, "window.conn.stats().lane === 'websocket'", 5).await;
+    assert_eq!(
+        eval(&page, "window.conn.stats().transport").await,
+        json!("websocket")
+    );
+    // Nothing went the WebRTC way: no offer was posted.
+    assert!(
+        !page
+            .console()
+            .iter()
+            .any(|line| line.contains("posting the offer")),
+        "{:#?}",
+        page.console()
+    );
+
+    exchange(&page, &mut native).await;
+
+    // Large deltas go as fragments over the lane, both ways.
+    eval(&page, LARGE_TEXT_JS).await;
+    eval(
+        &page,
+        &format!(
+            r#"window.conn.send(5, "00000000-0000-4000-8000-000000000012",
+                new TextEncoder().encode(window.largeText("page", {LARGE}))).then(() => true)"#
+        ),
+    )
+    .await;
+    let delta = next_delta(&mut native).await;
+    assert_eq!(delta.kind, 5);
+    assert_eq!(
+        delta.payload(),
+        large_text("page", LARGE).as_bytes(),
+        "the page's large delta arrived whole"
+    );
+    native
+        .send(6, Id::default(), large_text("native", LARGE).into_bytes())
+        .await
+        .expect("queued");
+    wait(&page, "window.got.some((d) => d.kind === 6)", 30).await;
+    let whole = eval(
+        &page,
+        &format!(
+            "window.got.find((d) => d.kind === 6).text === window.largeText('native', {LARGE})"
+        ),
+    )
+    .await;
+    assert_eq!(whole, json!(true), "the native large delta arrived whole");
+
+    // Presence over the lane reaches the native peer.
+    eval(
+        &page,
+        "window.conn.setPresence(new TextEncoder().encode('on-the-lane')), true",
+    )
+    .await;
+    let presence = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match native.next_event().await.expect("connection alive") {
+                PeerEvent::Presence { state, .. } if state == b"on-the-lane" => return,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        presence.is_ok(),
+        "the page's presence reached the native peer"
+    );
+
+    // Connect times in the loaded page, connect() to Welcome, alternating
+    // the lanes; printed for docs/BENCHMARKS.md.
+    let times = eval(
+        &page,
+        r#"(async () => {
+            const dm = await import("/pkg/deltamesh_worker.js");
+            const times = { websocket: [], webrtc: [] };
+            for (let i = 0; i < 10; i++) {
+                for (const lane of ["websocket", "webrtc"]) {
+                    const start = performance.now();
+                    const conn = await dm.connect("lane-timing", TOKEN, { lane });
+                    await conn.connected();
+                    times[lane].push(performance.now() - start);
+                    await conn.close();
+                }
+            }
+            return times;
+        })()"#
+            .replace("TOKEN", &format!("{TOKEN:?}"))
+            .as_str(),
+    )
+    .await;
+    let summary = |lane: &str| {
+        let mut ms: Vec<f64> = times[lane]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_f64().unwrap())
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        format!(
+            "p50 {:.0} ms, max {:.0} ms over {}",
+            ms[ms.len() / 2],
+            ms[ms.len() - 1],
+            ms.len()
+        )
+    };
+    eprintln!(
+        "connect() to Welcome in Chromium: WebSocket lane {}; WebRTC (UDP) {}",
+        summary("websocket"),
+        summary("webrtc")
+    );
+
+    assert_no_exceptions(&page);
+    eval(&page, "window.conn.close()").await;
+    native.close().await;
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_on_the_websocket_lane_fails_with_signals_reason_and_stops() {
+    let stack = crate::common::stack().await;
+    let browser = Browser::launch().await;
+    let page = browser
+        .new_page(&format!("{}/healthz", stack.signal_url()))
+        .await;
+    let script = r#"(async () => {
+        const dm = await import("/pkg/deltamesh_worker.js");
+        await dm.default();
+        window.states = [];
+        const conn = await dm.connect("websocket-refused", "not-the-token",
+            { lane: "websocket", firstRetryMs: 50 });
+        conn.onState((s) => window.states.push(s));
+        window.conn = conn;
+        return true;
+    })()"#;
+    eval(&page, script).await;
+    wait(&page, "window.conn.state() === 'failed'", 10).await;
+    let detail = eval(&page, "window.conn.detail()").await;
+    let detail = detail.as_str().unwrap();
+    assert!(detail.contains("401"), "{detail}");
+    assert!(detail.contains("not retrying"), "{detail}");
+    // It stays failed: no retry with a token that cannot work.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let states = eval(&page, "window.states.map((s) => s.state)").await;
+    assert_eq!(states, json!(["connecting", "failed"]), "{states}");
+    assert_no_exceptions(&page);
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_udp_and_ice_tcp_blocked_chromium_on_auto_falls_back_to_the_websocket_lane() {
+    let netns = NetNs::create();
+    netns.block_udp();
+    let stack = stack_for(&netns).await;
+    // The relay's ICE-TCP port too; signal's HTTP port stays reachable.
+    for tcp in stack.relays[0].tcp_addrs() {
+        netns.block_tcp_port(tcp.port());
+    }
+    let session = "websocket-fallback";
+    let mut native = udp_peer(&stack, session).await;
+    let browser = Browser::launch_in(&netns).await;
+
+    // The demo on "auto" (its default) ends up on the WebSocket lane.
+    let demo = browser
+        .new_page(&format!(
+            "{}/?session=websocket-fallback-demo",
+            stack.signal_url()
+        ))
+        .await;
+    let lane = "document.querySelector('[data-testid=lane]').textContent";
+    wait(&demo, &format!("{lane} === 'websocket'"), 15).await;
+
+    let started = Instant::now();
+    let page = page_with(&browser, &stack, session, r#"{lane: "auto", echo: true}"#).await;
+    eval(&page, "window.conn.connected()").await;
+    let fell_back = started.elapsed();
+    eprintln!("auto with UDP and ICE-TCP blocked: on the WebSocket lane after {fell_back:?}");
+    assert!(
+        fell_back < Duration::from_secs(8),
+        "fell back within a few seconds, not {fell_back:?}"
+    );
+    assert_eq!(lane_of(&page).await, json!("websocket"));
+
+    exchange(&page, &mut native).await;
+    assert_no_exceptions(&page);
+    assert_no_exceptions(&demo);
+    native.close().await;
+    drop(browser);
+    stack.shutdown().await.unwrap();
+}
