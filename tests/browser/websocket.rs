@@ -5,6 +5,7 @@
 //! token is reported as such; and with UDP and the relay's ICE-TCP port
 //! blocked, a page on "auto" falls back to the lane by itself.
 
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use deltamesh_proto::Id;
@@ -95,6 +96,14 @@ async fn exchange(page: &Page, native: &mut deltamesh_worker::NativePeer) {
     }
 }
 
+/// How many offers `page`'s worker has posted (it logs each).
+fn offers_posted(page: &Page) -> usize {
+    page.console()
+        .iter()
+        .filter(|line| line.contains("posting the offer"))
+        .count()
+}
+
 async fn lane_of(page: &Page) -> Value {
     eval(page, "window.conn.stats().lane").await
 }
@@ -132,14 +141,7 @@ async fn a_page_on_the_websocket_lane_exchanges_deltas_fragments_and_presence_wi
         json!("websocket")
     );
     // Nothing went the WebRTC way: no offer was posted.
-    assert!(
-        !page
-            .console()
-            .iter()
-            .any(|line| line.contains("posting the offer")),
-        "{:#?}",
-        page.console()
-    );
+    assert_eq!(offers_posted(&page), 0, "{:#?}", page.console());
 
     exchange(&page, &mut native).await;
 
@@ -308,7 +310,33 @@ async fn with_udp_and_ice_tcp_blocked_chromium_on_auto_falls_back_to_the_websock
     );
     assert_eq!(lane_of(&page).await, json!("websocket"));
 
+    // WebRTC was tried first.
+    assert_eq!(offers_posted(&page), 1, "{:#?}", page.console());
+
     exchange(&page, &mut native).await;
+
+    // Dropped, the page reconnects straight over the lane that worked
+    // (no offer, no 3 s wait for WebRTC) and resumes.
+    let peer = eval(&page, "window.conn.peerId()").await;
+    let peer = Id::from_str(peer.as_str().expect("a peer id")).expect("an id");
+    let dropped = Instant::now();
+    stack.relays[0]
+        .disconnect(session, peer, "killed by the test")
+        .await
+        .expect("the relay knows the peer");
+    wait(
+        &page,
+        "window.states.some((s) => s.state === 'reconnecting') && window.conn.state() === 'connected'",
+        10,
+    )
+    .await;
+    let back = dropped.elapsed();
+    eprintln!("reconnect on the remembered WebSocket lane: {back:?}");
+    assert!(back < Duration::from_secs(3), "{back:?}");
+    assert_eq!(offers_posted(&page), 1, "no WebRTC attempt on reconnect");
+    assert_eq!(lane_of(&page).await, json!("websocket"));
+    exchange(&page, &mut native).await;
+
     assert_no_exceptions(&page);
     assert_no_exceptions(&demo);
     native.close().await;
