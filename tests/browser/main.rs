@@ -6,6 +6,7 @@ mod common;
 mod demo;
 mod direct;
 mod exchange;
+mod ice_restart;
 mod ice_tcp;
 mod large;
 mod moves;

@@ -195,7 +195,7 @@ async fn stack_with_turn(coturn: &Coturn) -> RunningStack {
 }
 
 /// `signal_http_requests_total` counted by signal for `method` with `status`.
-async fn requests_counted(stack: &RunningStack, method: &str, status: u16) -> u64 {
+pub(crate) async fn requests_counted(stack: &RunningStack, method: &str, status: u16) -> u64 {
     let text = reqwest::get(format!("{}/metrics", stack.signal_url()))
         .await
         .unwrap()

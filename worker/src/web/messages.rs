@@ -209,6 +209,16 @@ pub enum ToWorker {
         /// The `RTCIceCandidate.candidate` string.
         candidate: String,
     },
+    /// Peer connection `generation` restarted ICE (`restartIce()` and a
+    /// new local offer): its new credentials, for the relay.
+    Restart {
+        /// Which connection attempt.
+        generation: u32,
+        /// The new `ice-ufrag`.
+        ufrag: String,
+        /// The new `ice-pwd`.
+        pwd: String,
+    },
     /// Peer connection `generation` failed, or could not be made.
     LinkFailed {
         /// Which connection attempt.
@@ -277,6 +287,24 @@ pub enum ToPage {
         generation: u32,
         /// The answer.
         sdp: String,
+    },
+    /// The relay's new ICE credentials after peer connection
+    /// `generation`'s restart, to apply as the remote description.
+    RestartAnswer {
+        /// Which connection attempt.
+        generation: u32,
+        /// The relay's new `ice-ufrag`.
+        ufrag: String,
+        /// The relay's new `ice-pwd`.
+        pwd: String,
+    },
+    /// The relay did not take peer connection `generation`'s restart; the
+    /// worker reconnects with a new offer.
+    RestartFailed {
+        /// Which connection attempt.
+        generation: u32,
+        /// Why.
+        reason: String,
     },
     /// Close peer connection `generation`.
     CloseLink {
@@ -445,6 +473,16 @@ impl ToWorker {
                 ("generation", number(*generation)),
                 ("candidate", candidate.as_str().into()),
             ]),
+            ToWorker::Restart {
+                generation,
+                ufrag,
+                pwd,
+            } => object(&[
+                ("type", "restart".into()),
+                ("generation", number(*generation)),
+                ("ufrag", ufrag.as_str().into()),
+                ("pwd", pwd.as_str().into()),
+            ]),
             ToWorker::LinkFailed { generation, reason } => object(&[
                 ("type", "linkFailed".into()),
                 ("generation", number(*generation)),
@@ -520,6 +558,11 @@ impl ToWorker {
                 generation: get_u32(message, "generation")?,
                 candidate: get_string(message, "candidate")?,
             },
+            "restart" => ToWorker::Restart {
+                generation: get_u32(message, "generation")?,
+                ufrag: get_string(message, "ufrag")?,
+                pwd: get_string(message, "pwd")?,
+            },
             "linkFailed" => ToWorker::LinkFailed {
                 generation: get_u32(message, "generation")?,
                 reason: get_string(message, "reason")?,
@@ -561,6 +604,21 @@ impl ToPage {
                 ("type", "answer".into()),
                 ("generation", number(*generation)),
                 ("sdp", sdp.as_str().into()),
+            ]),
+            ToPage::RestartAnswer {
+                generation,
+                ufrag,
+                pwd,
+            } => object(&[
+                ("type", "restartAnswer".into()),
+                ("generation", number(*generation)),
+                ("ufrag", ufrag.as_str().into()),
+                ("pwd", pwd.as_str().into()),
+            ]),
+            ToPage::RestartFailed { generation, reason } => object(&[
+                ("type", "restartFailed".into()),
+                ("generation", number(*generation)),
+                ("reason", reason.as_str().into()),
             ]),
             ToPage::CloseLink { generation } => object(&[
                 ("type", "closeLink".into()),
@@ -657,6 +715,15 @@ impl ToPage {
             "answer" => ToPage::Answer {
                 generation: get_u32(message, "generation")?,
                 sdp: get_string(message, "sdp")?,
+            },
+            "restartAnswer" => ToPage::RestartAnswer {
+                generation: get_u32(message, "generation")?,
+                ufrag: get_string(message, "ufrag")?,
+                pwd: get_string(message, "pwd")?,
+            },
+            "restartFailed" => ToPage::RestartFailed {
+                generation: get_u32(message, "generation")?,
+                reason: get_string(message, "reason")?,
             },
             "closeLink" => ToPage::CloseLink {
                 generation: get_u32(message, "generation")?,
@@ -851,6 +918,15 @@ mod tests {
             sdp: "v=0\r\n".into(),
         });
         page_round_trip(ToPage::CloseLink { generation: 3 });
+        page_round_trip(ToPage::RestartAnswer {
+            generation: 3,
+            ufrag: "abcd".into(),
+            pwd: "0123456789abcdefghijkl".into(),
+        });
+        page_round_trip(ToPage::RestartFailed {
+            generation: 3,
+            reason: "501".into(),
+        });
         page_round_trip(ToPage::State {
             state: ConnectionState::Reconnecting,
             detail: "channel closed".into(),
@@ -943,6 +1019,11 @@ mod tests {
             ToWorker::Candidate {
                 generation: 1,
                 candidate: "candidate:1 1 udp 41885439 127.0.0.1 50002 typ relay".into(),
+            },
+            ToWorker::Restart {
+                generation: 1,
+                ufrag: "abcd".into(),
+                pwd: "0123456789abcdefghijkl".into(),
             },
             ToWorker::Offer {
                 generation: 1,

@@ -18,7 +18,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -232,6 +232,11 @@ struct Shared {
     /// its stats.
     link_lane: Option<(u32, Lane)>,
     ice_transport_policy: IceTransportPolicy,
+    /// The ICE restart under way: its link's generation, and the
+    /// application's promise when it asked for it.
+    restarting: Option<(u32, Option<(Function, Function)>)>,
+    /// This value itself, for handlers made while it is borrowed.
+    this: Weak<RefCell<Shared>>,
 }
 
 /// An application callback and its argument(s), to run once the shared
@@ -319,30 +324,34 @@ fn start_worker(session: String, token: String, options: &JsValue) -> Result<Pro
     let worker_options = WorkerOptions::new();
     worker_options.set_type(WorkerType::Module);
     let worker = Worker::new_with_options(&worker_url, &worker_options)?;
-    let shared = Rc::new(RefCell::new(Shared {
-        worker: worker.clone(),
-        starting: None,
-        state: ConnectionState::Connecting,
-        detail: String::new(),
-        peer_id: None,
-        peers: BTreeSet::new(),
-        stats: Stats::default(),
-        next_request: 1,
-        pending: HashMap::new(),
-        on_delta: None,
-        on_peer: None,
-        on_state: None,
-        on_presence: None,
-        on_message: None,
-        on_notice: None,
-        features: None,
-        unclaimed: Vec::new(),
-        waiting_connected: Vec::new(),
-        waiting_closed: Vec::new(),
-        link: None,
-        link_lane: None,
-        ice_transport_policy,
-    }));
+    let shared = Rc::new_cyclic(|this| {
+        RefCell::new(Shared {
+            this: this.clone(),
+            restarting: None,
+            worker: worker.clone(),
+            starting: None,
+            state: ConnectionState::Connecting,
+            detail: String::new(),
+            peer_id: None,
+            peers: BTreeSet::new(),
+            stats: Stats::default(),
+            next_request: 1,
+            pending: HashMap::new(),
+            on_delta: None,
+            on_peer: None,
+            on_state: None,
+            on_presence: None,
+            on_message: None,
+            on_notice: None,
+            features: None,
+            unclaimed: Vec::new(),
+            waiting_connected: Vec::new(),
+            waiting_closed: Vec::new(),
+            link: None,
+            link_lane: None,
+            ice_transport_policy,
+        })
+    });
     let on_message = {
         let shared = shared.clone();
         Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
@@ -473,6 +482,24 @@ fn on_page_message(shared: &Rc<RefCell<Shared>>, message: ToPage) -> Vec<Call> {
             }
             Vec::new()
         }
+        ToPage::RestartAnswer {
+            generation,
+            ufrag,
+            pwd,
+        } => {
+            let Some((_, link)) = s.link.as_ref().filter(|(g, _)| *g == generation) else {
+                return Vec::new();
+            };
+            let pc = link.handle();
+            let shared = shared.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                let applied = peer_connection::accept_restart(pc, &ufrag, &pwd).await;
+                let calls = shared.borrow_mut().restart_done(generation, applied);
+                run(calls);
+            });
+            Vec::new()
+        }
+        ToPage::RestartFailed { generation, reason } => s.restart_done(generation, Err(reason)),
         ToPage::CloseLink { generation } => {
             if s.link.as_ref().is_some_and(|(g, _)| *g == generation)
                 && let Some((_, link)) = s.link.take()
@@ -572,6 +599,44 @@ fn on_page_message(shared: &Rc<RefCell<Shared>>, message: ToPage) -> Vec<Call> {
     }
 }
 
+/// Restarts ICE on the current link (RFC 9725 §4.4): `restartIce()` and a
+/// new offer here, the relay's new credentials through the worker. One at
+/// a time; `done` (the application's promise) settles with the outcome.
+fn restart_ice(shared: &Rc<RefCell<Shared>>, done: Option<(Function, Function)>) {
+    let mut s = shared.borrow_mut();
+    let refuse = |done: Option<(Function, Function)>, why: &str| {
+        if let Some((_, reject)) = done {
+            let _ = reject.call1(&JsValue::NULL, &js_sys::Error::new(why));
+        }
+    };
+    if s.restarting.is_some() {
+        return refuse(done, "an ICE restart is under way");
+    }
+    let Some((generation, link)) = &s.link else {
+        return refuse(done, "no peer connection to restart");
+    };
+    let (generation, pc) = (*generation, link.handle());
+    s.restarting = Some((generation, done));
+    let worker = s.worker.clone();
+    let shared = shared.clone();
+    wasm_bindgen_futures::spawn_local(async move {
+        match peer_connection::restart_offer(pc).await {
+            Ok((ufrag, pwd)) => post(
+                &worker,
+                &ToWorker::Restart {
+                    generation,
+                    ufrag,
+                    pwd,
+                },
+            ),
+            Err(reason) => {
+                let calls = shared.borrow_mut().restart_done(generation, Err(reason));
+                run(calls);
+            }
+        }
+    });
+}
+
 fn post(worker: &Worker, message: &ToWorker) {
     let (message, transfer) = message.encode();
     if let Err(error) = worker.post_message_with_transfer(&message, &transfer) {
@@ -584,6 +649,11 @@ impl Shared {
     /// its channels to the worker in this same task (the browser requires
     /// it), then makes the offer. Candidates it gathers go to the worker.
     fn open_link(&mut self, generation: u32, ice_servers: &[IceServer]) {
+        // A restart of the link being replaced is over.
+        if let Some((_, Some((_, reject)))) = self.restarting.take() {
+            let error = js_sys::Error::new("the peer connection was replaced");
+            let _ = reject.call1(&JsValue::NULL, &error);
+        }
         if let Some((_, old)) = self.link.take() {
             old.close();
         }
@@ -625,6 +695,15 @@ impl Shared {
             };
             post(&worker, &message);
         });
+        // A broken path (Wi-Fi to mobile): restart ICE before the worker
+        // gives up on the link and makes a new offer.
+        let mut link = link;
+        let this = self.this.clone();
+        link.on_ice_trouble(move || {
+            if let Some(shared) = this.upgrade() {
+                restart_ice(&shared, None);
+            }
+        });
         self.link = Some((generation, link));
     }
 
@@ -656,6 +735,25 @@ impl Shared {
                 .map(|(_, lane)| lane);
         }
         stats
+    }
+
+    /// Ends the restart of link `generation` with `outcome`: the
+    /// application's promise, if it asked, settles.
+    fn restart_done(&mut self, generation: u32, outcome: Result<(), String>) -> Vec<Call> {
+        if self
+            .restarting
+            .as_ref()
+            .is_none_or(|(g, _)| *g != generation)
+        {
+            return Vec::new();
+        }
+        let Some((_, Some((resolve, reject)))) = self.restarting.take() else {
+            return Vec::new();
+        };
+        match outcome {
+            Ok(()) => vec![call(&resolve, JsValue::UNDEFINED)],
+            Err(reason) => vec![call(&reject, js_sys::Error::new(&reason).into())],
+        }
     }
 
     fn set_state(&mut self, state: ConnectionState, detail: String) -> Vec<Call> {
@@ -854,6 +952,18 @@ impl Connection {
             .features
             .clone()
             .unwrap_or(JsValue::NULL)
+    }
+
+    /// Restarts ICE on the current connection (RFC 9725 §4.4) — after a
+    /// network change, say — keeping the peer id, the channels and the
+    /// place in the stream; the page also does this by itself when ICE
+    /// reports `disconnected` or `failed`. Resolves once the relay's new
+    /// credentials are applied; if the relay refuses, the worker
+    /// reconnects with a new offer and this rejects with the reason.
+    #[wasm_bindgen(js_name = restartIce)]
+    pub fn restart_ice(&self) -> Promise {
+        let shared = self.shared.clone();
+        Promise::new(&mut |resolve, reject| restart_ice(&shared, Some((resolve, reject))))
     }
 
     /// Resolves once the relay has welcomed this peer (at once if it has).

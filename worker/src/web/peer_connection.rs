@@ -24,6 +24,7 @@ pub struct PeerConnection {
     pc: RtcPeerConnection,
     _on_state_change: Closure<dyn FnMut()>,
     _on_candidate: Closure<dyn FnMut(JsValue)>,
+    on_ice_state: Option<Closure<dyn FnMut()>>,
 }
 
 impl PeerConnection {
@@ -85,6 +86,7 @@ impl PeerConnection {
                 pc,
                 _on_state_change: on_state_change,
                 _on_candidate: on_ice_candidate,
+                on_ice_state: None,
             },
             channels,
         ))
@@ -95,10 +97,26 @@ impl PeerConnection {
         self.pc.clone()
     }
 
+    /// Runs `on_trouble` each time ICE becomes `disconnected` or
+    /// `failed` (the path broke: an ICE restart may mend it).
+    pub fn on_ice_trouble(&mut self, mut on_trouble: impl FnMut() + 'static) {
+        let watched = self.pc.clone();
+        let on_change = Closure::<dyn FnMut()>::new(move || {
+            let state = get(&watched, "iceConnectionState").as_string();
+            if matches!(state.as_deref(), Some("disconnected" | "failed")) {
+                on_trouble();
+            }
+        });
+        self.pc
+            .set_oniceconnectionstatechange(Some(on_change.as_ref().unchecked_ref()));
+        self.on_ice_state = Some(on_change);
+    }
+
     /// Closes the connection and its channels.
     pub fn close(&self) {
         self.pc.set_onconnectionstatechange(None);
         self.pc.set_onicecandidate(None);
+        self.pc.set_oniceconnectionstatechange(None);
         self.pc.close();
     }
 }
@@ -184,4 +202,45 @@ pub async fn lane(pc: RtcPeerConnection) -> Option<Lane> {
     let candidate_type = text(local, "candidateType")?;
     let protocol = text(local, "protocol").unwrap_or_default();
     Some(Lane::of_local_candidate(&candidate_type, &protocol))
+}
+
+/// Restarts ICE (`restartIce()`, then a new offer as the local
+/// description) and returns the new `ice-ufrag` and `ice-pwd`.
+pub async fn restart_offer(pc: RtcPeerConnection) -> Result<(String, String), String> {
+    let restart: js_sys::Function = get(&pc, "restartIce")
+        .dyn_into()
+        .map_err(|_| "this browser has no restartIce()".to_owned())?;
+    restart
+        .call0(&pc)
+        .map_err(|e| format!("restartIce: {}", error_text(&e)))?;
+    let sdp = offer(pc).await?;
+    let value = |name: &str| {
+        sdp.lines()
+            .find_map(|line| line.trim().strip_prefix(name))
+            .map(str::to_owned)
+            .ok_or_else(|| format!("the restart offer has no {name}"))
+    };
+    Ok((value("a=ice-ufrag:")?, value("a=ice-pwd:")?))
+}
+
+/// Applies the relay's new ICE credentials after a restart: the current
+/// answer with its `ice-ufrag` and `ice-pwd` replaced.
+pub async fn accept_restart(pc: RtcPeerConnection, ufrag: &str, pwd: &str) -> Result<(), String> {
+    let current = get(&get(&pc, "remoteDescription"), "sdp")
+        .as_string()
+        .ok_or("no remote description to restart")?;
+    let sdp: String = current
+        .split_inclusive('\n')
+        .map(|line| {
+            let ending = if line.ends_with("\r\n") { "\r\n" } else { "\n" };
+            if line.starts_with("a=ice-ufrag:") {
+                format!("a=ice-ufrag:{ufrag}{ending}")
+            } else if line.starts_with("a=ice-pwd:") {
+                format!("a=ice-pwd:{pwd}{ending}")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect();
+    accept(pc, sdp).await
 }

@@ -15,6 +15,7 @@ use web_sys::{AbortController, Headers, Request, RequestInit, Response, WorkerGl
 
 use super::js::{error_text, get};
 use super::messages::Config;
+use crate::ice_restart::RestartFrag;
 use crate::ice_servers::{IceServer, parse_links};
 use crate::trickle;
 
@@ -129,6 +130,34 @@ pub async fn trickle(
         return Err(refusal(&response, &body_text(&response).await));
     }
     Ok(())
+}
+
+/// Restarts ICE on the peer resource (`PATCH` with `If-Match: *` and the
+/// new `ufrag`/`pwd`); returns the relay's sdpfrag and the new `ETag`.
+pub async fn restart_ice(
+    resource: &str,
+    token: &str,
+    ufrag: String,
+    pwd: String,
+) -> Result<(RestartFrag, Option<String>), SignalError> {
+    let ours = RestartFrag {
+        ufrag,
+        pwd,
+        candidates: Vec::new(),
+    };
+    let body = Body::Trickle {
+        etag: "*",
+        sdpfrag: ours.to_sdpfrag("0"),
+    };
+    let response = fetch("PATCH", resource, token, Some(body)).await?;
+    let text = body_text(&response).await;
+    if response.status() != 200 {
+        return Err(refusal(&response, &text));
+    }
+    let theirs = RestartFrag::parse(&text).ok_or_else(|| {
+        SignalError::BadAnswer("the ICE restart answer has no ice-ufrag and ice-pwd".into())
+    })?;
+    Ok((theirs, response.headers().get("etag").ok().flatten()))
 }
 
 /// An error status as a [`SignalError`], with the server's `Retry-After`.

@@ -40,6 +40,7 @@ use super::signaling::{self, Answer, SignalError};
 use super::socket::{self, LaneSocket, SocketEvent};
 use crate::backoff::Backoff;
 use crate::core::{Features, PAYLOAD_OFFSET, PeerCore, PeerEvent};
+use crate::ice_restart::RestartFrag;
 use crate::ice_servers::IceServer;
 use crate::lane::{Lane, LanePolicy, Transport};
 use crate::trickle::TrickleQueue;
@@ -110,6 +111,12 @@ enum Input {
         generation: u32,
         offer: Result<String, String>,
     },
+    /// The relay answered an ICE restart: its new credentials and the new
+    /// ETag.
+    Restarted {
+        generation: u32,
+        result: Result<(RestartFrag, Option<String>), SignalError>,
+    },
     /// A `PATCH` of trickled candidates was answered.
     Trickled {
         generation: u32,
@@ -153,6 +160,13 @@ enum Input {
 
 /// Something the driver wants started outside its borrow.
 enum Effect {
+    RestartIce {
+        generation: u32,
+        resource: String,
+        token: String,
+        ufrag: String,
+        pwd: String,
+    },
     FetchIceServers {
         generation: u32,
         config: Config,
@@ -406,6 +420,18 @@ fn handle(input: Input) {
 
 fn start(effect: Effect) {
     match effect {
+        Effect::RestartIce {
+            generation,
+            resource,
+            token,
+            ufrag,
+            pwd,
+        } => {
+            wasm_bindgen_futures::spawn_local(async move {
+                let result = signaling::restart_ice(&resource, &token, ufrag, pwd).await;
+                handle(Input::Restarted { generation, result });
+            });
+        }
         Effect::FetchIceServers { generation, config } => {
             wasm_bindgen_futures::spawn_local(async move {
                 let servers = signaling::ice_servers(&config)
@@ -582,6 +608,9 @@ impl Driver {
                 generation,
                 servers,
             } if generation == self.generation => self.open_link(generation, servers),
+            Input::Restarted { generation, result } if generation == self.generation => {
+                self.on_restarted(generation, result)
+            }
             Input::Trickled { generation, result } if generation == self.generation => {
                 if let Err(error) = result {
                     tracing::warn!("trickled candidates refused: {error}");
@@ -674,7 +703,15 @@ impl Driver {
                 self.trickle.push(&candidate);
                 self.send_trickle();
             }
-            ToWorker::Offer { .. } | ToWorker::LinkFailed { .. } | ToWorker::Candidate { .. } => {}
+            ToWorker::Restart {
+                generation,
+                ufrag,
+                pwd,
+            } if generation == self.generation => self.restart_ice(generation, ufrag, pwd),
+            ToWorker::Offer { .. }
+            | ToWorker::LinkFailed { .. }
+            | ToWorker::Candidate { .. }
+            | ToWorker::Restart { .. } => {}
             ToWorker::Send {
                 id,
                 kind,
@@ -784,6 +821,53 @@ impl Driver {
                 generation,
                 ice_servers,
             });
+        }
+    }
+
+    /// Asks the relay to restart ICE with the page's new credentials
+    /// (RFC 9725 §4.4); candidates gathered meanwhile wait for the new ETag.
+    fn restart_ice(&mut self, generation: u32, ufrag: String, pwd: String) {
+        let Some(resource) = self.resource.clone() else {
+            let reason = "no peer resource to restart yet".to_owned();
+            return self.out.push(ToPage::RestartFailed { generation, reason });
+        };
+        self.trickle = TrickleQueue::default();
+        self.effects.push(Effect::RestartIce {
+            generation,
+            resource,
+            token: self.config.token.clone(),
+            ufrag,
+            pwd,
+        });
+    }
+
+    /// The relay's answer to an ICE restart: its credentials go to the
+    /// page; a refusal falls back to a new offer (and `Resume`).
+    fn on_restarted(
+        &mut self,
+        generation: u32,
+        result: Result<(RestartFrag, Option<String>), SignalError>,
+    ) {
+        match result {
+            Ok((theirs, etag)) => {
+                tracing::info!("ICE restarted");
+                self.etag = etag;
+                self.trickle.set_ready();
+                self.send_trickle();
+                self.out.push(ToPage::RestartAnswer {
+                    generation,
+                    ufrag: theirs.ufrag,
+                    pwd: theirs.pwd,
+                });
+            }
+            Err(error) => {
+                let reason = format!("ICE restart refused ({error}); reconnecting");
+                self.out.push(ToPage::RestartFailed {
+                    generation,
+                    reason: reason.clone(),
+                });
+                self.lose_link(reason);
+            }
         }
     }
 
