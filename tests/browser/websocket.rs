@@ -2,8 +2,10 @@
 //! lane socket itself and runs the same protocol over it as over data
 //! channels, so a page on the lane shares one order with a native peer on
 //! WebRTC, large deltas go as fragments and presence arrives; a refused
-//! token is reported as such; and with UDP and the relay's ICE-TCP port
-//! blocked, a page on "auto" falls back to the lane by itself.
+//! token is reported as such; with UDP and the relay's ICE-TCP port
+//! blocked, a page on "auto" falls back to the lane by itself; and a page
+//! moves from the lane to WebRTC when the network lets it (after
+//! `retryWebrtcMs`) and back when it stops, resuming each time.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -346,6 +348,70 @@ async fn with_udp_and_ice_tcp_blocked_chromium_on_auto_falls_back_to_the_websock
 
     assert_no_exceptions(&page);
     assert_no_exceptions(&demo);
+    native.close().await;
+    drop(browser);
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_moves_from_the_websocket_lane_to_webrtc_and_back_losing_and_doubling_nothing() {
+    let netns = NetNs::create();
+    let block = |netns: &NetNs, stack: &deltamesh::RunningStack| {
+        netns.block_udp();
+        for tcp in stack.relays[0].tcp_addrs() {
+            netns.block_tcp_port(tcp.port());
+        }
+    };
+    let stack = stack_for(&netns).await;
+    block(&netns, &stack);
+    let session = "websocket-and-back";
+    let mut native = udp_peer(&stack, session).await;
+    let browser = Browser::launch_in(&netns).await;
+    let page = page_with(
+        &browser,
+        &stack,
+        session,
+        r#"{lane: "auto", echo: true, retryWebrtcMs: 1000}"#,
+    )
+    .await;
+    eval(&page, "window.conn.connected()").await;
+    assert_eq!(lane_of(&page).await, json!("websocket"));
+    let peer_id = || async { eval(&page, "window.conn.peerId()").await };
+    let first_id = peer_id().await;
+    exchange(&page, &mut native).await;
+
+    // The network lets WebRTC through again. Once `retryWebrtcMs` has
+    // passed on the lane, the next reconnect tries WebRTC, and resumes
+    // there what was sent meanwhile.
+    netns.unblock();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let id = Id::from_str(first_id.as_str().unwrap()).unwrap();
+    stack.relays[0]
+        .disconnect(session, id, "killed by the test")
+        .await
+        .expect("the relay knows the peer");
+    exchange(&page, &mut native).await;
+    wait(&page, "window.conn.stats().lane === 'webrtc-udp'", 10).await;
+    assert_eq!(offers_posted(&page), 2, "one offer at first, one now");
+    let second_id = peer_id().await;
+    assert_ne!(second_id, first_id, "a reconnect is a new connection");
+
+    // Blocked again: the WebRTC path goes silent, the reconnect's WebRTC
+    // attempt gets no answer within 3 s, and the lane takes over.
+    block(&netns, &stack);
+    exchange(&page, &mut native).await;
+    assert_eq!(lane_of(&page).await, json!("websocket"));
+    assert_ne!(peer_id().await, second_id);
+
+    let states = eval(&page, "window.states.map((s) => s.state)").await;
+    let reconnects = states
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| *s == "reconnecting")
+        .count();
+    assert_eq!(reconnects, 2, "{states}");
+    assert_no_exceptions(&page);
     native.close().await;
     drop(browser);
     stack.shutdown().await.unwrap();

@@ -96,6 +96,14 @@ impl NetNs {
         ]);
     }
 
+    /// Removes every rule [`NetNs::block_udp`] and [`NetNs::block_tcp_port`]
+    /// added, as when the client moves to a network that blocks nothing.
+    pub(crate) fn unblock(&self) {
+        for chain in ["OUTPUT", "INPUT"] {
+            self.iptables(&["-F", chain]);
+        }
+    }
+
     /// A command that runs `program` inside the namespace.
     pub(crate) fn exec(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new("ip");
