@@ -213,7 +213,7 @@ async fn a_page_on_the_websocket_lane_exchanges_deltas_fragments_and_presence_wi
                     await conn.connected();
                     times[lane].push(performance.now() - start);
                     await conn.close();
-                    // Within signal's per-address rate (a 429 would add
+                    // Within signal's per-token rate (a 429 would add
                     // its Retry-After of 1 s to a connect).
                     await new Promise((r) => setTimeout(r, 300));
                 }
