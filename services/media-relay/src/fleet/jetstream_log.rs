@@ -26,6 +26,9 @@
 //!   (queued or in flight); beyond either, `append` refuses at once with
 //!   [`LogError::Unavailable`] (the sender's `Reject{UNAVAILABLE}`: send it
 //!   again later), so a NATS outage holds the relay's memory at that bound.
+//! - **Idle sessions**: a session's replica outlives its last local peer by
+//!   [`StreamLimits::replica_idle`] (a quick reconnect finds it caught up),
+//!   then is forgotten; a later peer has it replayed from the stream.
 //! - **Resume**: tokens are an HMAC of session and origin under a key all
 //!   relays share, so a peer may resume on any relay; what the origin stored
 //!   last comes from the replica, which is caught up before peers are welcomed.
@@ -98,6 +101,9 @@ pub struct StreamLimits {
     /// would pass it is refused (one larger than it alone is taken only
     /// when nothing else waits).
     pub max_pending_bytes: usize,
+    /// How long a session's replica is kept after its last local peer
+    /// left, before its memory is freed.
+    pub replica_idle: Duration,
 }
 
 impl Default for StreamLimits {
@@ -111,6 +117,7 @@ impl Default for StreamLimits {
             retry_for: Duration::from_secs(60),
             max_pending: 16_384,
             max_pending_bytes: 64 << 20,
+            replica_idle: Duration::from_secs(60),
         }
     }
 }
@@ -136,6 +143,16 @@ struct Publish {
     frame: Bytes,
     client_seq: u64,
     ack_to: AckTo,
+}
+
+/// The sessions followed into the replica, and those waiting to be
+/// forgotten.
+#[derive(Default)]
+struct Feeds {
+    following: HashMap<Arc<str>, Feed>,
+    /// Sessions without local peers, each with the timer that forgets its
+    /// replica after [`StreamLimits::replica_idle`].
+    idle: HashMap<Arc<str>, JoinHandle<()>>,
 }
 
 /// One session followed into the replica.
@@ -165,7 +182,7 @@ pub struct JetStreamLog {
     inner: Arc<Inner>,
     resume_key: hmac::Key,
     publishes: mpsc::UnboundedSender<Publish>,
-    feeds: Mutex<HashMap<Arc<str>, Feed>>,
+    feeds: Arc<Mutex<Feeds>>,
     backlog: Arc<Backlog>,
 }
 
@@ -246,7 +263,7 @@ impl JetStreamLog {
             inner,
             resume_key: hmac::Key::new(hmac::HMAC_SHA256, resume_secret),
             publishes,
-            feeds: Mutex::new(HashMap::new()),
+            feeds: Arc::default(),
             backlog,
         }
     }
@@ -256,8 +273,8 @@ impl JetStreamLog {
         self.backlog.deltas.load(Ordering::Relaxed)
     }
 
-    fn feeds(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Feed>> {
-        self.feeds.lock().unwrap_or_else(|e| e.into_inner())
+    fn feeds(&self) -> std::sync::MutexGuard<'_, Feeds> {
+        lock_feeds(&self.feeds)
     }
 
     fn resume_token(&self, session: &str, origin: Id) -> [u8; 16] {
@@ -274,8 +291,12 @@ impl JetStreamLog {
 
 impl Drop for JetStreamLog {
     fn drop(&mut self) {
-        for feed in self.feeds().values() {
+        let feeds = self.feeds();
+        for feed in feeds.following.values() {
             feed.task.abort();
+        }
+        for timer in feeds.idle.values() {
+            timer.abort();
         }
     }
 }
@@ -318,6 +339,7 @@ impl DeltaLog for JetStreamLog {
 
     fn is_current(&self, session: &str) -> bool {
         self.feeds()
+            .following
             .get(session)
             .is_some_and(|feed| feed.current.load(Ordering::Acquire))
     }
@@ -349,32 +371,64 @@ impl DeltaLog for JetStreamLog {
     fn watch(&self, session: &Arc<str>, shard: &Arc<ShardWake>) {
         self.inner.replica.watch(session, shard);
         let mut feeds = self.feeds();
-        let feed = feeds.entry(Arc::clone(session)).or_insert_with(|| {
-            let current = Arc::new(AtomicBool::new(false));
-            let task = tokio::spawn(follow(
-                Arc::clone(&self.inner),
-                Arc::clone(session),
-                Arc::clone(&current),
-            ));
-            Feed {
-                watchers: 0,
-                current,
-                task,
-            }
-        });
+        if let Some(timer) = feeds.idle.remove(session) {
+            timer.abort();
+        }
+        let feed = feeds
+            .following
+            .entry(Arc::clone(session))
+            .or_insert_with(|| {
+                let current = Arc::new(AtomicBool::new(false));
+                let task = tokio::spawn(follow(
+                    Arc::clone(&self.inner),
+                    Arc::clone(session),
+                    Arc::clone(&current),
+                ));
+                Feed {
+                    watchers: 0,
+                    current,
+                    task,
+                }
+            });
         feed.watchers += 1;
     }
 
     fn unwatch(&self, session: &Arc<str>, shard: &Arc<ShardWake>) {
         self.inner.replica.unwatch(session, shard);
         let mut feeds = self.feeds();
-        if let Some(feed) = feeds.get_mut(session) {
-            feed.watchers -= 1;
-            if feed.watchers == 0 {
-                feed.task.abort();
-                feeds.remove(session);
-            }
+        let Some(feed) = feeds.following.get_mut(session) else {
+            return;
+        };
+        feed.watchers -= 1;
+        if feed.watchers > 0 {
+            return;
         }
+        feed.task.abort();
+        feeds.following.remove(session);
+        let timer = tokio::spawn(forget_when_idle(
+            Arc::clone(&self.inner),
+            Arc::clone(&self.feeds),
+            Arc::clone(session),
+        ));
+        if let Some(earlier) = feeds.idle.insert(Arc::clone(session), timer) {
+            earlier.abort();
+        }
+    }
+}
+
+fn lock_feeds(feeds: &Mutex<Feeds>) -> std::sync::MutexGuard<'_, Feeds> {
+    feeds.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Forgets `session`'s replica once it has had no local peer for
+/// [`StreamLimits::replica_idle`] (a peer that came back in between
+/// aborted this timer, and the replica keeps a watched session anyway).
+async fn forget_when_idle(inner: Arc<Inner>, feeds: Arc<Mutex<Feeds>>, session: Arc<str>) {
+    tokio::time::sleep(inner.limits.replica_idle).await;
+    let mut feeds = lock_feeds(&feeds);
+    feeds.idle.remove(&session);
+    if !feeds.following.contains_key(&session) {
+        inner.replica.forget(&session);
     }
 }
 
@@ -1029,5 +1083,68 @@ mod tests {
             .map(|(_, seq)| *seq)
             .expect("#3 acked");
         assert_eq!(append(3), Ok(Appended::Duplicate(stored_as)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_without_local_peers_is_forgotten_after_the_idle_time_and_replayed_when_it_returns()
+     {
+        let nats = NatsServer::start();
+        let limits = StreamLimits {
+            replica_idle: Duration::from_millis(300),
+            ..StreamLimits::default()
+        };
+        let log = relay_log_with(&nats.url(), Id::random(), limits).await;
+        let session: Arc<str> = "idle.session".into();
+        let wake = Arc::new(ShardWake::default());
+        log.watch(&session, &wake);
+        until("current", || log.is_current(&session).then_some(())).await;
+        let origin = Id::random();
+        let by = Acceptance {
+            origin,
+            validator: Id::random(),
+            validated_at_us: 0,
+            signer: None,
+        };
+        let ack_to = AckTo {
+            shard: Arc::clone(&wake),
+            peer: origin,
+        };
+        let frames: Vec<Vec<u8>> = (1..=3).map(frame).collect();
+        let append = |client_seq: u64| {
+            let frame = DeltaFrame::parse(&frames[client_seq as usize - 1]).expect("valid");
+            log.append(&session, by, frame, &ack_to)
+        };
+        for client_seq in 1..=3 {
+            assert_eq!(append(client_seq), Ok(Appended::Pending));
+        }
+        until("the replica has all three", || {
+            (log.head(&session) == 3).then_some(())
+        })
+        .await;
+
+        // Back within the idle time: still there, no replay needed.
+        log.unwatch(&session, &wake);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        log.watch(&session, &wake);
+        assert_eq!(log.head(&session), 3, "kept while a peer may come back");
+        log.unwatch(&session, &wake);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            log.head(&session),
+            3,
+            "the idle time starts at the last leave"
+        );
+
+        until("forgotten after the idle time", || {
+            (log.head(&session) == 0).then_some(())
+        })
+        .await;
+        assert!(log.feeds().idle.is_empty(), "no timer left behind");
+
+        // A peer that comes later has the session replayed, resends known.
+        log.watch(&session, &wake);
+        until("current again", || log.is_current(&session).then_some(())).await;
+        assert_eq!(log.head(&session), 3);
+        assert_eq!(append(2), Ok(Appended::Duplicate(2)));
     }
 }
