@@ -3,13 +3,14 @@
 //! (`If-Match: *`) that signal carries over NATS to the relay holding the
 //! peer. It keeps its connection (same peer id, no new `Welcome`, no
 //! disconnect) and nothing is lost or doubled, in one order with a peer on
-//! another relay.
+//! another relay. A peer on the WebSocket lane has no ICE to restart.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use deltamesh_proto::Id;
+use deltamesh_worker::{Lane, LaneChoice};
 
 use crate::common::{Fleet, TestPeer, assert_one_order, assert_sender_order, payload};
 
@@ -113,4 +114,35 @@ async fn a_native_peer_moved_mid_stream_in_a_fleet_keeps_its_connection_and_its_
     for peer in peers {
         peer.peer.close().await;
     }
+}
+
+/// An ICE restart `PATCH` of `peer` of `session`, as a client sends it.
+async fn restart(signal: &str, session: &str, peer: Id) -> reqwest::StatusCode {
+    reqwest::Client::new()
+        .patch(format!("{signal}/v1/sessions/{session}/peers/{peer}"))
+        .bearer_auth(crate::common::TOKEN)
+        .header("content-type", "application/trickle-ice-sdpfrag")
+        .header("if-match", "*")
+        .body("a=ice-ufrag:new1\r\na=ice-pwd:newpasswordnewpassword12\r\n")
+        .send()
+        .await
+        .expect("signal answers")
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_fleet_a_websocket_peer_has_no_ice_to_restart_and_an_unknown_peer_none_at_all() {
+    let fleet = Fleet::start(1, 2, 1, 1).await;
+    let signal = &fleet.signals[0].1;
+    let session = "fleet-restart-lanes";
+    let mut lane_peer = TestPeer::join_over(signal, session, LaneChoice::WebSocket).await;
+    assert_eq!(lane_peer.peer.lane(), Lane::WebSocket);
+    let status = restart(signal, session, lane_peer.peer.peer_id()).await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
+    let status = restart(signal, session, Id([0x0b; 16])).await;
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND);
+    // The refused restart left the peer as it was.
+    lane_peer.send_acked(&payload(0, 0)).await;
+    assert_eq!(lane_peer.welcomes, 1);
+    lane_peer.peer.close().await;
 }
