@@ -1,12 +1,15 @@
 //! ICE-TCP end to end: a native peer that offers only an active TCP
-//! candidate reaches the relay's passive one (RFC 6544, RFC 4571 framing)
-//! and shares one order with a peer on UDP.
+//! candidate reaches the relay's passive one (RFC 6544, RFC 4571 framing),
+//! reports the `webrtc-tcp` lane, and shares one order with a peer on UDP
+//! (`webrtc-udp`). An ICE restart that gives it UDP moves it to
+//! `webrtc-udp`.
 
-use std::time::Duration;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
 
 use crate::common::{TOKEN, next_matching, stack_with};
 use deltamesh_proto::Id;
-use deltamesh_worker::{ConnectOptions, LaneChoice, NativePeer, PeerEvent, ReceivedDelta};
+use deltamesh_worker::{ConnectOptions, Lane, LaneChoice, NativePeer, PeerEvent, ReceivedDelta};
 
 /// Deltas of the session, in the order `peer` receives them.
 async fn receive(peer: &mut NativePeer, count: usize) -> Vec<ReceivedDelta> {
@@ -43,6 +46,8 @@ async fn a_peer_on_ice_tcp_only_and_a_peer_on_udp_share_one_order() {
     let mut udp_options = ConnectOptions::new(&stack.signal_url(), "tcp-doc", TOKEN);
     udp_options.echo = true;
     let mut udp = NativePeer::connect(udp_options).await.expect("UDP peer");
+    assert_eq!(tcp.lane(), Lane::WebRtcTcp, "ICE-TCP carries the TCP peer");
+    assert_eq!(udp.lane(), Lane::WebRtcUdp);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let per_peer = 300usize;
@@ -85,8 +90,57 @@ async fn a_peer_on_ice_tcp_only_and_a_peer_on_udp_share_one_order() {
         let expected: Vec<Vec<u8>> = (0..per_peer).map(|i| payload(lane, i)).collect();
         assert_eq!(sent, expected, "{lane} peer's deltas intact, in its order");
     }
+    assert_eq!(tcp.lane(), Lane::WebRtcTcp);
+    assert_eq!(udp.lane(), Lane::WebRtcUdp);
     tcp.close().await;
     udp.close().await;
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_on_ice_tcp_that_an_ice_restart_gives_udp_reports_webrtc_udp() {
+    let stack = stack_with(|relay| relay.tcp_verify_timeout = Duration::from_millis(300)).await;
+    let mut options = ConnectOptions::new(&stack.signal_url(), "tcp-move", TOKEN);
+    options.udp = false;
+    options.ice_tcp = true;
+    options.lane = LaneChoice::WebRtc;
+    let mut peer = NativePeer::connect(options)
+        .await
+        .expect("a peer without UDP connects over ICE-TCP");
+    assert_eq!(peer.lane(), Lane::WebRtcTcp);
+    let mut deltas = 0;
+    // The restart's candidate is a UDP one: ICE nominates it over TCP.
+    peer.move_to(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
+        .await
+        .expect("the relay restarts ICE");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while peer.lane() != Lane::WebRtcUdp {
+        assert!(Instant::now() < deadline, "still {:?}", peer.lane());
+        // Traffic moves the data onto the nominated pair.
+        peer.send(1, Id::default(), vec![1; 8])
+            .await
+            .expect("queued");
+        deltas += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    peer.send(1, Id::default(), vec![2; 8])
+        .await
+        .expect("queued");
+    deltas += 1;
+    let mut acked = 0;
+    while acked < deltas {
+        next_matching(&mut peer, Duration::from_secs(10), |e| match e {
+            PeerEvent::Acked { .. } => Some(()),
+            PeerEvent::Welcomed(_) | PeerEvent::Disconnected(_) => {
+                panic!("the restart replaced the connection: {e:?}")
+            }
+            _ => None,
+        })
+        .await;
+        acked += 1;
+    }
+    assert_eq!(peer.lane(), Lane::WebRtcUdp);
+    peer.close().await;
     stack.shutdown().await.unwrap();
 }
 

@@ -40,9 +40,11 @@ use crate::ice_restart::{RestartFrag, host_candidate};
 use crate::ice_servers::{IceServer, parse_links};
 use crate::lane::{Lane, LaneChoice, LanePolicy, LaneTimes};
 use ice_tcp::TcpPaths;
+use path_lane::PathLane;
 
 mod ice_tcp;
 mod lanes;
+mod path_lane;
 mod socket;
 
 /// The bit that marks a ping nonce as the driver's own keepalive.
@@ -610,6 +612,8 @@ struct Driver {
     http: reqwest::Client,
     /// Give up on this connection if it has no `Welcome` by then.
     fallback_at: Option<Instant>,
+    /// The lane its data takes, reported as it changes.
+    lane: PathLane,
 }
 
 impl Driver {
@@ -799,7 +803,7 @@ impl Driver {
                 .poll_output()
                 .map_err(|e| Ended::Lost(format!("webrtc: {e}")))?;
             match output {
-                Output::Transmit(transmit) => self.link.transmit(&transmit),
+                Output::Transmit(transmit) => self.transmit(&transmit),
                 Output::Event(event) => self.on_event(event)?,
                 Output::Timeout(_) if self.core.wants_to_transmit() && !retried => {
                     // str0m applies acknowledgements while polling, so the
@@ -837,6 +841,12 @@ impl Driver {
         }
     }
 
+    /// Sends one of str0m's datagrams, noting the path it takes.
+    fn transmit(&mut self, transmit: &str0m::net::Transmit) {
+        self.link.transmit(transmit);
+        self.lane.sent(transmit.proto, &transmit.contents);
+    }
+
     fn on_event(&mut self, event: Event) -> Result<(), Ended> {
         match event {
             Event::ChannelData(data) => {
@@ -859,7 +869,7 @@ impl Driver {
     fn flush_transmits(&mut self) {
         while let Ok(output) = self.link.rtc.poll_output() {
             match output {
-                Output::Transmit(transmit) => self.link.transmit(&transmit),
+                Output::Transmit(transmit) => self.transmit(&transmit),
                 Output::Event(_) => {}
                 Output::Timeout(_) => return,
             }
