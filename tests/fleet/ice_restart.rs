@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use deltamesh_proto::Id;
 use deltamesh_worker::{Lane, LaneChoice};
 
-use crate::common::{Fleet, TestPeer, assert_one_order, assert_sender_order, payload};
+use crate::common::{Fleet, TOKEN, TestPeer, assert_one_order, assert_sender_order, payload};
+use crate::raw_peer::RawPeer;
 
 /// Deltas each peer sends before, between and after the moves.
 const PER_PHASE: usize = 100;
@@ -116,18 +117,61 @@ async fn a_native_peer_moved_mid_stream_in_a_fleet_keeps_its_connection_and_its_
     }
 }
 
-/// An ICE restart `PATCH` of `peer` of `session`, as a client sends it.
-async fn restart(signal: &str, session: &str, peer: Id) -> reqwest::StatusCode {
+/// A `PATCH` of the peer resource at `resource` with `If-Match: if_match`.
+async fn patch(resource: &str, if_match: &str, body: &'static str) -> reqwest::Response {
     reqwest::Client::new()
-        .patch(format!("{signal}/v1/sessions/{session}/peers/{peer}"))
-        .bearer_auth(crate::common::TOKEN)
+        .patch(resource)
+        .bearer_auth(TOKEN)
         .header("content-type", "application/trickle-ice-sdpfrag")
-        .header("if-match", "*")
-        .body("a=ice-ufrag:new1\r\na=ice-pwd:newpasswordnewpassword12\r\n")
+        .header("if-match", if_match)
+        .body(body)
         .send()
         .await
         .expect("signal answers")
-        .status()
+}
+
+/// The sdpfrag of an ICE restart: new credentials, no candidates.
+const RESTART: &str = "a=ice-ufrag:new1\r\na=ice-pwd:newpasswordnewpassword12\r\n";
+/// A trickle's sdpfrag.
+const TRICKLE: &str = "a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n";
+
+/// An ICE restart `PATCH` of `peer` of `session`, as a client sends it.
+async fn restart(signal: &str, session: &str, peer: Id) -> reqwest::StatusCode {
+    patch(
+        &format!("{signal}/v1/sessions/{session}/peers/{peer}"),
+        "*",
+        RESTART,
+    )
+    .await
+    .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_fleet_an_ice_restart_renews_the_etag_a_trickle_must_name() {
+    let fleet = Fleet::start(1, 2, 1, 1).await;
+    let peer = RawPeer::join(&fleet.signals[0].1, "fleet-restart-etag").await;
+    let status = patch(&peer.resource, &peer.etag, TRICKLE).await.status();
+    assert_eq!(status, reqwest::StatusCode::NO_CONTENT);
+
+    let restarted = patch(&peer.resource, "*", RESTART).await;
+    assert_eq!(restarted.status(), reqwest::StatusCode::OK);
+    let etag = restarted.headers()["etag"].to_str().unwrap().to_owned();
+    assert_ne!(etag, peer.etag, "a restart makes a new ETag");
+    let frag = restarted.text().await.unwrap();
+    let ufrag = frag
+        .lines()
+        .find_map(|line| line.strip_prefix("a=ice-ufrag:"))
+        .expect("the relay's new ufrag");
+    assert_eq!(etag, format!("\"{ufrag}\""), "the ETag is the new ufrag");
+    assert!(frag.contains("a=ice-pwd:"), "{frag}");
+    assert!(frag.contains("a=candidate:"), "{frag}");
+
+    // The relay holds the ETag: the one from before the restart is stale.
+    let status = patch(&peer.resource, &peer.etag, TRICKLE).await.status();
+    assert_eq!(status, reqwest::StatusCode::PRECONDITION_FAILED);
+    let status = patch(&peer.resource, &etag, TRICKLE).await.status();
+    assert_eq!(status, reqwest::StatusCode::NO_CONTENT);
+    peer.leave().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
