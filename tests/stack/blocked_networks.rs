@@ -4,7 +4,8 @@
 //! refused too (its ICE-TCP candidates and its own lane port; signal's
 //! HTTP port stays open) WebRTC cannot connect, and after the fallback
 //! time it takes the WebSocket lane (`websocket`) through signal. Either
-//! way both peers see every delta once, in one order.
+//! way both peers see every delta once, in one order. And once UDP gets
+//! through again, an ICE restart moves a peer on ICE-TCP to UDP.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -211,4 +212,71 @@ async fn with_udp_and_the_relays_tcp_blocked_a_native_peer_falls_back_to_the_web
         inside.connected_in
     );
     stack.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_udp_gets_through_again_an_ice_restart_moves_a_peer_from_ice_tcp_to_udp() {
+    let netns = Arc::new(NetNs::create());
+    netns.block_udp();
+    let stack = stack_for(&netns).await;
+    let signal_url = stack.signal_url();
+    let inside = Arc::clone(&netns);
+    let lanes = tokio::task::spawn_blocking(move || {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    inside.enter();
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    runtime.block_on(move_back_to_udp(&inside, &signal_url))
+                })
+                .join()
+                .expect("the peer inside")
+        })
+    })
+    .await
+    .expect("the peer inside ran");
+    assert_eq!(lanes, (Lane::WebRtcTcp, Lane::WebRtcUdp));
+    stack.shutdown().await.unwrap();
+}
+
+/// Inside `netns` (UDP blocked): connects on `Auto` with ICE-TCP, lets UDP
+/// through, restarts ICE on the same address and waits until the data
+/// takes UDP; every delta is acknowledged on the one connection. Returns
+/// the lane before and after.
+async fn move_back_to_udp(netns: &NetNs, signal_url: &str) -> (Lane, Lane) {
+    let mut options = ConnectOptions::new(signal_url, "blocked-then-open", TOKEN);
+    options.ice_tcp = true;
+    let mut peer = NativePeer::connect(options)
+        .await
+        .expect("the peer inside connects over ICE-TCP");
+    let before = peer.lane();
+    netns.unblock_udp();
+    peer.move_to(IpAddr::V4(netns.ns_ip))
+        .await
+        .expect("the relay restarts ICE");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut sent = 0;
+    while peer.lane() != Lane::WebRtcUdp && Instant::now() < deadline {
+        peer.send(1, Id::default(), payload("moving", sent))
+            .await
+            .expect("queued");
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..sent {
+        next_matching(&mut peer, Duration::from_secs(10), |event| match event {
+            PeerEvent::Acked { .. } => Some(()),
+            PeerEvent::Welcomed(_) | PeerEvent::Disconnected(_) => {
+                panic!("the restart replaced the connection: {event:?}")
+            }
+            _ => None,
+        })
+        .await;
+    }
+    let after = peer.lane();
+    peer.close().await;
+    (before, after)
 }

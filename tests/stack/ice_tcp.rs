@@ -1,11 +1,10 @@
 //! ICE-TCP end to end: a native peer that offers only an active TCP
 //! candidate reaches the relay's passive one (RFC 6544, RFC 4571 framing),
 //! reports the `webrtc-tcp` lane, and shares one order with a peer on UDP
-//! (`webrtc-udp`). An ICE restart that gives it UDP moves it to
-//! `webrtc-udp`.
+//! (`webrtc-udp`); moved with an ICE restart, it stays on ICE-TCP.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::{TOKEN, next_matching, stack_with};
 use deltamesh_proto::Id;
@@ -98,7 +97,7 @@ async fn a_peer_on_ice_tcp_only_and_a_peer_on_udp_share_one_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_on_ice_tcp_that_an_ice_restart_gives_udp_reports_webrtc_udp() {
+async fn a_peer_on_ice_tcp_only_moved_by_an_ice_restart_stays_on_ice_tcp() {
     let stack = stack_with(|relay| relay.tcp_verify_timeout = Duration::from_millis(300)).await;
     let mut options = ConnectOptions::new(&stack.signal_url(), "tcp-move", TOKEN);
     options.udp = false;
@@ -108,27 +107,20 @@ async fn a_peer_on_ice_tcp_that_an_ice_restart_gives_udp_reports_webrtc_udp() {
         .await
         .expect("a peer without UDP connects over ICE-TCP");
     assert_eq!(peer.lane(), Lane::WebRtcTcp);
-    let mut deltas = 0;
-    // The restart's candidate is a UDP one: ICE nominates it over TCP.
+    for i in 0..50u8 {
+        peer.send(1, Id::default(), vec![i; 8])
+            .await
+            .expect("queued");
+    }
     peer.move_to(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
         .await
         .expect("the relay restarts ICE");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while peer.lane() != Lane::WebRtcUdp {
-        assert!(Instant::now() < deadline, "still {:?}", peer.lane());
-        // Traffic moves the data onto the nominated pair.
-        peer.send(1, Id::default(), vec![1; 8])
+    for i in 50..100u8 {
+        peer.send(1, Id::default(), vec![i; 8])
             .await
             .expect("queued");
-        deltas += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    peer.send(1, Id::default(), vec![2; 8])
-        .await
-        .expect("queued");
-    deltas += 1;
-    let mut acked = 0;
-    while acked < deltas {
+    for _ in 0..100 {
         next_matching(&mut peer, Duration::from_secs(10), |e| match e {
             PeerEvent::Acked { .. } => Some(()),
             PeerEvent::Welcomed(_) | PeerEvent::Disconnected(_) => {
@@ -137,9 +129,8 @@ async fn a_peer_on_ice_tcp_that_an_ice_restart_gives_udp_reports_webrtc_udp() {
             _ => None,
         })
         .await;
-        acked += 1;
     }
-    assert_eq!(peer.lane(), Lane::WebRtcUdp);
+    assert_eq!(peer.lane(), Lane::WebRtcTcp, "no UDP was offered");
     peer.close().await;
     stack.shutdown().await.unwrap();
 }

@@ -269,7 +269,9 @@ impl NativePeer {
         let _ = self.lane_choice.send(choice);
     }
 
-    /// The lane the current connection runs over.
+    /// The lane the current connection runs over: on WebRTC `webrtc-udp`
+    /// or `webrtc-tcp` by the path its data takes (updated when ICE moves
+    /// it, e.g. after [`move_to`](Self::move_to)), else `websocket`.
     pub fn lane(&self) -> Lane {
         *self.lane.borrow()
     }
@@ -367,7 +369,9 @@ impl NativePeer {
     /// The network changed: moves the connection to a UDP socket on
     /// `local_ip` with an ICE restart (PROTOCOL §1, `If-Match: *`), keeping
     /// the peer id, the channels and the place in the stream (no new
-    /// `Welcome`, nothing lost or doubled). If the relay refuses the
+    /// `Welcome`, nothing lost or doubled). With [`ConnectOptions::udp`]
+    /// off it offers no UDP candidate: only the ICE credentials change and
+    /// the ICE-TCP path is checked again. If the relay refuses the
     /// restart (or does not answer in 5 s) the peer falls back to a new
     /// offer from `local_ip` and resumes, and this returns the reason.
     /// Later reconnects start from `local_ip` too.
@@ -716,10 +720,17 @@ impl Driver {
         let old_candidate = Candidate::host(self.link.local_addr, "udp").map_err(rtc_error)?;
         let creds = IceCreds::new();
         self.restarts = self.restarts.saturating_add(1);
+        // A peer told not to offer UDP offers none after a move either: its
+        // ICE-TCP path is checked again under the new credentials.
+        let candidates = if self.options.udp {
+            vec![host_candidate(local_addr, candidate.prio(), self.restarts)]
+        } else {
+            Vec::new()
+        };
         let ours = RestartFrag {
             ufrag: creds.ufrag.clone(),
             pwd: creds.pass.clone(),
-            candidates: vec![host_candidate(local_addr, candidate.prio(), self.restarts)],
+            candidates,
         };
         let response = self
             .http
@@ -753,8 +764,10 @@ impl Driver {
             ufrag: theirs.ufrag,
             pass: theirs.pwd,
         });
-        rtc.add_local_candidate(candidate);
-        rtc.direct_api().invalidate_candidate(&old_candidate);
+        if self.options.udp {
+            rtc.add_local_candidate(candidate);
+            rtc.direct_api().invalidate_candidate(&old_candidate);
+        }
         for remote in remote_candidates {
             rtc.add_remote_candidate(remote);
         }

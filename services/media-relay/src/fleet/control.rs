@@ -1,8 +1,9 @@
 //! A relay's control subject: signal's offers, lane sockets, trickles, ICE
-//! restarts and disconnects arrive over NATS request/reply as `RelayRequest`s and are answered with
-//! `RelayReply`s. Every request is checked before it reaches the relay; a
-//! malformed one gets `BAD_REQUEST`, never silence. An offer's trace
-//! arrives in the message's `traceparent` and `tracestate` headers.
+//! restarts and disconnects arrive over NATS request/reply as
+//! `RelayRequest`s and are answered with `RelayReply`s. Every request is
+//! checked before it reaches the relay; a malformed one gets `BAD_REQUEST`,
+//! never silence. An offer's trace arrives in the message's `traceparent`
+//! and `tracestate` headers.
 
 use deltamesh_proto::fleet::pb;
 use deltamesh_proto::session::is_valid_session;
