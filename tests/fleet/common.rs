@@ -330,6 +330,8 @@ pub(crate) struct TestPeer {
     pub acked: HashSet<u64>,
     /// Times it was welcomed (1 + reconnects).
     pub welcomes: usize,
+    /// The reasons of its disconnects, in order.
+    pub disconnects: Vec<String>,
 }
 
 impl TestPeer {
@@ -347,6 +349,7 @@ impl TestPeer {
             received: HashMap::new(),
             acked: HashSet::new(),
             welcomes: 1,
+            disconnects: Vec::new(),
         }
     }
 
@@ -367,6 +370,7 @@ impl TestPeer {
             received: HashMap::new(),
             acked: HashSet::new(),
             welcomes: 1,
+            disconnects: Vec::new(),
         }
     }
 
@@ -419,7 +423,10 @@ impl TestPeer {
                 self.relay = Id::from_slice(&welcome.relay_id).unwrap();
             }
             PeerEvent::Rejected(reject) => panic!("delta rejected: {reject:?}"),
-            PeerEvent::Disconnected(reason) => eprintln!("peer disconnected: {reason}"),
+            PeerEvent::Disconnected(reason) => {
+                eprintln!("peer disconnected: {reason}");
+                self.disconnects.push(reason);
+            }
             _ => {}
         }
     }

@@ -5,6 +5,7 @@
 
 mod common;
 mod failures;
+mod ice_restart;
 mod lanes;
 mod large;
 mod local_stack;

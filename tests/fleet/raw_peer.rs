@@ -30,8 +30,10 @@ pub(crate) struct RawPeer {
     pub relay: Id,
     /// Every message received, in order, with its channel.
     pub received: Vec<(Channel, Vec<u8>)>,
-    /// The peer resource's URL, for `DELETE`.
-    resource: String,
+    /// The peer resource's URL, for `PATCH` and `DELETE`.
+    pub resource: String,
+    /// The resource's `ETag` from the `201`, quoted.
+    pub etag: String,
     outgoing: mpsc::UnboundedSender<(Channel, Vec<u8>)>,
     incoming: mpsc::UnboundedReceiver<(Channel, Vec<u8>)>,
     driver: JoinHandle<()>,
@@ -67,6 +69,12 @@ impl RawPeer {
             .and_then(|v| v.to_str().ok())
             .expect("a Location")
             .to_owned();
+        let etag = response
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .expect("an ETag")
+            .to_owned();
         let answer = response.text().await.expect("answer");
         rtc.sdp_api()
             .accept_answer(
@@ -82,6 +90,7 @@ impl RawPeer {
             relay: Id::default(),
             received: Vec::new(),
             resource: format!("{signal_url}{location}"),
+            etag,
             outgoing,
             incoming,
             driver,

@@ -1,12 +1,14 @@
 //! ICE-TCP end to end: a native peer that offers only an active TCP
-//! candidate reaches the relay's passive one (RFC 6544, RFC 4571 framing)
-//! and shares one order with a peer on UDP.
+//! candidate reaches the relay's passive one (RFC 6544, RFC 4571 framing),
+//! reports the `webrtc-tcp` lane, and shares one order with a peer on UDP
+//! (`webrtc-udp`); moved with an ICE restart, it stays on ICE-TCP.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use crate::common::{TOKEN, next_matching, stack_with};
 use deltamesh_proto::Id;
-use deltamesh_worker::{ConnectOptions, LaneChoice, NativePeer, PeerEvent, ReceivedDelta};
+use deltamesh_worker::{ConnectOptions, Lane, LaneChoice, NativePeer, PeerEvent, ReceivedDelta};
 
 /// Deltas of the session, in the order `peer` receives them.
 async fn receive(peer: &mut NativePeer, count: usize) -> Vec<ReceivedDelta> {
@@ -43,6 +45,8 @@ async fn a_peer_on_ice_tcp_only_and_a_peer_on_udp_share_one_order() {
     let mut udp_options = ConnectOptions::new(&stack.signal_url(), "tcp-doc", TOKEN);
     udp_options.echo = true;
     let mut udp = NativePeer::connect(udp_options).await.expect("UDP peer");
+    assert_eq!(tcp.lane(), Lane::WebRtcTcp, "ICE-TCP carries the TCP peer");
+    assert_eq!(udp.lane(), Lane::WebRtcUdp);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let per_peer = 300usize;
@@ -85,8 +89,49 @@ async fn a_peer_on_ice_tcp_only_and_a_peer_on_udp_share_one_order() {
         let expected: Vec<Vec<u8>> = (0..per_peer).map(|i| payload(lane, i)).collect();
         assert_eq!(sent, expected, "{lane} peer's deltas intact, in its order");
     }
+    assert_eq!(tcp.lane(), Lane::WebRtcTcp);
+    assert_eq!(udp.lane(), Lane::WebRtcUdp);
     tcp.close().await;
     udp.close().await;
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_on_ice_tcp_only_moved_by_an_ice_restart_stays_on_ice_tcp() {
+    let stack = stack_with(|relay| relay.tcp_verify_timeout = Duration::from_millis(300)).await;
+    let mut options = ConnectOptions::new(&stack.signal_url(), "tcp-move", TOKEN);
+    options.udp = false;
+    options.ice_tcp = true;
+    options.lane = LaneChoice::WebRtc;
+    let mut peer = NativePeer::connect(options)
+        .await
+        .expect("a peer without UDP connects over ICE-TCP");
+    assert_eq!(peer.lane(), Lane::WebRtcTcp);
+    for i in 0..50u8 {
+        peer.send(1, Id::default(), vec![i; 8])
+            .await
+            .expect("queued");
+    }
+    peer.move_to(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
+        .await
+        .expect("the relay restarts ICE");
+    for i in 50..100u8 {
+        peer.send(1, Id::default(), vec![i; 8])
+            .await
+            .expect("queued");
+    }
+    for _ in 0..100 {
+        next_matching(&mut peer, Duration::from_secs(10), |e| match e {
+            PeerEvent::Acked { .. } => Some(()),
+            PeerEvent::Welcomed(_) | PeerEvent::Disconnected(_) => {
+                panic!("the restart replaced the connection: {e:?}")
+            }
+            _ => None,
+        })
+        .await;
+    }
+    assert_eq!(peer.lane(), Lane::WebRtcTcp, "no UDP was offered");
+    peer.close().await;
     stack.shutdown().await.unwrap();
 }
 

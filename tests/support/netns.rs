@@ -87,6 +87,16 @@ impl NetNs {
         }
     }
 
+    /// Lets UDP through again: removes what [`NetNs::block_udp`] added.
+    #[allow(dead_code)] // tests/stack uses it; tests/browser includes this file too
+    pub(crate) fn unblock_udp(&self) {
+        for chain in ["OUTPUT", "INPUT"] {
+            let interface = if chain == "OUTPUT" { "-o" } else { "-i" };
+            self.iptables(&["-D", chain, interface, "lo", "-j", "ACCEPT"]);
+            self.iptables(&["-D", chain, "-p", "udp", "-j", "DROP"]);
+        }
+    }
+
     /// Refuses TCP from the namespace to `port` (any host), as a network
     /// that allows only some ports does.
     pub(crate) fn block_tcp_port(&self, port: u16) {

@@ -40,9 +40,11 @@ use crate::ice_restart::{RestartFrag, host_candidate};
 use crate::ice_servers::{IceServer, parse_links};
 use crate::lane::{Lane, LaneChoice, LanePolicy, LaneTimes};
 use ice_tcp::TcpPaths;
+use path_lane::PathLane;
 
 mod ice_tcp;
 mod lanes;
+mod path_lane;
 mod socket;
 
 /// The bit that marks a ping nonce as the driver's own keepalive.
@@ -267,7 +269,9 @@ impl NativePeer {
         let _ = self.lane_choice.send(choice);
     }
 
-    /// The lane the current connection runs over.
+    /// The lane the current connection runs over: on WebRTC `webrtc-udp`
+    /// or `webrtc-tcp` by the path its data takes (updated when ICE moves
+    /// it, e.g. after [`move_to`](Self::move_to)), else `websocket`.
     pub fn lane(&self) -> Lane {
         *self.lane.borrow()
     }
@@ -365,7 +369,9 @@ impl NativePeer {
     /// The network changed: moves the connection to a UDP socket on
     /// `local_ip` with an ICE restart (PROTOCOL §1, `If-Match: *`), keeping
     /// the peer id, the channels and the place in the stream (no new
-    /// `Welcome`, nothing lost or doubled). If the relay refuses the
+    /// `Welcome`, nothing lost or doubled). With [`ConnectOptions::udp`]
+    /// off it offers no UDP candidate: only the ICE credentials change and
+    /// the ICE-TCP path is checked again. If the relay refuses the
     /// restart (or does not answer in 5 s) the peer falls back to a new
     /// offer from `local_ip` and resumes, and this returns the reason.
     /// Later reconnects start from `local_ip` too.
@@ -610,6 +616,8 @@ struct Driver {
     http: reqwest::Client,
     /// Give up on this connection if it has no `Welcome` by then.
     fallback_at: Option<Instant>,
+    /// The lane its data takes, reported as it changes.
+    lane: PathLane,
 }
 
 impl Driver {
@@ -712,10 +720,17 @@ impl Driver {
         let old_candidate = Candidate::host(self.link.local_addr, "udp").map_err(rtc_error)?;
         let creds = IceCreds::new();
         self.restarts = self.restarts.saturating_add(1);
+        // A peer told not to offer UDP offers none after a move either: its
+        // ICE-TCP path is checked again under the new credentials.
+        let candidates = if self.options.udp {
+            vec![host_candidate(local_addr, candidate.prio(), self.restarts)]
+        } else {
+            Vec::new()
+        };
         let ours = RestartFrag {
             ufrag: creds.ufrag.clone(),
             pwd: creds.pass.clone(),
-            candidates: vec![host_candidate(local_addr, candidate.prio(), self.restarts)],
+            candidates,
         };
         let response = self
             .http
@@ -749,8 +764,10 @@ impl Driver {
             ufrag: theirs.ufrag,
             pass: theirs.pwd,
         });
-        rtc.add_local_candidate(candidate);
-        rtc.direct_api().invalidate_candidate(&old_candidate);
+        if self.options.udp {
+            rtc.add_local_candidate(candidate);
+            rtc.direct_api().invalidate_candidate(&old_candidate);
+        }
         for remote in remote_candidates {
             rtc.add_remote_candidate(remote);
         }
@@ -799,7 +816,7 @@ impl Driver {
                 .poll_output()
                 .map_err(|e| Ended::Lost(format!("webrtc: {e}")))?;
             match output {
-                Output::Transmit(transmit) => self.link.transmit(&transmit),
+                Output::Transmit(transmit) => self.transmit(&transmit),
                 Output::Event(event) => self.on_event(event)?,
                 Output::Timeout(_) if self.core.wants_to_transmit() && !retried => {
                     // str0m applies acknowledgements while polling, so the
@@ -837,6 +854,12 @@ impl Driver {
         }
     }
 
+    /// Sends one of str0m's datagrams, noting the path it takes.
+    fn transmit(&mut self, transmit: &str0m::net::Transmit) {
+        self.link.transmit(transmit);
+        self.lane.sent(transmit.proto, &transmit.contents);
+    }
+
     fn on_event(&mut self, event: Event) -> Result<(), Ended> {
         match event {
             Event::ChannelData(data) => {
@@ -859,7 +882,7 @@ impl Driver {
     fn flush_transmits(&mut self) {
         while let Ok(output) = self.link.rtc.poll_output() {
             match output {
-                Output::Transmit(transmit) => self.link.transmit(&transmit),
+                Output::Transmit(transmit) => self.transmit(&transmit),
                 Output::Event(_) => {}
                 Output::Timeout(_) => return,
             }

@@ -236,6 +236,20 @@ impl MemoryLog {
         Some(sessions.get(session)?.origins.get(&origin)?.last_client_seq)
     }
 
+    /// Frees `session`'s index, origins and resume state if no shard
+    /// watches it; says whether it did. (Its records age out of the chunk
+    /// store as it wraps.)
+    pub fn forget(&self, session: &str) -> bool {
+        let mut sessions = self.sessions();
+        let unwatched = sessions
+            .get(session)
+            .is_some_and(|log| log.watchers.is_empty());
+        if unwatched {
+            sessions.remove(session);
+        }
+        unwatched
+    }
+
     /// Wakes the shards watching `session`, as if it had news.
     pub fn wake_watchers(&self, session: &Arc<str>) {
         if let Some(log) = self.sessions().get(session) {

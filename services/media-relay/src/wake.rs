@@ -175,6 +175,11 @@ impl Watchers {
         }
     }
 
+    /// No shard watches.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Wakes every watching shard with `news` of `session`.
     pub(crate) fn wake_all(&self, session: &Arc<str>, news: News) {
         for (shard, _) in &self.0 {

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use deltamesh_proto::fleet::pb::{
-    self, DisconnectRequest, OfferRequest, RelayFailureCode, RelayRequest, TrickleRequest,
-    relay_reply::Reply, relay_request::Request,
+    self, DisconnectRequest, IceRestartRequest, OfferRequest, RelayFailureCode, RelayRequest,
+    SocketRequest, TrickleRequest, relay_reply::Reply, relay_request::Request,
 };
 use deltamesh_relay::fleet::control::handle;
 use deltamesh_relay::{ChunkStore, MemoryLog, RelayConfig, RelayHandle, RelayMetrics};
@@ -43,6 +43,101 @@ fn offer(session: &str, identity: &str, sdp: &str) -> Vec<u8> {
         grants: None,
         offer_sdp: sdp.into(),
     }))
+}
+
+fn ice_restart(peer: &[u8], identity: &str, ufrag: &str, pwd: &str, candidates: usize) -> Vec<u8> {
+    request(Request::IceRestart(IceRestartRequest {
+        session: "doc".into(),
+        peer_id: peer.to_vec(),
+        identity: identity.into(),
+        ufrag: ufrag.into(),
+        pwd: pwd.into(),
+        candidates: vec!["a=candidate:1 1 udp 1 127.0.0.1 9 typ host".into(); candidates],
+    }))
+}
+
+/// A new peer's ICE password that passes the checks.
+const PWD: &str = "newpasswordnewpassword12";
+
+#[tokio::test]
+async fn malformed_or_misdirected_ice_restarts_are_refused_with_a_reason() {
+    let relay = relay().await;
+    let peer = [7; 16];
+    let cases: Vec<(Vec<u8>, RelayFailureCode, &str)> = vec![
+        (
+            ice_restart(&[1, 2, 3], "alice", "new1", PWD, 0),
+            RelayFailureCode::BadRequest,
+            "16 bytes",
+        ),
+        (
+            ice_restart(&peer, "", "new1", PWD, 0),
+            RelayFailureCode::BadRequest,
+            "identity",
+        ),
+        (
+            ice_restart(&peer, "alice", "abc", PWD, 0),
+            RelayFailureCode::BadRequest,
+            "ice-ufrag",
+        ),
+        (
+            ice_restart(&peer, "alice", "new 1", PWD, 0),
+            RelayFailureCode::BadRequest,
+            "ice-ufrag",
+        ),
+        (
+            ice_restart(&peer, "alice", "new1", "short", 0),
+            RelayFailureCode::BadRequest,
+            "ice-pwd",
+        ),
+        (
+            ice_restart(&peer, "alice", "new1", &"p".repeat(257), 0),
+            RelayFailureCode::BadRequest,
+            "ice-pwd",
+        ),
+        (
+            ice_restart(&peer, "alice", "new1", PWD, 65),
+            RelayFailureCode::BadRequest,
+            "too many candidates",
+        ),
+        (
+            ice_restart(&peer, "alice", "new1", PWD, 1),
+            RelayFailureCode::UnknownPeer,
+            "unknown peer",
+        ),
+    ];
+    for (bytes, code, detail) in cases {
+        let failure = failure(&relay, &bytes).await;
+        assert_eq!(failure.code(), code, "{failure:?}");
+        assert!(failure.detail.contains(detail), "{detail}: {failure:?}");
+    }
+
+    // A WebSocket lane peer is there, but has no ICE to restart; and only
+    // its owner may ask.
+    let ticket = match handle(
+        &relay,
+        &request(Request::Socket(SocketRequest {
+            session: "doc".into(),
+            identity: "alice".into(),
+            grants: None,
+        })),
+        &opentelemetry::Context::new(),
+    )
+    .await
+    .reply
+    {
+        Some(Reply::Ticket(ticket)) => ticket,
+        other => panic!("expected a ticket, got {other:?}"),
+    };
+    let lane_peer = ticket.peer_id;
+    let foreign = failure(&relay, &ice_restart(&lane_peer, "mallory", "new1", PWD, 0)).await;
+    assert_eq!(foreign.code(), RelayFailureCode::NotOwner, "{foreign:?}");
+    let on_socket = failure(&relay, &ice_restart(&lane_peer, "alice", "new1", PWD, 0)).await;
+    assert_eq!(
+        on_socket.code(),
+        RelayFailureCode::BadOffer,
+        "{on_socket:?}"
+    );
+    assert!(on_socket.detail.contains("WebSocket lane"), "{on_socket:?}");
 }
 
 #[tokio::test]

@@ -6,9 +6,10 @@
 //! `RelayReply` carries the answer or a failure. A relay that is still listed
 //! but gone (killed before its lease expired) has no NATS responders: it is
 //! excluded and the peer placed again, at most [`MAX_PLACEMENTS`] times, so a
-//! client is never sent to a dead relay. Trickle and delete find the peer's
-//! relay with `LookupPeer`, check its owner and ask that relay, which checks
-//! the owner again.
+//! client is never sent to a dead relay. Trickle, ICE restart and delete
+//! find the peer's relay with `LookupPeer`, check its owner and ask that
+//! relay, which checks the owner again (and, for a trickle, the ETag: the
+//! relay holds the peer's current ICE ufrag, which a restart changes).
 //!
 //! When every placed relay turns out to be gone the offer fails with
 //! [`NetworkError::Unavailable`] (503 with signal's default `Retry-After`):
@@ -37,8 +38,8 @@ use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::{Code, Status};
 
 use crate::network::{
-    ConnectRequest, Connected, Network, NetworkError, PeerInfo, PeerState, SocketPlaced,
-    SocketRequest,
+    ConnectRequest, Connected, IceRestartAnswer, IceRestartRequest, Network, NetworkError,
+    PeerInfo, PeerState, SocketPlaced, SocketRequest,
 };
 
 /// How many relays an offer is placed on at most before giving up, when the
@@ -304,28 +305,41 @@ impl FleetNetwork {
             .ok_or_else(|| NetworkError::Unavailable(format!("empty reply from relay {relay}")))
     }
 
-    /// Sends a trickle or disconnect to the relay hosting `peer`; a relay
-    /// that is gone no longer hosts it.
+    /// Sends a trickle, ICE restart or disconnect to the relay hosting
+    /// `peer` and returns its reply when it is not a failure; a relay that
+    /// is gone no longer hosts it.
     async fn ask_host(
         &self,
         session: &str,
         peer: Id,
         identity: &str,
         request: relay_request::Request,
-    ) -> Result<(), NetworkError> {
+    ) -> Result<(Id, relay_reply::Reply), NetworkError> {
         let relay = self.hosting(session, peer, identity).await?;
         match self
             .ask(relay, request, &Context::new(), "the relay")
             .await?
         {
             Asked::NoResponders => Err(NetworkError::UnknownPeer),
-            Asked::Reply(relay_reply::Reply::Done(_)) => Ok(()),
             Asked::Reply(relay_reply::Reply::Failure(failure)) => Err(NetworkError::from(failure)),
-            Asked::Reply(relay_reply::Reply::Answer(_) | relay_reply::Reply::Ticket(_)) => {
-                Err(NetworkError::Unavailable(format!(
-                    "relay {relay} answered a request that was not an offer or a socket"
-                )))
-            }
+            Asked::Reply(reply) => Ok((relay, reply)),
+        }
+    }
+
+    /// [`ask_host`](Self::ask_host) for a request the relay answers with
+    /// `Done`.
+    async fn ask_host_done(
+        &self,
+        session: &str,
+        peer: Id,
+        identity: &str,
+        request: relay_request::Request,
+    ) -> Result<(), NetworkError> {
+        match self.ask_host(session, peer, identity, request).await? {
+            (_, relay_reply::Reply::Done(_)) => Ok(()),
+            (relay, _) => Err(NetworkError::Unavailable(format!(
+                "relay {relay} did not answer with done"
+            ))),
         }
     }
 }
@@ -502,7 +516,34 @@ impl Network for FleetNetwork {
             if_match: if_match.map(str::to_owned),
             candidates,
         });
-        self.ask_host(session, peer, identity, request).await
+        self.ask_host_done(session, peer, identity, request).await
+    }
+
+    async fn restart_ice(
+        &self,
+        session: &str,
+        peer: Id,
+        identity: &str,
+        restart: IceRestartRequest,
+    ) -> Result<IceRestartAnswer, NetworkError> {
+        let request = relay_request::Request::IceRestart(pb::IceRestartRequest {
+            session: session.to_owned(),
+            peer_id: peer.as_bytes().to_vec(),
+            identity: identity.to_owned(),
+            ufrag: restart.ufrag,
+            pwd: restart.pwd,
+            candidates: restart.candidates,
+        });
+        match self.ask_host(session, peer, identity, request).await? {
+            (_, relay_reply::Reply::Restarted(restarted)) => Ok(IceRestartAnswer {
+                ufrag: restarted.ice_ufrag,
+                pwd: restarted.ice_pwd,
+                candidates: restarted.candidates,
+            }),
+            (relay, _) => Err(NetworkError::Unavailable(format!(
+                "relay {relay} did not answer the ICE restart"
+            ))),
+        }
     }
 
     async fn disconnect(
@@ -516,7 +557,7 @@ impl Network for FleetNetwork {
             peer_id: peer.as_bytes().to_vec(),
             identity: identity.to_owned(),
         });
-        self.ask_host(session, peer, identity, request).await
+        self.ask_host_done(session, peer, identity, request).await
     }
 
     async fn peers(&self, session: &str) -> Result<Vec<PeerInfo>, NetworkError> {

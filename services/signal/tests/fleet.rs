@@ -49,6 +49,11 @@ const ANSWER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
 
 const CANDIDATE: &str = "a=candidate:1 1 UDP 2130706431 192.0.2.1 50000 typ host\r\n";
 
+/// A peer's ICE restart sdpfrag: new credentials, a candidate on its new address.
+const RESTART_FRAG: &str = "a=ice-ufrag:new1\r\na=ice-pwd:newpasswordnewpassword12\r\n\
+    m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:0\r\n\
+    a=candidate:7 1 udp 2130706431 127.0.0.2 5000 typ host\r\n";
+
 const RELAY_A: Id = Id([0xa1; 16]);
 const RELAY_B: Id = Id([0xb2; 16]);
 const RELAY_C: Id = Id([0xc3; 16]);
@@ -424,6 +429,17 @@ impl Fleet {
             .header("content-type", "application/trickle-ice-sdpfrag")
             .header("if-match", "\"relayufrag\"")
             .body(CANDIDATE)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// An ICE restart of `peer` (`If-Match: *`) with [`RESTART_FRAG`].
+    async fn restart(&self, peer: Id) -> Response {
+        self.api(Method::PATCH, &peer_path(peer))
+            .header("content-type", "application/trickle-ice-sdpfrag")
+            .header("if-match", "*")
+            .body(RESTART_FRAG)
             .send()
             .await
             .unwrap()
@@ -850,8 +866,155 @@ async fn relay_failures_on_trickle_are_passed_on() {
     problem(fleet.patch(PEER).await, StatusCode::PRECONDITION_FAILED).await;
 }
 
+// ---------------------------------------------------------------- ICE restart
+
+/// A relay that answers an ICE restart with new credentials and a candidate.
+async fn restarting(nats: &async_nats::Client, id: Id) -> FakeRelay {
+    FakeRelay::start(nats, id, |request| {
+        Some(match request {
+            relay_request::Request::IceRestart(_) => {
+                relay_reply::Reply::Restarted(pb::IceRestarted {
+                    ice_ufrag: "relaynew".into(),
+                    ice_pwd: "relaypasswordrelaypassword".into(),
+                    candidates: vec!["candidate:1 1 udp 2130706431 127.0.0.1 4000 typ host".into()],
+                })
+            }
+            _ => relay_reply::Reply::Done(pb::Done {}),
+        })
+    })
+    .await
+}
+
 #[tokio::test]
-async fn an_ice_restart_is_unsupported_without_asking_anyone() {
+async fn an_ice_restart_goes_to_the_relay_the_registry_names_and_answers_its_sdpfrag() {
+    let fleet = Fleet::start().await;
+    fleet.knows(vec![record(
+        PEER,
+        RELAY_B,
+        DEV_SUBJECT,
+        pb::PeerState::Connected,
+        1,
+    )]);
+    let other = restarting(&fleet.nats, RELAY_A).await;
+    let host = restarting(&fleet.nats, RELAY_B).await;
+
+    let response = fleet.restart(PEER).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(&response, "etag"), "\"relaynew\"");
+    assert_eq!(
+        header(&response, "content-type"),
+        "application/trickle-ice-sdpfrag"
+    );
+    assert_eq!(
+        response.text().await.unwrap(),
+        "a=ice-ufrag:relaynew\r\na=ice-pwd:relaypasswordrelaypassword\r\n\
+         m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:0\r\n\
+         a=candidate:1 1 udp 2130706431 127.0.0.1 4000 typ host\r\n"
+    );
+
+    assert!(other.seen().is_empty());
+    let seen = host.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let relay_request::Request::IceRestart(restart) = &seen[0].0 else {
+        panic!("not an ICE restart: {seen:?}");
+    };
+    assert_eq!(restart.session, SESSION);
+    assert_eq!(restart.peer_id, PEER.0);
+    assert_eq!(restart.identity, DEV_SUBJECT);
+    assert_eq!(restart.ufrag, "new1");
+    assert_eq!(restart.pwd, "newpasswordnewpassword12");
+    assert_eq!(
+        restart.candidates,
+        ["a=candidate:7 1 udp 2130706431 127.0.0.2 5000 typ host"]
+    );
+}
+
+#[tokio::test]
+async fn an_ice_restart_of_an_unknown_or_foreign_peer_reaches_no_relay() {
+    let fleet = Fleet::start().await;
+    fleet.knows(vec![record(
+        PEER,
+        RELAY_A,
+        "someone-else",
+        pb::PeerState::Connected,
+        1,
+    )]);
+    let relay = restarting(&fleet.nats, RELAY_A).await;
+    let body = problem(fleet.restart(UNKNOWN_PEER).await, StatusCode::NOT_FOUND).await;
+    assert_eq!(problem_type(&body), "urn:deltamesh:problem:unknown-peer");
+    let body = problem(fleet.restart(PEER).await, StatusCode::FORBIDDEN).await;
+    assert_eq!(problem_type(&body), "urn:deltamesh:problem:forbidden");
+    assert!(relay.seen().is_empty());
+}
+
+#[tokio::test]
+async fn relay_failures_on_an_ice_restart_are_passed_on() {
+    use pb::RelayFailureCode as Code;
+    // A peer on the WebSocket lane has no ICE to restart: the relay says
+    // BAD_OFFER, as in one process.
+    let cases = [
+        (Code::BadOffer, StatusCode::BAD_REQUEST),
+        (Code::UnknownPeer, StatusCode::NOT_FOUND),
+        (Code::NotOwner, StatusCode::FORBIDDEN),
+        (Code::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE),
+    ];
+    let fleet = Fleet::start().await;
+    fleet.knows(vec![record(
+        PEER,
+        RELAY_A,
+        DEV_SUBJECT,
+        pb::PeerState::Connected,
+        1,
+    )]);
+    for (code, status) in cases {
+        let relay = FakeRelay::failing(&fleet.nats, RELAY_A, code, 0).await;
+        problem(fleet.restart(PEER).await, status).await;
+        assert_eq!(relay.seen().len(), 1, "{code:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_ice_restart_whose_relay_is_gone_is_a_404_and_one_never_answered_a_504() {
+    let fleet = Fleet::start_with(SHORT_TIMEOUTS).await;
+    fleet.knows(vec![
+        record(PEER, RELAY_A, DEV_SUBJECT, pb::PeerState::Connected, 1),
+        record(
+            UNKNOWN_PEER,
+            RELAY_C,
+            DEV_SUBJECT,
+            pb::PeerState::Connected,
+            2,
+        ),
+    ]);
+    problem(fleet.restart(UNKNOWN_PEER).await, StatusCode::NOT_FOUND).await;
+    let relay = FakeRelay::start(&fleet.nats, RELAY_A, |_| None).await;
+    let started = Instant::now();
+    let body = problem(fleet.restart(PEER).await, StatusCode::GATEWAY_TIMEOUT).await;
+    assert!(detail(&body).contains("the relay"), "{body}");
+    assert!(started.elapsed() >= SHORT_TIMEOUTS.relay);
+    assert_eq!(relay.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn a_relay_answering_a_restart_with_something_else_is_a_503() {
+    let fleet = Fleet::start().await;
+    fleet.knows(vec![record(
+        PEER,
+        RELAY_A,
+        DEV_SUBJECT,
+        pb::PeerState::Connected,
+        1,
+    )]);
+    let _relay = FakeRelay::healthy(&fleet.nats, RELAY_A).await;
+    let body = problem(fleet.restart(PEER).await, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(
+        detail(&body).contains("did not answer the ICE restart"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_trickle_naming_an_ice_restart_is_refused_without_asking_anyone() {
     let fleet = Fleet::start().await;
     let error = fleet
         .network

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
+use super::path_lane::PathLane;
 use super::socket::{SocketDriver, SocketLink};
 use super::{ConnectError, ConnectOptions, Driver, Ended, Link, Request, handle_request};
 use crate::core::{PeerCore, PeerEvent};
@@ -125,7 +126,13 @@ impl Parts {
             choice,
             started,
         } = self;
-        let _ = lane.send(Lane::WebRtcUdp);
+        // Until DTLS goes out, the lane its candidates suggest.
+        let first = if options.udp {
+            Lane::WebRtcUdp
+        } else {
+            Lane::WebRtcTcp
+        };
+        let lane = PathLane::new(lane, first);
         let fallback_at = policy.webrtc_deadline().map(|after| Instant::now() + after);
         let mut driver = Driver {
             link: *link,
@@ -136,6 +143,7 @@ impl Parts {
             local_ip,
             restarts: 0,
             fallback_at,
+            lane,
         };
         let ended = driver.serve(requests).await;
         if matches!(ended, Ended::Moved(..)) {
@@ -160,8 +168,10 @@ impl Parts {
             options,
             http,
             local_ip,
+            lane,
             ..
         } = driver;
+        let lane = lane.into_sender();
         let parts = Parts {
             core,
             events,

@@ -1,8 +1,9 @@
-//! A relay's control subject: signal's offers, lane sockets, trickles and disconnects
-//! arrive over NATS request/reply as `RelayRequest`s and are answered with
-//! `RelayReply`s. Every request is checked before it reaches the relay; a
-//! malformed one gets `BAD_REQUEST`, never silence. An offer's trace
-//! arrives in the message's `traceparent` and `tracestate` headers.
+//! A relay's control subject: signal's offers, lane sockets, trickles, ICE
+//! restarts and disconnects arrive over NATS request/reply as
+//! `RelayRequest`s and are answered with `RelayReply`s. Every request is
+//! checked before it reaches the relay; a malformed one gets `BAD_REQUEST`,
+//! never silence. An offer's trace arrives in the message's `traceparent`
+//! and `tracestate` headers.
 
 use deltamesh_proto::fleet::pb;
 use deltamesh_proto::session::is_valid_session;
@@ -18,6 +19,12 @@ use crate::{PeerAccess, RelayError, RelayHandle};
 const MAX_IDENTITY: usize = 1024;
 /// Most trickled candidates in one request.
 const MAX_CANDIDATES: usize = 64;
+/// Shortest `ice-ufrag` of an ICE restart (RFC 8839 §5.4).
+const MIN_UFRAG: usize = 4;
+/// Shortest `ice-pwd` of an ICE restart (RFC 8839 §5.4).
+const MIN_PWD: usize = 22;
+/// Longest `ice-ufrag` or `ice-pwd`.
+const MAX_ICE_CREDENTIAL: usize = 256;
 
 /// Answers the control requests arriving on `requests` (the relay's
 /// control subject) until the subscription ends.
@@ -115,6 +122,32 @@ async fn run(
                 .map_err(failure)?;
             Ok(pb::relay_reply::Reply::Done(pb::Done {}))
         }
+        Request::IceRestart(restart) => {
+            let peer = check_peer(&restart.session, &restart.peer_id, &restart.identity)?;
+            check_ice_credential(&restart.ufrag, MIN_UFRAG, "ufrag")?;
+            check_ice_credential(&restart.pwd, MIN_PWD, "pwd")?;
+            if restart.candidates.len() > MAX_CANDIDATES {
+                return Err(bad_request("too many candidates"));
+            }
+            relay
+                .check_owner(&restart.session, peer, &restart.identity)
+                .map_err(failure)?;
+            let restarted = relay
+                .restart_ice(
+                    &restart.session,
+                    peer,
+                    &restart.ufrag,
+                    &restart.pwd,
+                    &restart.candidates,
+                )
+                .await
+                .map_err(failure)?;
+            Ok(pb::relay_reply::Reply::Restarted(pb::IceRestarted {
+                ice_ufrag: restarted.ice_ufrag,
+                ice_pwd: restarted.ice_pwd,
+                candidates: restarted.candidates,
+            }))
+        }
         Request::Disconnect(disconnect) => {
             let peer = check_peer(
                 &disconnect.session,
@@ -153,6 +186,19 @@ fn check_peer(session: &str, peer: &[u8], identity: &str) -> Result<Id, pb::Rela
     check_session(session)?;
     check_identity(identity)?;
     Id::from_slice(peer).map_err(|error| bad_request(&error.to_string()))
+}
+
+/// An `ice-ufrag` or `ice-pwd` of `min` to 256 ice-chars (ALPHA, DIGIT,
+/// `+`, `/`), as signal checks it before it asks.
+fn check_ice_credential(value: &str, min: usize, name: &str) -> Result<(), pb::RelayFailure> {
+    let ice_char = |b: u8| b.is_ascii_alphanumeric() || b == b'+' || b == b'/';
+    if (min..=MAX_ICE_CREDENTIAL).contains(&value.len()) && value.bytes().all(ice_char) {
+        Ok(())
+    } else {
+        Err(bad_request(&format!(
+            "ice-{name} must be {min} to {MAX_ICE_CREDENTIAL} ice-chars"
+        )))
+    }
 }
 
 fn bad_request(detail: &str) -> pb::RelayFailure {

@@ -21,6 +21,14 @@
 //!   and the parts' sequences (`Dm-Parts`). A follower fetches the parts
 //!   by sequence, checks they are this delta's, and validates the whole
 //!   frame (CRC included) before it stores it, once.
+//! - **Back-pressure**: at most [`StreamLimits::max_pending`] deltas and
+//!   [`StreamLimits::max_pending_bytes`] bytes wait for JetStream at once
+//!   (queued or in flight); beyond either, `append` refuses at once with
+//!   [`LogError::Unavailable`] (the sender's `Reject{UNAVAILABLE}`: send it
+//!   again later), so a NATS outage holds the relay's memory at that bound.
+//! - **Idle sessions**: a session's replica outlives its last local peer by
+//!   [`StreamLimits::replica_idle`] (a quick reconnect finds it caught up),
+//!   then is forgotten; a later peer has it replayed from the stream.
 //! - **Resume**: tokens are an HMAC of session and origin under a key all
 //!   relays share, so a peer may resume on any relay; what the origin stored
 //!   last comes from the replica, which is caught up before peers are welcomed.
@@ -86,6 +94,16 @@ pub struct StreamLimits {
     /// How long a failed publish is retried before the sender gets
     /// `Reject{UNAVAILABLE}`; keep it well inside `duplicate_window`.
     pub retry_for: Duration,
+    /// The most deltas waiting for JetStream's acknowledgement at once,
+    /// queued or in flight, for the whole relay; one more is refused.
+    pub max_pending: usize,
+    /// The most frame bytes waiting for JetStream at once; a delta that
+    /// would pass it is refused (one larger than it alone is taken only
+    /// when nothing else waits).
+    pub max_pending_bytes: usize,
+    /// How long a session's replica is kept after its last local peer
+    /// left, before its memory is freed.
+    pub replica_idle: Duration,
 }
 
 impl Default for StreamLimits {
@@ -97,6 +115,9 @@ impl Default for StreamLimits {
             max_age: Duration::from_secs(24 * 3600),
             duplicate_window: Duration::from_secs(120),
             retry_for: Duration::from_secs(60),
+            max_pending: 16_384,
+            max_pending_bytes: 64 << 20,
+            replica_idle: Duration::from_secs(60),
         }
     }
 }
@@ -122,6 +143,16 @@ struct Publish {
     frame: Bytes,
     client_seq: u64,
     ack_to: AckTo,
+}
+
+/// The sessions followed into the replica, and those waiting to be
+/// forgotten.
+#[derive(Default)]
+struct Feeds {
+    following: HashMap<Arc<str>, Feed>,
+    /// Sessions without local peers, each with the timer that forgets its
+    /// replica after [`StreamLimits::replica_idle`].
+    idle: HashMap<Arc<str>, JoinHandle<()>>,
 }
 
 /// One session followed into the replica.
@@ -151,8 +182,54 @@ pub struct JetStreamLog {
     inner: Arc<Inner>,
     resume_key: hmac::Key,
     publishes: mpsc::UnboundedSender<Publish>,
-    feeds: Mutex<HashMap<Arc<str>, Feed>>,
-    pending: Arc<AtomicUsize>,
+    feeds: Arc<Mutex<Feeds>>,
+    backlog: Arc<Backlog>,
+}
+
+/// The deltas waiting for JetStream (queued or in flight), held within
+/// [`StreamLimits::max_pending`] and [`StreamLimits::max_pending_bytes`].
+struct Backlog {
+    max_deltas: usize,
+    max_bytes: usize,
+    /// Deltas and frame bytes waiting now.
+    waiting: Mutex<(usize, usize)>,
+    /// The delta count, for the gauge to read without the lock.
+    deltas: AtomicUsize,
+}
+
+impl Backlog {
+    fn new(limits: &StreamLimits) -> Self {
+        Backlog {
+            max_deltas: limits.max_pending,
+            max_bytes: limits.max_pending_bytes,
+            waiting: Mutex::new((0, 0)),
+            deltas: AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts a delta of `len` bytes in, or says why it does not fit.
+    fn admit(&self, len: usize) -> Result<(), LogError> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let (deltas, bytes) = *waiting;
+        let fits_bytes = bytes + len <= self.max_bytes || deltas == 0;
+        if deltas >= self.max_deltas || !fits_bytes {
+            return Err(LogError::Unavailable(format!(
+                "{deltas} deltas ({bytes} bytes) already wait for the delta store \
+                 (at most {} deltas, {} bytes); send it again later",
+                self.max_deltas, self.max_bytes
+            )));
+        }
+        *waiting = (deltas + 1, bytes + len);
+        self.deltas.store(deltas + 1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Counts a delta of `len` bytes out: JetStream answered, or it gave up.
+    fn release(&self, len: usize) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        *waiting = (waiting.0 - 1, waiting.1 - len);
+        self.deltas.store(waiting.0, Ordering::Relaxed);
+    }
 }
 
 impl JetStreamLog {
@@ -178,25 +255,26 @@ impl JetStreamLog {
             published: AtomicU64::new(0),
             parts_ready: AtomicBool::new(false),
         });
+        // Unbounded only in type: `append` admits through the backlog.
         let (publishes, queue) = mpsc::unbounded_channel();
-        let pending = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(publisher(Arc::clone(&inner), queue, Arc::clone(&pending)));
+        let backlog = Arc::new(Backlog::new(&limits));
+        tokio::spawn(publisher(Arc::clone(&inner), queue, Arc::clone(&backlog)));
         JetStreamLog {
             inner,
             resume_key: hmac::Key::new(hmac::HMAC_SHA256, resume_secret),
             publishes,
-            feeds: Mutex::new(HashMap::new()),
-            pending,
+            feeds: Arc::default(),
+            backlog,
         }
     }
 
     /// Deltas published and not yet acknowledged by JetStream.
     pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Relaxed)
+        self.backlog.deltas.load(Ordering::Relaxed)
     }
 
-    fn feeds(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Feed>> {
-        self.feeds.lock().unwrap_or_else(|e| e.into_inner())
+    fn feeds(&self) -> std::sync::MutexGuard<'_, Feeds> {
+        lock_feeds(&self.feeds)
     }
 
     fn resume_token(&self, session: &str, origin: Id) -> [u8; 16] {
@@ -213,8 +291,12 @@ impl JetStreamLog {
 
 impl Drop for JetStreamLog {
     fn drop(&mut self) {
-        for feed in self.feeds().values() {
+        let feeds = self.feeds();
+        for feed in feeds.following.values() {
             feed.task.abort();
+        }
+        for timer in feeds.idle.values() {
+            timer.abort();
         }
     }
 }
@@ -231,7 +313,8 @@ impl DeltaLog for JetStreamLog {
         if let Some(known) = self.inner.replica.resend(session, by.origin, client_seq) {
             return known.map(Appended::Duplicate);
         }
-        self.pending.fetch_add(1, Ordering::Relaxed);
+        let len = frame.as_bytes().len();
+        self.backlog.admit(len)?;
         let parts_subject = (frame.as_bytes().len() > PART_SIZE)
             .then(|| fleet::delta_parts_subject(session, by.origin, client_seq));
         let publish = Publish {
@@ -244,7 +327,7 @@ impl DeltaLog for JetStreamLog {
             ack_to: ack_to.clone(),
         };
         if self.publishes.send(publish).is_err() {
-            self.pending.fetch_sub(1, Ordering::Relaxed);
+            self.backlog.release(len);
             return Err(LogError::Unavailable("the publisher stopped".into()));
         }
         Ok(Appended::Pending)
@@ -256,6 +339,7 @@ impl DeltaLog for JetStreamLog {
 
     fn is_current(&self, session: &str) -> bool {
         self.feeds()
+            .following
             .get(session)
             .is_some_and(|feed| feed.current.load(Ordering::Acquire))
     }
@@ -287,32 +371,64 @@ impl DeltaLog for JetStreamLog {
     fn watch(&self, session: &Arc<str>, shard: &Arc<ShardWake>) {
         self.inner.replica.watch(session, shard);
         let mut feeds = self.feeds();
-        let feed = feeds.entry(Arc::clone(session)).or_insert_with(|| {
-            let current = Arc::new(AtomicBool::new(false));
-            let task = tokio::spawn(follow(
-                Arc::clone(&self.inner),
-                Arc::clone(session),
-                Arc::clone(&current),
-            ));
-            Feed {
-                watchers: 0,
-                current,
-                task,
-            }
-        });
+        if let Some(timer) = feeds.idle.remove(session) {
+            timer.abort();
+        }
+        let feed = feeds
+            .following
+            .entry(Arc::clone(session))
+            .or_insert_with(|| {
+                let current = Arc::new(AtomicBool::new(false));
+                let task = tokio::spawn(follow(
+                    Arc::clone(&self.inner),
+                    Arc::clone(session),
+                    Arc::clone(&current),
+                ));
+                Feed {
+                    watchers: 0,
+                    current,
+                    task,
+                }
+            });
         feed.watchers += 1;
     }
 
     fn unwatch(&self, session: &Arc<str>, shard: &Arc<ShardWake>) {
         self.inner.replica.unwatch(session, shard);
         let mut feeds = self.feeds();
-        if let Some(feed) = feeds.get_mut(session) {
-            feed.watchers -= 1;
-            if feed.watchers == 0 {
-                feed.task.abort();
-                feeds.remove(session);
-            }
+        let Some(feed) = feeds.following.get_mut(session) else {
+            return;
+        };
+        feed.watchers -= 1;
+        if feed.watchers > 0 {
+            return;
         }
+        feed.task.abort();
+        feeds.following.remove(session);
+        let timer = tokio::spawn(forget_when_idle(
+            Arc::clone(&self.inner),
+            Arc::clone(&self.feeds),
+            Arc::clone(session),
+        ));
+        if let Some(earlier) = feeds.idle.insert(Arc::clone(session), timer) {
+            earlier.abort();
+        }
+    }
+}
+
+fn lock_feeds(feeds: &Mutex<Feeds>) -> std::sync::MutexGuard<'_, Feeds> {
+    feeds.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Forgets `session`'s replica once it has had no local peer for
+/// [`StreamLimits::replica_idle`] (a peer that came back in between
+/// aborted this timer, and the replica keeps a watched session anyway).
+async fn forget_when_idle(inner: Arc<Inner>, feeds: Arc<Mutex<Feeds>>, session: Arc<str>) {
+    tokio::time::sleep(inner.limits.replica_idle).await;
+    let mut feeds = lock_feeds(&feeds);
+    feeds.idle.remove(&session);
+    if !feeds.following.contains_key(&session) {
+        inner.replica.forget(&session);
     }
 }
 
@@ -477,7 +593,7 @@ async fn fetch_parts(
 async fn publisher(
     inner: Arc<Inner>,
     mut queue: mpsc::UnboundedReceiver<Publish>,
-    pending: Arc<AtomicUsize>,
+    backlog: Arc<Backlog>,
 ) {
     let mut in_flight = FuturesUnordered::new();
     loop {
@@ -489,12 +605,12 @@ async fn publisher(
                 }
                 None => break,
             },
-            Some(()) = in_flight.next(), if !in_flight.is_empty() => {
-                pending.fetch_sub(1, Ordering::Relaxed);
-            }
+            Some(len) = in_flight.next(), if !in_flight.is_empty() => backlog.release(len),
         }
     }
-    while in_flight.next().await.is_some() {}
+    while let Some(len) = in_flight.next().await {
+        backlog.release(len);
+    }
 }
 
 /// One delta on its way into its session's stream.
@@ -561,9 +677,10 @@ async fn send(inner: &Inner, publish: Publish) -> Sending {
 
 /// Awaits a delta's acknowledgement, publishing again with the same message
 /// id until JetStream stores it or `retry_for` runs out, and hands the
-/// verdict to the sender's shard. (A retried delta may land after later
-/// ones of its sender: order holds while NATS answers.)
-async fn finish(inner: &Inner, sending: Sending) {
+/// verdict to the sender's shard; returns the frame's length, for the
+/// backlog. (A retried delta may land after later ones of its sender:
+/// order holds while NATS answers.)
+async fn finish(inner: &Inner, sending: Sending) -> usize {
     let Sending {
         publish,
         started,
@@ -611,6 +728,7 @@ async fn finish(inner: &Inner, sending: Sending) {
         client_seq: publish.client_seq,
         outcome,
     });
+    publish.frame.len()
 }
 
 /// The message a delta is stored as in its session's stream: the whole
@@ -756,6 +874,10 @@ mod tests {
     use prometheus_client::metrics::histogram::exponential_buckets;
 
     async fn relay_log(url: &str, relay: Id) -> JetStreamLog {
+        relay_log_with(url, relay, StreamLimits::default()).await
+    }
+
+    async fn relay_log_with(url: &str, relay: Id, limits: StreamLimits) -> JetStreamLog {
         let client = async_nats::connect(url).await.expect("NATS answers");
         JetStreamLog::new(
             jetstream::new(client),
@@ -763,7 +885,7 @@ mod tests {
             relay,
             None,
             b"a fleet secret",
-            StreamLimits::default(),
+            limits,
             LogTelemetry {
                 publish_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 8)),
                 trace_every: 0,
@@ -862,5 +984,167 @@ mod tests {
             Ok(Appended::Duplicate(1))
         );
         eprintln!("16 MiB through JetStream: {:?}", started.elapsed());
+    }
+
+    fn frame(client_seq: u64) -> Vec<u8> {
+        FrameHeader {
+            client_seq,
+            ..FrameHeader::default()
+        }
+        .encode(format!("delta {client_seq}").as_bytes())
+        .expect("a frame")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_nats_away_the_backlog_holds_its_bound_and_what_it_took_is_stored_once_after() {
+        let mut nats = NatsServer::start();
+        let limits = StreamLimits {
+            max_pending: 8,
+            retry_for: Duration::from_secs(30),
+            ..StreamLimits::default()
+        };
+        let log = relay_log_with(&nats.url(), Id::random(), limits).await;
+        let session: Arc<str> = "outage.backlog".into();
+        let wake = Arc::new(ShardWake::default());
+        log.watch(&session, &wake);
+        until("current", || log.is_current(&session).then_some(())).await;
+        let origin = Id::random();
+        let by = Acceptance {
+            origin,
+            validator: Id::random(),
+            validated_at_us: 0,
+            signer: None,
+        };
+        let ack_to = AckTo {
+            shard: Arc::clone(&wake),
+            peer: origin,
+        };
+        let frames: Vec<Vec<u8>> = (1..=20).map(frame).collect();
+        let append = |client_seq: u64| {
+            let frame = DeltaFrame::parse(&frames[client_seq as usize - 1]).expect("valid");
+            log.append(&session, by, frame, &ack_to)
+        };
+
+        nats.stop();
+        for client_seq in 1..=8 {
+            assert_eq!(append(client_seq), Ok(Appended::Pending), "#{client_seq}");
+        }
+        let refused = Instant::now();
+        for client_seq in 9..=20 {
+            match append(client_seq) {
+                Err(LogError::Unavailable(detail)) => {
+                    assert!(detail.contains("send it again later"), "{detail}")
+                }
+                other => panic!("#{client_seq} past the bound: {other:?}"),
+            }
+        }
+        assert!(
+            refused.elapsed() < Duration::from_millis(100),
+            "refused at once"
+        );
+        assert_eq!(log.pending(), 8, "the backlog holds its bound");
+
+        nats.restart();
+        let mut acks = Vec::new();
+        while acks.len() < 8 {
+            let taken = until("JetStream's acks after the outage", || {
+                let taken = wake.take().acks;
+                (!taken.is_empty()).then_some(taken)
+            })
+            .await;
+            for ack in taken {
+                acks.push((
+                    ack.client_seq,
+                    ack.outcome.expect("stored once NATS is back"),
+                ));
+            }
+        }
+        let mut seqs: Vec<u64> = acks.iter().map(|(_, seq)| *seq).collect();
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (1..=8).collect::<Vec<_>>(),
+            "each stored once: {acks:?}"
+        );
+        until("the backlog drained", || (log.pending() == 0).then_some(())).await;
+
+        // What was refused goes in now, and a resend of what was taken is
+        // the delta it was.
+        assert_eq!(append(9), Ok(Appended::Pending));
+        let ack = until("the ack of #9", || wake.take().acks.pop()).await;
+        assert_eq!((ack.client_seq, ack.outcome), (9, Ok(9)));
+        until("the replica has all nine", || {
+            (log.head(&session) == 9).then_some(())
+        })
+        .await;
+        let stored_as = acks
+            .iter()
+            .find(|(client_seq, _)| *client_seq == 3)
+            .map(|(_, seq)| *seq)
+            .expect("#3 acked");
+        assert_eq!(append(3), Ok(Appended::Duplicate(stored_as)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_without_local_peers_is_forgotten_after_the_idle_time_and_replayed_when_it_returns()
+     {
+        let nats = NatsServer::start();
+        let limits = StreamLimits {
+            replica_idle: Duration::from_millis(300),
+            ..StreamLimits::default()
+        };
+        let log = relay_log_with(&nats.url(), Id::random(), limits).await;
+        let session: Arc<str> = "idle.session".into();
+        let wake = Arc::new(ShardWake::default());
+        log.watch(&session, &wake);
+        until("current", || log.is_current(&session).then_some(())).await;
+        let origin = Id::random();
+        let by = Acceptance {
+            origin,
+            validator: Id::random(),
+            validated_at_us: 0,
+            signer: None,
+        };
+        let ack_to = AckTo {
+            shard: Arc::clone(&wake),
+            peer: origin,
+        };
+        let frames: Vec<Vec<u8>> = (1..=3).map(frame).collect();
+        let append = |client_seq: u64| {
+            let frame = DeltaFrame::parse(&frames[client_seq as usize - 1]).expect("valid");
+            log.append(&session, by, frame, &ack_to)
+        };
+        for client_seq in 1..=3 {
+            assert_eq!(append(client_seq), Ok(Appended::Pending));
+        }
+        until("the replica has all three", || {
+            (log.head(&session) == 3).then_some(())
+        })
+        .await;
+
+        // Back within the idle time: still there, no replay needed.
+        log.unwatch(&session, &wake);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        log.watch(&session, &wake);
+        assert_eq!(log.head(&session), 3, "kept while a peer may come back");
+        log.unwatch(&session, &wake);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            log.head(&session),
+            3,
+            "the idle time starts at the last leave"
+        );
+
+        until("forgotten after the idle time", || {
+            (log.head(&session) == 0).then_some(())
+        })
+        .await;
+        assert!(log.feeds().idle.is_empty(), "no timer left behind");
+
+        // A peer that comes later has the session replayed, resends known.
+        log.watch(&session, &wake);
+        until("current again", || log.is_current(&session).then_some(())).await;
+        assert_eq!(log.head(&session), 3);
+        assert_eq!(append(2), Ok(Appended::Duplicate(2)));
     }
 }
