@@ -380,10 +380,10 @@ async fn a_page_moves_from_the_websocket_lane_to_webrtc_and_back_losing_and_doub
     let first_id = peer_id().await;
     exchange(&page, &mut native).await;
 
-    // The network lets WebRTC through again. Once `retryWebrtcMs` has
-    // passed on the lane, the next reconnect tries WebRTC, and resumes
-    // there what was sent meanwhile.
-    netns.unblock();
+    // The network lets UDP through again (ICE-TCP stays blocked). Once
+    // `retryWebrtcMs` has passed on the lane, the next reconnect tries
+    // WebRTC, and resumes there what was sent meanwhile.
+    netns.unblock_udp();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let id = Id::from_str(first_id.as_str().unwrap()).unwrap();
     stack.relays[0]

@@ -88,7 +88,6 @@ impl NetNs {
     }
 
     /// Lets UDP through again: removes what [`NetNs::block_udp`] added.
-    #[allow(dead_code)] // tests/stack uses it; tests/browser includes this file too
     pub(crate) fn unblock_udp(&self) {
         for chain in ["OUTPUT", "INPUT"] {
             let interface = if chain == "OUTPUT" { "-o" } else { "-i" };
@@ -104,14 +103,6 @@ impl NetNs {
         self.iptables(&[
             "-A", "OUTPUT", "-p", "tcp", "--dport", &port, "-j", "REJECT",
         ]);
-    }
-
-    /// Removes every rule [`NetNs::block_udp`] and [`NetNs::block_tcp_port`]
-    /// added, as when the client moves to a network that blocks nothing.
-    pub(crate) fn unblock(&self) {
-        for chain in ["OUTPUT", "INPUT"] {
-            self.iptables(&["-F", chain]);
-        }
     }
 
     /// A command that runs `program` inside the namespace.
