@@ -995,6 +995,44 @@ mod tests {
         .expect("a frame")
     }
 
+    /// One origin appending frames `1..=count` to one session it watches.
+    struct Writer {
+        session: Arc<str>,
+        wake: Arc<ShardWake>,
+        origin: Id,
+        frames: Vec<Vec<u8>>,
+    }
+
+    impl Writer {
+        /// Watches `session` on `log` and waits until it is current.
+        async fn on(log: &JetStreamLog, session: &str, count: u64) -> Writer {
+            let writer = Writer {
+                session: session.into(),
+                wake: Arc::new(ShardWake::default()),
+                origin: Id::random(),
+                frames: (1..=count).map(frame).collect(),
+            };
+            log.watch(&writer.session, &writer.wake);
+            until("current", || log.is_current(&writer.session).then_some(())).await;
+            writer
+        }
+
+        fn append(&self, log: &JetStreamLog, client_seq: u64) -> Result<Appended, LogError> {
+            let by = Acceptance {
+                origin: self.origin,
+                validator: self.origin,
+                validated_at_us: 0,
+                signer: None,
+            };
+            let ack_to = AckTo {
+                shard: Arc::clone(&self.wake),
+                peer: self.origin,
+            };
+            let frame = DeltaFrame::parse(&self.frames[client_seq as usize - 1]).expect("valid");
+            log.append(&self.session, by, frame, &ack_to)
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn with_nats_away_the_backlog_holds_its_bound_and_what_it_took_is_stored_once_after() {
         let mut nats = NatsServer::start();
@@ -1004,26 +1042,10 @@ mod tests {
             ..StreamLimits::default()
         };
         let log = relay_log_with(&nats.url(), Id::random(), limits).await;
-        let session: Arc<str> = "outage.backlog".into();
-        let wake = Arc::new(ShardWake::default());
-        log.watch(&session, &wake);
-        until("current", || log.is_current(&session).then_some(())).await;
-        let origin = Id::random();
-        let by = Acceptance {
-            origin,
-            validator: Id::random(),
-            validated_at_us: 0,
-            signer: None,
-        };
-        let ack_to = AckTo {
-            shard: Arc::clone(&wake),
-            peer: origin,
-        };
-        let frames: Vec<Vec<u8>> = (1..=20).map(frame).collect();
-        let append = |client_seq: u64| {
-            let frame = DeltaFrame::parse(&frames[client_seq as usize - 1]).expect("valid");
-            log.append(&session, by, frame, &ack_to)
-        };
+        let writer = Writer::on(&log, "outage.backlog", 20).await;
+        let append = |client_seq| writer.append(&log, client_seq);
+        let wake = &writer.wake;
+        let session = &writer.session;
 
         nats.stop();
         for client_seq in 1..=8 {
@@ -1074,7 +1096,7 @@ mod tests {
         let ack = until("the ack of #9", || wake.take().acks.pop()).await;
         assert_eq!((ack.client_seq, ack.outcome), (9, Ok(9)));
         until("the replica has all nine", || {
-            (log.head(&session) == 9).then_some(())
+            (log.head(session) == 9).then_some(())
         })
         .await;
         let stored_as = acks
@@ -1086,65 +1108,47 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_session_without_local_peers_is_forgotten_after_the_idle_time_and_replayed_when_it_returns()
-     {
+    async fn a_session_without_peers_is_forgotten_after_the_idle_time_and_replayed_later() {
         let nats = NatsServer::start();
         let limits = StreamLimits {
             replica_idle: Duration::from_millis(300),
             ..StreamLimits::default()
         };
         let log = relay_log_with(&nats.url(), Id::random(), limits).await;
-        let session: Arc<str> = "idle.session".into();
-        let wake = Arc::new(ShardWake::default());
-        log.watch(&session, &wake);
-        until("current", || log.is_current(&session).then_some(())).await;
-        let origin = Id::random();
-        let by = Acceptance {
-            origin,
-            validator: Id::random(),
-            validated_at_us: 0,
-            signer: None,
-        };
-        let ack_to = AckTo {
-            shard: Arc::clone(&wake),
-            peer: origin,
-        };
-        let frames: Vec<Vec<u8>> = (1..=3).map(frame).collect();
-        let append = |client_seq: u64| {
-            let frame = DeltaFrame::parse(&frames[client_seq as usize - 1]).expect("valid");
-            log.append(&session, by, frame, &ack_to)
-        };
+        let writer = Writer::on(&log, "idle.session", 3).await;
+        let append = |client_seq| writer.append(&log, client_seq);
+        let (session, wake) = (&writer.session, &writer.wake);
         for client_seq in 1..=3 {
             assert_eq!(append(client_seq), Ok(Appended::Pending));
         }
         until("the replica has all three", || {
-            (log.head(&session) == 3).then_some(())
+            (log.head(session) == 3).then_some(())
         })
         .await;
 
         // Back within the idle time: still there, no replay needed.
-        log.unwatch(&session, &wake);
+        log.unwatch(session, wake);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        log.watch(&session, &wake);
-        assert_eq!(log.head(&session), 3, "kept while a peer may come back");
-        log.unwatch(&session, &wake);
+        log.watch(session, wake);
+        assert_eq!(log.head(session), 3, "kept while a peer may come back");
+        log.unwatch(session, wake);
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(
-            log.head(&session),
+            log.head(session),
             3,
             "the idle time starts at the last leave"
         );
 
         until("forgotten after the idle time", || {
-            (log.head(&session) == 0).then_some(())
+            (log.head(session) == 0).then_some(())
         })
         .await;
         assert!(log.feeds().idle.is_empty(), "no timer left behind");
 
         // A peer that comes later has the session replayed, resends known.
-        log.watch(&session, &wake);
-        until("current again", || log.is_current(&session).then_some(())).await;
-        assert_eq!(log.head(&session), 3);
+        log.watch(session, wake);
+        until("current again", || log.is_current(session).then_some(())).await;
+        assert_eq!(log.head(session), 3);
         assert_eq!(append(2), Ok(Appended::Duplicate(2)));
     }
 }
