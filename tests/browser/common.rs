@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use deltamesh::{RunningStack, StackConfig, start, start_on};
+use deltamesh_proto::Id;
 use deltamesh_relay::RelayConfig;
 use deltamesh_signal::SignalConfig;
 use deltamesh_worker::{ConnectOptions, LaneChoice, NativePeer, PeerEvent};
@@ -215,4 +216,123 @@ pub(crate) async fn v11_page(browser: &Browser, stack: &RunningStack, session: &
         .await
         .expect("the bundle loads and the page connects");
     page
+}
+
+/// The text of delta `i` from `tag` in [`exchange_with_native`] (sizes
+/// vary, up to 400 bytes); the page makes the same.
+pub(crate) fn exchange_text(tag: &str, i: u64) -> String {
+    format!("{tag}-{i}-{}", "z".repeat((i * 17 % 400) as usize))
+}
+
+/// Sends `per_peer` deltas from `page` and from `native` at once (both
+/// connected with `echo`), then checks that both saw all `2 * per_peer` in
+/// one order, each sender's in its own order, nothing lost or doubled.
+pub(crate) async fn exchange_with_native(page: &Page, native: &mut NativePeer, per_peer: u64) {
+    let script = format!(
+        r#"(async () => {{
+            const sends = [];
+            for (let i = 0; i < {per_peer}; i++) {{
+                const text = `page-${{i}}-` + 'z'.repeat(i * 17 % 400);
+                sends.push(window.conn.send(2, "00000000-0000-4000-8000-000000000011",
+                    new TextEncoder().encode(text)));
+            }}
+            await Promise.all(sends);
+            return true;
+        }})()"#
+    );
+    let before = eval(page, "window.got.length").await.as_u64().unwrap();
+    let page_sends = eval(page, &script);
+    let native_sends = async {
+        for i in 0..per_peer {
+            native
+                .send(2, Id::default(), exchange_text("native", i).into_bytes())
+                .await
+                .expect("queued");
+        }
+    };
+    tokio::join!(page_sends, native_sends);
+    let at_native = native_receives(native, 2 * per_peer as usize).await;
+    let wanted = before + 2 * per_peer;
+    wait(page, &format!("window.got.length >= {wanted}"), 60).await;
+    let at_page: Vec<(u64, String)> = received(page)
+        .await
+        .into_iter()
+        .skip(before as usize)
+        .map(|(seq, _, text)| (seq, text))
+        .collect();
+    assert_eq!(at_page, at_native, "one order on both sides");
+    let first = at_page[0].0;
+    let seqs: Vec<u64> = at_page.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(
+        seqs,
+        (first..first + 2 * per_peer).collect::<Vec<_>>(),
+        "nothing lost or doubled"
+    );
+    for tag in ["page", "native"] {
+        let texts: Vec<&str> = at_page
+            .iter()
+            .map(|(_, text)| text.as_str())
+            .filter(|t| t.starts_with(&format!("{tag}-")))
+            .collect();
+        let expected: Vec<String> = (0..per_peer).map(|i| exchange_text(tag, i)).collect();
+        assert_eq!(texts, expected, "{tag}'s deltas intact, in its order");
+    }
+}
+
+/// Connects in `page` (already loaded) `rounds` times for each of
+/// `variants` (a name and the JS `connect` options), alternating, paced
+/// within signal's per-token rate (a 429's `Retry-After` of 1 s would show
+/// as an outlier); says, per name, `connect()` to Welcome as
+/// "p50 … ms, max … ms over N". Printed for docs/BENCHMARKS.md.
+pub(crate) async fn connect_times(
+    page: &Page,
+    session: &str,
+    variants: &[(&str, &str)],
+    rounds: usize,
+) -> Vec<(String, String)> {
+    let options: Vec<String> = variants
+        .iter()
+        .map(|(name, options)| format!("[{name:?}, {options}]"))
+        .collect();
+    let script = format!(
+        r#"(async () => {{
+            const dm = await import("/pkg/deltamesh_worker.js");
+            const variants = [{}];
+            const times = Object.fromEntries(variants.map(([name]) => [name, []]));
+            for (let i = 0; i < {rounds}; i++) {{
+                for (const [name, options] of variants) {{
+                    const start = performance.now();
+                    const conn = await dm.connect({session:?}, {TOKEN:?}, options);
+                    await conn.connected();
+                    times[name].push(performance.now() - start);
+                    await conn.close();
+                    // A connect makes about four requests; signal takes
+                    // 10 a second per token.
+                    await new Promise((r) => setTimeout(r, 300));
+                }}
+            }}
+            return times;
+        }})()"#,
+        options.join(", ")
+    );
+    let times = eval(page, &script).await;
+    variants
+        .iter()
+        .map(|(name, _)| {
+            let mut ms: Vec<f64> = times[*name]
+                .as_array()
+                .expect("times per variant")
+                .iter()
+                .map(|t| t.as_f64().expect("a time"))
+                .collect();
+            ms.sort_by(f64::total_cmp);
+            let summary = format!(
+                "p50 {:.0} ms, max {:.0} ms over {}",
+                ms[ms.len() / 2],
+                ms[ms.len() - 1],
+                ms.len()
+            );
+            ((*name).to_owned(), summary)
+        })
+        .collect()
 }

@@ -16,7 +16,8 @@ use deltamesh_worker::{ConnectOptions, LaneChoice, NativePeer, PeerEvent};
 
 use crate::cdp::Browser;
 use crate::common::{
-    TOKEN, assert_no_exceptions, eval, native_receives, page_with, received, wait, web_dir,
+    TOKEN, assert_no_exceptions, eval, exchange_text, exchange_with_native, native_receives,
+    page_with, wait, web_dir,
 };
 use crate::netns::NetNs;
 
@@ -57,10 +58,6 @@ pub(crate) async fn udp_peer(stack: &RunningStack, session: &str) -> NativePeer 
     NativePeer::connect(options)
         .await
         .expect("the UDP peer connects")
-}
-
-fn text(tag: &str, i: u64) -> String {
-    format!("{tag}-{i}-{}", "y".repeat((i * 13 % 300) as usize))
 }
 
 #[test]
@@ -118,47 +115,7 @@ async fn chromium_with_udp_blocked_connects_over_ice_tcp_and_shares_one_order_wi
     let lane = "document.querySelector('[data-testid=lane]').textContent";
     wait(&demo, &format!("{lane} === 'webrtc-tcp'"), 20).await;
 
-    let script = format!(
-        r#"(async () => {{
-            const sends = [];
-            for (let i = 0; i < {PER_PEER}; i++) {{
-                const text = `page-${{i}}-` + 'y'.repeat(i * 13 % 300);
-                sends.push(window.conn.send(2, "00000000-0000-4000-8000-000000000002",
-                    new TextEncoder().encode(text)));
-            }}
-            await Promise.all(sends);
-            return true;
-        }})()"#
-    );
-    let page_sends = eval(&page, &script);
-    let native_sends = async {
-        for i in 0..PER_PEER {
-            native
-                .send(2, Id::default(), text("native", i).into_bytes())
-                .await
-                .expect("queued");
-        }
-    };
-    tokio::join!(page_sends, native_sends);
-    let at_native = native_receives(&mut native, 2 * PER_PEER as usize).await;
-    wait(&page, &format!("window.got.length >= {}", 2 * PER_PEER), 60).await;
-    let at_page: Vec<(u64, String)> = received(&page)
-        .await
-        .into_iter()
-        .map(|(seq, _, text)| (seq, text))
-        .collect();
-    assert_eq!(at_page, at_native, "one order on both sides");
-    let seqs: Vec<u64> = at_page.iter().map(|(seq, _)| *seq).collect();
-    assert_eq!(seqs, (1..=2 * PER_PEER).collect::<Vec<_>>(), "nothing lost");
-    for tag in ["page", "native"] {
-        let texts: Vec<&str> = at_page
-            .iter()
-            .map(|(_, text)| text.as_str())
-            .filter(|t| t.starts_with(&format!("{tag}-")))
-            .collect();
-        let expected: Vec<String> = (0..PER_PEER).map(|i| text(tag, i)).collect();
-        assert_eq!(texts, expected, "{tag}'s deltas intact, in its order");
-    }
+    exchange_with_native(&page, &mut native, PER_PEER).await;
     assert_no_exceptions(&page);
     native.close().await;
     drop(browser);
@@ -205,7 +162,7 @@ fn native_inside(netns: &NetNs, signal_url: String, session: &'static str) -> Ve
                         .await
                         .expect("the peer inside connects over ICE-TCP");
                     for i in 0..PER_PEER {
-                        peer.send(2, Id::default(), text("inside", i).into_bytes())
+                        peer.send(2, Id::default(), exchange_text("inside", i).into_bytes())
                             .await
                             .expect("queued");
                     }
@@ -243,7 +200,7 @@ async fn a_native_peer_with_udp_blocked_connects_over_ice_tcp_and_shares_one_ord
     assert!(joined.is_ok(), "the peer inside joined");
     for i in 0..PER_PEER {
         outside
-            .send(2, Id::default(), text("outside", i).into_bytes())
+            .send(2, Id::default(), exchange_text("outside", i).into_bytes())
             .await
             .expect("queued");
     }

@@ -23,8 +23,8 @@ use serde_json::Value;
 
 use crate::cdp::Browser;
 use crate::common::{
-    TOKEN, assert_no_exceptions, eval, native_peer, native_receives, page_with, received, wait,
-    web_dir,
+    TOKEN, assert_no_exceptions, connect_times, eval, native_peer, native_receives, page_with,
+    received, wait, web_dir,
 };
 
 const SECRET: &str = "coturn-test-secret";
@@ -303,53 +303,25 @@ async fn chromium_connects_through_turn_only_and_exchanges_deltas_with_a_native_
     let direct = page_with(&browser, &stack, "turn", "{}").await;
     eval(&direct, "window.conn.connected()").await;
     // Connect times in the loaded page (connect() to Welcome: worker,
-    // OPTIONS, gathering, offer, ICE, DTLS, SCTP), alternating the policy;
-    // printed for docs/BENCHMARKS.md.
-    let times = eval(
+    // OPTIONS, gathering, offer, ICE, DTLS, SCTP), alternating the policy.
+    let times = connect_times(
         &direct,
-        r#"(async () => {
-            const dm = await import("/pkg/deltamesh_worker.js");
-            const times = { relay: [], all: [] };
-            for (let i = 0; i < 10; i++) {
-                for (const policy of ["relay", "all"]) {
-                    const start = performance.now();
-                    const conn = await dm.connect("turn-timing", TOKEN,
-                        { iceTransportPolicy: policy, lane: "webrtc" });
-                    await conn.connected();
-                    times[policy].push(performance.now() - start);
-                    await conn.close();
-                    // Within signal's per-token rate (10 requests/s; a
-                    // connect makes about four): a 429's Retry-After of
-                    // 1 s would show as a connect outlier.
-                    await new Promise((r) => setTimeout(r, 300));
-                }
-            }
-            return times;
-        })()"#
-            .replace("TOKEN", &format!("{TOKEN:?}"))
-            .as_str(),
+        "turn-timing",
+        &[
+            (
+                "relay",
+                r#"{ iceTransportPolicy: "relay", lane: "webrtc" }"#,
+            ),
+            ("all", r#"{ iceTransportPolicy: "all", lane: "webrtc" }"#),
+        ],
+        10,
     )
     .await;
-    let summary = |policy: &str| {
-        let mut ms: Vec<f64> = times[policy]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_f64().unwrap())
-            .collect();
-        ms.sort_by(f64::total_cmp);
-        format!(
-            "p50 {:.0} ms, max {:.0} ms over {}",
-            ms[ms.len() / 2],
-            ms[ms.len() - 1],
-            ms.len()
-        )
-    };
     eprintln!(
         "connect() to Welcome: via TURN/UDP {}; direct UDP {}; first page via TURN \
          (page load included) {} ms",
-        summary("relay"),
-        summary("all"),
+        times[0].1,
+        times[1].1,
         via_turn.as_millis()
     );
 

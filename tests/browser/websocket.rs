@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::cdp::{Browser, Page};
 use crate::common::{
-    TOKEN, assert_no_exceptions, eval, native_receives, page_with, received, wait,
+    assert_no_exceptions, connect_times, eval, exchange_with_native, page_with, wait,
 };
 use crate::ice_tcp::{stack_for, udp_peer};
 use crate::netns::NetNs;
@@ -24,10 +24,6 @@ use crate::netns::NetNs;
 const PER_PEER: u64 = 200;
 /// A payload long enough to be sent as fragments (64 KiB frames).
 const LARGE: usize = 300 * 1024;
-
-fn text(tag: &str, i: u64) -> String {
-    format!("{tag}-{i}-{}", "z".repeat((i * 17 % 400) as usize))
-}
 
 /// `len` letters cycling from `a` to `z`, after `tag`.
 fn large_text(tag: &str, len: usize) -> String {
@@ -42,61 +38,6 @@ const LARGE_TEXT_JS: &str = r#"window.largeText = (tag, len) => {
     for (let i = 0; i < len; i++) letters[i] = String.fromCharCode(97 + (i % 26));
     return tag + ":" + letters.join("");
 }; true"#;
-
-/// Sends `PER_PEER` deltas from `page` and from `native` at once, then
-/// checks that both saw all `2 * PER_PEER` in one order, each sender's in
-/// its own order, nothing lost.
-async fn exchange(page: &Page, native: &mut deltamesh_worker::NativePeer) {
-    let script = format!(
-        r#"(async () => {{
-            const sends = [];
-            for (let i = 0; i < {PER_PEER}; i++) {{
-                const text = `page-${{i}}-` + 'z'.repeat(i * 17 % 400);
-                sends.push(window.conn.send(2, "00000000-0000-4000-8000-000000000011",
-                    new TextEncoder().encode(text)));
-            }}
-            await Promise.all(sends);
-            return true;
-        }})()"#
-    );
-    let before = eval(page, "window.got.length").await.as_u64().unwrap();
-    let page_sends = eval(page, &script);
-    let native_sends = async {
-        for i in 0..PER_PEER {
-            native
-                .send(2, Id::default(), text("native", i).into_bytes())
-                .await
-                .expect("queued");
-        }
-    };
-    tokio::join!(page_sends, native_sends);
-    let at_native = native_receives(native, 2 * PER_PEER as usize).await;
-    let wanted = before + 2 * PER_PEER;
-    wait(page, &format!("window.got.length >= {wanted}"), 60).await;
-    let at_page: Vec<(u64, String)> = received(page)
-        .await
-        .into_iter()
-        .skip(before as usize)
-        .map(|(seq, _, text)| (seq, text))
-        .collect();
-    assert_eq!(at_page, at_native, "one order on both sides");
-    let first = at_page[0].0;
-    let seqs: Vec<u64> = at_page.iter().map(|(seq, _)| *seq).collect();
-    assert_eq!(
-        seqs,
-        (first..first + 2 * PER_PEER).collect::<Vec<_>>(),
-        "nothing lost or doubled"
-    );
-    for tag in ["page", "native"] {
-        let texts: Vec<&str> = at_page
-            .iter()
-            .map(|(_, text)| text.as_str())
-            .filter(|t| t.starts_with(&format!("{tag}-")))
-            .collect();
-        let expected: Vec<String> = (0..PER_PEER).map(|i| text(tag, i)).collect();
-        assert_eq!(texts, expected, "{tag}'s deltas intact, in its order");
-    }
-}
 
 /// How many offers `page`'s worker has posted (it logs each).
 fn offers_posted(page: &Page) -> usize {
@@ -145,7 +86,7 @@ async fn a_page_on_the_websocket_lane_exchanges_deltas_fragments_and_presence_wi
     // Nothing went the WebRTC way: no offer was posted.
     assert_eq!(offers_posted(&page), 0, "{:#?}", page.console());
 
-    exchange(&page, &mut native).await;
+    exchange_with_native(&page, &mut native, PER_PEER).await;
 
     // Large deltas go as fragments over the lane, both ways.
     eval(&page, LARGE_TEXT_JS).await;
@@ -198,54 +139,23 @@ async fn a_page_on_the_websocket_lane_exchanges_deltas_fragments_and_presence_wi
         "the page's presence reached the native peer"
     );
 
-    // Connect times in the loaded page, connect() to Welcome, alternating
-    // the lanes; printed for docs/BENCHMARKS.md (with signal's 429s, which
-    // would make an outlier of a connect).
-    let times = eval(
+    // Connect times in the loaded page, alternating the lanes.
+    let times = connect_times(
         &page,
-        r#"(async () => {
-            const dm = await import("/pkg/deltamesh_worker.js");
-            const times = { websocket: [], webrtc: [] };
-            for (let i = 0; i < 10; i++) {
-                for (const lane of ["websocket", "webrtc"]) {
-                    const start = performance.now();
-                    const conn = await dm.connect("lane-timing", TOKEN, { lane });
-                    await conn.connected();
-                    times[lane].push(performance.now() - start);
-                    await conn.close();
-                    // Within signal's per-token rate (a 429 would add
-                    // its Retry-After of 1 s to a connect).
-                    await new Promise((r) => setTimeout(r, 300));
-                }
-            }
-            return times;
-        })()"#
-            .replace("TOKEN", &format!("{TOKEN:?}"))
-            .as_str(),
+        "lane-timing",
+        &[
+            ("websocket", r#"{ lane: "websocket" }"#),
+            ("webrtc", r#"{ lane: "webrtc" }"#),
+        ],
+        10,
     )
     .await;
-    let summary = |lane: &str| {
-        let mut ms: Vec<f64> = times[lane]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_f64().unwrap())
-            .collect();
-        ms.sort_by(f64::total_cmp);
-        format!(
-            "p50 {:.0} ms, max {:.0} ms over {}",
-            ms[ms.len() / 2],
-            ms[ms.len() - 1],
-            ms.len()
-        )
-    };
     let limited = crate::turn::requests_counted(&stack, "GET", 429).await
         + crate::turn::requests_counted(&stack, "POST", 429).await;
     eprintln!(
         "connect() to Welcome in Chromium: WebSocket lane {}; WebRTC (UDP) {}; \
          rate-limited requests {limited}",
-        summary("websocket"),
-        summary("webrtc")
+        times[0].1, times[1].1
     );
 
     assert_no_exceptions(&page);
@@ -322,7 +232,7 @@ async fn with_udp_and_ice_tcp_blocked_chromium_on_auto_falls_back_to_the_websock
     // WebRTC was tried first.
     assert_eq!(offers_posted(&page), 1, "{:#?}", page.console());
 
-    exchange(&page, &mut native).await;
+    exchange_with_native(&page, &mut native, PER_PEER).await;
 
     // Dropped, the page reconnects straight over the lane that worked
     // (no offer, no 3 s wait for WebRTC) and resumes.
@@ -344,7 +254,7 @@ async fn with_udp_and_ice_tcp_blocked_chromium_on_auto_falls_back_to_the_websock
     assert!(back < Duration::from_secs(3), "{back:?}");
     assert_eq!(offers_posted(&page), 1, "no WebRTC attempt on reconnect");
     assert_eq!(lane_of(&page).await, json!("websocket"));
-    exchange(&page, &mut native).await;
+    exchange_with_native(&page, &mut native, PER_PEER).await;
 
     assert_no_exceptions(&page);
     assert_no_exceptions(&demo);
@@ -378,7 +288,7 @@ async fn a_page_moves_from_the_websocket_lane_to_webrtc_and_back_losing_and_doub
     assert_eq!(lane_of(&page).await, json!("websocket"));
     let peer_id = || async { eval(&page, "window.conn.peerId()").await };
     let first_id = peer_id().await;
-    exchange(&page, &mut native).await;
+    exchange_with_native(&page, &mut native, PER_PEER).await;
 
     // The network lets UDP through again (ICE-TCP stays blocked). Once
     // `retryWebrtcMs` has passed on the lane, the next reconnect tries
@@ -390,7 +300,7 @@ async fn a_page_moves_from_the_websocket_lane_to_webrtc_and_back_losing_and_doub
         .disconnect(session, id, "killed by the test")
         .await
         .expect("the relay knows the peer");
-    exchange(&page, &mut native).await;
+    exchange_with_native(&page, &mut native, PER_PEER).await;
     wait(&page, "window.conn.stats().lane === 'webrtc-udp'", 10).await;
     assert_eq!(offers_posted(&page), 2, "one offer at first, one now");
     let second_id = peer_id().await;
@@ -399,7 +309,7 @@ async fn a_page_moves_from_the_websocket_lane_to_webrtc_and_back_losing_and_doub
     // Blocked again: the WebRTC path goes silent, the reconnect's WebRTC
     // attempt gets no answer within 3 s, and the lane takes over.
     block(&netns, &stack);
-    exchange(&page, &mut native).await;
+    exchange_with_native(&page, &mut native, PER_PEER).await;
     assert_eq!(lane_of(&page).await, json!("websocket"));
     assert_ne!(peer_id().await, second_id);
 
