@@ -3,8 +3,9 @@
 //! loopback UDP, printed side by side with ratios; then what security
 //! costs: signing deltas (against the unsigned relay) and token checks;
 //! then what tracing costs (spans exported over OTLP against tracing off);
-//! then the lanes side by side: connect time, throughput and memory per
-//! idle peer over UDP and over ICE-TCP (RFC 4571 on loopback TCP).
+//! then the lanes side by side: connect time, delivery latency, throughput
+//! and memory per idle peer over UDP, over ICE-TCP (RFC 4571 on loopback
+//! TCP) and over the WebSocket lane (PROTOCOL §11, through signal).
 //!
 //! Run: `cargo bench --bench relay` (add `-- --quick` for a short run, and
 //! `--lanes` for the lanes section alone).
@@ -200,19 +201,24 @@ enum Lane {
     Udp,
     /// Only an active ICE-TCP candidate, to the relay's passive one.
     IceTcp,
+    /// The WebSocket lane: signal's socket, forwarded to the relay's lane port.
+    WebSocket,
 }
 
-/// Section 7: connect time, fan-out throughput and memory per idle peer,
-/// over UDP and over ICE-TCP, each against a fresh relay, in one run.
+/// Section 7: connect time, delivery latency, fan-out throughput and
+/// memory per idle peer, over UDP, ICE-TCP and the WebSocket lane, each
+/// against a fresh relay, in one run.
 fn lanes(runtime: &tokio::runtime::Runtime, window: usize, sizes: &Sizes) {
     println!(
-        "\n7. lanes: UDP beside ICE-TCP (loopback), {} sequential connects, fan-out 1 -> {}, {} idle peers",
-        sizes.connects, sizes.receivers, sizes.idle_peers
+        "\n7. lanes: UDP beside ICE-TCP and the WebSocket lane (loopback), {} sequential connects, {} deltas one in flight, fan-out 1 -> {}, {} idle peers",
+        sizes.connects, sizes.connects, sizes.receivers, sizes.idle_peers
     );
-    for lane in [Lane::Udp, Lane::IceTcp] {
+    for lane in [Lane::Udp, Lane::IceTcp, Lane::WebSocket] {
         let relay = Relay::spawn(window);
         let mut times = runtime.block_on(sequential_connects_on(&relay, sizes.connects, lane));
         times.sort();
+        let mut latencies = runtime.block_on(latency_on(&relay, lane, sizes.connects));
+        latencies.sort();
         let mut rates = Vec::new();
         for size in [100usize, 1024] {
             let (delivered, elapsed, cpu) = runtime.block_on(fan_out_on(
@@ -237,9 +243,11 @@ fn lanes(runtime: &tokio::runtime::Runtime, window: usize, sizes: &Sizes) {
         let per_peer = after.saturating_sub(before) as f64 / 1024.0 / peers.len() as f64;
         drop(peers);
         println!(
-            "   {lane:?}: connect p50 {:.2} ms, p99 {:.2} ms | {} | idle peer {per_peer:.1} KiB RSS",
+            "   {lane:?}: connect p50 {:.2} ms, p99 {:.2} ms | latency p50 {:.0} us, p99 {:.0} us | {} | idle peer {per_peer:.1} KiB RSS",
             ms(percentile(&times, 0.50)),
             ms(percentile(&times, 0.99)),
+            percentile(&latencies, 0.50).as_secs_f64() * 1e6,
+            percentile(&latencies, 0.99).as_secs_f64() * 1e6,
             rates
                 .iter()
                 .map(|(size, rate, us)| format!(
@@ -457,9 +465,13 @@ impl Relay {
         let mut options = ConnectOptions::new(&self.url, session, TOKEN);
         options.send_window = self.window;
         options.lane = LaneChoice::WebRtc;
-        if lane == Lane::IceTcp {
-            options.udp = false;
-            options.ice_tcp = true;
+        match lane {
+            Lane::Udp => {}
+            Lane::IceTcp => {
+                options.udp = false;
+                options.ice_tcp = true;
+            }
+            Lane::WebSocket => options.lane = LaneChoice::WebSocket,
         }
         options
     }
@@ -545,6 +557,32 @@ async fn fan_out_on(
         delivered += task.await.unwrap_or(0);
     }
     (delivered, started.elapsed(), relay.cpu_time() - cpu_before)
+}
+
+/// Send to delivery, one 100-byte delta in flight at a time, `count`
+/// times, between two peers of one session on `lane`.
+async fn latency_on(relay: &Relay, lane: Lane, count: usize) -> Vec<Duration> {
+    let session = format!("latency-{lane:?}");
+    let mut receiver = relay.join_on(&session, lane).await;
+    let sender = relay.join_on(&session, lane).await;
+    let payload = vec![0x5A; 100 - 56];
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = Instant::now();
+        sender
+            .send(1, Id::default(), payload.clone())
+            .await
+            .expect("send");
+        loop {
+            match receiver.next_event().await {
+                Some(PeerEvent::Delta(_)) => break,
+                Some(_) => {}
+                None => panic!("receiver disconnected"),
+            }
+        }
+        times.push(started.elapsed());
+    }
+    times
 }
 
 async fn sequential_connects(relay: &Relay, count: usize) -> Vec<Duration> {

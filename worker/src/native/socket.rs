@@ -61,7 +61,10 @@ impl SocketLink {
         if let Ok(value) = HeaderValue::try_from(traceparent.as_str()) {
             headers.insert(TRACEPARENT, value);
         }
+        // 8 KiB read per call, not tungstenite's 128 KiB up front: a load
+        // tester or server runs many peers in one process.
         let config = WebSocketConfig::default()
+            .read_buffer_size(8 * 1024)
             .max_message_size(Some(MAX_MESSAGE))
             .max_frame_size(Some(MAX_MESSAGE));
         let opened = tokio::time::timeout(

@@ -37,7 +37,10 @@ pub(crate) const SHARD_EVENTS: usize = 1024;
 /// ones over a channel's limit get what WebRTC gives them.
 pub(crate) fn socket_config() -> WebSocketConfig {
     let largest = crate::config::SCTP_MAX_MESSAGE_SIZE as usize + 1;
+    // Read 8 KiB per call, not tungstenite's 128 KiB allocated up front: a
+    // relay holds many lane sockets, most of them idle.
     WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
         .max_message_size(Some(largest))
         .max_frame_size(Some(largest))
 }

@@ -50,8 +50,15 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// channel's own limit.
 const MAX_MESSAGE: usize = (1 << 20) + 1;
 
+/// What each of a forwarded socket's two WebSockets reads per call: small,
+/// since signal holds two per lane peer, most of them idle (tungstenite's
+/// default, 128 KiB, allocated up front, made an idle lane peer cost about
+/// 400 KiB of process memory).
+const READ_BUFFER: usize = 8 * 1024;
+
 fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE))
 }
