@@ -118,3 +118,46 @@ fn check_credentials(remote: &IceCreds) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+        m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n\
+        a=candidate:1 1 udp 2130706431 10.0.0.1 5000 typ host\r\na=end-of-candidates\r\n\
+        a=ice-ufrag:oldu\r\na=ice-pwd:oldpasswordoldpassword00\r\n\
+        a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+        a=setup:actpass\r\na=mid:0\r\na=sctp-port:5000\r\n";
+
+    #[test]
+    fn a_kept_offer_has_no_candidates_and_takes_the_new_credentials() {
+        let offer = SdpOffer::from_sdp_string(OFFER).expect("an offer");
+        let kept = RestartOffer::new(&offer);
+        assert!(!kept.0.contains("candidate"), "{}", kept.0);
+        let creds = IceCreds {
+            ufrag: "newu".into(),
+            pass: "newpasswordnewpassword11".into(),
+        };
+        let again = kept
+            .with_credentials(&creds)
+            .expect("an offer")
+            .to_sdp_string();
+        assert!(again.contains("a=ice-ufrag:newu\r\n"), "{again}");
+        assert!(again.contains("a=ice-pwd:newpasswordnewpassword11\r\n"));
+        assert!(!again.contains("oldu") && !again.contains("10.0.0.1"));
+    }
+
+    #[test]
+    fn credentials_must_be_ice_characters_of_the_right_length() {
+        let creds = |ufrag: &str, pass: &str| IceCreds {
+            ufrag: ufrag.into(),
+            pass: pass.into(),
+        };
+        assert!(check_credentials(&creds("abcd", "0123456789abcdefghijkl")).is_ok());
+        assert!(check_credentials(&creds("abc", "0123456789abcdefghijkl")).is_err());
+        assert!(check_credentials(&creds("ab d", "0123456789abcdefghijkl")).is_err());
+        assert!(check_credentials(&creds("abcd", "short")).is_err());
+        assert!(check_credentials(&creds("abcd", "0123456789abcdefghijk\r")).is_err());
+    }
+}
