@@ -20,6 +20,8 @@ pub(crate) struct NetNs {
     pub(crate) host_ip: Ipv4Addr,
     /// The namespace's end of the pair.
     pub(crate) ns_ip: Ipv4Addr,
+    /// The host's and the namespace's interface names.
+    interfaces: (String, String),
 }
 
 /// Runs `ip`/`iptables` with `args`, panicking with its stderr on failure.
@@ -58,6 +60,7 @@ impl NetNs {
             name,
             host_ip,
             ns_ip,
+            interfaces: (host_if.clone(), ns_if.clone()),
         };
         let name = netns.name.as_str();
         run(
@@ -103,6 +106,34 @@ impl NetNs {
         self.iptables(&[
             "-A", "OUTPUT", "-p", "tcp", "--dport", &port, "-j", "REJECT",
         ]);
+    }
+
+    /// Renumbers the namespace's end of the pair, as a client whose
+    /// network changes (Wi-Fi to mobile): its old address is removed (with
+    /// it every socket bound there loses its path) and `10.214.x.y` (from
+    /// the old `10.213.x.y`) takes its place, still reaching
+    /// [`NetNs::host_ip`]. Returns the new address, now [`NetNs::ns_ip`].
+    pub(crate) fn renumber(&mut self) -> Ipv4Addr {
+        let [_, _, x, y] = self.ns_ip.octets();
+        let new = Ipv4Addr::new(10, 214, x, y);
+        let (host_if, ns_if) = self.interfaces.clone();
+        self.ip(&["addr", "add", &format!("{new}/32"), "dev", &ns_if]);
+        run(
+            "ip",
+            &["route", "add", &format!("{new}/32"), "dev", &host_if],
+        );
+        self.ip(&["addr", "del", &format!("{}/30", self.ns_ip), "dev", &ns_if]);
+        self.ip(&[
+            "route",
+            "add",
+            &format!("{}/32", self.host_ip),
+            "dev",
+            &ns_if,
+            "src",
+            &new.to_string(),
+        ]);
+        self.ns_ip = new;
+        new
     }
 
     /// A command that runs `program` inside the namespace.

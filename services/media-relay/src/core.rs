@@ -32,14 +32,14 @@ use opentelemetry::global::BoxedSpan;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::net::{Protocol, Receive, TcpType};
-use str0m::{Candidate, IceCreds, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Input, Output, Rtc, RtcConfig};
 
 use crate::command::{Offer, OfferAnswer, PeerAccess};
 use crate::config::{SCTP_MAX_MESSAGE_SIZE, SCTP_SEND_BUFFER};
 use crate::demux::{Demux, Remote, Route};
 use crate::directory::{Limits, Member, MemberState};
 use crate::error::RelayError;
-use crate::ice_restart::{IceRestart, IceRestarted};
+use crate::ice_restart::{self, IceRestart, IceRestarted, RestartOffer};
 use crate::log::AckTo;
 use crate::peer::{Link, Peer};
 use crate::shared::Shared;
@@ -269,13 +269,14 @@ impl RelayCore {
                 .inspect_err(|_| self.shared.directory.remove(&session, peer_id, &self.wake))
         });
         match answered {
-            Ok((rtc, channels, answer)) => {
+            Ok((rtc, channels, offer, answer)) => {
                 let new = NewPeer {
                     peer_id,
                     session,
                     grants,
                     rtc,
                     channels,
+                    offer,
                     connection,
                 };
                 Ok(self.add_peer(now, new, answer))
@@ -306,7 +307,9 @@ impl RelayCore {
     }
 
     /// Restarts `peer_id`'s ICE (RFC 9725 §4.4): fresh local credentials,
-    /// the peer's new ones and candidates; the connection (DTLS, SCTP,
+    /// the peer's new ones and candidates, the old candidate pairs flushed
+    /// (its offer accepted again, see [`crate::ice_restart`]), so the pair
+    /// it nominates next is the send path; the connection (DTLS, SCTP,
     /// channels, its place in the stream) stays. The demux and the
     /// directory learn the new local ufrag (the resource's new ETag); a
     /// check from a new address under it is verified and learned as any
@@ -320,15 +323,13 @@ impl RelayCore {
         let key = *self.by_id.get(&peer_id).ok_or(RelayError::UnknownPeer)?;
         let candidates = self.local_candidates().map_err(RelayError::BadCandidate)?;
         let peer = self.peers.get_mut(&key).ok_or(RelayError::UnknownPeer)?;
-        let Some(rtc) = peer.link.rtc() else {
+        let Some((rtc, offer)) = peer.link.rtc_and_offer() else {
             return Err(RelayError::BadCandidate(
                 "the peer is on the WebSocket lane: it has no ICE to restart".into(),
             ));
         };
-        let local = IceCreds::new();
-        let mut api = rtc.direct_api();
-        api.set_local_ice_credentials(local.clone());
-        api.set_remote_ice_credentials(restart.remote);
+        let local = ice_restart::renegotiate(rtc, offer, &restart.remote)
+            .map_err(RelayError::BadCandidate)?;
         for remote in restart.candidates {
             rtc.add_remote_candidate(remote);
         }
@@ -501,7 +502,7 @@ impl RelayCore {
         &self,
         now: Instant,
         offer: SdpOffer,
-    ) -> Result<(Rtc, [ChannelId; 4], SdpAnswer), RelayError> {
+    ) -> Result<(Rtc, [ChannelId; 4], RestartOffer, SdpAnswer), RelayError> {
         let mut rtc = self.rtc_config.clone().build(now);
         for candidate in self.local_candidates().map_err(RelayError::BadOffer)? {
             rtc.add_local_candidate(candidate);
@@ -512,11 +513,12 @@ impl RelayCore {
             rtc.direct_api()
                 .create_data_channel(channel_config(channel))
         });
+        let kept = RestartOffer::new(&offer);
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| RelayError::BadOffer(format!("offer not acceptable: {e}")))?;
-        Ok((rtc, channels, answer))
+        Ok((rtc, channels, kept, answer))
     }
 
     /// Adds the admitted peer whose `rtc` made `answer`.
@@ -527,6 +529,7 @@ impl RelayCore {
             grants,
             rtc,
             channels,
+            offer,
             connection,
         } = new;
         let ack_to = AckTo {
@@ -538,7 +541,7 @@ impl RelayCore {
             ack_to,
             Arc::clone(&session),
             grants,
-            Link::webrtc(rtc, channels),
+            Link::webrtc(rtc, channels, offer),
             timeline,
             &self.shared,
         );
@@ -748,6 +751,8 @@ struct NewPeer {
     grants: deltamesh_proto::Grants,
     rtc: Rtc,
     channels: [ChannelId; 4],
+    /// Its offer, kept for ICE restarts.
+    offer: RestartOffer,
     connection: BoxedSpan,
 }
 

@@ -15,6 +15,8 @@ use deltamesh_proto::channel::Channel;
 use str0m::Rtc;
 use str0m::channel::ChannelId;
 
+use crate::ice_restart::RestartOffer;
+
 /// The transport under one peer connection.
 pub(crate) enum Link {
     /// WebRTC: the connection's state machine and its channels by stream id.
@@ -23,6 +25,8 @@ pub(crate) enum Link {
         rtc: Box<Rtc>,
         /// Its channels, indexed by stream id.
         channels: [Option<ChannelId>; 4],
+        /// The peer's offer, renegotiated on an ICE restart.
+        offer: RestartOffer,
     },
     /// A WebSocket (PROTOCOL §11).
     Socket(SocketLink),
@@ -39,11 +43,12 @@ pub(crate) enum Write {
 }
 
 impl Link {
-    /// A WebRTC link over `rtc` with these channels.
-    pub(crate) fn webrtc(rtc: Rtc, channels: [ChannelId; 4]) -> Self {
+    /// A WebRTC link over `rtc` with these channels, made from `offer`.
+    pub(crate) fn webrtc(rtc: Rtc, channels: [ChannelId; 4], offer: RestartOffer) -> Self {
         Link::WebRtc {
             rtc: Box::new(rtc),
             channels: channels.map(Some),
+            offer,
         }
     }
 
@@ -51,6 +56,14 @@ impl Link {
     pub(crate) fn rtc(&mut self) -> Option<&mut Rtc> {
         match self {
             Link::WebRtc { rtc, .. } => Some(rtc),
+            Link::Socket(_) => None,
+        }
+    }
+
+    /// The `Rtc` and the offer it accepted, for a WebRTC link.
+    pub(crate) fn rtc_and_offer(&mut self) -> Option<(&mut Rtc, &RestartOffer)> {
+        match self {
+            Link::WebRtc { rtc, offer, .. } => Some((rtc, offer)),
             Link::Socket(_) => None,
         }
     }
@@ -76,7 +89,7 @@ impl Link {
     /// Writes one message on `channel`.
     pub(crate) fn write(&mut self, channel: Channel, bytes: &[u8]) -> Write {
         match self {
-            Link::WebRtc { rtc, channels } => {
+            Link::WebRtc { rtc, channels, .. } => {
                 let id = channels[channel.stream_id() as usize];
                 let Some(mut handle) = id.and_then(|id| rtc.channel(id)) else {
                     return Write::Closed;
@@ -95,7 +108,7 @@ impl Link {
     /// (acknowledged by SCTP, or written to the socket).
     pub(crate) fn in_flight(&mut self) -> usize {
         match self {
-            Link::WebRtc { rtc, channels } => channels
+            Link::WebRtc { rtc, channels, .. } => channels
                 .iter()
                 .flatten()
                 .filter_map(|&id| rtc.channel(id).map(|mut c| c.buffered_amount()))

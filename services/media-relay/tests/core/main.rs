@@ -6,6 +6,7 @@ mod batches;
 mod direct;
 mod fragments;
 mod harness;
+mod ice_restart;
 mod presence;
 mod websocket;
 
