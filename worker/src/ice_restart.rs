@@ -4,18 +4,12 @@
 
 use std::net::SocketAddr;
 
-/// The highest priority a host candidate can have (RFC 8445 §5.1.2.1:
-/// type preference 126, local preference 65535, component 1).
-const MAX_HOST_PRIORITY: u32 = (126 << 24) | (65535 << 8) | 255;
-
-/// A UDP host candidate for `addr` with a priority `restarts` above
-/// `base` (at most the highest host priority). A restarted path must
-/// outrank the old one: an ICE-lite relay keeps sending on the best
-/// nominated pair, and the old pair stays nominated until it times out.
-pub fn host_candidate(addr: SocketAddr, base: u32, restarts: u32) -> String {
-    let priority = base.saturating_add(restarts).min(MAX_HOST_PRIORITY);
+/// The UDP host candidate of a restart's new path, `addr` at `priority`
+/// (the relay flushes the old pairs on a restart, so the new one need not
+/// outrank them).
+pub fn host_candidate(addr: SocketAddr, priority: u32) -> String {
     format!(
-        "candidate:restart{restarts} 1 udp {priority} {} {} typ host",
+        "candidate:restart 1 udp {priority} {} {} typ host",
         addr.ip(),
         addr.port()
     )
@@ -91,13 +85,12 @@ mod tests {
     }
 
     #[test]
-    fn each_restart_outranks_the_last_up_to_the_highest_host_priority() {
+    fn a_restarts_host_candidate_is_its_address_at_its_priority() {
         let addr: SocketAddr = "127.0.0.2:5000".parse().unwrap();
         assert_eq!(
-            host_candidate(addr, 2_130_706_175, 1),
-            "candidate:restart1 1 udp 2130706176 127.0.0.2 5000 typ host"
+            host_candidate(addr, 2_130_706_175),
+            "candidate:restart 1 udp 2130706175 127.0.0.2 5000 typ host"
         );
-        assert!(host_candidate(addr, 2_130_706_175, 300).contains(" 2130706431 "));
     }
 
     #[test]

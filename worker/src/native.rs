@@ -609,9 +609,6 @@ struct Driver {
     /// The local address the application moved the peer to, for every
     /// later connection; `None`: the one towards signal.
     local_ip: Option<IpAddr>,
-    /// ICE restarts on the current connection (each new path's candidate
-    /// outranks the last).
-    restarts: u32,
     options: ConnectOptions,
     http: reqwest::Client,
     /// Give up on this connection if it has no `Welcome` by then.
@@ -719,11 +716,10 @@ impl Driver {
         let candidate = Candidate::host(local_addr, "udp").map_err(rtc_error)?;
         let old_candidate = Candidate::host(self.link.local_addr, "udp").map_err(rtc_error)?;
         let creds = IceCreds::new();
-        self.restarts = self.restarts.saturating_add(1);
         // A peer told not to offer UDP offers none after a move either: its
         // ICE-TCP path is checked again under the new credentials.
         let candidates = if self.options.udp {
-            vec![host_candidate(local_addr, candidate.prio(), self.restarts)]
+            vec![host_candidate(local_addr, candidate.prio())]
         } else {
             Vec::new()
         };

@@ -141,7 +141,6 @@ impl Parts {
             options,
             http,
             local_ip,
-            restarts: 0,
             fallback_at,
             lane,
         };
