@@ -68,6 +68,10 @@ struct Numbers {
     connect: Vec<Duration>,
     latency: Vec<Duration>,
     sends_per_s: f64,
+    /// UDP datagrams the host's kernel dropped for full receive buffers
+    /// while the lane was measured (the whole network namespace: other
+    /// processes' drops count too).
+    udp_drops: u64,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -214,6 +218,7 @@ fn turn_only(coturn: &Coturn, transport: &str) -> IceServers {
 
 /// Connect times, latency and acked sends per second on `lane`.
 async fn measure(lane: &Lane<'_>, counts: &Counts) -> Numbers {
+    let drops_before = udp_receive_buffer_drops();
     let connect = connect_times(lane, counts.connects).await;
     let session = format!("latency-{}", lane.reported);
     let sender = connected_page(lane, &session).await;
@@ -244,7 +249,21 @@ async fn measure(lane: &Lane<'_>, counts: &Counts) -> Numbers {
         connect,
         latency,
         sends_per_s,
+        udp_drops: udp_receive_buffer_drops() - drops_before,
     }
+}
+
+/// `Udp: RcvbufErrors` of this network namespace (/proc/net/snmp).
+fn udp_receive_buffer_drops() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").expect("/proc/net/snmp");
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next().expect("names"), udp.next().expect("values"));
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "RcvbufErrors")
+        .and_then(|(_, value)| value.parse().ok())
+        .expect("RcvbufErrors")
 }
 
 /// `connect()` to connected, `count` times one after another in one loaded
@@ -442,8 +461,14 @@ fn print_table(measured: &mut [(&str, Numbers)]) {
         base.sends_per_s,
     ];
     println!(
-        "{:<11} {:>16} {:>16} {:>16} {:>16} {:>18}",
-        "lane", "connect p50", "connect p99", "latency p50", "latency p99", "acked sends/s"
+        "{:<11} {:>16} {:>16} {:>16} {:>16} {:>18} {:>10}",
+        "lane",
+        "connect p50",
+        "connect p99",
+        "latency p50",
+        "latency p99",
+        "acked sends/s",
+        "UDP drops"
     );
     for (name, numbers) in measured.iter() {
         let figures = [
@@ -462,7 +487,10 @@ fn print_table(measured: &mut [(&str, Numbers)]) {
                 line += &format!(" {figure:>9.0} /s {ratio:>4.2}×");
             }
         }
-        println!("{line}");
+        println!("{line} {:>10}", numbers.udp_drops);
     }
-    println!("\n(× : the lane's figure over WebRTC/UDP's in this run)");
+    println!(
+        "\n(× : the lane's figure over WebRTC/UDP's in this run; UDP drops: datagrams the \
+         host dropped for full receive buffers during the lane, any process's)"
+    );
 }
