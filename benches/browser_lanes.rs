@@ -72,6 +72,8 @@ struct Numbers {
     /// while the lane was measured (the whole network namespace: other
     /// processes' drops count too).
     udp_drops: u64,
+    /// Of those, the datagrams dropped at the relay's own UDP sockets.
+    relay_drops: u64,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -250,7 +252,29 @@ async fn measure(lane: &Lane<'_>, counts: &Counts) -> Numbers {
         latency,
         sends_per_s,
         udp_drops: udp_receive_buffer_drops() - drops_before,
+        relay_drops: lane
+            .stack
+            .relays
+            .iter()
+            .flat_map(|relay| relay.udp_addrs())
+            .map(|addr| socket_drops(addr.port()))
+            .sum(),
     }
+}
+
+/// The `drops` of the UDP sockets bound to `port` (/proc/net/udp): what
+/// the kernel dropped for them since they were opened.
+fn socket_drops(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/udp").expect("/proc/net/udp");
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(1)?.ends_with(&local)).then(|| fields.last()?.parse::<u64>().ok())?
+        })
+        .sum()
 }
 
 /// `Udp: RcvbufErrors` of this network namespace (/proc/net/snmp).
@@ -461,14 +485,15 @@ fn print_table(measured: &mut [(&str, Numbers)]) {
         base.sends_per_s,
     ];
     println!(
-        "{:<11} {:>16} {:>16} {:>16} {:>16} {:>18} {:>10}",
+        "{:<11} {:>16} {:>16} {:>16} {:>16} {:>18} {:>10} {:>9}",
         "lane",
         "connect p50",
         "connect p99",
         "latency p50",
         "latency p99",
         "acked sends/s",
-        "UDP drops"
+        "UDP drops",
+        "at relay"
     );
     for (name, numbers) in measured.iter() {
         let figures = [
@@ -487,10 +512,14 @@ fn print_table(measured: &mut [(&str, Numbers)]) {
                 line += &format!(" {figure:>9.0} /s {ratio:>4.2}×");
             }
         }
-        println!("{line} {:>10}", numbers.udp_drops);
+        println!(
+            "{line} {:>10} {:>9}",
+            numbers.udp_drops, numbers.relay_drops
+        );
     }
     println!(
         "\n(× : the lane's figure over WebRTC/UDP's in this run; UDP drops: datagrams the \
-         host dropped for full receive buffers during the lane, any process's)"
+         host dropped for full receive buffers during the lane, any process's; at relay: of \
+         those, at the lane's relay sockets)"
     );
 }
