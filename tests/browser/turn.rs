@@ -7,11 +7,7 @@
 //! The test starts `turnserver` itself on loopback (`apt-get install
 //! coturn`; scripts/test installs it) and kills it at the end.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::hmac;
@@ -19,6 +15,7 @@ use base64::Engine;
 use deltamesh::{RunningStack, StackConfig, start};
 use deltamesh_relay::RelayConfig;
 use deltamesh_signal::{IceServers, SignalConfig};
+use deltamesh_testkit::Coturn;
 use serde_json::Value;
 
 use crate::cdp::Browser;
@@ -29,148 +26,6 @@ use crate::common::{
 
 const SECRET: &str = "coturn-test-secret";
 const REALM: &str = "deltamesh.test";
-/// How long coturn gets to say it listens.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A `turnserver` on 127.0.0.1 with `use-auth-secret`, killed on drop.
-struct Coturn {
-    child: Child,
-    port: u16,
-    log: Arc<Mutex<Vec<String>>>,
-    dir: std::path::PathBuf,
-}
-
-impl Coturn {
-    /// Starts coturn on a free loopback port (trying again on another one
-    /// if the port was taken in between), relaying from 127.0.0.1.
-    fn start() -> Coturn {
-        let mut last_log = Vec::new();
-        for _ in 0..5 {
-            match Coturn::try_start(free_port()) {
-                Ok(coturn) => return coturn,
-                Err(log) => last_log = log,
-            }
-        }
-        panic!("coturn did not start; its log:\n{}", last_log.join("\n"));
-    }
-
-    fn try_start(port: u16) -> Result<Coturn, Vec<String>> {
-        let dir =
-            std::env::temp_dir().join(format!("deltamesh-coturn-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("coturn's directory");
-        // A relay port range of its own, away from the ephemeral ports most
-        // other sockets here get.
-        let min_port = 20_000 + (port % 100) * 100;
-        let mut command = Command::new("turnserver");
-        command
-            .args([
-                "-n",
-                "-v",
-                "--no-cli",
-                "--no-tls",
-                "--no-dtls",
-                "--fingerprint",
-            ])
-            .args(["--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1"])
-            .args(["--listening-port", &port.to_string()])
-            .args(["--min-port", &min_port.to_string()])
-            .args(["--max-port", &(min_port + 99).to_string()])
-            .args(["--use-auth-secret", "--static-auth-secret", SECRET])
-            .args(["--realm", REALM, "--allow-loopback-peers"])
-            .args([
-                "--log-file",
-                "stdout",
-                "--simple-log",
-                "--no-software-attribute",
-            ])
-            .arg("--pidfile")
-            .arg(dir.join("turnserver.pid"))
-            .arg("--db")
-            .arg(dir.join("turndb"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe and touches no memory of ours:
-        // coturn dies with the test process even if it is killed.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-        let mut child = command
-            .spawn()
-            .expect("turnserver runs (apt-get install coturn)");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().expect("piped stdout");
-        {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
-        let coturn = Coturn {
-            child,
-            port,
-            log,
-            dir,
-        };
-        let listening = format!("UDP listener opened on: 127.0.0.1:{port}");
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Instant::now() < deadline {
-            if coturn.log_has(&listening) {
-                return Ok(coturn);
-            }
-            if coturn.log_has("Cannot bind") || coturn.log_has("Trying to bind fd") {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err(coturn.log())
-    }
-
-    fn log(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn log_has(&self, text: &str) -> bool {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|line| line.contains(text))
-    }
-
-    fn turn_url(&self) -> String {
-        format!("turn:127.0.0.1:{}?transport=udp", self.port)
-    }
-}
-
-impl Drop for Coturn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A port free for UDP and TCP on 127.0.0.1 a moment ago.
-fn free_port() -> u16 {
-    loop {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 /// A stack serving the web bundle whose signal hands out `coturn` with
 /// TURN REST credentials.
 async fn stack_with_turn(coturn: &Coturn) -> RunningStack {
@@ -178,7 +33,7 @@ async fn stack_with_turn(coturn: &Coturn) -> RunningStack {
         web_dir: Some(web_dir()),
         ice_servers: IceServers::new(
             Vec::new(),
-            vec![coturn.turn_url()],
+            vec![coturn.turn_url("udp")],
             Some(SECRET.as_bytes()),
             Duration::from_secs(600),
         )
@@ -214,7 +69,7 @@ pub(crate) async fn requests_counted(stack: &RunningStack, method: &str, status:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_connects_through_turn_only_and_exchanges_deltas_with_a_native_peer() {
-    let coturn = Coturn::start();
+    let coturn = Coturn::start(SECRET, REALM);
     let stack = stack_with_turn(&coturn).await;
     let mut native = native_peer(&stack, "turn").await;
     let browser = Browser::launch().await;
@@ -372,7 +227,7 @@ fn turn_password(username: &str, secret: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coturn_accepts_signals_credentials_and_refuses_forged_and_expired_ones() {
-    let coturn = Coturn::start();
+    let coturn = Coturn::start(SECRET, REALM);
     let stack = stack_with_turn(&coturn).await;
     let browser = Browser::launch().await;
     let page = browser

@@ -11,6 +11,13 @@
 //! the port then meets that process instead). A restart passes the port the
 //! first start reported; the old process is gone by then, and nats-server
 //! binds with `SO_REUSEADDR`, so its old connections do not block it.
+//!
+//! [`Coturn`] runs a real coturn with TURN REST credentials on loopback, for
+//! the TURN tests and the browser lanes benchmark.
+
+mod coturn;
+
+pub use coturn::Coturn;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

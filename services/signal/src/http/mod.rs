@@ -20,6 +20,7 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tower_http::services::ServeDir;
@@ -158,6 +159,12 @@ pub async fn serve(
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "signal listening");
     }
+    // Without TCP_NODELAY, a small write while an earlier one is unacked
+    // waits for the client's delayed ACK (40 ms on Linux): the WebSocket
+    // lane's relay → client deltas would queue behind it.
+    let listener = listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
